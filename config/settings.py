@@ -1,0 +1,188 @@
+"""The engine's configuration: one frozen, validated object, loaded once by ``run.py``.
+
+``load_settings(path, environ)`` reads ``config/default.toml`` (or ``path``), then applies
+environment overrides named ``CRM__<SECTION>__<KEY>`` (nested sections with more ``__``),
+e.g. ``CRM__KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``CRM__FRAUD__ALERT_THRESHOLD=0.7``.
+Unknown keys and values of the wrong type are errors that name the key. Nothing else in the
+engine reads the environment.
+
+>>> s = load_settings(environ={"CRM__FRAUD__ALERT_THRESHOLD": "0.7", "CRM__ENGINE__WORKERS": "2"})
+>>> s.fraud.alert_threshold, s.engine.workers
+(0.7, 2)
+>>> load_settings(environ={"CRM__FRAUD__NO_SUCH": "1"})
+Traceback (most recent call last):
+...
+config.settings.ConfigError: fraud.no_such: unknown setting
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, Mapping
+
+from detectors.customer import ViewParams
+from detectors.fraud import FraudParams
+from detectors.profile import ProfileParams
+from detectors.rules import RuleParams
+
+DEFAULT_PATH: Final = Path(__file__).with_name("default.toml")
+ENV_PREFIX: Final = "CRM__"
+SECRET_WORDS: Final = ("password", "secret", "token", "key")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the dataflow runs."""
+
+    workers: int = 1  # Bytewax workers in this process
+    epoch_interval_s: float = 2.0  # how often state is snapshotted (and recovery can resume)
+    recovery_dir: str = ""  # a directory of SQLite recovery partitions; empty disables recovery
+    backup_interval_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """The built-in simulator used by ``python run.py`` with no arguments."""
+
+    customers: int = 300
+    days: float = 365.0
+    seed: int = 7
+    fraud_rate: float = 0.3
+    rate_per_s: float = 2000.0  # 0 = as fast as possible
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where live events come from and where alerts go."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    transactions_topic: str = "transactions"
+    app_topic: str = "app_events"
+    feedback_topic: str = "feedback"
+    profile_topic: str = "profiles"
+    alerts_topic: str = "alerts"
+    dead_letter_topic: str = "dead_letter"
+    starting_offset: Literal["earliest", "latest"] = "earliest"
+    batch_size: int = 1000
+    # Extra librdkafka properties (security.protocol, sasl.*, ...) for consumers and producers.
+    client: dict[str, str] = field(default_factory=dict)
+
+    def topics(self) -> tuple[str, ...]:
+        return (self.transactions_topic, self.app_topic, self.feedback_topic, self.profile_topic)
+
+    def client_config(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.bootstrap_servers, **self.client}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, validated."""
+
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    profile: ProfileParams = field(default_factory=ProfileParams)
+    rules: RuleParams = field(default_factory=RuleParams)
+    fraud: FraudParams = field(default_factory=FraudParams)
+    view: ViewParams = field(default_factory=ViewParams)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with secret values replaced, for logs and ``--help``."""
+        return _mask(dataclasses.asdict(self))
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if value and any(word in key.lower() for word in SECRET_WORDS):
+        return "***"
+    return value
+
+
+def _coerce(path: str, tp: Any, value: Any) -> Any:
+    """``value`` (from TOML or an environment string) as type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a table")
+        return _build(tp, value, path)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _coerce(path, args[0], value)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(_coerce(path, typing.get_args(tp)[0], item) for item in items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a table")
+        return {str(k): str(v) for k, v in value.items()}
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
+
+
+def _build(cls: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"{prefix}{'.' if prefix else ''}{key}: unknown setting")
+    kwargs = {key: _coerce(f"{prefix}{'.' if prefix else ''}{key}", hints[key], value)
+              for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: str) -> None:
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[keys[-1]] = value
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file, then ``CRM__...`` environment overrides."""
+    file = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        tree = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    for name, value in sorted((environ or {}).items()):
+        if name.startswith(ENV_PREFIX):
+            keys = name[len(ENV_PREFIX):].lower().split("__")
+            _set_path(tree, keys, value)
+    settings: Settings = _build(Settings, tree)
+    return settings
+
+
+def replace(settings: Settings, **sections: Any) -> Settings:
+    """A copy of ``settings`` with whole sections replaced (for command-line options)."""
+    return dataclasses.replace(settings, **sections)

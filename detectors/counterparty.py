@@ -1,0 +1,111 @@
+"""Counterparty (merchant, terminal, payee) risk learned from delayed feedback labels.
+
+A fraud label usually arrives days after the transaction it labels. ``CounterpartyRisk``
+counts, per counterparty, the labels *known so far* (by the time the label arrived, its
+knowledge time) over trailing windows, and the traffic it sees. ``features(cp, t)`` only uses
+what was known before ``t``, so the features of a transaction never leak its own label.
+
+>>> risk = CounterpartyRisk()
+>>> risk.observe_transaction("t1", 0.0)
+>>> risk.observe_label("t1", 86400.0, fraud=True)
+>>> f = risk.features("t1", 2 * 86400.0)
+>>> f["cp_frauds_7d"], round(f["cp_fraud_rate_28d"], 3)
+(1.0, 0.34)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from detectors.windows import SlidingWindows
+
+DAY: Final = 86400.0
+LABEL_SPANS: Final = (7 * DAY, 28 * DAY)
+TRAFFIC_SPANS: Final = (DAY, 7 * DAY)
+
+COUNTERPARTY_FEATURES: Final = (
+    "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_labels_28d", "cp_txns_1d",
+    "cp_txns_7d", "cp_new",
+)
+_EMPTY: Final = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {"cp_new": 1.0}
+
+
+@dataclass(frozen=True, slots=True)
+class CounterpartyParams:
+    """Smoothing of the fraud rate and how many counterparties to remember."""
+
+    prior_rate: float = 0.01  # fraud rate assumed before any label
+    prior_strength: float = 2.0  # the prior counts as this many labels
+    capacity: int = 200_000  # least recently seen counterparties are forgotten past this
+
+
+class _Counterparty:
+    __slots__ = ("frauds", "labels", "traffic")
+
+    def __init__(self) -> None:
+        self.frauds = SlidingWindows(LABEL_SPANS, 4096)
+        self.labels = SlidingWindows(LABEL_SPANS[1:], 16384)
+        self.traffic = SlidingWindows(TRAFFIC_SPANS, 16384)
+
+    def __getstate__(self) -> tuple[SlidingWindows, ...]:
+        return (self.frauds, self.labels, self.traffic)
+
+    def __setstate__(self, state: tuple[SlidingWindows, ...]) -> None:
+        self.frauds, self.labels, self.traffic = state
+
+
+class CounterpartyRisk:
+    """Per-counterparty label and traffic windows; LRU-bounded."""
+
+    def __init__(self, params: CounterpartyParams | None = None) -> None:
+        self.params = params or CounterpartyParams()
+        self._by_id: dict[str, _Counterparty] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def _get(self, cp: str) -> _Counterparty:
+        entry = self._by_id.pop(cp, None)
+        if entry is None:
+            entry = _Counterparty()
+            if len(self._by_id) >= self.params.capacity:
+                del self._by_id[next(iter(self._by_id))]
+        self._by_id[cp] = entry  # most recently used last
+        return entry
+
+    def features(self, cp: str | None, t: float) -> dict[str, float]:
+        """What is known about ``cp`` at event time ``t``; does not change anything."""
+        entry = self._by_id.get(cp) if cp is not None else None
+        if entry is None:
+            return dict(_EMPTY)
+        entry.frauds.advance(t)
+        entry.labels.advance(t)
+        entry.traffic.advance(t)
+        p = self.params
+        frauds_28d, labels_28d = entry.frauds.count(1), entry.labels.count(0)
+        return {
+            "cp_frauds_7d": float(entry.frauds.count(0)),
+            "cp_frauds_28d": float(frauds_28d),
+            "cp_fraud_rate_28d": (frauds_28d + p.prior_rate * p.prior_strength)
+            / (labels_28d + p.prior_strength),
+            "cp_labels_28d": math.log1p(labels_28d),
+            "cp_txns_1d": math.log1p(entry.traffic.count(0)),
+            "cp_txns_7d": math.log1p(entry.traffic.count(1)),
+            "cp_new": 0.0,
+        }
+
+    def observe_transaction(self, cp: str | None, t: float) -> None:
+        """Count a transaction with ``cp`` (after it was scored)."""
+        if cp is not None:
+            self._get(cp).traffic.add(t, 1.0)
+
+    def observe_label(self, cp: str | None, known_at: float, fraud: bool) -> None:
+        """A label for a past transaction with ``cp`` became known at ``known_at``."""
+        if cp is None:
+            return
+        entry = self._get(cp)
+        entry.labels.add(known_at, 1.0)
+        if fraud:
+            entry.frauds.add(known_at, 1.0)

@@ -1,0 +1,157 @@
+"""Everything the engine keeps per customer, framework-free.
+
+``CustomerModel`` (the upstream, per-customer step) owns the behavioural profile and
+evaluates the rules; ``CustomerView`` (the downstream, per-customer step) keeps what the
+customer-facing outputs need: the latest ``Summary`` of the profile, fraud risk from the
+recent scores and the open alerts. Both are small and pickle cheaply.
+
+>>> from schemas.events import parse_event
+>>> m = CustomerModel()
+>>> ev = parse_event(b'{"kind":"profile","event_id":"p","customer_id":"c","ts":"2026-01-01T00:00:00Z",'
+...                  b'"rm_id":"rm1","risk_level":3}')
+>>> m.observe(ev).summary.rm_id
+'rm1'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from detectors.churn import ChurnParams, churn_score
+from detectors.profile import DAY, CustomerProfile, ProfileParams
+from detectors.rules import RuleHit, RuleParams, evaluate_rules
+from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
+
+FRAUD_LABELS: Final = frozenset({"fraud", "legit"})
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What downstream steps need to know about a customer, as of its latest event."""
+
+    rm_id: str | None
+    segment: str | None
+    risk_level: int | None
+    marketing_opt_out: bool
+    first_t: float | None
+    last_t: float | None
+    mean_gap: float | None
+    n_txns: int
+    n_app: int
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """The result of one event for one customer: features and rule hits for transactions."""
+
+    summary: Summary
+    features: dict[str, float] | None = None
+    hits: list[RuleHit] | None = None
+
+
+class CustomerModel:
+    """Per-customer profile and rules."""
+
+    __slots__ = ("profile", "rules", "_summary")
+
+    def __init__(self, profile_params: ProfileParams | None = None,
+                 rule_params: RuleParams | None = None) -> None:
+        self.profile = CustomerProfile(profile_params)
+        self.rules = rule_params or RuleParams()
+        self._summary: Summary | None = None
+
+    def observe(self, event: Event) -> Observation:
+        """Fold ``event`` in; for a transaction, its features and rule hits (before learning)."""
+        profile = self.profile
+        features: dict[str, float] | None = None
+        hits: list[RuleHit] | None = None
+        if isinstance(event, Transaction):
+            features = profile.observe_transaction(event)
+            hits = evaluate_rules(features, event, self.rules)
+        elif isinstance(event, AppEvent):
+            profile.observe_app(event)
+        elif isinstance(event, Feedback):
+            profile.observe_feedback(event)
+        elif isinstance(event, Profile):
+            profile.observe_profile(event)
+        return Observation(self._summarise(), features, hits)
+
+    def _summarise(self) -> Summary:
+        p = self.profile
+        summary = Summary(p.rm_id, p.segment, p.risk_level, p.marketing_opt_out, p.first_t,
+                          p.last_t, p.mean_gap, p.n_txns, p.n_app)
+        # Reuse the previous object when nothing changed: fewer allocations, smaller snapshots.
+        if summary == self._summary and self._summary is not None:
+            return self._summary
+        self._summary = summary
+        return summary
+
+    def __getstate__(self) -> tuple[CustomerProfile, RuleParams]:
+        return (self.profile, self.rules)
+
+    def __setstate__(self, state: tuple[CustomerProfile, RuleParams]) -> None:
+        self.profile, self.rules = state
+        self._summary = None
+
+
+@dataclass(frozen=True, slots=True)
+class ViewParams:
+    """How fraud risk decays and churn is scored."""
+
+    fraud_risk_halflife_days: float = 7.0
+    churn: ChurnParams = ChurnParams()
+
+
+class CustomerView:
+    """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts."""
+
+    __slots__ = ("summary", "risk", "risk_t", "confirmed_fraud_t", "open_alerts")
+
+    def __init__(self) -> None:
+        self.summary: Summary | None = None
+        self.risk = 0.0  # the highest recent fraud score, decayed to risk_t
+        self.risk_t = 0.0
+        self.confirmed_fraud_t: float | None = None
+        self.open_alerts = 0
+
+    def _decayed(self, now: float, params: ViewParams) -> float:
+        halflife = params.fraud_risk_halflife_days * DAY
+        return self.risk * 0.5 ** (max(0.0, now - self.risk_t) / halflife)
+
+    def observe(self, summary: Summary, t: float, fraud_score: float | None, alerted: bool,
+                label: str | None, params: ViewParams) -> None:
+        """Record one processed event of this customer."""
+        self.summary = summary
+        if fraud_score is not None:
+            decayed = self._decayed(t, params)
+            self.risk, self.risk_t = max(decayed, fraud_score), t
+        if alerted:
+            self.open_alerts += 1
+        if label == "fraud":
+            self.confirmed_fraud_t = t
+
+    def fraud_risk(self, now: float, params: ViewParams) -> float:
+        """Fraud risk in [0, 1] as of ``now``: recent scores decay; confirmed fraud counts fully."""
+        risk = self._decayed(now, params)
+        if self.confirmed_fraud_t is not None:
+            halflife = params.fraud_risk_halflife_days * DAY
+            risk = max(risk, 0.5 ** (max(0.0, now - self.confirmed_fraud_t) / halflife))
+        return min(1.0, risk)
+
+    def churn_score(self, now: float, params: ViewParams) -> float:
+        """Churn risk in [0, 1] as of ``now`` (see ``detectors.churn``)."""
+        s = self.summary
+        if s is None or s.last_t is None:
+            return 0.0
+        return churn_score(now - s.last_t, s.mean_gap, s.n_txns + s.n_app,
+                           (s.last_t - (s.first_t or s.last_t)), params.churn)
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+

@@ -1,0 +1,189 @@
+"""The suspicious-transaction detector: rules + anomaly model + supervised model, one score.
+
+``FraudDetector.assess(txn, features, hits)`` takes a transaction with its customer-profile
+features and the rules it hit (both from the customer's own state) and adds what is shared
+across customers: the counterparty's risk learned from feedback, the anomaly model and the
+supervised model. It returns an ``Assessment``: ``fraud_score`` in [0, 1] (higher = more
+suspicious), the alert it calls for (if any) and the reasons. It scores before it learns.
+
+How the score is made. Before fraud labels exist the score is a prior: a noisy-OR of the
+rule weights and the anomaly score. As fraud labels arrive the supervised model, which sees
+the rules and the anomaly score as features too, takes over: the weight of the model is
+``n_frauds / (n_frauds + warmup_frauds)``. The logistic model is trained on the label mix
+the engine receives, so its output is a probability, i.e. calibrated to that mix.
+
+``observe_feedback`` turns a ``fraud``/``legit`` label into a training example (the vector
+the transaction was scored with) and a counterparty label; ``advance(now)`` takes
+unlabelled transactions older than the label horizon as legitimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from detectors.anomaly import AnomalyModel, AnomalyParams
+from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
+from detectors.profile import FEATURES
+from detectors.rules import RuleHit
+from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
+from schemas.outputs import AlertType, Reason, Severity
+
+RULE_CODES: Final = (
+    "large_vs_history", "velocity_burst", "card_testing", "takeover_sequence", "structuring",
+    "rapid_in_out", "dormant_reactivation", "unusual_foreign",
+)
+MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly",
+                         *(f"rule_{code}" for code in RULE_CODES))
+MODEL_REVISION: Final = "fraud-1"
+
+FEATURE_TEXT: Final = {
+    "amount_to_mean": "amount relative to the customer's typical amount",
+    "amount_z": "amount unusual for this customer",
+    "log_amount": "large amount",
+    "cp_fraud_rate_28d": "counterparty's recent confirmed fraud rate",
+    "cp_frauds_7d": "frauds confirmed at this counterparty in the last 7 days",
+    "cp_frauds_28d": "frauds confirmed at this counterparty in the last 28 days",
+    "cust_frauds_14d": "fraud confirmed on this customer in the last 14 days",
+    "new_counterparty": "first transaction with this counterparty",
+    "new_device": "first use of this device",
+    "new_country": "first transaction in this country",
+    "velocity_1d": "more transactions today than usual",
+    "cnt_1h": "many transactions in the last hour",
+    "anomaly": "behaviour unlike the customer population's",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FraudParams:
+    """How the parts are blended and when an alert fires."""
+
+    alert_threshold: float = 0.6
+    warmup_frauds: float = 50.0  # fraud labels before the model's weight reaches one half
+    anomaly_weight: float = 0.5  # weight of the anomaly score in the prior
+    severity_bands: tuple[float, float, float] = (0.6, 0.8, 0.95)  # medium, high, critical
+    anomaly: AnomalyParams = field(default_factory=AnomalyParams)
+    counterparty: CounterpartyParams = field(default_factory=CounterpartyParams)
+    supervised: SupervisedParams = field(default_factory=SupervisedParams)
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The verdict on one transaction."""
+
+    fraud_score: float
+    model_score: float
+    prior_score: float
+    anomaly_score: float
+    alert_type: AlertType | None
+    severity: Severity
+    reasons: tuple[Reason, ...]
+    model_version: str
+
+
+def severity_of(score: float, bands: tuple[float, float, float]) -> Severity:
+    """``low`` below the first band, then ``medium``, ``high``, ``critical``.
+
+    >>> severity_of(0.85, (0.6, 0.8, 0.95))
+    'high'
+    """
+    medium, high, critical = bands
+    if score >= critical:
+        return "critical"
+    if score >= high:
+        return "high"
+    return "medium" if score >= medium else "low"
+
+
+class FraudDetector:
+    """Shared (cross-customer) fraud state: counterparty risk, anomaly and supervised models."""
+
+    def __init__(self, params: FraudParams | None = None) -> None:
+        self.params = params or FraudParams()
+        p = self.params
+        self.counterparties = CounterpartyRisk(p.counterparty)
+        self.anomaly = AnomalyModel(p.anomaly)
+        self.classifier = FraudClassifier(MODEL_FEATURES, p.supervised)
+        self.pending = DelayedLabels(p.supervised)
+        self.unmatched_labels = 0  # feedback whose transaction was never scored or expired
+        self.dropped_pending = 0  # scored transactions forgotten unlabelled (max_pending)
+
+    @property
+    def model_version(self) -> str:
+        return f"{MODEL_REVISION}.{self.classifier.n_labels}"
+
+    def assess(self, txn_event_id: str, t: float, counterparty_id: str | None,
+               features: dict[str, float], hits: list[RuleHit]) -> Assessment:
+        """Score a transaction (score before learn), then learn from it."""
+        p = self.params
+        x = dict(features)
+        x.update(self.counterparties.features(counterparty_id, t))
+        anomaly_score = self.anomaly.score_one(features)
+        x["anomaly"] = anomaly_score
+        for hit in hits:
+            x[f"rule_{hit.code}"] = 1.0
+        clf = self.classifier
+        model_score = clf.predict_proba_one(x) if clf.n_frauds else 0.0
+        not_hit = 1.0 - p.anomaly_weight * anomaly_score
+        for hit in hits:
+            not_hit *= 1.0 - hit.weight
+        prior = 1.0 - not_hit
+        trust = clf.n_frauds / (clf.n_frauds + p.warmup_frauds)
+        score = min(1.0, max(0.0, trust * model_score + (1.0 - trust) * prior))
+        alert_type, severity = self._alert(score, hits)
+        reasons = self._reasons(x, hits, trust, anomaly_score) if alert_type else ()
+        version = self.model_version
+        # Learn only after scoring: the transaction must not explain itself.
+        self.anomaly.learn_one(features)
+        self.counterparties.observe_transaction(counterparty_id, t)
+        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, clf.vector(x))):
+            self.dropped_pending += 1
+        return Assessment(round(score, 6), round(model_score, 6), round(prior, 6),
+                          round(anomaly_score, 6), alert_type, severity, reasons, version)
+
+    def _alert(self, score: float, hits: list[RuleHit]) -> tuple[AlertType | None, Severity]:
+        p = self.params
+        mandatory = [h for h in hits if h.always_alert]
+        if score < p.alert_threshold and not mandatory:
+            return None, "low"
+        severity = severity_of(score, p.severity_bands)
+        if mandatory and severity == "low":
+            severity = "medium"
+        # The most specific typology wins: a takeover or laundering pattern says more than
+        # "suspicious"; among the hits the heaviest decides.
+        typed = sorted(hits, key=lambda h: (h.alert_type == "suspicious_transaction", -h.weight))
+        return (typed[0].alert_type if typed else "suspicious_transaction"), severity
+
+    def _reasons(self, x: dict[str, float], hits: list[RuleHit], trust: float,
+                 anomaly_score: float) -> tuple[Reason, ...]:
+        reasons = [Reason(h.code, h.text, h.value, round(h.weight, 4)) for h in hits]
+        if trust > 0:
+            for name, contribution in self.classifier.explain(x):
+                text = FEATURE_TEXT.get(name, name.replace("_", " "))
+                reasons.append(Reason(f"model:{name}", text, round(x.get(name, 0.0), 4),
+                                      round(contribution * trust, 4)))
+        if anomaly_score >= 0.5:
+            reasons.append(Reason("anomaly", FEATURE_TEXT["anomaly"], round(anomaly_score, 4),
+                                  round(self.params.anomaly_weight * anomaly_score * (1 - trust), 4)))
+        return tuple(reasons)
+
+    def observe_label(self, ref_event_id: str, known_at: float, is_fraud: bool) -> bool:
+        """Learn from a label for a scored transaction; False if it is not (or no longer) known."""
+        entry = self.pending.pop(ref_event_id)
+        if entry is None:
+            self.unmatched_labels += 1
+            return False
+        self._learn(entry, known_at, is_fraud)
+        return True
+
+    def _learn(self, entry: Pending, known_at: float, is_fraud: bool) -> None:
+        self.classifier.learn_one(self.classifier.from_vector(entry.vector), is_fraud)
+        self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud)
+
+    def advance(self, now: float) -> int:
+        """Take transactions past the label horizon as legitimate; return how many."""
+        n = 0
+        for _, entry in self.pending.expire(now):
+            self._learn(entry, now, False)
+            n += 1
+        return n

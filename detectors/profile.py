@@ -1,0 +1,259 @@
+"""The event-time behavioural profile of one customer.
+
+``CustomerProfile.observe_transaction(txn)`` returns the transaction's features *as seen
+before it* (score before learn) and then folds it into the profile; ``observe_app``,
+``observe_profile`` and ``observe_feedback`` update the rest. State is a handful of running
+statistics, a few bounded windows and small bounded "seen" sets, so it pickles small and
+cheaply (Bytewax snapshots every touched key at every epoch).
+
+>>> from schemas.events import parse_event
+>>> p = CustomerProfile()
+>>> def txn(ts, amount, cp="m1"):
+...     return parse_event(('{"kind":"transaction","event_id":"e","customer_id":"c",'
+...         f'"ts":"{ts}","amount":{amount},"counterparty_id":"{cp}"}}').encode())
+>>> f = p.observe_transaction(txn("2026-01-01T10:00:00Z", 100))
+>>> f["new_counterparty"], f["hist_txns"]
+(1.0, 0.0)
+>>> f = p.observe_transaction(txn("2026-01-01T11:00:00Z", 900))
+>>> f["new_counterparty"], round(f["amount_to_mean"], 1)
+(0.0, 8.9)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from detectors.windows import SlidingWindows
+from schemas.events import AppEvent, Feedback, Profile, Transaction
+
+HOUR: Final = 3600.0
+DAY: Final = 86400.0
+#: The spans of every windowed count and sum, in this order: 1 h, 1 d, 7 d, 30 d.
+SPANS: Final = (HOUR, DAY, 7 * DAY, 30 * DAY)
+SECURITY_ACTIONS: Final = frozenset({"contact_change", "password_reset", "device_bind"})
+CASH_DEPOSIT: Final = "cash_deposit"
+
+#: The features of a transaction, in a fixed order (models and the pending-label store rely on it).
+FEATURES: Final = (
+    "log_amount", "is_debit", "amount_to_mean", "amount_z", "hist_txns",
+    "cnt_1h", "cnt_1d", "cnt_7d", "cnt_30d", "amt_avg_1d", "amt_avg_7d", "amt_avg_30d",
+    "velocity_1d", "hours_since_prev", "new_counterparty", "new_device", "foreign", "new_country",
+    "night", "small_cnt_1h", "security_change_24h", "failed_logins_1h", "dormant",
+    "near_threshold_cash_3d", "log_inflow_24h", "outflow_of_inflow_24h", "cust_frauds_14d",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileParams:
+    """How the profile reads behaviour; all times are in event time."""
+
+    home_country: str = "CN"
+    utc_offset_hours: float = 8.0  # local time for "night"
+    small_amount: float = 5.0  # card-testing probes are tiny
+    reporting_threshold: float = 50_000.0  # cash reporting threshold (structuring)
+    near_threshold_ratio: float = 0.8  # a deposit in [0.8 T, T) is "just under"
+    dormant_days: float = 90.0
+    security_window_hours: float = 24.0
+    fraud_memory_days: float = 14.0  # how long a confirmed fraud raises the customer's risk
+    amount_halflife_txns: float = 50.0  # memory of the typical amount, in transactions
+    seen_capacity: int = 128  # counterparties / devices / countries remembered per customer
+    window_capacity: int = 2048  # transactions kept for the 30 d windows
+
+
+def _remember(seen: dict[str, None], key: str | None, capacity: int) -> bool:
+    """Mark ``key`` most recently seen; return whether it is new. LRU-bounded."""
+    if key is None:
+        return False
+    if key in seen:
+        del seen[key]
+        seen[key] = None
+        return False
+    seen[key] = None
+    if len(seen) > capacity:
+        del seen[next(iter(seen))]
+    return True
+
+
+class CustomerProfile:
+    """Running behavioural statistics of one customer, in event time."""
+
+    __slots__ = (
+        "params", "rm_id", "segment", "risk_level", "marketing_opt_out",
+        "n_txns", "mean_log", "var_log", "mean_amount", "first_t", "last_t", "last_txn_t",
+        "debits", "credits", "all_txns", "small_1h", "cash_near_3d",
+        "counterparties", "devices", "countries",
+        "last_security_t", "failed_logins", "fraud_label_times", "n_app", "mean_gap",
+    )
+
+    def __init__(self, params: ProfileParams | None = None) -> None:
+        self.params = params or ProfileParams()
+        self.rm_id: str | None = None
+        self.segment: str | None = None
+        self.risk_level: int | None = None
+        self.marketing_opt_out = False
+        self.n_txns = 0
+        self.mean_log = 0.0  # exponentially weighted mean / variance of log1p(amount)
+        self.var_log = 0.0
+        self.mean_amount = 0.0
+        self.first_t: float | None = None
+        self.last_t: float | None = None  # latest event of any kind
+        self.last_txn_t: float | None = None
+        self.mean_gap: float | None = None  # EW mean time between active days' events (churn)
+        self.debits = SlidingWindows(SPANS, self.params.window_capacity)
+        self.credits = SlidingWindows((DAY, 30 * DAY), self.params.window_capacity)
+        self.all_txns = SlidingWindows(SPANS, self.params.window_capacity)
+        self.small_1h = SlidingWindows((HOUR,), 256)
+        self.cash_near_3d = SlidingWindows((3 * DAY,), 64)
+        self.counterparties: dict[str, None] = {}
+        self.devices: dict[str, None] = {}
+        self.countries: dict[str, None] = {}
+        self.last_security_t: float | None = None
+        self.failed_logins = SlidingWindows((HOUR,), 64)
+        self.fraud_label_times: list[float] = []
+        self.n_app = 0
+
+    # -- updates -------------------------------------------------------------------------
+
+    def _touch(self, t: float) -> None:
+        if self.first_t is None:
+            self.first_t = t
+        if self.last_t is not None and t - self.last_t > 60.0:
+            gap = t - self.last_t
+            # Slow EW mean of the gaps between bursts of activity: the customer's own rhythm.
+            self.mean_gap = gap if self.mean_gap is None else 0.9 * self.mean_gap + 0.1 * gap
+        if self.last_t is None or t > self.last_t:
+            self.last_t = t
+
+    def observe_transaction(self, txn: Transaction) -> dict[str, float]:
+        """Features of ``txn`` against the history before it; then learn from it."""
+        features = self.features(txn)
+        self._learn_transaction(txn)
+        return features
+
+    def features(self, txn: Transaction) -> dict[str, float]:
+        """Features of ``txn`` relative to this profile; does not change the profile."""
+        p, t, amount = self.params, txn.t, txn.amount
+        debit = txn.direction == "debit"
+        for w in (self.debits, self.credits, self.all_txns, self.small_1h,
+                  self.cash_near_3d, self.failed_logins):
+            w.advance(t)
+        log_amount = math.log1p(amount)
+        std = math.sqrt(self.var_log) if self.n_txns > 1 else 1.0
+        all_txns = self.all_txns
+        cnt_30d = all_txns.count(3)
+        daily_rate_30d = cnt_30d / 30.0
+        prev_gap_h = (t - self.last_txn_t) / HOUR if self.last_txn_t is not None else 24.0 * 30
+        country = txn.counterparty_country
+        foreign = country is not None and country != p.home_country
+        inflow_24h = self.credits.total(0)
+        outflow_24h = self.debits.total(1) + (amount if debit else 0.0)
+        local_hour = ((t / HOUR) + p.utc_offset_hours) % 24.0
+        fraud_cutoff = t - p.fraud_memory_days * DAY
+        return {
+            "log_amount": log_amount,
+            "is_debit": 1.0 if debit else 0.0,
+            "amount_to_mean": amount / (self.mean_amount + 1.0),
+            "amount_z": (log_amount - self.mean_log) / (std + 0.25) if self.n_txns else 0.0,
+            "hist_txns": math.log1p(self.n_txns),
+            "cnt_1h": math.log1p(all_txns.count(0)),
+            "cnt_1d": math.log1p(all_txns.count(1)),
+            "cnt_7d": math.log1p(all_txns.count(2)),
+            "cnt_30d": math.log1p(cnt_30d),
+            "amt_avg_1d": math.log1p(_mean(all_txns, 1)),
+            "amt_avg_7d": math.log1p(_mean(all_txns, 2)),
+            "amt_avg_30d": math.log1p(_mean(all_txns, 3)),
+            "velocity_1d": (all_txns.count(1) + 1.0) / (daily_rate_30d + 1.0),
+            "hours_since_prev": math.log1p(prev_gap_h),
+            "new_counterparty": 1.0 if txn.counterparty_id is not None
+            and txn.counterparty_id not in self.counterparties else 0.0,
+            "new_device": 1.0 if txn.device_id is not None
+            and txn.device_id not in self.devices else 0.0,
+            "foreign": 1.0 if foreign else 0.0,
+            "new_country": 1.0 if foreign and country not in self.countries else 0.0,
+            "night": 1.0 if local_hour < 6.0 else 0.0,
+            "small_cnt_1h": float(self.small_1h.count(0) + (amount < p.small_amount)),
+            "security_change_24h": 1.0 if self.last_security_t is not None
+            and t - self.last_security_t <= p.security_window_hours * HOUR else 0.0,
+            "failed_logins_1h": float(self.failed_logins.count(0)),
+            "dormant": 1.0 if self.last_txn_t is not None
+            and t - self.last_txn_t >= p.dormant_days * DAY else 0.0,
+            "near_threshold_cash_3d": float(self.cash_near_3d.count(0) + self._near_threshold(txn)),
+            "log_inflow_24h": math.log1p(inflow_24h),
+            "outflow_of_inflow_24h": outflow_24h / inflow_24h if debit and inflow_24h > 0 else 0.0,
+            "cust_frauds_14d": float(sum(1 for ft in self.fraud_label_times if ft > fraud_cutoff)),
+        }
+
+    def _near_threshold(self, txn: Transaction) -> bool:
+        p = self.params
+        return (txn.txn_type == CASH_DEPOSIT
+                and p.near_threshold_ratio * p.reporting_threshold <= txn.amount < p.reporting_threshold)
+
+    def _learn_transaction(self, txn: Transaction) -> None:
+        p, t, amount = self.params, txn.t, txn.amount
+        self._touch(t)
+        alpha = max(1.0 / (self.n_txns + 1), 1.0 - 0.5 ** (1.0 / p.amount_halflife_txns))
+        x = math.log1p(amount)
+        delta = x - self.mean_log
+        self.mean_log += alpha * delta
+        self.var_log = (1 - alpha) * (self.var_log + alpha * delta * delta)
+        self.mean_amount += alpha * (amount - self.mean_amount)
+        self.n_txns += 1
+        self.last_txn_t = t if self.last_txn_t is None else max(self.last_txn_t, t)
+        self.all_txns.add(t, amount)
+        (self.debits if txn.direction == "debit" else self.credits).add(t, amount)
+        if amount < p.small_amount:
+            self.small_1h.add(t, amount)
+        if self._near_threshold(txn):
+            self.cash_near_3d.add(t, amount)
+        _remember(self.counterparties, txn.counterparty_id, p.seen_capacity)
+        _remember(self.devices, txn.device_id, p.seen_capacity)
+        _remember(self.countries, txn.counterparty_country, p.seen_capacity)
+
+    def observe_app(self, event: AppEvent) -> None:
+        """Fold an app interaction into the profile."""
+        t = event.t
+        self._touch(t)
+        self.n_app += 1
+        if event.action == "login_failed":
+            self.failed_logins.add(t, 1.0)
+        elif event.action in SECURITY_ACTIONS:
+            self.last_security_t = t
+        if event.action == "login" or event.action in SECURITY_ACTIONS:
+            # Devices used to log in become known; a takeover's new device is new at first use.
+            _remember(self.devices, event.device_id, self.params.seen_capacity)
+        if event.ip_country is not None and event.ip_country != self.params.home_country:
+            _remember(self.countries, event.ip_country, self.params.seen_capacity)
+
+    def observe_profile(self, event: Profile) -> None:
+        """Reference data: the latest profile wins, field by field."""
+        if event.rm_id is not None:
+            self.rm_id = event.rm_id
+        if event.segment is not None:
+            self.segment = event.segment
+        if event.risk_level is not None:
+            self.risk_level = event.risk_level
+        self.marketing_opt_out = event.marketing_opt_out
+
+    def observe_feedback(self, event: Feedback) -> None:
+        """Confirmed fraud raises this customer's risk for ``fraud_memory_days``."""
+        self._touch(event.t)
+        if event.label == "fraud":
+            cutoff = event.t - self.params.fraud_memory_days * DAY
+            self.fraud_label_times = [ft for ft in self.fraud_label_times if ft > cutoff]
+            self.fraud_label_times.append(event.t)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+def _mean(windows: SlidingWindows, i: int) -> float:
+    n = windows.count(i)
+    return windows.total(i) / n if n else 0.0

@@ -1,0 +1,103 @@
+"""The engine's one dataflow, for every mode; sources and sinks come from the caller.
+
+    source ──► split_dead_letters ──► dead letters ─────────────────────────► sinks
+                      │ Sequenced (valid events, seq per source partition)
+                      ▼ key: customer_id
+               customer_profile      per customer: profile features, rule hits
+                      │ Observed
+                      ▼ key: "shared"
+               shared_scoring        re-sequenced; counterparty risk, anomaly and
+                      │ Scored       supervised models; fraud_score, alert
+                      ▼ key: customer_id
+               customer_view         fraud risk, open alerts; customer state at EOF
+                      │ Alert | Score | CustomerState
+                      ▼
+                   sinks
+
+Step ids are stable: recovery state is keyed by them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import FixedPartitionedSink, Sink
+
+from flows.items import Observed, Scored, Sequenced
+from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
+from schemas.outputs import Alert, CustomerState, DeadLetter, Score
+
+SHARED_KEY = "shared"
+
+
+@dataclass
+class Outputs:
+    """Bytewax sinks by record kind, each under a stable name (part of its step id)."""
+
+    alerts: dict[str, Sink[Any]] = field(default_factory=dict)
+    scores: dict[str, Sink[Any]] = field(default_factory=dict)
+    states: dict[str, Sink[Any]] = field(default_factory=dict)
+    dead_letters: dict[str, Sink[Any]] = field(default_factory=dict)
+
+
+def _record_key(record: Any) -> str:
+    return getattr(record, "customer_id", None) or "-"
+
+
+def _write(kind: str, stream: Stream[Any], sinks: dict[str, Sink[Any]]) -> None:
+    for name, sink in sinks.items():
+        step = f"out_{kind}_{name}"
+        if isinstance(sink, FixedPartitionedSink):
+            op.output(step, op.key_on(f"key_{kind}_{name}", stream, _record_key), sink)
+        else:
+            op.output(step, stream, sink)
+
+
+def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig, name: str = "crm_engine") -> Dataflow:
+    """Wire source -> per-customer -> shared scoring -> per-customer view -> sinks."""
+    flow = Dataflow(name)
+    received = op.input("events_in", flow, source)
+    # Sequenced | DeadLetter
+    split = op.branch("split_dead_letters", received, lambda item: isinstance(item, Sequenced))
+    _write("dead_letters", split.falses, outputs.dead_letters)
+    # DeadLetter
+    by_customer = op.key_on("key_customer", split.trues, lambda s: s.event.customer_id)
+    # (customer_id, Sequenced)
+    observed = op.stateful_batch("customer_profile", by_customer,
+                                 lambda resume: CustomerStep(config, resume))
+    # (customer_id, Observed)
+    shared = op.key_on("key_shared", op.map("drop_customer_key", observed, _value),
+                       lambda _: SHARED_KEY)
+    # ("shared", Observed)
+    scored = op.stateful_batch("shared_scoring", shared,
+                               lambda resume: SharedScoringStep(config, resume))
+    # ("shared", Scored)
+    rekeyed = op.key_on("key_customer_again", op.map("drop_shared_key", scored, _value),
+                        lambda s: s.event.customer_id)
+    # (customer_id, Scored)
+    viewed = op.stateful_batch("customer_view", rekeyed,
+                               lambda resume: CustomerViewStep(config, resume))
+    # (customer_id, Alert | Score | CustomerState)
+    records = op.map("drop_view_key", viewed, _value)
+    # Alert | Score | CustomerState
+    _write("alerts", op.filter("alerts", records, _is(Alert)), outputs.alerts)
+    _write("scores", op.filter("scores", records, _is(Score)), outputs.scores)
+    _write("states", op.filter("states", records, _is(CustomerState)), outputs.states)
+    return flow
+
+
+def _value(pair: tuple[str, Any]) -> Any:
+    return pair[1]
+
+
+def _is(cls: type) -> Any:
+    def check(item: Output | DeadLetter) -> bool:
+        return isinstance(item, cls)
+    return check
+
+
+__all__ = ["Outputs", "StepConfig", "build_flow", "Observed", "Scored"]

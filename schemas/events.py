@@ -1,0 +1,305 @@
+"""Input events: the wire format of CONTRACT.md section 1, parsed into typed objects.
+
+``parse_event(raw)`` turns one message value (bytes) into a ``Transaction``,
+``AppEvent``, ``Feedback`` or ``Profile``, or raises ``InvalidEvent`` with a
+human-readable reason. The field tables below are the single source of truth:
+the parser reads them, and ``json_schema(kind)`` publishes them as JSON Schema
+for producers (see ``schemas/jsonschema/``).
+
+>>> ev = parse_event(b'{"kind": "transaction", "event_id": "e1", '
+...                  b'"ts": "2026-11-23T09:30:00.125Z", "customer_id": "c1", "amount": 12.5}')
+>>> ev.amount, ev.direction, ev.currency, ev.t
+(12.5, 'debit', 'CNY', 1795426200.125)
+>>> parse_event(b'{"kind": "transaction", "event_id": "e1", "ts": "yesterday", '
+...             b'"customer_id": "c1", "amount": 1}')
+Traceback (most recent call last):
+...
+schemas.events.InvalidEvent: field 'ts': not an RFC 3339 timestamp: 'yesterday'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal, Union
+
+import orjson
+
+SCHEMA_VERSION: Final = "1"
+
+EventKind = Literal["transaction", "app", "feedback", "profile"]
+
+
+class InvalidEvent(ValueError):
+    """An input message that cannot be processed; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of an input event, as producers must send it."""
+
+    name: str
+    type: Literal["string", "number", "integer", "boolean", "object", "enum"]
+    required: bool = False
+    description: str = ""
+    max_length: int = 256
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+ID_MAX: Final = 128
+
+COMMON_FIELDS: Final = (
+    FieldSpec("event_id", "string", True, "unique per event; de-duplication and tracing", ID_MAX),
+    FieldSpec("ts", "string", True, "event time, RFC 3339 with offset or Z"),
+    FieldSpec("customer_id", "string", True, "the key of all per-customer state", ID_MAX),
+)
+
+KIND_FIELDS: Final[dict[str, tuple[FieldSpec, ...]]] = {
+    "transaction": (
+        FieldSpec("amount", "number", True, "amount in `currency`, >= 0", minimum=0),
+        FieldSpec("currency", "string", description="ISO 4217, default CNY", max_length=3),
+        FieldSpec("direction", "enum", description="debit = money leaves the customer",
+                  choices=("debit", "credit")),
+        FieldSpec("txn_type", "string", description="card_payment, transfer, cash_deposit, ..."),
+        FieldSpec("channel", "string", description="app, web, branch, atm, pos, api, wechat, ..."),
+        FieldSpec("account_id", "string", max_length=ID_MAX),
+        FieldSpec("counterparty_id", "string", description="payee, merchant or terminal",
+                  max_length=ID_MAX),
+        FieldSpec("counterparty_country", "string", description="ISO 3166 alpha-2",
+                  max_length=2),
+        FieldSpec("merchant_category", "string"),
+        FieldSpec("device_id", "string", max_length=ID_MAX),
+        FieldSpec("product_id", "string", max_length=ID_MAX),
+        FieldSpec("balance_after", "number"),
+    ),
+    "app": (
+        FieldSpec("action", "string", True, "login, login_failed, page_view, contact_change, ..."),
+        FieldSpec("session_id", "string", max_length=ID_MAX),
+        FieldSpec("device_id", "string", max_length=ID_MAX),
+        FieldSpec("channel", "string"),
+        FieldSpec("product_id", "string", max_length=ID_MAX),
+        FieldSpec("ip_country", "string", max_length=2),
+        FieldSpec("duration_ms", "integer", minimum=0),
+        FieldSpec("properties", "object", description="free-form; never required"),
+    ),
+    "feedback": (
+        FieldSpec("label", "enum", True, "the outcome being reported",
+                  choices=("fraud", "legit", "churned", "retained",
+                           "nba_accepted", "nba_dismissed", "nba_converted")),
+        FieldSpec("ref_event_id", "string", description="the labelled transaction",
+                  max_length=ID_MAX),
+        FieldSpec("ref_alert_id", "string", max_length=ID_MAX),
+        FieldSpec("ref_prompt_id", "string", max_length=ID_MAX),
+    ),
+    "profile": (
+        FieldSpec("rm_id", "string", description="relationship manager", max_length=ID_MAX),
+        FieldSpec("segment", "string", description="mass, affluent, private, ..."),
+        FieldSpec("risk_level", "integer", description="suitability grade C1..C5",
+                  minimum=1, maximum=5),
+        FieldSpec("marketing_opt_out", "boolean", description="no algorithmic recommendations"),
+        FieldSpec("birth_year", "integer", minimum=1900, maximum=2100),
+        FieldSpec("city", "string"),
+        FieldSpec("kyc_level", "string"),
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    event_id: str
+    ts: str  # as received, echoed in outputs
+    t: float  # event time, seconds since the Unix epoch
+    customer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction(_Common):
+    amount: float
+    currency: str = "CNY"
+    direction: Literal["debit", "credit"] = "debit"
+    txn_type: str | None = None
+    channel: str | None = None
+    account_id: str | None = None
+    counterparty_id: str | None = None
+    counterparty_country: str | None = None
+    merchant_category: str | None = None
+    device_id: str | None = None
+    product_id: str | None = None
+    balance_after: float | None = None
+    kind: Literal["transaction"] = "transaction"
+
+
+@dataclass(frozen=True, slots=True)
+class AppEvent(_Common):
+    action: str
+    session_id: str | None = None
+    device_id: str | None = None
+    channel: str | None = None
+    product_id: str | None = None
+    ip_country: str | None = None
+    duration_ms: int | None = None
+    properties: dict[str, Any] | None = field(default=None, compare=False)
+    kind: Literal["app"] = "app"
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback(_Common):
+    label: str
+    ref_event_id: str | None = None
+    ref_alert_id: str | None = None
+    ref_prompt_id: str | None = None
+    kind: Literal["feedback"] = "feedback"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile(_Common):
+    rm_id: str | None = None
+    segment: str | None = None
+    risk_level: int | None = None
+    marketing_opt_out: bool = False
+    birth_year: int | None = None
+    city: str | None = None
+    kyc_level: str | None = None
+    kind: Literal["profile"] = "profile"
+
+
+Event = Union[Transaction, AppEvent, Feedback, Profile]
+
+_CLASSES: Final[dict[str, type[Any]]] = {
+    "transaction": Transaction, "app": AppEvent, "feedback": Feedback, "profile": Profile,
+}
+
+
+def parse_timestamp(value: object) -> float:
+    """Seconds since the epoch for an RFC 3339 timestamp with an offset or ``Z``.
+
+    >>> parse_timestamp("1970-01-01T00:00:01.5+00:00")
+    1.5
+    """
+    if not isinstance(value, str) or len(value) < 20 or value[10] not in "Tt ":
+        raise InvalidEvent(f"field 'ts': not an RFC 3339 timestamp: {value!r}"[:200])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidEvent(f"field 'ts': not an RFC 3339 timestamp: {value!r} ({exc})"[:200]) from None
+    if parsed.tzinfo is None:
+        raise InvalidEvent(f"field 'ts': timestamp has no UTC offset: {value!r}"[:200])
+    return parsed.timestamp()
+
+
+def _check(spec: FieldSpec, value: object) -> object:
+    """Return ``value`` if it satisfies ``spec``; raise ``InvalidEvent`` otherwise."""
+    kind = spec.type
+    if kind == "string" or kind == "enum":
+        if not isinstance(value, str):
+            raise InvalidEvent(f"field {spec.name!r}: expected a string, got {_json_type(value)}")
+        if kind == "enum" and value not in spec.choices:
+            raise InvalidEvent(f"field {spec.name!r}: {value[:40]!r} is not one of {', '.join(spec.choices)}")
+        if not 0 < len(value) <= spec.max_length:
+            raise InvalidEvent(f"field {spec.name!r}: length must be 1..{spec.max_length}")
+        return value
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise InvalidEvent(f"field {spec.name!r}: expected a boolean, got {_json_type(value)}")
+        return value
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise InvalidEvent(f"field {spec.name!r}: expected an object, got {_json_type(value)}")
+        return value
+    # number / integer; bool is an int subclass in Python but not a JSON number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent(f"field {spec.name!r}: expected a {kind}, got {_json_type(value)}")
+    if kind == "integer" and not isinstance(value, int):
+        raise InvalidEvent(f"field {spec.name!r}: expected an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidEvent(f"field {spec.name!r}: not a finite number")
+    if spec.minimum is not None and value < spec.minimum:
+        raise InvalidEvent(f"field {spec.name!r}: {value!r} is below {spec.minimum:g}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise InvalidEvent(f"field {spec.name!r}: {value!r} is above {spec.maximum:g}")
+    return float(value) if kind == "number" else value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def event_from_obj(obj: object) -> Event:
+    """Validate a decoded JSON value and build the typed event."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"expected a JSON object, got {_json_type(obj)}")
+    kind = obj.get("kind")
+    specs = KIND_FIELDS.get(kind) if isinstance(kind, str) else None
+    if specs is None:
+        if kind is None:
+            raise InvalidEvent("missing required field 'kind'")
+        raise InvalidEvent(f"unknown kind {str(kind)[:40]!r}; expected one of {', '.join(KIND_FIELDS)}")
+    values: dict[str, Any] = {}
+    for spec in COMMON_FIELDS:
+        value = obj.get(spec.name)
+        if value is None:
+            raise InvalidEvent(f"missing required field {spec.name!r}")
+        values[spec.name] = _check(spec, value)
+    values["t"] = parse_timestamp(values["ts"])
+    for spec in specs:
+        value = obj.get(spec.name)
+        if value is None:  # absent and JSON null both mean "not given"
+            if spec.required:
+                raise InvalidEvent(f"missing required field {spec.name!r}")
+            continue
+        values[spec.name] = _check(spec, value)
+    result: Event = _CLASSES[kind](**values)
+    return result
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Parse one message value; raise ``InvalidEvent`` saying why it is unusable."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"invalid JSON: {exc}") from None
+    return event_from_obj(obj)
+
+
+_JSON_TYPES: Final = {"string": "string", "enum": "string", "number": "number",
+                      "integer": "integer", "boolean": "boolean", "object": "object"}
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) that producers of ``kind`` events can validate against."""
+    props: dict[str, Any] = {"kind": {"const": kind}}
+    required = ["kind"]
+    for spec in (*COMMON_FIELDS, *KIND_FIELDS[kind]):
+        json_type = _JSON_TYPES[spec.type]
+        # The parser reads an explicit null in an optional field as "not given".
+        prop: dict[str, Any] = {"type": json_type if spec.required else [json_type, "null"]}
+        if spec.description:
+            prop["description"] = spec.description
+        if spec.type in ("string", "enum"):
+            prop["minLength"], prop["maxLength"] = 1, spec.max_length
+        if spec.choices:
+            prop["enum"] = [*spec.choices] if spec.required else [*spec.choices, None]
+        if spec.minimum is not None:
+            prop["minimum"] = spec.minimum
+        if spec.maximum is not None:
+            prop["maximum"] = spec.maximum
+        if spec.name == "ts":
+            prop["format"] = "date-time"
+        props[spec.name] = prop
+        if spec.required:
+            required.append(spec.name)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"crm-events/{kind}/v{SCHEMA_VERSION}",
+        "title": f"{kind} event",
+        "type": "object",
+        "properties": props,
+        "required": required,
+        "additionalProperties": True,
+    }

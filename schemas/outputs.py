@@ -1,0 +1,157 @@
+"""Outputs: alerts, per-event scores, customer state and dead letters (CONTRACT.md section 2).
+
+Every output is a frozen object with ``to_dict()`` and ``to_bytes()``; ``to_bytes`` is
+canonical (fixed field order, no whitespace) so that a replay of the same input gives
+byte-identical files.
+
+>>> r = Reason("amount_vs_history", "amount is 8.0x the customer's typical", 8.0, 0.4)
+>>> Score("e1", "c1", "2026-11-23T09:30:00Z", 0.25).to_bytes()
+b'{"event_id":"e1","customer_id":"c1","ts":"2026-11-23T09:30:00Z","fraud_score":0.25}'
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Final, Literal
+
+import orjson
+
+from schemas.events import SCHEMA_VERSION
+
+AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk"]
+Severity = Literal["low", "medium", "high", "critical"]
+
+SEVERITIES: Final[tuple[Severity, ...]] = ("low", "medium", "high", "critical")
+
+
+def format_ts(t: float) -> str:
+    """RFC 3339 UTC with milliseconds, the engine's output format for times.
+
+    >>> format_ts(1795426200.125)
+    '2026-11-23T09:30:00.125Z'
+    """
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why an alert fired: a rule hit or a feature that drove the model score."""
+
+    code: str
+    text: str
+    value: float | str | None
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert for risk teams or an RM; ``alert_id`` is stable across replays."""
+
+    alert_id: str
+    type: AlertType
+    severity: Severity
+    score: float
+    customer_id: str
+    rm_id: str | None
+    event_id: str
+    event_ts: str
+    emitted_at: str
+    reasons: tuple[Reason, ...]
+    model_version: str
+    schema_version: str = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_bytes(self) -> bytes:
+        return _dumps(self.to_dict())
+
+
+def alert_id_for(event_id: str, alert_type: str) -> str:
+    """Deterministic alert id: the same trigger always gives the same id.
+
+    >>> alert_id_for("e1", "account_takeover")
+    'al-dda21fb349248771cc9aaeb9'
+    """
+    digest = hashlib.blake2b(f"{alert_type}\x1f{event_id}".encode(), digest_size=12).hexdigest()
+    return f"al-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """Per-event scores for an accepted transaction (replay output)."""
+
+    event_id: str
+    customer_id: str
+    ts: str
+    fraud_score: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "customer_id": self.customer_id, "ts": self.ts,
+                "fraud_score": self.fraud_score, **self.extra}
+
+    def to_bytes(self) -> bytes:
+        return _dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    """The customer view: current scores and a few facts an RM or analyst wants first."""
+
+    customer_id: str
+    churn_score: float
+    fraud_risk: float
+    last_event_ts: str
+    as_of: str
+    rm_id: str | None = None
+    segment: str | None = None
+    risk_level: int | None = None
+    n_txns: int = 0
+    n_app_events: int = 0
+    open_alerts: int = 0
+    schema_version: str = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_bytes(self) -> bytes:
+        return _dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input that was not processed, kept whole with where it came from and why."""
+
+    reason: str
+    source: dict[str, Any]
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    schema_version: str = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, raw: bytes, reason: str, source: dict[str, Any]) -> DeadLetter:
+        """Keep ``raw`` as text when it is UTF-8, base64 otherwise."""
+        try:
+            return cls(reason, source, raw.decode("utf-8"), "utf-8")
+        except UnicodeDecodeError:
+            return cls(reason, source, base64.b64encode(raw).decode("ascii"), "base64")
+
+    def raw(self) -> bytes:
+        """The payload exactly as received."""
+        if self.payload_encoding == "base64":
+            return base64.b64decode(self.payload)
+        return self.payload.encode("utf-8")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_bytes(self) -> bytes:
+        return _dumps(self.to_dict())

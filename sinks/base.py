@@ -1,0 +1,105 @@
+"""The one small sink interface, and its adapters to Bytewax outputs.
+
+A ``Sink`` receives batches of output records (anything with ``to_bytes()``). It creates
+its clients in ``open()``, never at import or construction, and states its delivery
+guarantee in its docstring. Writes are idempotent by record id downstream (delivery is
+at-least-once wherever the transport cannot do better).
+
+``as_output(factory)`` adapts a sink factory for ``op.output``: one writer per worker
+(``DynamicSink``) for transports that take concurrent writers, such as Kafka;
+``as_single_writer(factory)`` routes every record to one partition, for files and the
+console, and keeps the sink's resume position in Bytewax recovery.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Protocol
+
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+
+
+class Record(Protocol):
+    """An output record: alert, score, customer state, dead letter."""
+
+    def to_bytes(self) -> bytes: ...
+
+
+class Sink(ABC):
+    """Where output records go."""
+
+    def open(self, resume: Any = None) -> None:
+        """Create clients / open files; ``resume`` is the last ``position()`` after a restart."""
+
+    @abstractmethod
+    def write_batch(self, records: list[Record]) -> None:
+        """Deliver (or hand to an asynchronous client) every record, in order."""
+
+    def position(self) -> Any:
+        """What ``open`` needs to resume without duplicates; ``None`` if not resumable."""
+        return None
+
+    def close(self) -> None:
+        """Deliver what is buffered and release clients."""
+
+
+SinkFactory = Callable[[], Sink]
+
+
+class _Stateless(StatelessSinkPartition[Record]):
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        sink.open()
+
+    def write_batch(self, items: list[Record]) -> None:
+        self._sink.write_batch(items)
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+class _PerWorker(DynamicSink[Record]):
+    def __init__(self, factory: SinkFactory) -> None:
+        self._factory = factory
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Stateless:
+        return _Stateless(self._factory())
+
+
+class _Stateful(StatefulSinkPartition[Record, Any]):
+    def __init__(self, sink: Sink, resume: Any) -> None:
+        self._sink = sink
+        sink.open(resume)
+
+    def write_batch(self, values: list[Record]) -> None:
+        self._sink.write_batch(values)
+
+    def snapshot(self) -> Any:
+        return self._sink.position()
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+class _SingleWriter(FixedPartitionedSink[Record, Any]):
+    def __init__(self, factory: SinkFactory) -> None:
+        self._factory = factory
+
+    def list_parts(self) -> list[str]:
+        return ["single"]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _Stateful:
+        return _Stateful(self._factory(), resume_state)
+
+
+def as_output(factory: SinkFactory) -> DynamicSink[Record]:
+    """A Bytewax sink with one ``factory()`` sink per worker."""
+    return _PerWorker(factory)
+
+
+def as_single_writer(factory: SinkFactory) -> FixedPartitionedSink[Record, Any]:
+    """A Bytewax sink with a single ``factory()`` sink; feed it ``(key, record)`` pairs."""
+    return _SingleWriter(factory)
