@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "live":
         assert settings is not None
         if args.bootstrap_servers:
-            from config.settings import replace
             from dataclasses import replace as replace_fields
+
+            from config.settings import replace
             settings = replace(settings, kafka=replace_fields(
                 settings.kafka, bootstrap_servers=args.bootstrap_servers))
         modes.run_live(settings, console=not args.quiet, workers=args.workers,

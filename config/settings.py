@@ -21,9 +21,10 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, Mapping
+from typing import Any, Final, Literal
 
 from detectors.customer import ViewParams
 from detectors.fraud import FraudParams
@@ -79,7 +80,7 @@ class KafkaSettings:
     def topics(self) -> tuple[str, ...]:
         return (self.transactions_topic, self.app_topic, self.feedback_topic, self.profile_topic)
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, str | int | float | bool]:
         return {"bootstrap.servers": self.bootstrap_servers, **self.client}
 
 

@@ -1,15 +1,16 @@
 """Unsupervised anomaly score of a transaction's profile features (River Half-Space Trees).
 
-``AnomalyModel.score_one(x)`` is in [0, 1]; a high score is indicative of an anomaly. It
-needs no labels, so it carries detection before any feedback exists. Features are squashed
-into [0, 1] with fixed scales first, because Half-Space Trees split the unit cube.
+``AnomalyModel.score_one(z)`` is in [0, 1]; a high score is indicative of an anomaly. It
+needs no labels, so it carries detection before any feedback exists. Its input is
+``squash(features)``: the profile features mapped into [0, 1] with fixed scales, because
+Half-Space Trees split the unit cube (squash once, then score and learn with the result).
 Score before learn: ``score_one`` never changes the model, ``learn_one`` does.
 
 >>> m = AnomalyModel(AnomalyParams(window_size=20, seed=1))
->>> normal = {"log_amount": 4.0, "amount_to_mean": 1.0, "cnt_1h": 0.0}
+>>> normal = squash({"log_amount": 4.0, "amount_to_mean": 1.0, "cnt_1h": 0.0})
 >>> for _ in range(60):
 ...     m.learn_one(normal)
->>> odd = {"log_amount": 9.0, "amount_to_mean": 30.0, "cnt_1h": 2.0, "new_device": 1.0}
+>>> odd = squash({"log_amount": 9.0, "amount_to_mean": 30.0, "cnt_1h": 2.0, "new_device": 1.0})
 >>> m.score_one(odd) > m.score_one(normal)
 True
 """
@@ -35,8 +36,8 @@ SCALES: Final = {
 class AnomalyParams:
     """Size of the forest; larger is smoother and slower."""
 
-    n_trees: int = 10
-    height: int = 8
+    n_trees: int = 6
+    height: int = 7
     window_size: int = 250
     seed: int = 42
 
@@ -56,12 +57,12 @@ class AnomalyModel:
             n_trees=p.n_trees, height=p.height, window_size=p.window_size, seed=p.seed)
         self.n_seen = 0
 
-    def score_one(self, x: dict[str, float]) -> float:
-        """Anomaly score in [0, 1]; 0 until the first reference window is full."""
+    def score_one(self, z: dict[str, float]) -> float:
+        """Anomaly score in [0, 1] of squashed features; 0 until the first window is full."""
         if self.n_seen < self.params.window_size:
             return 0.0
-        return float(self.model.score_one(squash(x)))
+        return float(self.model.score_one(z))
 
-    def learn_one(self, x: dict[str, float]) -> None:
-        self.model.learn_one(squash(x))
+    def learn_one(self, z: dict[str, float]) -> None:
+        self.model.learn_one(z)
         self.n_seen += 1

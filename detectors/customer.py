@@ -15,7 +15,7 @@ recent scores and the open alerts. Both are small and pickle cheaply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from detectors.churn import ChurnParams, churn_score
@@ -26,7 +26,7 @@ from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
 FRAUD_LABELS: Final = frozenset({"fraud", "legit"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Summary:
     """What downstream steps need to know about a customer, as of its latest event."""
 
@@ -41,7 +41,7 @@ class Summary:
     n_app: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Observation:
     """The result of one event for one customer: features and rule hits for transactions."""
 
@@ -53,7 +53,7 @@ class Observation:
 class CustomerModel:
     """Per-customer profile and rules."""
 
-    __slots__ = ("profile", "rules", "_summary")
+    __slots__ = ("_summary", "profile", "rules")
 
     def __init__(self, profile_params: ProfileParams | None = None,
                  rule_params: RuleParams | None = None) -> None:
@@ -100,13 +100,13 @@ class ViewParams:
     """How fraud risk decays and churn is scored."""
 
     fraud_risk_halflife_days: float = 7.0
-    churn: ChurnParams = ChurnParams()
+    churn: ChurnParams = field(default_factory=ChurnParams)
 
 
 class CustomerView:
     """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts."""
 
-    __slots__ = ("summary", "risk", "risk_t", "confirmed_fraud_t", "open_alerts")
+    __slots__ = ("confirmed_fraud_t", "open_alerts", "risk", "risk_t", "summary")
 
     def __init__(self) -> None:
         self.summary: Summary | None = None

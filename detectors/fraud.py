@@ -19,10 +19,11 @@ unlabelled transactions older than the label horizon as legitimate.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Final
 
-from detectors.anomaly import AnomalyModel, AnomalyParams
+from detectors.anomaly import AnomalyModel, AnomalyParams, squash
 from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
 from detectors.profile import FEATURES
 from detectors.rules import RuleHit
@@ -67,7 +68,7 @@ class FraudParams:
     supervised: SupervisedParams = field(default_factory=SupervisedParams)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Assessment:
     """The verdict on one transaction."""
 
@@ -118,7 +119,8 @@ class FraudDetector:
         p = self.params
         x = dict(features)
         x.update(self.counterparties.features(counterparty_id, t))
-        anomaly_score = self.anomaly.score_one(features)
+        squashed = squash(features)
+        anomaly_score = self.anomaly.score_one(squashed)
         x["anomaly"] = anomaly_score
         for hit in hits:
             x[f"rule_{hit.code}"] = 1.0
@@ -134,7 +136,7 @@ class FraudDetector:
         reasons = self._reasons(x, hits, trust, anomaly_score) if alert_type else ()
         version = self.model_version
         # Learn only after scoring: the transaction must not explain itself.
-        self.anomaly.learn_one(features)
+        self.anomaly.learn_one(squashed)
         self.counterparties.observe_transaction(counterparty_id, t)
         for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, clf.vector(x))):
             self.dropped_pending += 1
@@ -181,9 +183,18 @@ class FraudDetector:
         self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud)
 
     def advance(self, now: float) -> int:
-        """Take transactions past the label horizon as legitimate; return how many."""
+        """Take transactions past the label horizon as legitimate; return how many.
+
+        Only a deterministic sample (``implicit_legit_sample``, by event id) trains the
+        classifier, weighted up by the inverse rate so probabilities stay calibrated; every
+        one still counts as a label of its counterparty.
+        """
+        rate = self.params.supervised.implicit_legit_sample
+        threshold = int(rate * 2**32)
         n = 0
-        for _, entry in self.pending.expire(now):
-            self._learn(entry, now, False)
+        for event_id, entry in self.pending.expire(now):
+            if zlib.crc32(event_id.encode()) < threshold:
+                self.classifier.learn_one(self.classifier.from_vector(entry.vector), False, 1.0 / rate)
+            self.counterparties.observe_label(entry.counterparty_id, now, False)
             n += 1
         return n

@@ -80,11 +80,31 @@ class CustomerProfile:
     """Running behavioural statistics of one customer, in event time."""
 
     __slots__ = (
-        "params", "rm_id", "segment", "risk_level", "marketing_opt_out",
-        "n_txns", "mean_log", "var_log", "mean_amount", "first_t", "last_t", "last_txn_t",
-        "debits", "credits", "all_txns", "small_1h", "cash_near_3d",
-        "counterparties", "devices", "countries",
-        "last_security_t", "failed_logins", "fraud_label_times", "n_app", "mean_gap",
+        "all_txns",
+        "cash_near_3d",
+        "counterparties",
+        "countries",
+        "credits",
+        "debits",
+        "devices",
+        "failed_logins",
+        "first_t",
+        "fraud_label_times",
+        "last_security_t",
+        "last_t",
+        "last_txn_t",
+        "marketing_opt_out",
+        "mean_amount",
+        "mean_gap",
+        "mean_log",
+        "n_app",
+        "n_txns",
+        "params",
+        "risk_level",
+        "rm_id",
+        "segment",
+        "small_1h",
+        "var_log",
     )
 
     def __init__(self, params: ProfileParams | None = None) -> None:

@@ -85,7 +85,8 @@ def evaluate_rules(features: dict[str, float], txn: Transaction, params: RulePar
         hits.append(RuleHit("card_testing", "suspicious_transaction",
                             f"{small:.0f} tiny payments within one hour (card testing)", small, 0.5))
     outgoing = debit and (txn.txn_type in OUTGOING_TRANSFER_TYPES or txn.txn_type is None)
-    security = f("security_change_24h", 0.0) > 0 or f("failed_logins_1h", 0.0) >= params.takeover_failed_logins
+    security = (f("security_change_24h", 0.0) > 0
+                or f("failed_logins_1h", 0.0) >= params.takeover_failed_logins)
     if outgoing and amount >= params.takeover_min_amount and security and (
             f("new_counterparty", 0.0) > 0 or f("new_device", 0.0) > 0):
         hits.append(RuleHit("takeover_sequence", "account_takeover",

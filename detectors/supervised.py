@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from river import linear_model, optim, preprocessing
 
@@ -34,6 +35,7 @@ class SupervisedParams:
     l2: float = 1e-5
     fraud_weight: float = 1.0  # loss weight of a fraud label relative to a legit one
     implicit_legit_after_days: float = 14.0  # 0 disables implicit legit labels
+    implicit_legit_sample: float = 0.25  # share of implicit legit labels the classifier learns
     max_pending: int = 2_000_000
 
 
@@ -69,9 +71,9 @@ class FraudClassifier:
         contributions.sort(key=lambda item: (-item[1], item[0]))
         return [(name, c) for name, c in contributions[:top] if c > 0]
 
-    def learn_one(self, x: dict[str, float], is_fraud: bool) -> None:
+    def learn_one(self, x: dict[str, float], is_fraud: bool, weight: float = 1.0) -> None:
         self.scaler.learn_one(x)
-        self.model.learn_one(self.scaler.transform_one(x), is_fraud)
+        self.model.learn_one(self.scaler.transform_one(x), is_fraud, weight)
         self.n_labels += 1
         self.n_frauds += is_fraud
 

@@ -15,7 +15,7 @@ caller's event time in seconds; it never reads the clock, so replay equals live.
 
 from __future__ import annotations
 
-from collections import deque
+from typing import Any
 
 
 class SlidingWindows:
@@ -25,58 +25,68 @@ class SlidingWindows:
     (the longest spans of a very busy key then under-count, by design).
     """
 
-    __slots__ = ("spans", "max_items", "_times", "_values", "_base", "_starts", "_counts", "_sums")
+    __slots__ = ("spans", "max_items", "_times", "_values", "_base", "_starts", "_counts", "_sums", "_now")
 
     def __init__(self, spans: tuple[float, ...], max_items: int = 2048) -> None:
         if list(spans) != sorted(spans) or not spans:
             raise ValueError(f"spans must be non-empty and ascending, got {spans}")
         self.spans = spans
         self.max_items = max_items
-        self._times: deque[float] = deque()
-        self._values: deque[float] = deque()
+        # Values live in plain lists (O(1) indexing); a dead prefix is cut off in bulk.
+        self._times: list[float] = []
+        self._values: list[float] = []
         self._base = 0  # absolute index of _times[0]
         self._starts = [0] * len(spans)  # absolute index of each span's oldest value
         self._counts = [0] * len(spans)
         self._sums = [0.0] * len(spans)
+        self._now = float("-inf")  # latest time advanced to
 
     def add(self, t: float, value: float) -> None:
         """Record ``value`` at event time ``t`` (times must not go backwards by much)."""
         self._times.append(t)
         self._values.append(value)
-        for i in range(len(self.spans)):
-            self._counts[i] += 1
-            self._sums[i] += value
+        counts, sums = self._counts, self._sums
+        for i in range(len(counts)):
+            counts[i] += 1
+            sums[i] += value
         self.advance(t)
-        if len(self._times) > self.max_items:
+        if len(self._times) - (self._starts[-1] - self._base) > self.max_items:
             self._drop_oldest()
 
     def advance(self, now: float) -> None:
         """Expire values older than each span as of event time ``now``."""
-        times, values, base = self._times, self._values, self._base
+        if now <= self._now:
+            return  # nothing new can have expired
+        self._now = now
+        times = self._times
+        if not times:
+            return
+        values, base, starts = self._values, self._base, self._starts
+        end = base + len(times)
         for i, span in enumerate(self.spans):
-            start, cutoff = self._starts[i], now - span
-            while start - base < len(times) and times[start - base] <= cutoff:
-                self._counts[i] -= 1
-                self._sums[i] -= values[start - base]
-                start += 1
-            self._starts[i] = start
-        # The longest span starts last: everything before it is no longer needed.
-        while self._base < self._starts[-1]:
-            times.popleft()
-            values.popleft()
-            self._base += 1
-        if not times:  # keep float drift from accumulating across quiet periods
-            self._sums = [0.0] * len(self.spans)
+            start, cutoff = starts[i], now - span
+            if start < end and times[start - base] <= cutoff:
+                count, total = self._counts[i], self._sums[i]
+                while start < end and times[start - base] <= cutoff:
+                    count -= 1
+                    total -= values[start - base]
+                    start += 1
+                starts[i], self._counts[i] = start, count
+                self._sums[i] = total if count else 0.0  # no float drift once empty
+        dead = starts[-1] - base  # the longest span starts last; what is before it is gone
+        if dead > 64 and dead * 2 > len(times):
+            del times[:dead]
+            del values[:dead]
+            self._base = starts[-1]
 
     def _drop_oldest(self) -> None:
-        value = self._values.popleft()
-        self._times.popleft()
+        oldest = self._starts[-1]
+        value = self._values[oldest - self._base]
         for i in range(len(self.spans)):
-            if self._starts[i] == self._base:
+            if self._starts[i] == oldest:
                 self._starts[i] += 1
                 self._counts[i] -= 1
                 self._sums[i] -= value
-        self._base += 1
 
     def count(self, i: int) -> int:
         """Number of values in span ``i``."""
@@ -87,14 +97,13 @@ class SlidingWindows:
         return self._sums[i]
 
     def __len__(self) -> int:
-        return len(self._times)
+        return self._counts[-1]
 
-    def __getstate__(self) -> tuple[object, ...]:
-        return (self.spans, self.max_items, list(self._times), list(self._values), self._base,
-                self._starts, self._counts, self._sums)
+    def __getstate__(self) -> tuple[Any, ...]:
+        live = self._starts[-1] - self._base  # only the live values are worth keeping
+        return (self.spans, self.max_items, self._times[live:], self._values[live:],
+                self._starts[-1], self._starts, self._counts, self._sums, self._now)
 
-    def __setstate__(self, state: tuple[object, ...]) -> None:
-        (self.spans, self.max_items, times, values, self._base,  # type: ignore[assignment]
-         self._starts, self._counts, self._sums) = state  # type: ignore[assignment]
-        self._times = deque(times)  # type: ignore[call-overload]
-        self._values = deque(values)  # type: ignore[call-overload]
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.spans, self.max_items, self._times, self._values, self._base,
+         self._starts, self._counts, self._sums, self._now) = state

@@ -57,7 +57,8 @@ def _write(kind: str, stream: Stream[Any], sinks: dict[str, Sink[Any]]) -> None:
             op.output(step, stream, sink)
 
 
-def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig, name: str = "crm_engine") -> Dataflow:
+def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
+               name: str = "crm_engine") -> Dataflow:
     """Wire source -> per-customer -> shared scoring -> per-customer view -> sinks."""
     flow = Dataflow(name)
     received = op.input("events_in", flow, source)
@@ -100,4 +101,4 @@ def _is(cls: type) -> Any:
     return check
 
 
-__all__ = ["Outputs", "StepConfig", "build_flow", "Observed", "Scored"]
+__all__ = ["Observed", "Outputs", "Scored", "StepConfig", "build_flow"]

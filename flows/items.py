@@ -10,7 +10,7 @@ from schemas.events import Event
 from schemas.outputs import Alert
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Sequenced:
     """A valid event and its place in its source partition.
 
@@ -23,7 +23,7 @@ class Sequenced:
     event: Event
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Observed:
     """An event after the per-customer step."""
 
@@ -33,7 +33,7 @@ class Observed:
     observation: Observation
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Scored:
     """An event after the shared scoring step; transactions carry their assessment."""
 

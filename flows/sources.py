@@ -12,10 +12,11 @@ from __future__ import annotations
 import gzip
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -146,7 +147,7 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
     def next_awake(self) -> datetime | None:
         if self._rate <= 0:
             return None
-        return datetime.now(timezone.utc) + timedelta(milliseconds=5)
+        return datetime.now(UTC) + timedelta(milliseconds=5)
 
     def snapshot(self) -> int:
         return self._next
@@ -191,7 +192,7 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
         self._part = f"{topic}#{partition}"
         self._batch = settings.batch_size
         start = OFFSET_BEGINNING if settings.starting_offset == "earliest" else OFFSET_END
-        self._offset = resume.offset if resume else start
+        self._offset: int = resume.offset if resume else start
         self._seq = resume.seq if resume else 0
         self._consumer = Consumer({
             **settings.client_config(),
@@ -213,6 +214,8 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
                 log.warning("kafka consumer error on %s: %s", self._part, error)
                 continue
             offset = msg.offset()
+            if offset is None:  # only error events lack an offset
+                continue
             raw = msg.value() or b""
             result = decode(raw, {"topic": self._topic, "partition": self._partition, "offset": offset})
             if isinstance(result, DeadLetter):
@@ -242,7 +245,7 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
 
         admin = AdminClient(self._settings.client_config())
         metadata = admin.list_topics(timeout=10)
-        parts = []
+        parts: list[str] = []
         for topic in self._topics:
             meta = metadata.topics.get(topic)
             if meta is None or meta.error is not None:

@@ -10,8 +10,8 @@ without recovery nothing would ever read a snapshot, so none is made.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -78,13 +78,12 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
         restored = _thaw(resume)
+        self.detector = FraudDetector(config.fraud)
+        self.next_seq: dict[str, int] = {}  # per source partition: the next seq to process
+        self.waiting: dict[str, dict[int, Observed]] = {}  # arrived ahead of their turn
+        self.now = float("-inf")  # the latest event time processed (the watermark)
         if isinstance(restored, tuple):
             self.detector, self.next_seq, self.waiting, self.now = restored
-        else:
-            self.detector = FraudDetector(config.fraud)
-            self.next_seq: dict[str, int] = {}
-            self.waiting: dict[str, dict[int, Observed]] = {}
-            self.now = float("-inf")
         self._config = config
 
     def _in_order(self, values: list[Observed]) -> list[Observed]:

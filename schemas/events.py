@@ -6,6 +6,11 @@ human-readable reason. The field tables below are the single source of truth:
 the parser reads them, and ``json_schema(kind)`` publishes them as JSON Schema
 for producers (see ``schemas/jsonschema/``).
 
+Events and the other per-event objects are slotted dataclasses that the engine never
+mutates, but they are not ``frozen``: a frozen dataclass's ``__init__`` goes through
+``object.__setattr__`` per field and costs five times as much (4.4 us against 0.8 us for
+16 fields, measured), and several are built for every event.
+
 >>> ev = parse_event(b'{"kind": "transaction", "event_id": "e1", '
 ...                  b'"ts": "2026-11-23T09:30:00.125Z", "customer_id": "c1", "amount": 12.5}')
 >>> ev.amount, ev.direction, ev.currency, ev.t
@@ -22,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal, Union
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -107,7 +112,7 @@ KIND_FIELDS: Final[dict[str, tuple[FieldSpec, ...]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class _Common:
     event_id: str
     ts: str  # as received, echoed in outputs
@@ -115,7 +120,7 @@ class _Common:
     customer_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Transaction(_Common):
     amount: float
     currency: str = "CNY"
@@ -132,7 +137,7 @@ class Transaction(_Common):
     kind: Literal["transaction"] = "transaction"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class AppEvent(_Common):
     action: str
     session_id: str | None = None
@@ -145,7 +150,7 @@ class AppEvent(_Common):
     kind: Literal["app"] = "app"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Feedback(_Common):
     label: str
     ref_event_id: str | None = None
@@ -154,7 +159,7 @@ class Feedback(_Common):
     kind: Literal["feedback"] = "feedback"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Profile(_Common):
     rm_id: str | None = None
     segment: str | None = None
@@ -166,7 +171,7 @@ class Profile(_Common):
     kind: Literal["profile"] = "profile"
 
 
-Event = Union[Transaction, AppEvent, Feedback, Profile]
+Event = Transaction | AppEvent | Feedback | Profile
 
 _CLASSES: Final[dict[str, type[Any]]] = {
     "transaction": Transaction, "app": AppEvent, "feedback": Feedback, "profile": Profile,
@@ -179,7 +184,7 @@ def parse_timestamp(value: object) -> float:
     >>> parse_timestamp("1970-01-01T00:00:01.5+00:00")
     1.5
     """
-    if not isinstance(value, str) or len(value) < 20 or value[10] not in "Tt ":
+    if not isinstance(value, str) or len(value) < 19 or value[10] not in "Tt ":
         raise InvalidEvent(f"field 'ts': not an RFC 3339 timestamp: {value!r}"[:200])
     try:
         parsed = datetime.fromisoformat(value)
@@ -236,7 +241,7 @@ def event_from_obj(obj: object) -> Event:
         raise InvalidEvent(f"expected a JSON object, got {_json_type(obj)}")
     kind = obj.get("kind")
     specs = KIND_FIELDS.get(kind) if isinstance(kind, str) else None
-    if specs is None:
+    if specs is None or not isinstance(kind, str):
         if kind is None:
             raise InvalidEvent("missing required field 'kind'")
         raise InvalidEvent(f"unknown kind {str(kind)[:40]!r}; expected one of {', '.join(KIND_FIELDS)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -33,7 +33,7 @@ def format_ts(t: float) -> str:
     >>> format_ts(1795426200.125)
     '2026-11-23T09:30:00.125Z'
     """
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _dumps(obj: Any) -> bytes:
@@ -84,7 +84,7 @@ def alert_id_for(event_id: str, alert_type: str) -> str:
     return f"al-{digest}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Score:
     """Per-event scores for an accepted transaction (replay output)."""
 

@@ -14,7 +14,8 @@ console, and keeps the sink's resume position in Bytewax recovery.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
@@ -28,7 +29,7 @@ class Record(Protocol):
 class Sink(ABC):
     """Where output records go."""
 
-    def open(self, resume: Any = None) -> None:
+    def open(self, resume: Any = None) -> None:  # noqa: B027 (optional hook)
         """Create clients / open files; ``resume`` is the last ``position()`` after a restart."""
 
     @abstractmethod
@@ -39,7 +40,7 @@ class Sink(ABC):
         """What ``open`` needs to resume without duplicates; ``None`` if not resumable."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Deliver what is buffered and release clients."""
 
 

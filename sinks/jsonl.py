@@ -24,11 +24,11 @@ class JsonlSink(Sink):
     def open(self, resume: object = None) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(resume, int):
-            self._file = open(self._path, "r+b" if self._path.exists() else "wb")
+            self._file = open(self._path, "r+b" if self._path.exists() else "wb")  # noqa: SIM115
             self._file.truncate(resume)
             self._file.seek(resume)
         else:
-            self._file = open(self._path, "wb")
+            self._file = open(self._path, "wb")  # noqa: SIM115 (held open until close)
 
     def write_batch(self, records: list[Record]) -> None:
         assert self._file is not None, "JsonlSink.write_batch before open"

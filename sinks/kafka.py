@@ -10,7 +10,8 @@ record's id (``alert_id``), which is deterministic.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sinks.base import Record, Sink
 
@@ -26,9 +27,10 @@ def record_key(record: Record) -> bytes | None:
 class KafkaSink(Sink):
     """Produce every record to ``topic``."""
 
-    def __init__(self, client_config: dict[str, str], topic: str,
+    def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
                  key: Callable[[Record], bytes | None] = record_key) -> None:
-        self._config = {"linger.ms": "2", "enable.idempotence": "true", **client_config}
+        self._config: dict[str, str | int | float | bool] = {
+            "linger.ms": 2, "enable.idempotence": True, **client_config}
         self._topic = topic
         self._key = key
         self._producer: Any = None

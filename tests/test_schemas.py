@@ -1,0 +1,101 @@
+"""The input contract (CONTRACT.md section 1): what is accepted, what is rejected and why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from schemas.events import (
+    KIND_FIELDS,
+    AppEvent,
+    Feedback,
+    InvalidEvent,
+    Profile,
+    Transaction,
+    json_schema,
+    parse_event,
+)
+from schemas.outputs import DeadLetter
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "jsonschema"
+BASE = {"event_id": "e1", "ts": "2026-11-23T09:30:00.125Z", "customer_id": "c1"}
+
+
+def encode(**fields: object) -> bytes:
+    return orjson.dumps({**BASE, **fields})
+
+
+def test_each_kind_parses_to_its_type_with_defaults() -> None:
+    txn = parse_event(encode(kind="transaction", amount=10))
+    assert isinstance(txn, Transaction)
+    assert (txn.amount, txn.currency, txn.direction) == (10.0, "CNY", "debit")
+    assert isinstance(parse_event(encode(kind="app", action="login")), AppEvent)
+    assert isinstance(parse_event(encode(kind="feedback", label="fraud", ref_event_id="x")), Feedback)
+    profile = parse_event(encode(kind="profile", risk_level=4, marketing_opt_out=True))
+    assert isinstance(profile, Profile) and profile.risk_level == 4 and profile.marketing_opt_out
+
+
+def test_timestamps_with_offsets_are_event_time() -> None:
+    utc = parse_event(encode(kind="app", action="login", ts="2026-11-23T01:30:00Z"))
+    beijing = parse_event(encode(kind="app", action="login", ts="2026-11-23T09:30:00+08:00"))
+    assert utc.t == beijing.t
+
+
+def test_unknown_fields_are_accepted_and_null_optionals_mean_absent() -> None:
+    txn = parse_event(encode(kind="transaction", amount=1, channel=None, extra={"x": 1}))
+    assert isinstance(txn, Transaction) and txn.channel is None
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{not json", "invalid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"kind": "transaction", "amount": NaN}', "invalid JSON"),
+    (b'{"kind": "transaction", "amount": 1e999}', "invalid JSON"),
+    (b"\xff\xfe garbage", "invalid JSON"),
+    (encode(kind="wire", amount=1), "unknown kind 'wire'"),
+    (orjson.dumps({"event_id": "e", "ts": BASE["ts"], "customer_id": "c"}), "missing required field 'kind'"),
+    (encode(kind="transaction"), "missing required field 'amount'"),
+    (encode(kind="transaction", amount="12"), "field 'amount': expected a number, got string"),
+    (encode(kind="transaction", amount=True), "field 'amount': expected a number, got boolean"),
+    (encode(kind="transaction", amount=-1), "field 'amount': -1 is below 0"),
+    (encode(kind="transaction", amount=1, direction="sideways"), "field 'direction'"),
+    (encode(kind="transaction", amount=1, ts="2026-11-23T09:30:00"), "has no UTC offset"),
+    (encode(kind="transaction", amount=1, ts="2026-02-30T09:30:00Z"), "not an RFC 3339 timestamp"),
+    (encode(kind="transaction", amount=1, ts=1700000000), "field 'ts': expected a string, got integer"),
+    (encode(kind="transaction", amount=1, customer_id=""), "field 'customer_id': length must be 1..128"),
+    (encode(kind="transaction", amount=1, customer_id="x" * 129), "length must be 1..128"),
+    (encode(kind="app"), "missing required field 'action'"),
+    (encode(kind="app", action="login", duration_ms=1.5), "expected an integer"),
+    (encode(kind="feedback", label="maybe"), "field 'label'"),
+    (encode(kind="profile", risk_level=6), "field 'risk_level': 6 is above 5"),
+    (encode(kind="profile", marketing_opt_out="no"), "expected a boolean"),
+])
+def test_invalid_input_is_rejected_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=None) as info:
+        parse_event(raw)
+    assert reason in str(info.value)
+
+
+def test_dead_letter_keeps_the_payload_exactly() -> None:
+    for raw in (b"not json \xe4\xb8\xad", b"\xff\x00binary"):
+        letter = DeadLetter.of(raw, "why", {"topic": "t", "partition": 0, "offset": 7})
+        assert letter.raw() == raw
+        back = orjson.loads(letter.to_bytes())
+        assert back["reason"] == "why" and back["source"]["offset"] == 7
+    assert DeadLetter.of(b"\xff", "r", {}).payload_encoding == "base64"
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_FIELDS))
+def test_published_json_schemas_are_current(kind: str) -> None:
+    published = json.loads((SCHEMA_DIR / f"{kind}.json").read_text())
+    assert published == json_schema(kind), "run `python -m schemas.publish` and commit the result"
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_FIELDS))
+def test_json_schema_requires_what_the_parser_requires(kind: str) -> None:
+    schema = json_schema(kind)
+    required = {spec.name for spec in KIND_FIELDS[kind] if spec.required} | {"kind", *BASE}
+    assert set(schema["required"]) == required
