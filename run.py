@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -82,8 +83,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, os.environ)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: the dataflow is interrupted and sinks flush on exit."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _stop_on_sigterm()
+    # A stop request surfaces as a Rust panic inside Bytewax; its backtrace is noise.
+    os.environ["RUST_BACKTRACE"] = "0"
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -135,4 +146,4 @@ if __name__ == "__main__":
         sys.exit(main())
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(0)

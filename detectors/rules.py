@@ -23,7 +23,7 @@ from typing import Final
 from schemas.events import Transaction
 from schemas.outputs import AlertType
 
-OUTGOING_TRANSFER_TYPES: Final = frozenset({"transfer", "securities_sell", "fund_redemption"})
+OUTGOING_TRANSFER_TYPES: Final = frozenset({"transfer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,9 @@ def evaluate_rules(features: dict[str, float], txn: Transaction, params: RulePar
                             near, 0.6, True))
     out_ratio = f("outflow_of_inflow_24h", 0.0)
     inflow = math.expm1(f("log_inflow_24h", 0.0))
-    if debit and out_ratio >= params.in_out_ratio and inflow >= params.in_out_min_amount:
+    # Mule pattern: money that just came in leaves at once, by transfer, to someone new.
+    if (outgoing and out_ratio >= params.in_out_ratio and inflow >= params.in_out_min_amount
+            and f("new_counterparty", 0.0) > 0):
         hits.append(RuleHit("rapid_in_out", "aml_pattern",
                             f"{out_ratio:.0%} of the last day's inflow of {inflow:,.2f} already sent out",
                             round(out_ratio, 3), 0.45, True))

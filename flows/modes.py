@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bytewax.dataflow import Dataflow
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
@@ -58,8 +59,14 @@ def execute(flow: Dataflow, settings: Settings, workers: int | None = None) -> N
             db_dir.mkdir(parents=True, exist_ok=True)
             init_db_dir(db_dir, 1)
         recovery = RecoveryConfig(db_dir, timedelta(seconds=engine.backup_interval_s))
-    cli_main(flow, workers_per_process=workers or engine.workers,
-             epoch_interval=timedelta(seconds=engine.epoch_interval_s), recovery_config=recovery)
+    try:
+        cli_main(flow, workers_per_process=workers or engine.workers,
+                 epoch_interval=timedelta(seconds=engine.epoch_interval_s), recovery_config=recovery)
+    except BytewaxRuntimeError as exc:
+        # Bytewax turns a signal into a runtime error; it is a stop request, not a failure.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,8 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
 
     def __init__(self, settings: KafkaSettings, topics: Iterable[str] | None = None) -> None:
         self._settings = settings
-        self._topics = tuple(topics or settings.topics())
+        # The kinds may share a topic; each topic partition is read once.
+        self._topics = tuple(dict.fromkeys(topics or settings.topics()))
 
     def list_parts(self) -> list[str]:
         from confluent_kafka.admin import AdminClient

@@ -10,12 +10,19 @@ record's id (``alert_id``), which is deterministic.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from sinks.base import Record, Sink
 
 log = logging.getLogger(__name__)
+
+
+def _flush_at_exit(producer: Any, topic: str) -> None:
+    remaining = producer.flush(10)
+    if remaining:
+        log.error("%d records to %s undelivered at exit", remaining, topic)
 
 
 def record_key(record: Record) -> bytes | None:
@@ -41,6 +48,8 @@ class KafkaSink(Sink):
         from confluent_kafka import Producer
 
         self._producer = Producer(self._config)
+        # Bytewax does not close sinks when it is interrupted; deliver what is in flight at exit.
+        weakref.finalize(self, _flush_at_exit, self._producer, self._topic)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
