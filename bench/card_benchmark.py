@@ -1,0 +1,544 @@
+"""Card-fraud benchmark: the handbook's simulated card payments through ``run.py replay``.
+
+Generates (or reuses) a dataset with ``bench.cardsim``, replays it through the engine in a
+subprocess exactly as an external check would (``run.py replay --input ... --alerts-out
+... --scores-out ... --state-out ... --dead-letter-out ...`` from the project root), then
+scores the per-transaction ``fraud_score`` against the ground truth:
+
+- the test week (default: the last full week, days ``[days - 7, days)``): ROC AUC,
+  average precision and card precision@k per day (mean), on all its transactions and on
+  the handbook's test set (customers with a fraud known at the time removed: frauds of
+  the week before the delay week up to 8 days before the test day);
+- the same per week of the run, so that learning over time is visible;
+- per fraud scenario (amount > 220, compromised terminal, compromised card): AUC of its
+  frauds against the legitimate transactions, recall in the top N (N = the period's
+  number of frauds) and the share that raised an alert;
+- two reference scores computed from the event stream alone, to sanity-check the
+  engine: ``amount`` (score = amount) and ``online`` (a small counting heuristic that
+  learns only from the delayed feedback in the stream: fraud rate by amount bucket, by
+  amount-to-customer-mean bucket and by terminal over the last weeks, noisy-OR'ed);
+- the replay's wall time and events per second.
+
+    python -m bench.card_benchmark --customers 500 --terminals 1000 --days 40
+    python -m bench.card_benchmark                      # 5000 customers, 10000 terminals, 120 days
+
+Files live in ``--workdir`` (default ``out/card_benchmark/<size>``); the dataset is reused
+when it was generated with the same parameters. Exit status: 0, or 1 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from bench.cardsim import DAY_S, SCENARIO_NAMES, SimConfig, simulate, summary, write_events, write_truth
+from bench.metrics import average_precision, card_precision_by_day, roc_auc
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchPaths:
+    """The files of one benchmark run, all in one work directory."""
+
+    workdir: Path
+
+    @property
+    def events(self) -> Path:
+        return self.workdir / "events.jsonl.gz"
+
+    @property
+    def truth(self) -> Path:
+        return self.workdir / "truth.csv"
+
+    @property
+    def meta(self) -> Path:
+        return self.workdir / "dataset.json"
+
+    @property
+    def alerts(self) -> Path:
+        return self.workdir / "alerts.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.workdir / "scores.jsonl"
+
+    @property
+    def state(self) -> Path:
+        return self.workdir / "state.jsonl"
+
+    @property
+    def dead_letters(self) -> Path:
+        return self.workdir / "dead_letters.jsonl"
+
+    @property
+    def replay_log(self) -> Path:
+        return self.workdir / "replay.log"
+
+
+def _open_text(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
+
+
+def _jsonl(path: Path) -> Iterator[dict[str, object]]:
+    """The objects of a JSONL file (optionally gzip), streamed; blank lines skipped."""
+    with _open_text(path) as handle:
+        for line in handle:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def _tx_number(event_id: object) -> int | None:
+    """``n`` for ``"tx<n>"``, else None."""
+    if isinstance(event_id, str) and event_id.startswith("tx") and event_id[2:].isdigit():
+        return int(event_id[2:])
+    return None
+
+
+def prepare_data(config: SimConfig, paths: BenchPaths) -> bool:
+    """Make sure the events and truth of ``config`` exist; True if they were (re)generated."""
+    wanted = asdict(config)
+    if paths.events.exists() and paths.truth.exists() and paths.meta.exists():
+        try:
+            if json.loads(paths.meta.read_text()) == wanted:
+                return False
+        except ValueError:
+            pass
+    paths.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tx = simulate(config)
+    write_events(tx, config, paths.events)
+    write_truth(tx, config, paths.truth)
+    paths.meta.write_text(json.dumps(wanted, indent=1))
+    print(f"generated {summary(tx)} in {time.perf_counter() - started:.1f}s")
+    return True
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    """How the engine's replay went."""
+
+    returncode: int
+    wall_s: float
+    n_events: int
+
+    @property
+    def events_per_s(self) -> float:
+        return self.n_events / self.wall_s if self.wall_s > 0 else math.nan
+
+
+def replay_command(paths: BenchPaths) -> list[str]:
+    """The replay exactly as an external check runs it (from the project root)."""
+    return [sys.executable, "run.py", "replay", "--input", str(paths.events),
+            "--alerts-out", str(paths.alerts), "--scores-out", str(paths.scores),
+            "--state-out", str(paths.state), "--dead-letter-out", str(paths.dead_letters)]
+
+
+def run_replay(paths: BenchPaths, n_events: int, timeout_s: float | None) -> ReplayRun:
+    """Run the replay as a subprocess, its output in ``replay.log``; never raises on failure."""
+    for out in (paths.alerts, paths.scores, paths.state, paths.dead_letters):
+        out.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with paths.replay_log.open("wb") as log:
+        try:
+            code = subprocess.run(replay_command(paths), cwd=PROJECT_ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT, timeout=timeout_s, check=False).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+    return ReplayRun(code, time.perf_counter() - started, n_events)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- truth, scores, alerts ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Labels per transaction, indexed by transaction number."""
+
+    customer: IntArray
+    day: IntArray
+    fraud: BoolArray
+    scenario: npt.NDArray[np.int8]
+
+    def __len__(self) -> int:
+        return int(self.day.size)
+
+
+def load_truth(path: Path) -> Truth:
+    """Read ``bench.cardsim``'s truth CSV (rows in transaction-number order)."""
+    customers: list[int] = []
+    days: list[int] = []
+    frauds: list[bool] = []
+    scenarios: list[int] = []
+    with _open_text(path) as handle:
+        header = handle.readline().decode().strip().split(",")
+        col = {name: i for i, name in enumerate(header)}
+        ie, ic, idy, ifr, isc = (col[n] for n in ("event_id", "customer_id", "day", "is_fraud", "scenario"))
+        for number, raw in enumerate(handle):
+            fields = raw.decode().rstrip("\r\n").split(",")
+            if _tx_number(fields[ie]) != number:
+                raise ValueError(f"{path}: row {number + 2} is {fields[ie]!r}, expected 'tx{number}'")
+            customers.append(int(fields[ic].removeprefix("cust")))
+            days.append(int(fields[idy]))
+            frauds.append(fields[ifr] == "1")
+            scenarios.append(int(fields[isc]))
+    return Truth(np.asarray(customers, dtype=np.int64), np.asarray(days, dtype=np.int64),
+                 np.asarray(frauds, dtype=bool), np.asarray(scenarios, dtype=np.int8))
+
+
+def load_scores(path: Path, n: int) -> tuple[FloatArray, int]:
+    """``fraud_score`` per transaction number (missing ones 0.0) and how many were missing."""
+    scores = np.full(n, np.nan)
+    for obj in _jsonl(path):
+        number = _tx_number(obj.get("event_id"))
+        value = obj.get("fraud_score")
+        if number is not None and number < n and isinstance(value, int | float):
+            scores[number] = float(value)
+    missing = int(np.isnan(scores).sum())
+    scores[np.isnan(scores)] = 0.0
+    return scores, missing
+
+
+def load_alerted(path: Path, n: int) -> BoolArray:
+    """Which transactions raised at least one alert."""
+    alerted = np.zeros(n, dtype=bool)
+    if path.exists():
+        for obj in _jsonl(path):
+            number = _tx_number(obj.get("event_id"))
+            if number is not None and number < n:
+                alerted[number] = True
+    return alerted
+
+
+# -- reference scores from the stream alone -------------------------------------------------
+
+
+class OnlineReference:
+    """A counting heuristic that learns only from the feedback events in the stream.
+
+    Three fraud rates, each Beta-smoothed towards ``prior`` and learned from labels as they
+    arrive: by amount bucket (10-unit steps), by bucket of the amount over the customer's
+    running mean amount (0.5 steps), and by terminal with exponentially decayed counts
+    (``halflife_days``). The score is their noisy-OR. It scores before it learns.
+    """
+
+    def __init__(self, n_tx: int, prior: float = 0.01, strength: float = 2.0,
+                 halflife_days: float = 14.0) -> None:
+        self._prior, self._strength = prior, strength
+        self._decay = math.log(2) / (halflife_days * DAY_S)
+        self._amount_bucket = np.zeros(n_tx, dtype=np.int16)
+        self._ratio_bucket = np.zeros(n_tx, dtype=np.int16)
+        self._terminal = np.zeros(n_tx, dtype=np.int64)
+        self._amount_counts = np.zeros((2, 101))  # frauds, labels
+        self._ratio_counts = np.zeros((2, 41))
+        self._terminal_counts: dict[int, list[float]] = {}  # frauds, labels, as-of time
+        self._customer_sums: dict[int, list[float]] = {}  # count, sum of amounts
+
+    def _rate(self, frauds: float, labels: float) -> float:
+        return (frauds + self._strength * self._prior) / (labels + self._strength)
+
+    def _terminal_state(self, terminal: int, t: float) -> list[float]:
+        state = self._terminal_counts.setdefault(terminal, [0.0, 0.0, t])
+        factor = math.exp(-self._decay * (t - state[2]))
+        state[0] *= factor
+        state[1] *= factor
+        state[2] = t
+        return state
+
+    def score(self, number: int, t: float, customer: int, terminal: int, amount: float) -> float:
+        """The score of a transaction, from what was learned before it."""
+        count, total = self._customer_sums.setdefault(customer, [0.0, 0.0])
+        ratio_bucket = min(40, int(2 * amount / (total / count))) if count and total > 0 else 0
+        amount_bucket = min(100, int(amount // 10))
+        self._amount_bucket[number], self._ratio_bucket[number] = amount_bucket, ratio_bucket
+        self._terminal[number] = terminal
+        sums = self._customer_sums[customer]
+        sums[0] += 1.0
+        sums[1] += amount
+        term = self._terminal_state(terminal, t)
+        rates = (self._rate(*self._amount_counts[:, amount_bucket]),
+                 self._rate(*self._ratio_counts[:, ratio_bucket]), self._rate(term[0], term[1]))
+        return 1.0 - math.prod(1.0 - r for r in rates)
+
+    def learn(self, number: int, t: float, fraud: bool) -> None:
+        """A ``fraud``/``legit`` label for transaction ``number`` arrives at time ``t``."""
+        self._amount_counts[:, self._amount_bucket[number]] += (float(fraud), 1.0)
+        self._ratio_counts[:, self._ratio_bucket[number]] += (float(fraud), 1.0)
+        term = self._terminal_state(int(self._terminal[number]), t)
+        term[0] += float(fraud)
+        term[1] += 1.0
+
+
+def _epoch(ts: str) -> float:
+    """Unix time of an RFC 3339 timestamp."""
+    return datetime.fromisoformat(ts).timestamp()
+
+
+def _count_lines(path: Path) -> int:
+    with _open_text(path) as handle:
+        return sum(1 for _ in handle)
+
+
+def reference_scores(events: Path, n: int) -> dict[str, FloatArray]:
+    """Scores of the reference models for every transaction, from the event file alone."""
+    amount = np.zeros(n)
+    online = np.zeros(n)
+    model = OnlineReference(n)
+    for obj in _jsonl(events):
+        kind = obj.get("kind")
+        if kind == "transaction":
+            number = _tx_number(obj.get("event_id"))
+            if number is None or number >= n:
+                continue
+            value = float(obj["amount"])  # type: ignore[arg-type]
+            amount[number] = value
+            online[number] = model.score(number, _epoch(str(obj["ts"])),
+                                         int(str(obj["customer_id"]).removeprefix("cust")),
+                                         int(str(obj.get("counterparty_id", "term-1")).removeprefix("term")),
+                                         value)
+        elif kind == "feedback" and obj.get("label") in ("fraud", "legit"):
+            number = _tx_number(obj.get("ref_event_id"))
+            if number is not None and number < n:
+                model.learn(number, _epoch(str(obj["ts"])), obj["label"] == "fraud")
+    return {"amount": amount, "online": online}
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeriodMetrics:
+    """Quality of one score on a set of transactions."""
+
+    n_tx: int
+    n_fraud: int
+    auc: float
+    ap: float
+    cp_by_day: tuple[float, ...]
+
+    @property
+    def cp(self) -> float:
+        return float(np.mean(self.cp_by_day)) if self.cp_by_day else math.nan
+
+
+def period_metrics(mask: BoolArray, truth: Truth, scores: FloatArray, k: int) -> PeriodMetrics:
+    """AUC, AP and card precision@k per day of the transactions in ``mask``."""
+    y, s = truth.fraud[mask], scores[mask]
+    per_day = card_precision_by_day(truth.day[mask], truth.customer[mask], s, y, k)
+    return PeriodMetrics(int(mask.sum()), int(y.sum()), roc_auc(y, s), average_precision(y, s),
+                         tuple(p for _, p in per_day))
+
+
+def week_ranges(n_days: int, test_start: int) -> list[tuple[int, int]]:
+    """Seven-day ``[lo, hi)`` ranges aligned on the test week, covering ``[0, n_days)``.
+
+    >>> week_ranges(20, 10)
+    [(0, 3), (3, 10), (10, 17), (17, 20)]
+    """
+    first = test_start - 7 * math.ceil(test_start / 7)
+    return [(max(0, lo), min(lo + 7, n_days)) for lo in range(first, n_days, 7) if lo + 7 > 0]
+
+
+def handbook_test_mask(truth: Truth, test_start: int, n_test_days: int = 7, delay_days: int = 7,
+                       train_days: int = 7) -> BoolArray:
+    """The handbook's test set: test-week transactions of cards not known to be compromised.
+
+    For test day ``D`` the known compromised cards are those with a fraud on the days from
+    the training week's start (``test_start - delay - train``) to ``D - delay - 1``.
+    """
+    mask = np.zeros(len(truth), dtype=bool)
+    first_known = test_start - delay_days - train_days
+    for day in range(test_start, test_start + n_test_days):
+        known_days = (truth.day >= first_known) & (truth.day <= day - delay_days - 1)
+        known = np.unique(truth.customer[known_days & truth.fraud])
+        mask |= (truth.day == day) & ~np.isin(truth.customer, known)
+    return mask
+
+
+@dataclass(frozen=True)
+class ScenarioRow:
+    """Detection of one fraud scenario in a period."""
+
+    scenario: int
+    n: int
+    auc: float
+    recall_top_n: float
+    alert_recall: float
+
+
+def scenario_rows(mask: BoolArray, truth: Truth, scores: FloatArray, alerted: BoolArray) -> list[ScenarioRow]:
+    """Per scenario: AUC against legit, recall in the top N (N = frauds in the period), alerted."""
+    s = scores[mask]
+    n_fraud = int(truth.fraud[mask].sum())
+    threshold = np.sort(s)[::-1][n_fraud - 1] if 0 < n_fraud <= s.size else math.inf
+    legit = mask & ~truth.fraud
+    rows: list[ScenarioRow] = []
+    for scenario in (1, 2, 3):
+        hit = mask & truth.fraud & (truth.scenario == scenario)
+        n = int(hit.sum())
+        pair = hit | legit
+        auc = roc_auc(hit[pair], scores[pair]) if n else math.nan
+        recall = float((scores[hit] >= threshold).mean()) if n else math.nan
+        alert = float(alerted[hit].mean()) if n else math.nan
+        rows.append(ScenarioRow(scenario, n, auc, recall, alert))
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _f(value: float, width: int = 6) -> str:
+    return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.3f}"
+
+
+def print_period(title: str, models: dict[str, PeriodMetrics], k: int) -> None:
+    print(f"\n{title}")
+    print(f"  {'score':<8} {'tx':>8} {'frauds':>7} {'AUC':>6} {'AP':>6} {f'CP@{k}':>7}   CP@k by day")
+    for name, m in models.items():
+        days = " ".join(f"{p:.2f}" for p in m.cp_by_day)
+        print(f"  {name:<8} {m.n_tx:>8} {m.n_fraud:>7} {_f(m.auc)} {_f(m.ap)} {_f(m.cp, 7)}   {days}")
+
+
+def print_weeks(weeks: list[tuple[tuple[int, int], dict[str, PeriodMetrics]]], k: int) -> None:
+    names = list(weeks[0][1]) if weeks else []
+    print(f"\nPer week (AUC / AP / CP@{k})")
+    print(f"  {'days':<9} {'tx':>7} {'frauds':>6}" + "".join(f"  {n:^20}" for n in names))
+    for (lo, hi), models in weeks:
+        first = next(iter(models.values()))
+        cells = "".join(f"  {_f(m.auc)} {_f(m.ap)} {_f(m.cp)}" for m in models.values())
+        print(f"  {lo:>3}-{hi - 1:<5} {first.n_tx:>7} {first.n_fraud:>6}{cells}")
+
+
+def print_scenarios(title: str, rows_by_model: dict[str, list[ScenarioRow]]) -> None:
+    print(f"\n{title}")
+    names = list(rows_by_model)
+    print(f"  {'scenario':<22} {'frauds':>6}" + "".join(f"  {n + ' AUC':>12} {'top-N rec':>9}" for n in names)
+          + f"  {'alerted':>7}")
+    for i, row in enumerate(rows_by_model[names[0]]):
+        cells = "".join(f"  {_f(rows_by_model[n][i].auc, 12)} {_f(rows_by_model[n][i].recall_top_n, 9)}"
+                        for n in names)
+        label = f"{row.scenario} {SCENARIO_NAMES[row.scenario]}"
+        print(f"  {label:<22} {row.n:>6}{cells}  {_f(row.alert_recall, 7)}")
+
+
+def alert_quality(mask: BoolArray, truth: Truth, alerted: BoolArray) -> str:
+    flagged = mask & alerted
+    n_flagged = int(flagged.sum())
+    frauds = int((mask & truth.fraud).sum())
+    tp = int((flagged & truth.fraud).sum())
+    precision = tp / n_flagged if n_flagged else math.nan
+    recall = tp / frauds if frauds else math.nan
+    return f"{n_flagged} alerted transactions, precision {_f(precision, 0)}, recall {_f(recall, 0)}"
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.card_benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument("--terminals", type=int, default=10000)
+    parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="files here (default out/card_benchmark/<size> under the project)")
+    parser.add_argument("--test-start-day", type=int, default=None,
+                        help="first day of the test week (default: days - 7)")
+    parser.add_argument("--k", type=int, default=100, help="cards per day for card precision@k")
+    parser.add_argument("--skip-replay", action="store_true",
+                        help="score the existing scores file of the work directory")
+    parser.add_argument("--timeout", type=float, default=None, help="replay time limit, seconds")
+    return parser
+
+
+def evaluate(paths: BenchPaths, test_start: int, n_days: int, k: int) -> None:
+    """Read truth, scores, alerts and events of ``paths`` and print every table."""
+    truth = load_truth(paths.truth)
+    n = len(truth)
+    engine, missing = load_scores(paths.scores, n)
+    if missing:
+        print(f"warning: {missing} of {n} transactions have no score (counted as 0.0)")
+    alerted = load_alerted(paths.alerts, n)
+    models = {"engine": engine, **reference_scores(paths.events, n)}
+    test = (truth.day >= test_start) & (truth.day < test_start + 7)
+    print_period(f"Test week, days {test_start}-{min(test_start + 7, n_days) - 1}: all transactions",
+                 {name: period_metrics(test, truth, s, k) for name, s in models.items()}, k)
+    handbook = handbook_test_mask(truth, test_start)
+    print_period("Test week, handbook test set (cards with a known fraud removed)",
+                 {name: period_metrics(handbook, truth, s, k) for name, s in models.items()}, k)
+    print(f"  engine alerts in the test week: {alert_quality(test, truth, alerted)}")
+    weeks = [((lo, hi), {name: period_metrics((truth.day >= lo) & (truth.day < hi), truth, s, k)
+                         for name, s in models.items()})
+             for lo, hi in week_ranges(n_days, test_start)]
+    print_weeks(weeks, k)
+    print_scenarios("Per scenario, test week (top-N: N = frauds in the week; alerted: engine)",
+                    {name: scenario_rows(test, truth, s, alerted) for name, s in models.items()})
+    after_first = truth.day >= 7
+    print_scenarios("Per scenario, days 7 to the end",
+                    {name: scenario_rows(after_first, truth, s, alerted) for name, s in models.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = SimConfig(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
+    test_start = args.days - 7 if args.test_start_day is None else args.test_start_day
+    if not 0 <= test_start < args.days:
+        print(f"--test-start-day must be in [0, {args.days})", file=sys.stderr)
+        return 1
+    workdir = args.workdir or PROJECT_ROOT / "out" / "card_benchmark" / (
+        f"c{args.customers}_t{args.terminals}_d{args.days}_s{args.seed}")
+    paths = BenchPaths(workdir.resolve())
+    try:
+        prepare_data(config, paths)
+        n_events = 2 * (_count_lines(paths.truth) - 1)  # a transaction and its feedback
+        if args.skip_replay and paths.scores.exists():
+            print(f"scoring the existing {paths.scores}")
+        else:
+            print(f"replaying {n_events} events: {' '.join(replay_command(paths))}", flush=True)
+            run = run_replay(paths, n_events, args.timeout)
+            if run.returncode != 0:
+                print(f"replay failed (exit {run.returncode}) after {run.wall_s:.1f}s; "
+                      f"end of {paths.replay_log}:\n{_tail(paths.replay_log)}", file=sys.stderr)
+                return 1
+            print(f"replay: {run.wall_s:.1f}s wall, {run.events_per_s:,.0f} events/s")
+        evaluate(paths, test_start, args.days, args.k)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

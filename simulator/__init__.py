@@ -1,0 +1,38 @@
+"""A deterministic, lazy simulator of a bank/brokerage customer event stream.
+
+It emits the input events of CONTRACT.md (``profile``, ``transaction``, ``app``, ``feedback``)
+for a synthetic population with daily and weekly rhythms, injects labelled fraud and AML cases
+(see ``simulator.typologies``) and churners (``simulator.churn``), and delivers delayed
+``fraud``/``legit``/``churned`` feedback labels in time order with everything else.
+
+Public API:
+
+- ``SimulatorConfig``: what to simulate (frozen, validated).
+- ``generate(config)``: the events, lazily, in non-decreasing ``ts`` order.
+- ``generate_with_truth(config)``: ``(event, truth)`` pairs; truth for every transaction.
+- ``write_jsonl(config, out_path, truth_path=None)``: record a stream (``.gz`` for gzip).
+- ``paced(events, rate_per_s)``: replay at a bounded rate for live demos.
+- ``TYPOLOGIES``: the names of the injected typologies.
+"""
+
+from simulator.generator import (
+    Event,
+    SimulatorConfig,
+    Truth,
+    generate,
+    generate_with_truth,
+    write_jsonl,
+)
+from simulator.live import paced
+from simulator.typologies import TYPOLOGIES
+
+__all__ = [
+    "TYPOLOGIES",
+    "Event",
+    "SimulatorConfig",
+    "Truth",
+    "generate",
+    "generate_with_truth",
+    "paced",
+    "write_jsonl",
+]
