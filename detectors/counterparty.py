@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from detectors.windows import SlidingWindows
 
@@ -26,10 +26,9 @@ LABEL_SPANS: Final = (7 * DAY, 28 * DAY)
 TRAFFIC_SPANS: Final = (DAY, 7 * DAY)
 
 COUNTERPARTY_FEATURES: Final = (
-    "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_labels_28d", "cp_txns_1d",
-    "cp_txns_7d", "cp_new",
+    "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_fraud_logodds", "cp_labels_28d",
+    "cp_txns_1d", "cp_txns_7d", "cp_new",
 )
-_EMPTY: Final = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {"cp_new": 1.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,22 +37,24 @@ class CounterpartyParams:
 
     prior_rate: float = 0.01  # fraud rate assumed before any label
     prior_strength: float = 2.0  # the prior counts as this many labels
+    halflife_days: float = 14.0  # memory of the decayed fraud rate
     capacity: int = 200_000  # least recently seen counterparties are forgotten past this
 
 
 class _Counterparty:
-    __slots__ = ("frauds", "labels", "traffic")
+    __slots__ = ("frauds", "labels", "traffic", "decayed")
 
     def __init__(self) -> None:
         self.frauds = SlidingWindows(LABEL_SPANS, 4096)
         self.labels = SlidingWindows(LABEL_SPANS[1:], 16384)
         self.traffic = SlidingWindows(TRAFFIC_SPANS, 16384)
+        self.decayed = [0.0, 0.0, 0.0]  # frauds, labels, as of event time
 
-    def __getstate__(self) -> tuple[SlidingWindows, ...]:
-        return (self.frauds, self.labels, self.traffic)
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.frauds, self.labels, self.traffic, self.decayed)
 
-    def __setstate__(self, state: tuple[SlidingWindows, ...]) -> None:
-        self.frauds, self.labels, self.traffic = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.frauds, self.labels, self.traffic, self.decayed = state
 
 
 class CounterpartyRisk:
@@ -62,6 +63,11 @@ class CounterpartyRisk:
     def __init__(self, params: CounterpartyParams | None = None) -> None:
         self.params = params or CounterpartyParams()
         self._by_id: dict[str, _Counterparty] = {}
+        self._decay = math.log(2.0) / (self.params.halflife_days * DAY)
+        p = self.params
+        prior_odds = math.log(p.prior_rate / (1.0 - p.prior_rate))
+        self._empty = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {
+            "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": prior_odds}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -79,17 +85,21 @@ class CounterpartyRisk:
         """What is known about ``cp`` at event time ``t``; does not change anything."""
         entry = self._by_id.get(cp) if cp is not None else None
         if entry is None:
-            return dict(_EMPTY)
+            return dict(self._empty)
         entry.frauds.advance(t)
         entry.labels.advance(t)
         entry.traffic.advance(t)
         p = self.params
         frauds_28d, labels_28d = entry.frauds.count(1), entry.labels.count(0)
+        frauds, labels, as_of = entry.decayed
+        factor = math.exp(-self._decay * max(0.0, t - as_of))
+        rate = (frauds * factor + p.prior_rate * p.prior_strength) / (labels * factor + p.prior_strength)
         return {
             "cp_frauds_7d": float(entry.frauds.count(0)),
             "cp_frauds_28d": float(frauds_28d),
             "cp_fraud_rate_28d": (frauds_28d + p.prior_rate * p.prior_strength)
             / (labels_28d + p.prior_strength),
+            "cp_fraud_logodds": math.log(rate / (1.0 - rate)),
             "cp_labels_28d": math.log1p(labels_28d),
             "cp_txns_1d": math.log1p(entry.traffic.count(0)),
             "cp_txns_7d": math.log1p(entry.traffic.count(1)),
@@ -109,3 +119,6 @@ class CounterpartyRisk:
         entry.labels.add(known_at, 1.0)
         if fraud:
             entry.frauds.add(known_at, 1.0)
+        decayed = entry.decayed
+        factor = math.exp(-self._decay * max(0.0, known_at - decayed[2]))
+        entry.decayed = [decayed[0] * factor + fraud, decayed[1] * factor + 1.0, max(known_at, decayed[2])]

@@ -19,13 +19,16 @@ unlabelled transactions older than the label horizon as legitimate.
 
 from __future__ import annotations
 
+import math
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from typing import Final
 
 from detectors.anomaly import AnomalyModel, AnomalyParams, squash
 from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
 from detectors.profile import FEATURES
+from detectors.risk_tables import RateTable, RateTableParams
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
 from schemas.outputs import AlertType, Reason, Severity
@@ -34,7 +37,10 @@ RULE_CODES: Final = (
     "large_vs_history", "velocity_burst", "card_testing", "takeover_sequence", "structuring",
     "rapid_in_out", "dormant_reactivation", "unusual_foreign",
 )
+#: Features whose fraud rate per bucket is learned from labels (see detectors.risk_tables).
+RATE_FEATURES: Final = ("log_amount", "amount_to_mean")
 MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly",
+                         *(f"risk_{name}" for name in RATE_FEATURES),
                          *(f"rule_{code}" for code in RULE_CODES))
 MODEL_REVISION: Final = "fraud-1"
 
@@ -52,6 +58,9 @@ FEATURE_TEXT: Final = {
     "velocity_1d": "more transactions today than usual",
     "cnt_1h": "many transactions in the last hour",
     "anomaly": "behaviour unlike the customer population's",
+    "risk_log_amount": "amounts like this were often fraud recently",
+    "risk_amount_to_mean": "amounts this far above the customer's usual were often fraud recently",
+    "cp_fraud_logodds": "counterparty's recent confirmed fraud rate",
 }
 
 
@@ -66,6 +75,7 @@ class FraudParams:
     anomaly: AnomalyParams = field(default_factory=AnomalyParams)
     counterparty: CounterpartyParams = field(default_factory=CounterpartyParams)
     supervised: SupervisedParams = field(default_factory=SupervisedParams)
+    rate_tables: RateTableParams = field(default_factory=RateTableParams)
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -80,6 +90,11 @@ class Assessment:
     severity: Severity
     reasons: tuple[Reason, ...]
     model_version: str
+
+
+def _rate_input(value: float, name: str) -> float:
+    """The value a rate table buckets: amounts and ratios on a log scale."""
+    return value if name.startswith("log_") else math.log1p(max(0.0, value))
 
 
 def severity_of(score: float, bands: tuple[float, float, float]) -> Severity:
@@ -106,6 +121,8 @@ class FraudDetector:
         self.anomaly = AnomalyModel(p.anomaly)
         self.classifier = FraudClassifier(MODEL_FEATURES, p.supervised)
         self.pending = DelayedLabels(p.supervised)
+        self.rate_tables = tuple(RateTable.of(name, p.rate_tables) for name in RATE_FEATURES)
+        self._rate_index = tuple(MODEL_FEATURES.index(name) for name in RATE_FEATURES)
         self.unmatched_labels = 0  # feedback whose transaction was never scored or expired
         self.dropped_pending = 0  # scored transactions forgotten unlabelled (max_pending)
 
@@ -122,10 +139,13 @@ class FraudDetector:
         squashed = squash(features)
         anomaly_score = self.anomaly.score_one(squashed)
         x["anomaly"] = anomaly_score
+        for table in self.rate_tables:
+            x[f"risk_{table.feature}"] = table.log_odds(_rate_input(features[table.feature], table.feature), t)
         for hit in hits:
             x[f"rule_{hit.code}"] = 1.0
         clf = self.classifier
-        model_score = clf.predict_proba_one(x) if clf.n_frauds else 0.0
+        vector = clf.vector(x)
+        model_score = clf.predict_proba_one(vector) if clf.n_frauds else 0.0
         not_hit = 1.0 - p.anomaly_weight * anomaly_score
         for hit in hits:
             not_hit *= 1.0 - hit.weight
@@ -133,12 +153,12 @@ class FraudDetector:
         trust = clf.n_frauds / (clf.n_frauds + p.warmup_frauds)
         score = min(1.0, max(0.0, trust * model_score + (1.0 - trust) * prior))
         alert_type, severity = self._alert(score, hits)
-        reasons = self._reasons(x, hits, trust, anomaly_score) if alert_type else ()
+        reasons = self._reasons(x, vector, hits, trust, anomaly_score) if alert_type else ()
         version = self.model_version
         # Learn only after scoring: the transaction must not explain itself.
         self.anomaly.learn_one(squashed)
         self.counterparties.observe_transaction(counterparty_id, t)
-        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, clf.vector(x))):
+        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, vector)):
             self.dropped_pending += 1
         return Assessment(round(score, 6), round(model_score, 6), round(prior, 6),
                           round(anomaly_score, 6), alert_type, severity, reasons, version)
@@ -156,11 +176,11 @@ class FraudDetector:
         typed = sorted(hits, key=lambda h: (h.alert_type == "suspicious_transaction", -h.weight))
         return (typed[0].alert_type if typed else "suspicious_transaction"), severity
 
-    def _reasons(self, x: dict[str, float], hits: list[RuleHit], trust: float,
+    def _reasons(self, x: dict[str, float], vector: array[float], hits: list[RuleHit], trust: float,
                  anomaly_score: float) -> tuple[Reason, ...]:
         reasons = [Reason(h.code, h.text, h.value, round(h.weight, 4)) for h in hits]
         if trust > 0:
-            for name, contribution in self.classifier.explain(x):
+            for name, contribution in self.classifier.explain(vector):
                 text = FEATURE_TEXT.get(name, name.replace("_", " "))
                 reasons.append(Reason(f"model:{name}", text, round(x.get(name, 0.0), 4),
                                       round(contribution * trust, 4)))
@@ -178,9 +198,13 @@ class FraudDetector:
         self._learn(entry, known_at, is_fraud)
         return True
 
-    def _learn(self, entry: Pending, known_at: float, is_fraud: bool) -> None:
-        self.classifier.learn_one(self.classifier.from_vector(entry.vector), is_fraud)
+    def _learn(self, entry: Pending, known_at: float, is_fraud: bool, weight: float = 1.0) -> None:
+        clf = self.classifier
+        if weight > 0:
+            clf.learn_one(entry.vector, is_fraud, weight)
         self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud)
+        for table, index in zip(self.rate_tables, self._rate_index, strict=True):
+            table.learn(_rate_input(entry.vector[index], table.feature), known_at, is_fraud)
 
     def advance(self, now: float) -> int:
         """Take transactions past the label horizon as legitimate; return how many.
@@ -193,8 +217,7 @@ class FraudDetector:
         threshold = int(rate * 2**32)
         n = 0
         for event_id, entry in self.pending.expire(now):
-            if zlib.crc32(event_id.encode()) < threshold:
-                self.classifier.learn_one(self.classifier.from_vector(entry.vector), False, 1.0 / rate)
-            self.counterparties.observe_label(entry.counterparty_id, now, False)
+            sampled = zlib.crc32(event_id.encode()) < threshold
+            self._learn(entry, now, False, 1.0 / rate if sampled else 0.0)
             n += 1
         return n

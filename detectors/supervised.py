@@ -9,30 +9,36 @@ Two pieces:
 - ``FraudClassifier`` is a River logistic regression on standardised features. Its
   ``explain`` gives each feature's contribution to the logit, the "why" of a score.
 
->>> clf = FraudClassifier(FEATURE_NAMES := ("a", "b"))
->>> for i in range(200):
-...     clf.learn_one({"a": float(i % 2), "b": 0.5}, bool(i % 2))
->>> clf.predict_proba_one({"a": 1.0, "b": 0.5}) > 0.8 > clf.predict_proba_one({"a": 0.0, "b": 0.5})
+>>> clf = FraudClassifier(("a", "b"), SupervisedParams(learning_rate=0.1))
+>>> for i in range(300):
+...     clf.learn_one(clf.vector({"a": float(i % 2), "b": 0.5}), bool(i % 2))
+>>> odd, even = clf.vector({"a": 1.0, "b": 0.5}), clf.vector({"a": 0.0, "b": 0.5})
+>>> clf.predict_proba_one(odd) > 0.8 > 0.2 > clf.predict_proba_one(even)
 True
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
-from river import linear_model, optim, preprocessing
+import numpy as np
+from river import linear_model, optim
 
 
 @dataclass(frozen=True, slots=True)
 class SupervisedParams:
     """Learning rate, regularisation and the label horizon of the supervised model."""
 
-    learning_rate: float = 0.05
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = 0.01
     l2: float = 1e-5
+    prior_rate: float = 0.01  # the intercept starts at this fraud rate
+    clip: float = 5.0  # standardised features are clipped to [-clip, clip]
     fraud_weight: float = 1.0  # loss weight of a fraud label relative to a legit one
     implicit_legit_after_days: float = 14.0  # 0 disables implicit legit labels
     implicit_legit_sample: float = 0.25  # share of implicit legit labels the classifier learns
@@ -40,50 +46,62 @@ class SupervisedParams:
 
 
 class FraudClassifier:
-    """Standardise, then logistic regression; probability of fraud in [0, 1]."""
+    """Standardise (running mean and variance, clipped), then River logistic regression.
+
+    Works on feature vectors in ``feature_names`` order (``vector(x)``), the form in which
+    scored transactions wait for their labels. Standardised values are clipped to
+    ``[-clip, clip]`` so that a rare feature's first non-zero value cannot throw the SGD
+    step far off.
+    """
 
     def __init__(self, feature_names: tuple[str, ...], params: SupervisedParams | None = None) -> None:
         self.params = params or SupervisedParams()
         self.feature_names = feature_names
-        self.scaler = preprocessing.StandardScaler()
+        p = self.params
+        optimizer = optim.Adam(p.learning_rate) if p.optimizer == "adam" else optim.SGD(p.learning_rate)
         self.model = linear_model.LogisticRegression(
-            optimizer=optim.SGD(self.params.learning_rate),
-            loss=optim.losses.Log(weight_pos=self.params.fraud_weight),
-            l2=self.params.l2,
+            optimizer=optimizer,
+            loss=optim.losses.Log(weight_pos=p.fraud_weight),
+            l2=p.l2,
+            # Fraud is rare: starting from p = 0.5 would spend the first labels on the intercept.
+            intercept_init=math.log(p.prior_rate / (1.0 - p.prior_rate)),
+            intercept_lr=p.learning_rate,
         )
         self.n_labels = 0
         self.n_frauds = 0
-
-    def _standardise(self, x: dict[str, float]) -> dict[str, float]:
-        if not self.n_labels:
-            return x
-        return self.scaler.transform_one(x)
-
-    def predict_proba_one(self, x: dict[str, float]) -> float:
-        """Probability that ``x`` is fraud; 0.5-free prior (the intercept) before any label."""
-        return float(self.model.predict_proba_one(self._standardise(x)).get(True, 0.0))
-
-    def explain(self, x: dict[str, float], top: int = 3) -> list[tuple[str, float]]:
-        """The features that pushed the score up most, with their contribution to the logit."""
-        weights = self.model.weights
-        scaled = self._standardise(x)
-        contributions = [(name, weights.get(name, 0.0) * value) for name, value in scaled.items()]
-        contributions.sort(key=lambda item: (-item[1], item[0]))
-        return [(name, c) for name, c in contributions[:top] if c > 0]
-
-    def learn_one(self, x: dict[str, float], is_fraud: bool, weight: float = 1.0) -> None:
-        self.scaler.learn_one(x)
-        self.model.learn_one(self.scaler.transform_one(x), is_fraud, weight)
-        self.n_labels += 1
-        self.n_frauds += is_fraud
+        self._mean = np.zeros(len(feature_names))
+        self._m2 = np.zeros(len(feature_names))
 
     def vector(self, x: dict[str, float]) -> array[float]:
         """``x`` as a compact array in ``feature_names`` order (8 bytes a feature)."""
         return array("d", [x.get(name, 0.0) for name in self.feature_names])
 
-    def from_vector(self, v: array[float]) -> dict[str, float]:
-        return dict(zip(self.feature_names, v, strict=True))
+    def _standardise(self, v: array[float]) -> dict[str, float]:
+        n = max(self.n_labels, 1)
+        std = np.sqrt(self._m2 / n) + 1e-6
+        z = np.clip((np.frombuffer(v) - self._mean) / std, -self.params.clip, self.params.clip)
+        return dict(zip(self.feature_names, z.tolist(), strict=True))
 
+    def predict_proba_one(self, v: array[float]) -> float:
+        """Probability that the transaction with feature vector ``v`` is fraud."""
+        return float(self.model.predict_proba_one(self._standardise(v)).get(True, 0.0))
+
+    def explain(self, v: array[float], top: int = 3) -> list[tuple[str, float]]:
+        """The features that pushed the score up most, with their contribution to the logit."""
+        weights = self.model.weights
+        contributions = [(name, weights.get(name, 0.0) * z) for name, z in self._standardise(v).items()]
+        contributions.sort(key=lambda item: (-item[1], item[0]))
+        return [(name, c) for name, c in contributions[:top] if c > 0]
+
+    def learn_one(self, v: array[float], is_fraud: bool, weight: float = 1.0) -> None:
+        """Update the running statistics, then take one weighted SGD step."""
+        x = np.frombuffer(v)
+        self.n_labels += 1
+        self.n_frauds += is_fraud
+        delta = x - self._mean
+        self._mean += delta / self.n_labels
+        self._m2 += delta * (x - self._mean)
+        self.model.learn_one(self._standardise(v), is_fraud, weight)
 
 class Pending(NamedTuple):
     """A scored transaction waiting for its label."""

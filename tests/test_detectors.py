@@ -1,0 +1,135 @@
+"""Detectors on their own: windows, profile, rules, models; no Bytewax, Kafka or Redis."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.counterparty import CounterpartyRisk
+from detectors.customer import CustomerModel
+from detectors.fraud import FraudDetector, FraudParams
+from detectors.profile import FEATURES, CustomerProfile
+from detectors.rules import RuleParams, evaluate_rules
+from detectors.windows import SlidingWindows
+from schemas.events import Event, parse_event
+
+SPANS = (10.0, 100.0, 1000.0)
+
+
+def event(**fields: object) -> Event:
+    base = {"event_id": "e", "customer_id": "c", "ts": "2026-01-01T00:00:00Z"}
+    return parse_event(orjson.dumps({**base, **fields}))
+
+
+def at(seconds: float) -> str:
+    from schemas.outputs import format_ts
+    return format_ts(1767225600.0 + seconds)  # 2026-01-01T00:00:00Z
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 50), st.floats(0, 1000)), min_size=1, max_size=300),
+       st.integers(5, 400))
+def test_sliding_windows_match_brute_force(steps: list[tuple[float, float]], capacity: int) -> None:
+    windows = SlidingWindows(SPANS, max_items=capacity)
+    t, history = 0.0, []
+    for gap, value in steps:
+        t += gap
+        windows.add(t, value)
+        history.append((t, value))
+        kept = history[-capacity:]
+        for i, span in enumerate(SPANS):
+            inside = [v for (ts, v) in kept if ts > t - span]
+            assert windows.count(i) == len(inside)
+            assert abs(windows.total(i) - sum(inside)) < 1e-6 * (1 + sum(inside))
+    restored = pickle.loads(pickle.dumps(windows))
+    assert [restored.count(i) for i in range(3)] == [windows.count(i) for i in range(3)]
+
+
+def test_features_describe_the_transaction_before_it_is_learned() -> None:
+    profile = CustomerProfile()
+    first = profile.observe_transaction(event(kind="transaction", amount=100, counterparty_id="m1",
+                                              ts=at(0)))
+    again = profile.features(event(kind="transaction", amount=100, counterparty_id="m1", ts=at(60)))
+    assert first["new_counterparty"] == 1.0 and first["hist_txns"] == 0.0 and first["cnt_1h"] == 0.0
+    assert again["new_counterparty"] == 0.0 and again["cnt_1h"] > 0.0
+    assert set(first) == set(FEATURES)
+
+
+def test_customer_state_stays_small_however_long_the_history() -> None:
+    model = CustomerModel()
+    rng = random.Random(1)
+    for i in range(20_000):
+        ts = at(i * 600.0)
+        if i % 3:
+            model.observe(event(kind="transaction", amount=rng.uniform(1, 500), ts=ts,
+                                counterparty_id=f"m{rng.randrange(10_000)}", device_id=f"d{rng.randrange(50)}"))
+        else:
+            model.observe(event(kind="app", action=rng.choice(["login", "login_failed", "page_view"]), ts=ts,
+                                device_id=f"d{rng.randrange(500)}"))
+    size = len(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    assert size < 120_000, size  # 30 days of transactions at most, bounded "seen" sets
+
+
+def test_takeover_sequence_hits_after_a_password_reset_from_a_new_device() -> None:
+    model = CustomerModel()
+    for day in range(10):
+        model.observe(event(kind="transaction", amount=200, txn_type="transfer", counterparty_id="p1",
+                            device_id="d1", ts=at(day * 86400.0)))
+    model.observe(event(kind="app", action="password_reset", device_id="dX", ts=at(10 * 86400.0)))
+    observation = model.observe(event(kind="transaction", amount=20_000, txn_type="transfer",
+                                      counterparty_id="p999", device_id="dX", ts=at(10 * 86400.0 + 600)))
+    codes = {hit.code for hit in observation.hits or []}
+    assert {"takeover_sequence", "large_vs_history"} <= codes
+
+
+def test_structuring_needs_several_deposits_just_under_the_threshold() -> None:
+    model = CustomerModel()
+    hits = []
+    for i, amount in enumerate([48_000, 49_500, 47_200]):
+        observation = model.observe(event(kind="transaction", amount=amount, txn_type="cash_deposit",
+                                          direction="credit", ts=at(i * 3600.0)))
+        hits.append({hit.code for hit in observation.hits or []})
+    assert "structuring" not in hits[1] and "structuring" in hits[2]
+    quiet = evaluate_rules({"near_threshold_cash_3d": 1.0}, event(kind="transaction", amount=10), RuleParams())
+    assert not quiet
+
+
+def test_counterparty_features_only_know_labels_that_arrived_before() -> None:
+    risk = CounterpartyRisk()
+    risk.observe_transaction("t1", 0.0)
+    before = risk.features("t1", 3600.0)
+    risk.observe_label("t1", 7 * 86400.0, fraud=True)
+    after = risk.features("t1", 7 * 86400.0 + 1)
+    assert before["cp_frauds_7d"] == 0.0 and after["cp_frauds_7d"] == 1.0
+    assert after["cp_fraud_logodds"] > before["cp_fraud_logodds"]
+
+
+def test_fraud_detector_learns_from_delayed_labels_and_scores_before_learning() -> None:
+    detector = FraudDetector(FraudParams(warmup_frauds=5.0))
+    rng = random.Random(7)
+    labels: dict[int, bool] = {}
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    delay = 144  # labels arrive a day (144 x 10 min) after their transaction
+    for i in range(4000):
+        t = i * 600.0
+        bad = labels[i] = rng.random() < 0.05
+        features = dict.fromkeys(FEATURES, 0.0) | {"log_amount": 7.0 if bad else 4.0}
+        cp = "evil" if bad else f"m{rng.randrange(200)}"
+        scores[bad].append(detector.assess(f"e{i}", t, cp, features, []).fraud_score)
+        if i >= delay:
+            assert detector.observe_label(f"e{i - delay}", t, labels[i - delay])
+    late_bad, late_good = (s[len(s) // 2:] for s in (scores[True], scores[False]))
+    assert sum(late_bad) / len(late_bad) > 0.5 > 0.1 > sum(late_good) / len(late_good)
+    assert detector.classifier.n_frauds > 50 and detector.unmatched_labels == 0
+    assert not detector.observe_label("never-scored", 0.0, True) and detector.unmatched_labels == 1
+
+
+def test_shared_detector_state_pickles() -> None:
+    detector = FraudDetector()
+    detector.assess("e1", 0.0, "m1", dict.fromkeys(FEATURES, 0.0), [])
+    clone = pickle.loads(pickle.dumps(detector))
+    assert clone.model_version == detector.model_version and len(clone.pending) == 1
