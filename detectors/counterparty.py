@@ -27,8 +27,9 @@ TRAFFIC_SPANS: Final = (DAY, 7 * DAY)
 
 COUNTERPARTY_FEATURES: Final = (
     "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_fraud_logodds", "cp_labels_28d",
-    "cp_txns_1d", "cp_txns_7d", "cp_new",
+    "cp_recent_label_rate", "cp_days_since_fraud_txn", "cp_txns_1d", "cp_txns_7d", "cp_new",
 )
+NO_FRAUD_DAYS: Final = 90.0  # "days since a fraud" for a counterparty with none known
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,23 +39,29 @@ class CounterpartyParams:
     prior_rate: float = 0.01  # fraud rate assumed before any label
     prior_strength: float = 2.0  # the prior counts as this many labels
     halflife_days: float = 14.0  # memory of the decayed fraud rate
+    recent_weight: float = 0.3  # weight of the newest label in the recent label rate
     capacity: int = 200_000  # least recently seen counterparties are forgotten past this
 
 
 class _Counterparty:
-    __slots__ = ("frauds", "labels", "traffic", "decayed")
+    __slots__ = ("frauds", "labels", "traffic", "decayed", "recent", "last_fraud_txn_t")
 
-    def __init__(self) -> None:
+    def __init__(self, prior_rate: float) -> None:
         self.frauds = SlidingWindows(LABEL_SPANS, 4096)
         self.labels = SlidingWindows(LABEL_SPANS[1:], 16384)
         self.traffic = SlidingWindows(TRAFFIC_SPANS, 16384)
         self.decayed = [0.0, 0.0, 0.0]  # frauds, labels, as of event time
+        # The state of the counterparty as its latest labels tell it: a compromised terminal
+        # shows in a run of fraud labels, and a cleaned one in the legit labels that follow.
+        self.recent = prior_rate
+        self.last_fraud_txn_t: float | None = None  # when the latest known fraud happened
 
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.frauds, self.labels, self.traffic, self.decayed)
+        return (self.frauds, self.labels, self.traffic, self.decayed, self.recent, self.last_fraud_txn_t)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.frauds, self.labels, self.traffic, self.decayed = state
+        (self.frauds, self.labels, self.traffic, self.decayed, self.recent,
+         self.last_fraud_txn_t) = state
 
 
 class CounterpartyRisk:
@@ -67,7 +74,8 @@ class CounterpartyRisk:
         p = self.params
         prior_odds = math.log(p.prior_rate / (1.0 - p.prior_rate))
         self._empty = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {
-            "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": prior_odds}
+            "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": prior_odds,
+            "cp_recent_label_rate": p.prior_rate, "cp_days_since_fraud_txn": NO_FRAUD_DAYS}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -75,7 +83,7 @@ class CounterpartyRisk:
     def _get(self, cp: str) -> _Counterparty:
         entry = self._by_id.pop(cp, None)
         if entry is None:
-            entry = _Counterparty()
+            entry = _Counterparty(self.params.prior_rate)
             if len(self._by_id) >= self.params.capacity:
                 del self._by_id[next(iter(self._by_id))]
         self._by_id[cp] = entry  # most recently used last
@@ -100,6 +108,9 @@ class CounterpartyRisk:
             "cp_fraud_rate_28d": (frauds_28d + p.prior_rate * p.prior_strength)
             / (labels_28d + p.prior_strength),
             "cp_fraud_logodds": math.log(rate / (1.0 - rate)),
+            "cp_recent_label_rate": entry.recent,
+            "cp_days_since_fraud_txn": min(NO_FRAUD_DAYS, (t - entry.last_fraud_txn_t) / DAY)
+            if entry.last_fraud_txn_t is not None else NO_FRAUD_DAYS,
             "cp_labels_28d": math.log1p(labels_28d),
             "cp_txns_1d": math.log1p(entry.traffic.count(0)),
             "cp_txns_7d": math.log1p(entry.traffic.count(1)),
@@ -111,8 +122,8 @@ class CounterpartyRisk:
         if cp is not None:
             self._get(cp).traffic.add(t, 1.0)
 
-    def observe_label(self, cp: str | None, known_at: float, fraud: bool) -> None:
-        """A label for a past transaction with ``cp`` became known at ``known_at``."""
+    def observe_label(self, cp: str | None, known_at: float, fraud: bool, txn_t: float | None = None) -> None:
+        """A label for a transaction with ``cp`` (at ``txn_t``) became known at ``known_at``."""
         if cp is None:
             return
         entry = self._get(cp)
@@ -122,3 +133,9 @@ class CounterpartyRisk:
         decayed = entry.decayed
         factor = math.exp(-self._decay * max(0.0, known_at - decayed[2]))
         entry.decayed = [decayed[0] * factor + fraud, decayed[1] * factor + 1.0, max(known_at, decayed[2])]
+        w = self.params.recent_weight
+        entry.recent = (1.0 - w) * entry.recent + w * fraud
+        if fraud:
+            txn_time = known_at if txn_t is None else txn_t
+            if entry.last_fraud_txn_t is None or txn_time > entry.last_fraud_txn_t:
+                entry.last_fraud_txn_t = txn_time

@@ -202,7 +202,7 @@ class FraudDetector:
         clf = self.classifier
         if weight > 0:
             clf.learn_one(entry.vector, is_fraud, weight)
-        self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud)
+        self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud, entry.t)
         for table, index in zip(self.rate_tables, self._rate_index, strict=True):
             table.learn(_rate_input(entry.vector[index], table.feature), known_at, is_fraud)
 
