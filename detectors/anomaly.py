@@ -36,15 +36,19 @@ SCALES: Final = {
 class AnomalyParams:
     """Size of the forest; larger is smoother and slower."""
 
-    n_trees: int = 6
-    height: int = 7
+    n_trees: int = 5
+    height: int = 6
     window_size: int = 250
     seed: int = 42
 
 
+_RATES: Final = tuple((name, -1.0 / scale) for name, scale in SCALES.items())
+
+
 def squash(x: dict[str, float]) -> dict[str, float]:
     """Map the modelled features into [0, 1] (amount z-scores are folded in via the ratio)."""
-    return {name: 1.0 - math.exp(-max(x.get(name, 0.0), 0.0) / scale) for name, scale in SCALES.items()}
+    exp, get = math.exp, x.get
+    return {name: 1.0 - exp(rate * v) if (v := get(name, 0.0)) > 0.0 else 0.0 for name, rate in _RATES}
 
 
 class AnomalyModel:

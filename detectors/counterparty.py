@@ -47,8 +47,9 @@ class _Counterparty:
     __slots__ = ("frauds", "labels", "traffic", "decayed", "recent", "last_fraud_txn_t")
 
     def __init__(self, prior_rate: float) -> None:
-        self.frauds = SlidingWindows(LABEL_SPANS, 4096)
-        self.labels = SlidingWindows(LABEL_SPANS[1:], 16384)
+        # Label windows are made with the first label: most counterparties never get one.
+        self.frauds: SlidingWindows | None = None
+        self.labels: SlidingWindows | None = None
         self.traffic = SlidingWindows(TRAFFIC_SPANS, 16384)
         self.decayed = [0.0, 0.0, 0.0]  # frauds, labels, as of event time
         # The state of the counterparty as its latest labels tell it: a compromised terminal
@@ -94,16 +95,18 @@ class CounterpartyRisk:
         entry = self._by_id.get(cp) if cp is not None else None
         if entry is None:
             return dict(self._empty)
-        entry.frauds.advance(t)
-        entry.labels.advance(t)
         entry.traffic.advance(t)
         p = self.params
-        frauds_28d, labels_28d = entry.frauds.count(1), entry.labels.count(0)
+        frauds_7d = frauds_28d = labels_28d = 0
+        if entry.frauds is not None and entry.labels is not None:
+            entry.frauds.advance(t)
+            entry.labels.advance(t)
+            frauds_7d, frauds_28d, labels_28d = entry.frauds.count(0), entry.frauds.count(1), entry.labels.count(0)
         frauds, labels, as_of = entry.decayed
         factor = math.exp(-self._decay * max(0.0, t - as_of))
         rate = (frauds * factor + p.prior_rate * p.prior_strength) / (labels * factor + p.prior_strength)
         return {
-            "cp_frauds_7d": float(entry.frauds.count(0)),
+            "cp_frauds_7d": float(frauds_7d),
             "cp_frauds_28d": float(frauds_28d),
             "cp_fraud_rate_28d": (frauds_28d + p.prior_rate * p.prior_strength)
             / (labels_28d + p.prior_strength),
@@ -127,6 +130,9 @@ class CounterpartyRisk:
         if cp is None:
             return
         entry = self._get(cp)
+        if entry.frauds is None or entry.labels is None:
+            entry.frauds = SlidingWindows(LABEL_SPANS, 4096)
+            entry.labels = SlidingWindows(LABEL_SPANS[1:], 16384)
         entry.labels.add(known_at, 1.0)
         if fraud:
             entry.frauds.add(known_at, 1.0)
