@@ -45,6 +45,10 @@ class EngineSettings:
     """How the dataflow runs."""
 
     workers: int = 1  # Bytewax workers in this process
+    # A cluster of processes: every process's "host:port", the same list in each, and this
+    # process's index in it. Empty = a single process.
+    addresses: tuple[str, ...] = ()
+    process_id: int = 0
     epoch_interval_s: float = 2.0  # how often state is snapshotted (and recovery can resume)
     recovery_dir: str = ""  # a directory of SQLite recovery partitions; empty disables recovery
     backup_interval_s: float = 0.0

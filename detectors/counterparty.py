@@ -44,7 +44,7 @@ class CounterpartyParams:
 
 
 class _Counterparty:
-    __slots__ = ("frauds", "labels", "traffic", "decayed", "recent", "last_fraud_txn_t")
+    __slots__ = ("decayed", "frauds", "labels", "last_fraud_txn_t", "recent", "traffic")
 
     def __init__(self, prior_rate: float) -> None:
         # Label windows are made with the first label: most counterparties never get one.

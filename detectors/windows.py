@@ -25,7 +25,7 @@ class SlidingWindows:
     (the longest spans of a very busy key then under-count, by design).
     """
 
-    __slots__ = ("spans", "max_items", "_times", "_values", "_base", "_starts", "_counts", "_sums", "_now")
+    __slots__ = ("_base", "_counts", "_now", "_starts", "_sums", "_times", "_values", "max_items", "spans")
 
     def __init__(self, spans: tuple[float, ...], max_items: int = 2048) -> None:
         if list(spans) != sorted(spans) or not spans:

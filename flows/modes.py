@@ -50,7 +50,7 @@ def step_config(settings: Settings, clock: Clock, watermark: float | None = None
 
 
 def execute(flow: Dataflow, settings: Settings, workers: int | None = None) -> None:
-    """Run ``flow`` in this process with the configured workers and recovery."""
+    """Run ``flow`` in this process (or as one process of a cluster) with recovery if set."""
     engine = settings.engine
     recovery = None
     if engine.recovery_dir:
@@ -61,6 +61,8 @@ def execute(flow: Dataflow, settings: Settings, workers: int | None = None) -> N
         recovery = RecoveryConfig(db_dir, timedelta(seconds=engine.backup_interval_s))
     try:
         cli_main(flow, workers_per_process=workers or engine.workers,
+                 process_id=engine.process_id if engine.addresses else None,
+                 addresses=list(engine.addresses) or None,
                  epoch_interval=timedelta(seconds=engine.epoch_interval_s), recovery_config=recovery)
     except BytewaxRuntimeError as exc:
         # Bytewax turns a signal into a runtime error; it is a stop request, not a failure.

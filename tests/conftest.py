@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,3 +47,30 @@ def sim_stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     events, truth = out / "events.jsonl", out / "truth.jsonl"
     write_jsonl(SimulatorConfig(customers=250, days=21, seed=3, fraud_rate=0.25), events, truth)
     return events, truth
+
+
+def malformed_line(rng: random.Random, good: list[bytes]) -> bytes:
+    """One bad input line of a random sort, derived from a good one; never blank, no newline."""
+    base = orjson.loads(rng.choice(good))
+    sort = rng.randrange(8)
+    if sort == 0:
+        return b'{"kind": "transaction", "amount": '  # truncated JSON
+    if sort == 1:
+        base.pop(rng.choice(["event_id", "ts", "customer_id", "kind"]))
+        return orjson.dumps(base)
+    if sort == 2:
+        base["customer_id"] = rng.choice([12, None, True, ["c"], ""])
+        return orjson.dumps(base)
+    if sort == 3:
+        return orjson.dumps(base).replace(b'"ts":', b'"amount":NaN,"ts":', 1) if base["kind"] == "transaction" \
+            else b'{"kind":"transaction","event_id":"x","ts":"2026-01-01T00:00:00Z","customer_id":"c","amount":NaN}'
+    if sort == 4:
+        base["ts"] = rng.choice(["2026-13-01T00:00:00Z", "yesterday", "2026-01-01T25:00:00Z", "2026-01-01"])
+        return orjson.dumps(base)
+    if sort == 5:
+        base["kind"] = rng.choice(["trade", "TRANSACTION", "", "login"])
+        return orjson.dumps(base)
+    if sort == 6:
+        noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        return b"\xff" + noise.replace(b"\n", b"").replace(b"\r", b"")
+    return b"\xff\xfe" + orjson.dumps(base)  # not UTF-8
