@@ -27,9 +27,8 @@ TRAFFIC_SPANS: Final = (DAY, 7 * DAY)
 
 COUNTERPARTY_FEATURES: Final = (
     "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_fraud_logodds", "cp_labels_28d",
-    "cp_recent_label_rate", "cp_days_since_fraud_txn", "cp_txns_1d", "cp_txns_7d", "cp_new",
+    "cp_recent_label_rate", "cp_fraud_recency", "cp_txns_1d", "cp_txns_7d", "cp_new",
 )
-NO_FRAUD_DAYS: Final = 90.0  # "days since a fraud" for a counterparty with none known
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +39,7 @@ class CounterpartyParams:
     prior_strength: float = 2.0  # the prior counts as this many labels
     halflife_days: float = 14.0  # memory of the decayed fraud rate
     recent_weight: float = 0.3  # weight of the newest label in the recent label rate
+    recency_days: float = 7.0  # cp_fraud_recency = exp(-days since the latest known fraud / this)
     capacity: int = 200_000  # least recently seen counterparties are forgotten past this
 
 
@@ -76,7 +76,7 @@ class CounterpartyRisk:
         prior_odds = math.log(p.prior_rate / (1.0 - p.prior_rate))
         self._empty = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {
             "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": prior_odds,
-            "cp_recent_label_rate": p.prior_rate, "cp_days_since_fraud_txn": NO_FRAUD_DAYS}
+            "cp_recent_label_rate": p.prior_rate}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -112,8 +112,9 @@ class CounterpartyRisk:
             / (labels_28d + p.prior_strength),
             "cp_fraud_logodds": math.log(rate / (1.0 - rate)),
             "cp_recent_label_rate": entry.recent,
-            "cp_days_since_fraud_txn": min(NO_FRAUD_DAYS, (t - entry.last_fraud_txn_t) / DAY)
-            if entry.last_fraud_txn_t is not None else NO_FRAUD_DAYS,
+            # 1 for a fraud that just happened, fading with time; 0 when none is known.
+            "cp_fraud_recency": math.exp(-max(0.0, t - entry.last_fraud_txn_t) / (p.recency_days * DAY))
+            if entry.last_fraud_txn_t is not None else 0.0,
             "cp_labels_28d": math.log1p(labels_28d),
             "cp_txns_1d": math.log1p(entry.traffic.count(0)),
             "cp_txns_7d": math.log1p(entry.traffic.count(1)),

@@ -28,7 +28,7 @@ from typing import Final
 from detectors.anomaly import AnomalyModel, AnomalyParams, squash
 from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
 from detectors.profile import FEATURES
-from detectors.risk_tables import RateTable, RateTableParams
+from detectors.risk_tables import CELLS, RateTable, RateTableParams
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
 from schemas.outputs import AlertType, Reason, Severity
@@ -37,10 +37,8 @@ RULE_CODES: Final = (
     "large_vs_history", "velocity_burst", "card_testing", "takeover_sequence", "structuring",
     "rapid_in_out", "dormant_reactivation", "unusual_foreign",
 )
-#: Features whose fraud rate per bucket is learned from labels (see detectors.risk_tables).
-RATE_FEATURES: Final = ("log_amount", "amount_to_mean")
 MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly",
-                         *(f"risk_{name}" for name in RATE_FEATURES),
+                         *(f"risk_{name}" for name in CELLS),
                          *(f"rule_{code}" for code in RULE_CODES))
 MODEL_REVISION: Final = "fraud-1"
 
@@ -58,8 +56,10 @@ FEATURE_TEXT: Final = {
     "velocity_1d": "more transactions today than usual",
     "cnt_1h": "many transactions in the last hour",
     "anomaly": "behaviour unlike the customer population's",
-    "risk_log_amount": "amounts like this were often fraud recently",
+    "risk_amount": "amounts like this were often fraud recently",
     "risk_amount_to_mean": "amounts this far above the customer's usual were often fraud recently",
+    "risk_counterparty_state": "counterparties in this state were often fraud recently",
+    "risk_customer_state": "customers in this state were often defrauded recently",
     "cp_fraud_logodds": "counterparty's recent confirmed fraud rate",
 }
 
@@ -92,11 +92,6 @@ class Assessment:
     model_version: str
 
 
-def _rate_input(value: float, name: str) -> float:
-    """The value a rate table buckets: amounts and ratios on a log scale."""
-    return value if name.startswith("log_") else math.log1p(max(0.0, value))
-
-
 def severity_of(score: float, bands: tuple[float, float, float]) -> Severity:
     """``low`` below the first band, then ``medium``, ``high``, ``critical``.
 
@@ -121,8 +116,7 @@ class FraudDetector:
         self.anomaly = AnomalyModel(p.anomaly)
         self.classifier = FraudClassifier(MODEL_FEATURES, p.supervised)
         self.pending = DelayedLabels(p.supervised)
-        self.rate_tables = tuple(RateTable.of(name, p.rate_tables) for name in RATE_FEATURES)
-        self._rate_index = tuple(MODEL_FEATURES.index(name) for name in RATE_FEATURES)
+        self.rate_tables = {name: RateTable.of(p.rate_tables) for name in CELLS}
         self.unmatched_labels = 0  # feedback whose transaction was never scored or expired
         self.dropped_pending = 0  # scored transactions forgotten unlabelled (max_pending)
 
@@ -139,8 +133,9 @@ class FraudDetector:
         squashed = squash(features)
         anomaly_score = self.anomaly.score_one(squashed)
         x["anomaly"] = anomaly_score
-        for table in self.rate_tables:
-            x[f"risk_{table.feature}"] = table.log_odds(_rate_input(features[table.feature], table.feature), t)
+        cells = tuple(cell_of(x) for cell_of in CELLS.values())
+        for (name, table), cell in zip(self.rate_tables.items(), cells, strict=True):
+            x[f"risk_{name}"] = table.log_odds(cell, t)
         for hit in hits:
             x[f"rule_{hit.code}"] = 1.0
         clf = self.classifier
@@ -158,7 +153,7 @@ class FraudDetector:
         # Learn only after scoring: the transaction must not explain itself.
         self.anomaly.learn_one(squashed)
         self.counterparties.observe_transaction(counterparty_id, t)
-        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, vector)):
+        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, vector, cells)):
             self.dropped_pending += 1
         return Assessment(round(score, 6), round(model_score, 6), round(prior, 6),
                           round(anomaly_score, 6), alert_type, severity, reasons, version)
@@ -203,8 +198,8 @@ class FraudDetector:
         if weight > 0:
             clf.learn_one(entry.vector, is_fraud, weight)
         self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud, entry.t)
-        for table, index in zip(self.rate_tables, self._rate_index, strict=True):
-            table.learn(_rate_input(entry.vector[index], table.feature), known_at, is_fraud)
+        for table, cell in zip(self.rate_tables.values(), entry.cells, strict=True):
+            table.learn(cell, known_at, is_fraud)
 
     def advance(self, now: float) -> int:
         """Take transactions past the label horizon as legitimate; return how many.

@@ -42,6 +42,7 @@ FEATURES: Final = (
     "velocity_1d", "hours_since_prev", "new_counterparty", "new_device", "foreign", "new_country",
     "night", "small_cnt_1h", "security_change_24h", "failed_logins_1h", "dormant",
     "near_threshold_cash_3d", "log_inflow_24h", "outflow_of_inflow_24h", "cust_frauds_14d",
+    "unusual_amount_after_fraud",
 )
 
 
@@ -171,10 +172,12 @@ class CustomerProfile:
         outflow_24h = self.debits.total(1) + (amount if debit else 0.0)
         local_hour = ((t / HOUR) + p.utc_offset_hours) % 24.0
         fraud_cutoff = t - p.fraud_memory_days * DAY
+        frauds_recent = float(sum(1 for ft in self.fraud_label_times if ft > fraud_cutoff))
+        amount_to_mean = amount / (self.mean_amount + 1.0)
         return {
             "log_amount": log_amount,
             "is_debit": 1.0 if debit else 0.0,
-            "amount_to_mean": amount / (self.mean_amount + 1.0),
+            "amount_to_mean": amount_to_mean,
             "amount_z": (log_amount - self.mean_log) / (std + 0.25) if self.n_txns else 0.0,
             "hist_txns": math.log1p(self.n_txns),
             "cnt_1h": math.log1p(all_txns.count(0)),
@@ -202,7 +205,10 @@ class CustomerProfile:
             "near_threshold_cash_3d": float(self.cash_near_3d.count(0) + self._near_threshold(txn)),
             "log_inflow_24h": math.log1p(inflow_24h),
             "outflow_of_inflow_24h": outflow_24h / inflow_24h if debit and inflow_24h > 0 else 0.0,
-            "cust_frauds_14d": float(sum(1 for ft in self.fraud_label_times if ft > fraud_cutoff)),
+            "cust_frauds_14d": frauds_recent,
+            # A card with confirmed recent fraud is still in danger; what gives the next fraud
+            # away is an amount unlike the customer's own (a linear model needs the product).
+            "unusual_amount_after_fraud": math.log1p(amount_to_mean) if frauds_recent else 0.0,
         }
 
     def _near_threshold(self, txn: Transaction) -> bool:

@@ -112,6 +112,7 @@ class Pending(NamedTuple):
     t: float
     counterparty_id: str | None
     vector: array[float]
+    cells: tuple[int, ...]  # its cells in the rate tables (detectors.risk_tables.CELLS)
 
 
 class DelayedLabels:

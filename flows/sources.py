@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -116,12 +117,11 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
 
     def __init__(self, part: str, events: Iterator[dict[str, Any]], start: int,
                  rate_per_s: float) -> None:
-        self._part, self._events, self._next = part, events, 0
-        self._rate = rate_per_s
-        self._started = time.monotonic()
-        for _ in range(start):  # deterministic: replaying the generator reaches the same place
+        self._part, self._events, self._rate = part, events, rate_per_s
+        for _ in range(start):  # deterministic: regenerating the stream reaches the same place
             next(self._events, None)
         self._next = self._emitted_at_start = start
+        self._started = time.monotonic()
 
     def _allowed(self) -> int:
         if self._rate <= 0:
@@ -183,36 +183,101 @@ class KafkaPosition:
     seq: int
 
 
-class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
-    def __init__(self, settings: KafkaSettings, topic: str, partition: int,
-                 resume: KafkaPosition | None) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+def consumer_config(settings: KafkaSettings) -> dict[str, str | int | float | bool]:
+    """The engine's consumer settings: latency defaults, ``[kafka.client]``, fixed semantics."""
+    return {
+        # Latency: a broker answers a fetch as soon as it has one byte (fetch.min.bytes) and
+        # holds one that found nothing for at most fetch.wait.max.ms. Kafka answers the moment
+        # data arrives, so this wait costs no latency there; brokers that only look again at
+        # the deadline (Tansu) add up to it for the first record after a quiet spell. A short
+        # wait is worse there: Tansu answers empty when reading a partition takes longer than
+        # the wait, and its read time grows with the log, so the consumer would stall for good.
+        # Small requests go out at once (no Nagle).
+        "fetch.min.bytes": 1,
+        "fetch.wait.max.ms": 50,
+        "socket.nagle.disable": True,
+        **settings.client_config(),
+        # Offsets live in Bytewax recovery, not in the group: never commit, never rebalance.
+        "group.id": "crm-engine",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+    }
 
-        self._topic, self._partition = topic, partition
-        self._part = f"{topic}#{partition}"
-        self._batch = settings.batch_size
-        start = OFFSET_BEGINNING if settings.starting_offset == "earliest" else OFFSET_END
-        self._offset: int = resume.offset if resume else start
-        self._seq = resume.seq if resume else 0
-        self._consumer = Consumer({
-            **settings.client_config(),
-            "group.id": "crm-engine",  # offsets live in Bytewax recovery, not the group
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "fetch.wait.max.ms": 5,
-        })
-        self._consumer.assign([TopicPartition(topic, partition, self._offset)])
 
-    def next_batch(self) -> list[SourceItem]:
-        messages = self._consumer.consume(self._batch, 0.001)
-        batch: list[SourceItem] = []
-        for msg in messages:
+class _SharedConsumer:
+    """One consumer for every topic partition a worker reads, with a queue per partition.
+
+    A consumer per partition (as Bytewax's own Kafka source has) means a connection, a
+    fetch loop and a set of librdkafka threads per partition, all polling the broker; one
+    consumer fetches every partition of the worker in one request per round trip.
+    ``take`` hands a partition its messages in offset order, consuming more (never
+    blocking) when it has none queued.
+    """
+
+    def __init__(self, config: dict[str, str | int | float | bool], batch_size: int) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer(config)
+        self._batch = batch_size
+        self._queues: dict[tuple[str, int], list[Any]] = {}
+        self.closed = False
+
+    def add(self, topic: str, partition: int, offset: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        self._queues[(topic, partition)] = []
+        self._consumer.incremental_assign([TopicPartition(topic, partition, offset)])
+
+    def remove(self, topic: str, partition: int) -> None:
+        """Stop reading ``topic#partition``; close the consumer after the last one."""
+        from confluent_kafka import TopicPartition
+
+        if self._queues.pop((topic, partition), None) is None or self.closed:
+            return
+        if self._queues:
+            self._consumer.incremental_unassign([TopicPartition(topic, partition)])
+        else:
+            self.closed = True
+            self._consumer.close()
+
+    def take(self, topic: str, partition: int) -> list[Any]:
+        key = (topic, partition)
+        if not self._queues[key]:
+            self._consume()
+        messages = self._queues[key]
+        if messages:
+            self._queues[key] = []
+        return messages
+
+    def _consume(self) -> None:
+        for msg in self._consumer.consume(self._batch, 0):
             error = msg.error()
             if error is not None:
+                where = f"{msg.topic()}#{msg.partition()}" if msg.topic() else "the broker"
                 if error.fatal():
-                    raise RuntimeError(f"Kafka consumer for {self._part} failed: {error}")
-                log.warning("kafka consumer error on %s: %s", self._part, error)
+                    raise RuntimeError(f"Kafka consumer for {where} failed: {error}")
+                log.warning("kafka consumer error on %s: %s", where, error)
                 continue
+            queue = self._queues.get((msg.topic() or "", msg.partition() or 0))
+            if queue is not None:  # None: a partition removed since the fetch
+                queue.append(msg)
+
+
+class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
+    def __init__(self, source: KafkaSource, shared: _SharedConsumer, topic: str, partition: int,
+                 start: int, resume: KafkaPosition | None) -> None:
+        self._source, self._shared, self._topic, self._partition = source, shared, topic, partition
+        self._part = f"{topic}#{partition}"
+        self._offset: int = resume.offset if resume else start
+        self._seq = resume.seq if resume else 0
+        shared.add(topic, partition, self._offset)
+
+    def next_batch(self) -> list[SourceItem]:
+        # Never block: Bytewax polls every partition of this worker in turn, and pauses 1 ms
+        # by itself when a round brought nothing.
+        batch: list[SourceItem] = []
+        for msg in self._shared.take(self._topic, self._partition):
             offset = msg.offset()
             if offset is None:  # only error events lack an offset
                 continue
@@ -230,16 +295,23 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
         return KafkaPosition(self._offset, self._seq)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._source.release(self._shared, self._topic, self._partition)
 
 
 class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
-    """All partitions of the configured input topics; each read by exactly one worker."""
+    """All partitions of the configured input topics; each read by exactly one worker.
+
+    Each worker reads all of its partitions through one consumer (see ``_SharedConsumer``):
+    Bytewax builds and polls a worker's partitions on that worker's thread, and the workers
+    of a process share this source object, so consumers are kept here by thread.
+    """
 
     def __init__(self, settings: KafkaSettings, topics: Iterable[str] | None = None) -> None:
         self._settings = settings
         # The kinds may share a topic; each topic partition is read once.
         self._topics = tuple(dict.fromkeys(topics or settings.topics()))
+        self._lock = threading.Lock()
+        self._consumers: dict[int, _SharedConsumer] = {}  # by worker thread
 
     def list_parts(self) -> list[str]:
         from confluent_kafka.admin import AdminClient
@@ -258,5 +330,21 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: KafkaPosition | None) -> _KafkaPartition:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
         topic, _, partition = for_part.rpartition("#")
-        return _KafkaPartition(self._settings, topic, int(partition), resume_state)
+        settings = self._settings
+        start = OFFSET_BEGINNING if settings.starting_offset == "earliest" else OFFSET_END
+        worker = threading.get_ident()
+        with self._lock:
+            shared = self._consumers.get(worker)
+            if shared is None or shared.closed:
+                shared = self._consumers[worker] = _SharedConsumer(consumer_config(settings), settings.batch_size)
+            return _KafkaPartition(self, shared, topic, int(partition), start, resume_state)
+
+    def release(self, shared: _SharedConsumer, topic: str, partition: int) -> None:
+        """A partition is done; the worker's consumer closes with its last partition."""
+        with self._lock:
+            shared.remove(topic, partition)
+            if shared.closed:
+                self._consumers = {w: c for w, c in self._consumers.items() if c is not shared}

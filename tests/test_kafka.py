@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from tests.brokers import consume_all, create_topics, produce, tansu_broker
-from tests.conftest import ROOT, replay
+from tests.conftest import ROOT, malformed_line, replay
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def start_engine(bootstrap: str, log: Path, *args: str, **topics: str) -> subpro
     env = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap, "CRM__ENGINE__EPOCH_INTERVAL_S": "0.5"}
     env.update({f"CRM__KAFKA__{name.upper()}": value for name, value in topics.items()})
     return subprocess.Popen([sys.executable, "run.py", "live", "--quiet", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
 
 
 def stop(engine: subprocess.Popen[bytes]) -> int:
@@ -45,12 +46,21 @@ def without_emitted_at(raw: bytes) -> dict:
 
 
 def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
-    """One topic in event-time order: the live engine must emit exactly the replay's alerts."""
+    """One topic in event-time order with 10,000 malformed messages mixed in: every bad one
+    reaches the dead-letter topic with its offset and reason, and the live engine emits
+    exactly the replay's alerts (so every valid event was processed as in replay)."""
     events, _ = sim_stream
     lines = [line for line in events.read_bytes().splitlines() if line]
-    bad = [b"{broken", b'{"kind":"transaction","event_id":"x","ts":"never","customer_id":"c","amount":1}',
-           b"\xff\xfe\x00"]
-    stream = lines[:100] + bad + lines[100:]
+    rng = random.Random(11)
+    stream: list[bytes] = list(lines)
+    bad_offsets = set()
+    for _ in range(10_000):
+        stream.insert(rng.randrange(len(stream) + 1), b"")  # placeholders keep offsets simple
+    for offset, value in enumerate(stream):
+        if not value:
+            stream[offset] = malformed_line(rng, lines)
+            bad_offsets.add(offset)
+    bad = [stream[offset] for offset in sorted(bad_offsets)]
     create_topics(broker, {"events": 1, "alerts": 1, "dead_letter": 1})
     produce(broker, "events", stream)
     expected = replay(events, tmp_path / "replay").raw("alerts").splitlines()
@@ -59,12 +69,13 @@ def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, P
                           app_topic="events", feedback_topic="events", profile_topic="events")
     try:
         alerts = consume_all(broker, "alerts", expect=len(expected), timeout=120)
-        dead = consume_all(broker, "dead_letter", expect=len(bad), timeout=30)
+        dead = consume_all(broker, "dead_letter", expect=len(bad), timeout=60)
     finally:
         assert stop(engine) == 0, (tmp_path / "engine.log").read_text()[-3000:]
     assert sorted(map(without_emitted_at, alerts), key=str) == sorted(map(without_emitted_at, expected), key=str)
     letters = [orjson.loads(raw) for raw in dead]
-    assert sorted(letter["source"]["offset"] for letter in letters) == [100, 101, 102]
+    assert len(letters) == 10_000
+    assert {letter["source"]["offset"] for letter in letters} == bad_offsets
     assert all(letter["source"]["topic"] == "events" and letter["reason"] for letter in letters)
 
 
