@@ -15,7 +15,9 @@ caller's event time in seconds; it never reads the clock, so replay equals live.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+INF: Final = float("inf")
 
 
 class SlidingWindows:
@@ -25,7 +27,7 @@ class SlidingWindows:
     (the longest spans of a very busy key then under-count, by design).
     """
 
-    __slots__ = ("_base", "_counts", "_now", "_starts", "_sums", "_times", "_values", "max_items", "spans")
+    __slots__ = ("_base", "_counts", "_due", "_starts", "_sums", "_times", "_values", "max_items", "spans")
 
     def __init__(self, spans: tuple[float, ...], max_items: int = 2048) -> None:
         if list(spans) != sorted(spans) or not spans:
@@ -39,7 +41,7 @@ class SlidingWindows:
         self._starts = [0] * len(spans)  # absolute index of each span's oldest value
         self._counts = [0] * len(spans)
         self._sums = [0.0] * len(spans)
-        self._now = float("-inf")  # latest time advanced to
+        self._due = INF  # the earliest event time at which a value expires from a span
 
     def add(self, t: float, value: float) -> None:
         """Record ``value`` at event time ``t`` (times must not go backwards by much)."""
@@ -49,20 +51,20 @@ class SlidingWindows:
         for i in range(len(counts)):
             counts[i] += 1
             sums[i] += value
-        self.advance(t)
+        # The new value leaves the shortest span first; the other spans' next expiry is earlier.
+        self._due = min(self._due, t + self.spans[0])
+        if t >= self._due:
+            self.advance(t)
         if len(self._times) - (self._starts[-1] - self._base) > self.max_items:
             self._drop_oldest()
 
     def advance(self, now: float) -> None:
         """Expire values older than each span as of event time ``now``."""
-        if now <= self._now:
-            return  # nothing new can have expired
-        self._now = now
-        times = self._times
-        if not times:
-            return
-        values, base, starts = self._values, self._base, self._starts
+        if now < self._due:
+            return  # the common case: nothing expires yet
+        times, values, base, starts = self._times, self._values, self._base, self._starts
         end = base + len(times)
+        due = INF
         for i, span in enumerate(self.spans):
             start, cutoff = starts[i], now - span
             if start < end and times[start - base] <= cutoff:
@@ -73,6 +75,9 @@ class SlidingWindows:
                     start += 1
                 starts[i], self._counts[i] = start, count
                 self._sums[i] = total if count else 0.0  # no float drift once empty
+            if start < end:
+                due = min(due, times[start - base] + span)
+        self._due = due
         dead = starts[-1] - base  # the longest span starts last; what is before it is gone
         if dead > 64 and dead * 2 > len(times):
             del times[:dead]
@@ -102,8 +107,8 @@ class SlidingWindows:
     def __getstate__(self) -> tuple[Any, ...]:
         live = self._starts[-1] - self._base  # only the live values are worth keeping
         return (self.spans, self.max_items, self._times[live:], self._values[live:],
-                self._starts[-1], self._starts, self._counts, self._sums, self._now)
+                self._starts[-1], self._starts, self._counts, self._sums, self._due)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.spans, self.max_items, self._times, self._values, self._base,
-         self._starts, self._counts, self._sums, self._now) = state
+         self._starts, self._counts, self._sums, self._due) = state
