@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from config.settings import ConfigError, Settings, load_settings
@@ -83,16 +84,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, os.environ)
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops like Ctrl-C: the dataflow is interrupted and sinks flush on exit."""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
+def _graceful_stop() -> threading.Event:
+    """The first SIGINT or SIGTERM ends the live sources: the dataflow drains what is in
+    flight, sinks flush and close, and the process exits 0. A second one interrupts at once."""
+    stop = threading.Event()
+
+    def request(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print(f"{signal.Signals(signum).name}: draining and stopping", file=sys.stderr)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request)
+    signal.signal(signal.SIGTERM, request)
+    return stop
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _stop_on_sigterm()
+    stop = _graceful_stop()
     # A stop request surfaces as a Rust panic inside Bytewax; its backtrace is noise.
     os.environ["RUST_BACKTRACE"] = "0"
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         assert settings is not None
         print("Running the built-in simulator; alerts follow. Ctrl-C stops.", file=sys.stderr)
-        modes.run_demo(settings, args.workers)
+        modes.run_demo(settings, stop, args.workers)
     elif args.command == "replay":
         assert settings is not None
         if not args.input.exists():
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             from config.settings import replace
             settings = replace(settings, kafka=replace_fields(
                 settings.kafka, bootstrap_servers=args.bootstrap_servers))
-        modes.run_live(settings, console=not args.quiet, workers=args.workers,
+        modes.run_live(settings, stop, console=not args.quiet, workers=args.workers,
                        alerts_path=args.alerts_out, dead_letter_path=args.dead_letter_out)
     elif args.command == "simulate":
         from simulator import SimulatorConfig, write_jsonl

@@ -19,7 +19,6 @@ unlabelled transactions older than the label horizon as legitimate.
 
 from __future__ import annotations
 
-import math
 import zlib
 from array import array
 from dataclasses import dataclass, field

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -115,12 +116,12 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
     return build_flow(source, outputs, step_config(settings, wall_clock))
 
 
-def run_demo(settings: Settings, workers: int | None = None) -> None:
-    execute(live_flow(settings, SimulatorSource(settings.simulator)), settings, workers)
+def run_demo(settings: Settings, stop: threading.Event, workers: int | None = None) -> None:
+    execute(live_flow(settings, SimulatorSource(settings.simulator, stop)), settings, workers)
 
 
-def run_live(settings: Settings, console: bool, workers: int | None = None,
+def run_live(settings: Settings, stop: threading.Event, console: bool, workers: int | None = None,
              alerts_path: Path | None = None, dead_letter_path: Path | None = None) -> None:
-    flow = live_flow(settings, KafkaSource(settings.kafka), console=console, kafka_out=True,
+    flow = live_flow(settings, KafkaSource(settings.kafka, stop=stop), console=console, kafka_out=True,
                      alerts_path=alerts_path, dead_letter_path=dead_letter_path)
     execute(flow, settings, workers)

@@ -5,6 +5,10 @@ either a ``Sequenced`` event or a ``DeadLetter`` carrying the raw payload, its o
 the reason. Each source is a ``FixedPartitionedSource`` whose resume state is its position
 (line, event count or offset) together with the partition's event sequence number, so a
 run with recovery resumes exactly where its last snapshot was taken.
+
+The live sources take a ``threading.Event``: once it is set (on SIGINT or SIGTERM, see
+``run.py``) they end their partitions, so the dataflow drains what is in flight, sinks
+flush and close, and the process exits normally.
 """
 
 from __future__ import annotations
@@ -116,8 +120,8 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
     """Generates the simulator's stream, paced to ``rate_per_s`` without blocking."""
 
     def __init__(self, part: str, events: Iterator[dict[str, Any]], start: int,
-                 rate_per_s: float) -> None:
-        self._part, self._events, self._rate = part, events, rate_per_s
+                 rate_per_s: float, stop: threading.Event) -> None:
+        self._part, self._events, self._rate, self._stop = part, events, rate_per_s, stop
         for _ in range(start):  # deterministic: regenerating the stream reaches the same place
             next(self._events, None)
         self._next = self._emitted_at_start = start
@@ -130,6 +134,8 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
         return max(0, min(1000, due - self._next))
 
     def next_batch(self) -> list[SourceItem]:
+        if self._stop.is_set():
+            raise StopIteration
         batch: list[SourceItem] = []
         for _ in range(self._allowed()):
             obj = next(self._events, None)
@@ -158,8 +164,9 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
 
     PART = "simulator"
 
-    def __init__(self, settings: SimulatorSettings) -> None:
+    def __init__(self, settings: SimulatorSettings, stop: threading.Event | None = None) -> None:
         self._settings = settings
+        self._stop = stop or threading.Event()
 
     def list_parts(self) -> list[str]:
         return [self.PART]
@@ -169,7 +176,7 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
 
         s = self._settings
         config = SimulatorConfig(customers=s.customers, days=s.days, seed=s.seed, fraud_rate=s.fraud_rate)
-        return _SimulatorPartition(for_part, generate(config), resume_state or 0, s.rate_per_s)
+        return _SimulatorPartition(for_part, generate(config), resume_state or 0, s.rate_per_s, self._stop)
 
 
 # -- Kafka ----------------------------------------------------------------------------------
@@ -266,7 +273,8 @@ class _SharedConsumer:
 
 class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
     def __init__(self, source: KafkaSource, shared: _SharedConsumer, topic: str, partition: int,
-                 start: int, resume: KafkaPosition | None) -> None:
+                 start: int, resume: KafkaPosition | None, stop: threading.Event) -> None:
+        self._stop = stop
         self._source, self._shared, self._topic, self._partition = source, shared, topic, partition
         self._part = f"{topic}#{partition}"
         self._offset: int = resume.offset if resume else start
@@ -274,6 +282,8 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
         shared.add(topic, partition, self._offset)
 
     def next_batch(self) -> list[SourceItem]:
+        if self._stop.is_set():
+            raise StopIteration
         # Never block: Bytewax polls every partition of this worker in turn, and pauses 1 ms
         # by itself when a round brought nothing.
         batch: list[SourceItem] = []
@@ -306,8 +316,10 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
     of a process share this source object, so consumers are kept here by thread.
     """
 
-    def __init__(self, settings: KafkaSettings, topics: Iterable[str] | None = None) -> None:
+    def __init__(self, settings: KafkaSettings, topics: Iterable[str] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self._settings = settings
+        self._stop = stop or threading.Event()
         # The kinds may share a topic; each topic partition is read once.
         self._topics = tuple(dict.fromkeys(topics or settings.topics()))
         self._lock = threading.Lock()
@@ -340,7 +352,7 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
             shared = self._consumers.get(worker)
             if shared is None or shared.closed:
                 shared = self._consumers[worker] = _SharedConsumer(consumer_config(settings), settings.batch_size)
-            return _KafkaPartition(self, shared, topic, int(partition), start, resume_state)
+            return _KafkaPartition(self, shared, topic, int(partition), start, resume_state, self._stop)
 
     def release(self, shared: _SharedConsumer, topic: str, partition: int) -> None:
         """A partition is done; the worker's consumer closes with its last partition."""
