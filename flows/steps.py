@@ -1,10 +1,9 @@
 """Bytewax stateful logic for the three keyed steps; each delegates to ``detectors``.
 
-Snapshots. Bytewax asks every touched key for a snapshot at the end of every epoch. The
-per-customer steps hold one small object per customer, pickled (cheaper than
-``copy.deepcopy`` and immutable by construction). The shared scoring step holds the
-cross-customer models; it is snapshotted the same way, and only when recovery is on:
-without recovery nothing would ever read a snapshot, so none is made.
+Snapshots. Bytewax asks every key touched in an epoch for a snapshot at the end of the
+epoch, with or without recovery. Without recovery nothing ever reads one, so none is made.
+With recovery the state is pickled (cheaper than ``copy.deepcopy``, and immutable by
+construction): one small object per touched customer, and the shared step's models.
 """
 
 from __future__ import annotations
