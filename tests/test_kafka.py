@@ -104,3 +104,11 @@ def test_four_topics_many_partitions_two_workers(broker: str, sim_stream: tuple[
     assert records, "no alerts arrived on the alerts topic"
     assert len({r["alert_id"] for r in records}) == len(records)
     assert {"alert_id", "type", "severity", "score", "customer_id", "reasons", "schema_version"} <= set(records[0])
+
+
+def test_a_missing_input_topic_is_a_clear_error(broker: str, tmp_path: Path) -> None:
+    create_topics(broker, {"transactions": 1})  # the other three are missing
+    engine = start_engine(broker, tmp_path / "engine.log")
+    assert engine.wait(60) != 0
+    log = (tmp_path / "engine.log").read_text()
+    assert "Kafka topic 'app_events' is not available" in log, log[-2000:]
