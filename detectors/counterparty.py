@@ -27,7 +27,7 @@ TRAFFIC_SPANS: Final = (DAY, 7 * DAY)
 
 COUNTERPARTY_FEATURES: Final = (
     "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_fraud_logodds", "cp_labels_28d",
-    "cp_recent_label_rate", "cp_fraud_recency", "cp_txns_1d", "cp_txns_7d", "cp_new",
+    "cp_recent_label_rate", "cp_fraud_recency", "cp_episode_days", "cp_txns_1d", "cp_txns_7d", "cp_new",
 )
 
 
@@ -40,11 +40,12 @@ class CounterpartyParams:
     halflife_days: float = 14.0  # memory of the decayed fraud rate
     recent_weight: float = 0.3  # weight of the newest label in the recent label rate
     recency_days: float = 7.0  # cp_fraud_recency = exp(-days since the latest known fraud / this)
+    episode_end_rate: float = 0.1  # a fraud run ends when the recent label rate falls below this
     capacity: int = 200_000  # least recently seen counterparties are forgotten past this
 
 
 class _Counterparty:
-    __slots__ = ("decayed", "frauds", "labels", "last_fraud_txn_t", "recent", "traffic")
+    __slots__ = ("decayed", "episode_t", "frauds", "labels", "last_fraud_txn_t", "recent", "traffic")
 
     def __init__(self, prior_rate: float) -> None:
         # Label windows are made with the first label: most counterparties never get one.
@@ -56,13 +57,17 @@ class _Counterparty:
         # shows in a run of fraud labels, and a cleaned one in the legit labels that follow.
         self.recent = prior_rate
         self.last_fraud_txn_t: float | None = None  # when the latest known fraud happened
+        # When the current run of frauds began (its first fraud transaction); attacks on a
+        # counterparty tend to last a typical time, which the models can learn from its age.
+        self.episode_t: float | None = None
 
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.frauds, self.labels, self.traffic, self.decayed, self.recent, self.last_fraud_txn_t)
+        return (self.frauds, self.labels, self.traffic, self.decayed, self.recent, self.last_fraud_txn_t,
+                self.episode_t)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.frauds, self.labels, self.traffic, self.decayed, self.recent,
-         self.last_fraud_txn_t) = state
+         self.last_fraud_txn_t, self.episode_t) = state
 
 
 class CounterpartyRisk:
@@ -115,6 +120,7 @@ class CounterpartyRisk:
             # 1 for a fraud that just happened, fading with time; 0 when none is known.
             "cp_fraud_recency": math.exp(-max(0.0, t - entry.last_fraud_txn_t) / (p.recency_days * DAY))
             if entry.last_fraud_txn_t is not None else 0.0,
+            "cp_episode_days": (t - entry.episode_t) / DAY if entry.episode_t is not None else 0.0,
             "cp_labels_28d": math.log1p(labels_28d),
             "cp_txns_1d": math.log1p(entry.traffic.count(0)),
             "cp_txns_7d": math.log1p(entry.traffic.count(1)),
@@ -140,9 +146,14 @@ class CounterpartyRisk:
         decayed = entry.decayed
         factor = math.exp(-self._decay * max(0.0, known_at - decayed[2]))
         entry.decayed = [decayed[0] * factor + fraud, decayed[1] * factor + 1.0, max(known_at, decayed[2])]
-        w = self.params.recent_weight
+        w, quiet = self.params.recent_weight, self.params.episode_end_rate
+        was_quiet = entry.recent < quiet
         entry.recent = (1.0 - w) * entry.recent + w * fraud
+        if not fraud and entry.recent < quiet:
+            entry.episode_t = None
         if fraud:
             txn_time = known_at if txn_t is None else txn_t
+            if entry.episode_t is None or was_quiet:
+                entry.episode_t = txn_time
             if entry.last_fraud_txn_t is None or txn_time > entry.last_fraud_txn_t:
                 entry.last_fraud_txn_t = txn_time

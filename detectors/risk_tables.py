@@ -41,6 +41,9 @@ CELLS: Final[dict[str, Callable[[dict[str, float]], int]]] = {
     "amount_to_mean": lambda x: _log_bucket(x["amount_to_mean"]),
     # A counterparty's recent labels and how recent its latest known fraud is, together.
     "counterparty_state": lambda x: _state(x["cp_recent_label_rate"], x["cp_fraud_recency"]),
+    # ... and its recent labels by the age of its current run of frauds (in 4-day steps).
+    "counterparty_episode": lambda x: 16 * round(5.0 * min(1.0, x["cp_recent_label_rate"]))
+    + min(15, int(x["cp_episode_days"] / 4.0)),
     # A customer with confirmed recent fraud, by how unusual the amount is.
     "customer_state": lambda x: (64 if x["cust_frauds_14d"] > 0 else 0) + _log_bucket(x["amount_to_mean"], 6.0),
 }
