@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from config.settings import ConfigError, Settings, load_settings
@@ -129,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "live":
         assert settings is not None
         if args.bootstrap_servers:
-            from dataclasses import replace as replace_fields
-
-            from config.settings import replace
-            settings = replace(settings, kafka=replace_fields(
-                settings.kafka, bootstrap_servers=args.bootstrap_servers))
+            settings = replace(settings, kafka=replace(settings.kafka, bootstrap_servers=args.bootstrap_servers))
         modes.run_live(settings, stop, console=not args.quiet, workers=args.workers,
                        alerts_path=args.alerts_out, dead_letter_path=args.dead_letter_out)
     elif args.command == "simulate":

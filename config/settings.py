@@ -187,7 +187,3 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     settings: Settings = _build(Settings, tree)
     return settings
 
-
-def replace(settings: Settings, **sections: Any) -> Settings:
-    """A copy of ``settings`` with whole sections replaced (for command-line options)."""
-    return dataclasses.replace(settings, **sections)

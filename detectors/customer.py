@@ -23,7 +23,7 @@ from detectors.profile import DAY, CustomerProfile, ProfileParams
 from detectors.rules import RuleHit, RuleParams, evaluate_rules
 from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
 
-FRAUD_LABELS: Final = frozenset({"fraud", "legit"})
+FRAUD_LABELS: Final = frozenset({"fraud", "legit"})  # the labels that train the fraud models
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bytewax.operators import StatefulBatchLogic
 
-from detectors.customer import CustomerModel, CustomerView, ViewParams
+from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, ViewParams
 from detectors.fraud import FraudDetector, FraudParams
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
@@ -129,7 +129,7 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
                     event_ts=event.ts, emitted_at=self._config.clock(event.t),
                     reasons=assessment.reasons, model_version=assessment.model_version)
             return Scored(event, observation, assessment, alert)
-        if isinstance(event, Feedback) and event.ref_event_id and event.label in ("fraud", "legit"):
+        if isinstance(event, Feedback) and event.ref_event_id and event.label in FRAUD_LABELS:
             detector.observe_label(event.ref_event_id, event.t, event.label == "fraud")
         return Scored(event, observation, None, None)
 

@@ -15,7 +15,7 @@ import base64
 import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -23,8 +23,6 @@ from schemas.events import SCHEMA_VERSION
 
 AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk"]
 Severity = Literal["low", "medium", "high", "critical"]
-
-SEVERITIES: Final[tuple[Severity, ...]] = ("low", "medium", "high", "critical")
 
 
 def format_ts(t: float) -> str:
