@@ -103,7 +103,8 @@ def _graceful_stop() -> threading.Event:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    stop = _graceful_stop()
+    # Live sources drain on a stop request; a replay, simulation or evaluation is stopped at once.
+    stop = _graceful_stop() if args.command in (None, "live") else threading.Event()
     # A stop request surfaces as a Rust panic inside Bytewax; its backtrace is noise.
     os.environ["RUST_BACKTRACE"] = "0"
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
@@ -151,6 +152,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        sys.exit(0)
+    except KeyboardInterrupt:  # not drained: a replay cut short, or a second stop request
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
