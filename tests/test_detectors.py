@@ -133,3 +133,17 @@ def test_shared_detector_state_pickles() -> None:
     detector.assess("e1", 0.0, "m1", dict.fromkeys(FEATURES, 0.0), [])
     clone = pickle.loads(pickle.dumps(detector))
     assert clone.model_version == detector.model_version and len(clone.pending) == 1
+
+
+def test_counterparty_fraud_episode_starts_with_a_run_of_frauds_and_ends_with_legit_labels() -> None:
+    risk = CounterpartyRisk()
+    day = 86400.0
+    assert risk.features("t1", 0.0)["cp_episode_days"] == 0.0
+    for i in range(5):  # frauds from day 0 on, each labelled 7 days later
+        risk.observe_label("t1", (7 + i) * day, fraud=True, txn_t=i * day)
+    assert risk.features("t1", 12 * day)["cp_episode_days"] == 12.0  # the run began on day 0
+    for i in range(12):  # then legitimate labels only
+        risk.observe_label("t1", (12 + i) * day, fraud=False, txn_t=(5 + i) * day)
+    assert risk.features("t1", 24 * day)["cp_episode_days"] == 0.0
+    risk.observe_label("t1", 30 * day, fraud=True, txn_t=23 * day)  # a new run
+    assert risk.features("t1", 31 * day)["cp_episode_days"] == 8.0
