@@ -27,12 +27,9 @@ from pathlib import Path
 
 from bench.bare_loop import run_bare
 from config.settings import load_settings
-from flows.dataflow import Outputs, build_flow
-from flows.modes import event_clock, execute, step_config
-from flows.sources import ReplayInput, ReplaySource, load_replay
+from flows.modes import ReplayPaths, execute, replay_flow
+from flows.sources import ReplayInput, load_replay
 from simulator import SimulatorConfig, write_jsonl
-from sinks.base import as_single_writer
-from sinks.jsonl import JsonlSink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,15 +40,11 @@ def _timed(fn: object) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_engine(replay: ReplayInput, out: Path) -> None:
+def run_engine(replay: ReplayInput, input_path: Path, out: Path) -> None:
     """The replay dataflow over an already loaded stream, outputs to JSONL files."""
     settings = load_settings()
-    outputs = Outputs(
-        alerts={"file": as_single_writer(lambda: JsonlSink(out / "alerts.jsonl"))},
-        scores={"file": as_single_writer(lambda: JsonlSink(out / "scores.jsonl"))},
-        states={"file": as_single_writer(lambda: JsonlSink(out / "state.jsonl"))})
-    config = step_config(settings, event_clock, replay.watermark, emit_scores=True)
-    execute(build_flow(ReplaySource(replay), outputs, config), settings, workers=1)
+    paths = ReplayPaths(input_path, out / "alerts.jsonl", out / "scores.jsonl", out / "state.jsonl")
+    execute(replay_flow(settings, paths, replay), settings, workers=1)
 
 
 def main() -> None:
@@ -74,7 +67,7 @@ def main() -> None:
         settings = load_settings()
         for _ in range(args.rounds):
             bare.append(_timed(lambda: run_bare(settings, replay)))
-            engine.append(_timed(lambda: run_engine(replay, work)))
+            engine.append(_timed(lambda: run_engine(replay, events, work)))
         e2e = _timed(lambda: subprocess.run(
             [sys.executable, "run.py", "replay", "--input", str(events), "--alerts-out",
              str(work / "a.jsonl"), "--scores-out", str(work / "s.jsonl"), "--state-out",

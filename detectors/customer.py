@@ -53,13 +53,12 @@ class Observation:
 class CustomerModel:
     """Per-customer profile and rules."""
 
-    __slots__ = ("_summary", "profile", "rules")
+    __slots__ = ("profile", "rules")
 
     def __init__(self, profile_params: ProfileParams | None = None,
                  rule_params: RuleParams | None = None) -> None:
         self.profile = CustomerProfile(profile_params)
         self.rules = rule_params or RuleParams()
-        self._summary: Summary | None = None
 
     def observe(self, event: Event) -> Observation:
         """Fold ``event`` in; for a transaction, its features and rule hits (before learning)."""
@@ -79,20 +78,14 @@ class CustomerModel:
 
     def _summarise(self) -> Summary:
         p = self.profile
-        summary = Summary(p.rm_id, p.segment, p.risk_level, p.marketing_opt_out, p.first_t,
-                          p.last_t, p.mean_gap, p.n_txns, p.n_app)
-        # Reuse the previous object when nothing changed: fewer allocations, smaller snapshots.
-        if summary == self._summary and self._summary is not None:
-            return self._summary
-        self._summary = summary
-        return summary
+        return Summary(p.rm_id, p.segment, p.risk_level, p.marketing_opt_out, p.first_t,
+                       p.last_t, p.mean_gap, p.n_txns, p.n_app)
 
     def __getstate__(self) -> tuple[CustomerProfile, RuleParams]:
         return (self.profile, self.rules)
 
     def __setstate__(self, state: tuple[CustomerProfile, RuleParams]) -> None:
         self.profile, self.rules = state
-        self._summary = None
 
 
 @dataclass(frozen=True, slots=True)

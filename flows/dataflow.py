@@ -27,7 +27,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from flows.items import Observed, Scored, Sequenced
+from flows.items import Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
 from schemas.outputs import Alert, CustomerState, DeadLetter, Score
 
@@ -101,4 +101,4 @@ def _is(cls: type) -> Any:
     return check
 
 
-__all__ = ["Observed", "Outputs", "Scored", "StepConfig", "build_flow"]
+__all__ = ["Outputs", "StepConfig", "build_flow"]

@@ -24,7 +24,7 @@ from bytewax.run import cli_main
 
 from config.settings import Settings
 from flows.dataflow import Outputs, build_flow
-from flows.sources import KafkaSource, ReplaySource, SimulatorSource, load_replay
+from flows.sources import KafkaSource, ReplayInput, ReplaySource, SimulatorSource, load_replay
 from flows.steps import Clock, StepConfig
 from schemas.outputs import format_ts
 from sinks.base import as_output, as_single_writer
@@ -87,9 +87,10 @@ def _files(path: Path | None, name: str) -> dict[str, Any]:
     return {name: as_single_writer(lambda: JsonlSink(path))} if path is not None else {}
 
 
-def replay_flow(settings: Settings, paths: ReplayPaths) -> Dataflow:
-    """The dataflow of a replay (built after reading the input, which fixes the watermark)."""
-    replay = load_replay(paths.input)
+def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | None = None) -> Dataflow:
+    """The dataflow of a replay (built after reading the input, which fixes the watermark);
+    ``replay`` is the input already loaded, if it is."""
+    replay = replay or load_replay(paths.input)
     outputs = Outputs(alerts=_files(paths.alerts, "file"), scores=_files(paths.scores, "file"),
                       states=_files(paths.state, "file"),
                       dead_letters=_files(paths.dead_letters, "file"))
