@@ -82,8 +82,8 @@ def load_replay(path: Path) -> ReplayInput:
 
 
 class _ListPartition(StatefulSourcePartition[SourceItem, int]):
-    def __init__(self, part: str, items: list[SourceItem], start: int, batch_size: int) -> None:
-        self._part, self._items, self._next, self._batch = part, items, start, batch_size
+    def __init__(self, items: list[SourceItem], start: int, batch_size: int) -> None:
+        self._items, self._next, self._batch = items, start, batch_size
 
     def next_batch(self) -> list[SourceItem]:
         if self._next >= len(self._items):
@@ -110,7 +110,7 @@ class ReplaySource(FixedPartitionedSource[SourceItem, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ListPartition:
         items: list[SourceItem] = list(self._replay.dead_letters)
         items.extend(Sequenced(self.PART, seq, event) for seq, event in enumerate(self._replay.events))
-        return _ListPartition(for_part, items, resume_state or 0, self._batch_size)
+        return _ListPartition(items, resume_state or 0, self._batch_size)
 
 
 # -- simulator ------------------------------------------------------------------------------

@@ -34,8 +34,16 @@ def format_ts(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+class _Record:
+    """Canonical JSON for a dataclass output: fields in declaration order, no whitespace."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,7 @@ class Reason:
 
 
 @dataclass(frozen=True, slots=True)
-class Alert:
+class Alert(_Record):
     """An alert for risk teams or an RM; ``alert_id`` is stable across replays."""
 
     alert_id: str
@@ -65,12 +73,6 @@ class Alert:
     model_version: str
     schema_version: str = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_bytes(self) -> bytes:
-        return _dumps(self.to_dict())
-
 
 def alert_id_for(event_id: str, alert_type: str) -> str:
     """Deterministic alert id: the same trigger always gives the same id.
@@ -83,7 +85,7 @@ def alert_id_for(event_id: str, alert_type: str) -> str:
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
-class Score:
+class Score(_Record):
     """Per-event scores for an accepted transaction (replay output)."""
 
     event_id: str
@@ -96,12 +98,10 @@ class Score:
         return {"event_id": self.event_id, "customer_id": self.customer_id, "ts": self.ts,
                 "fraud_score": self.fraud_score, **self.extra}
 
-    def to_bytes(self) -> bytes:
-        return _dumps(self.to_dict())
 
 
 @dataclass(frozen=True, slots=True)
-class CustomerState:
+class CustomerState(_Record):
     """The customer view: current scores and a few facts an RM or analyst wants first."""
 
     customer_id: str
@@ -117,15 +117,9 @@ class CustomerState:
     open_alerts: int = 0
     schema_version: str = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_bytes(self) -> bytes:
-        return _dumps(self.to_dict())
-
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(_Record):
     """An input that was not processed, kept whole with where it came from and why."""
 
     reason: str
@@ -147,9 +141,3 @@ class DeadLetter:
         if self.payload_encoding == "base64":
             return base64.b64decode(self.payload)
         return self.payload.encode("utf-8")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_bytes(self) -> bytes:
-        return _dumps(self.to_dict())
