@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -97,7 +97,10 @@ def print_report(rows: list[Row], precision: float, seconds: float, n_events: in
 
 def evaluate(settings: Settings, customers: int, days: float, seed: int, fraud_rate: float,
              workdir: Path | None = None, workers: int | None = None) -> list[Row]:
-    """Simulate, replay, report; return the rows."""
+    """Simulate, replay, report; return the rows. Every trigger counts: the alert lifecycle
+    (de-duplication, grouping) is off, as it is about delivery, not detection."""
+    view = settings.view
+    settings = replace(settings, view=replace(view, lifecycle=replace(view.lifecycle, enabled=False)))
     with tempfile.TemporaryDirectory() as tmp:
         out = workdir or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Replay throughput of the engine against the bare-loop reference (``make bench``).
 
-    python -m bench.throughput [--customers 2000 --days 30 --rounds 3]
+    python -m bench.throughput [--customers 2000 --days 30 --rounds 3] [--metrics]
 
 Generates the simulator's mixed stream (transactions, app events, feedback, profiles),
 loads and validates it once, then alternates, ``rounds`` times:
@@ -13,6 +13,11 @@ Both are timed from the first event to the last output (CPU time of this process
 time); the medians of the rounds and their ratio are printed. A final ``run.py replay``
 subprocess gives the end-to-end figure including reading and parsing the file. Runs are
 interleaved so that a noisy, shared machine slows both alike.
+
+``--metrics`` measures the cost of the Prometheus metrics instead: it alternates the engine
+without metrics and the engine with them wired (``ops.metrics.EngineMetrics`` on a fresh
+registry: the observing steps and the step timers of ``--metrics-port``) and prints both
+throughputs and the loss.
 """
 
 from __future__ import annotations
@@ -40,11 +45,34 @@ def _timed(fn: object) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_engine(replay: ReplayInput, input_path: Path, out: Path) -> None:
-    """The replay dataflow over an already loaded stream, outputs to JSONL files."""
+def run_engine(replay: ReplayInput, input_path: Path, out: Path, metrics: bool = False) -> None:
+    """The replay dataflow over an already loaded stream, outputs to JSONL files; with
+    ``metrics``, observed by a fresh ``EngineMetrics``."""
+    from prometheus_client import CollectorRegistry
+
+    from ops.metrics import EngineMetrics
+
     settings = load_settings()
     paths = ReplayPaths(input_path, out / "alerts.jsonl", out / "scores.jsonl", out / "state.jsonl")
-    execute(replay_flow(settings, paths, replay), settings, workers=1)
+    observer = EngineMetrics(CollectorRegistry(), ("replay",)) if metrics else None
+    execute(replay_flow(settings, paths, replay, metrics=observer), settings, workers=1)
+
+
+def compare_metrics(replay: ReplayInput, events: Path, work: Path, rounds: int) -> None:
+    """Engine throughput without and with metrics, interleaved rounds, medians of wall and of
+    CPU time (CPU time is steadier on a shared machine)."""
+    n = len(replay.events)
+    off: list[tuple[float, float]] = []
+    on: list[tuple[float, float]] = []
+    for _ in range(rounds):
+        off.append(_timed(lambda: run_engine(replay, events, work)))
+        on.append(_timed(lambda: run_engine(replay, events, work, metrics=True)))
+    for i, clock in enumerate(("wall", "cpu")):
+        off_rate = n / statistics.median(t[i] for t in off)
+        on_rate = n / statistics.median(t[i] for t in on)
+        print(f"{clock}: engine without metrics {off_rate:,.0f} events/s, with metrics {on_rate:,.0f} events/s, "
+              f"loss {100 * (1 - on_rate / off_rate):.1f}% (medians of {rounds} rounds; per round without "
+              f"{[f'{n / t[i]:,.0f}' for t in off]}, with {[f'{n / t[i]:,.0f}' for t in on]})")
 
 
 def main() -> None:
@@ -53,6 +81,7 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--metrics", action="store_true", help="measure the overhead of the metrics instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -62,6 +91,9 @@ def main() -> None:
         replay = load_replay(events)
         n = len(replay.events)
         print(f"stream: {n:,} events {counts['by_kind']}")
+        if args.metrics:
+            compare_metrics(replay, events, work, args.rounds)
+            return
         bare: list[tuple[float, float]] = []
         engine: list[tuple[float, float]] = []
         settings = load_settings()

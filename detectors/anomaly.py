@@ -1,35 +1,46 @@
 """Unsupervised anomaly score of a transaction's profile features (River Half-Space Trees).
 
-``AnomalyModel.score_one(z)`` is in [0, 1]; a high score is indicative of an anomaly. It
-needs no labels, so it carries detection before any feedback exists. Its input is
+``AnomalyModel.score_learn(Z)`` takes a batch of squashed feature rows, in stream order, and
+returns each row's anomaly score in [0, 1] (a high score is indicative of an anomaly) as of
+just before that row was learned; it then learns the row. Score before learn holds row by
+row, exactly as a loop of River's ``score_one`` then ``learn_one`` would give. Its input is
 ``squash(features)``: the profile features mapped into [0, 1] with fixed scales, because
-Half-Space Trees split the unit cube (squash once, then score and learn with the result).
-Score before learn: ``score_one`` never changes the model, ``learn_one`` does.
+Half-Space Trees split the unit cube.
 
+The trees are River's: ``river.anomaly.HalfSpaceTrees`` builds them (same seed, same
+splits); their masses then live in numpy arrays so that a whole batch is scored and learned
+at once. That is exact, not an approximation: a Half-Space Trees score reads only the
+reference masses, which change at window ends only, so rows between two window ends are
+scored by the same function and their learning is a count of visits per node
+(``tests/test_detectors.py`` checks the scores against River's one by one).
+
+>>> import numpy as np
 >>> m = AnomalyModel(AnomalyParams(window_size=20, seed=1))
->>> normal = squash({"log_amount": 4.0, "amount_to_mean": 1.0, "cnt_1h": 0.0})
->>> for _ in range(60):
-...     m.learn_one(normal)
->>> odd = squash({"log_amount": 9.0, "amount_to_mean": 30.0, "cnt_1h": 2.0, "new_device": 1.0})
->>> m.score_one(odd) > m.score_one(normal)
+>>> normal = squash_rows([[4.0, 1.0] + [0.0] * 12])
+>>> _ = m.score_learn(np.repeat(normal, 60, axis=0))
+>>> odd = squash_rows([[9.0, 30.0, 2.0, 0.0, 0.0, 0.0, 1.0] + [0.0] * 7])
+>>> bool(m.score_learn(odd)[0] > m.score_learn(normal)[0])
 True
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+import numpy as np
 from river import anomaly
 
-#: Feature -> scale; a value v >= 0 maps to 1 - exp(-v / scale). Flags use scale 0.5.
+#: The squashed features, by name, and their scales; a value v >= 0 maps to
+#: 1 - exp(-v / scale). Flags use scale 0.5.
 SCALES: Final = {
     "log_amount": 6.0, "amount_to_mean": 4.0, "cnt_1h": 1.0, "velocity_1d": 4.0,
     "hours_since_prev": 4.0, "new_counterparty": 0.5, "new_device": 0.5, "new_country": 0.5,
     "night": 0.5, "security_change_24h": 0.5, "failed_logins_1h": 2.0, "small_cnt_1h": 3.0,
     "outflow_of_inflow_24h": 0.5, "near_threshold_cash_3d": 1.0,
 }
+SQUASHED: Final = tuple(SCALES)
+_RATES: Final = -1.0 / np.array([SCALES[name] for name in SQUASHED])
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,31 +53,92 @@ class AnomalyParams:
     seed: int = 42
 
 
-_RATES: Final = tuple((name, -1.0 / scale) for name, scale in SCALES.items())
+def squash_rows(rows: Any) -> np.ndarray:
+    """Rows of the ``SQUASHED`` features (in that order) mapped into [0, 1]."""
+    x = np.asarray(rows, dtype=np.float64)
+    return np.where(x > 0.0, 1.0 - np.exp(x * _RATES), 0.0)
 
 
-def squash(x: dict[str, float]) -> dict[str, float]:
-    """Map the modelled features into [0, 1] (amount z-scores are folded in via the ratio)."""
-    exp, get = math.exp, x.get
-    return {name: 1.0 - exp(rate * v) if (v := get(name, 0.0)) > 0.0 else 0.0 for name, rate in _RATES}
+def _flatten(tree: Any, height: int, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A River padded tree as arrays in breadth-first order (children of i: 2i+1, 2i+2)."""
+    n_inner = 2**height - 1
+    feature, threshold = np.zeros(n_inner, dtype=np.intp), np.zeros(n_inner)
+    level = [tree]
+    for depth in range(height):
+        first = 2**depth - 1
+        for offset, node in enumerate(level):
+            feature[first + offset] = index[node.feature]
+            threshold[first + offset] = node.threshold
+        level = [child for node in level for child in node.children]
+    return feature, threshold
 
 
 class AnomalyModel:
-    """Half-Space Trees on squashed profile features."""
+    """River's Half-Space Trees on squashed profile features, scored and learned in batches."""
 
     def __init__(self, params: AnomalyParams | None = None) -> None:
         self.params = params or AnomalyParams()
         p = self.params
-        self.model = anomaly.HalfSpaceTrees(
-            n_trees=p.n_trees, height=p.height, window_size=p.window_size, seed=p.seed)
+        # River draws the splits when it first learns; it is asked to, with a point at the
+        # centre of the cube, only to build its trees (their masses are kept here).
+        forest = anomaly.HalfSpaceTrees(n_trees=p.n_trees, height=p.height, window_size=p.window_size,
+                                        seed=p.seed)
+        forest.learn_one(dict.fromkeys(SQUASHED, 0.5))
+        index = {name: i for i, name in enumerate(SQUASHED)}
+        flat = [_flatten(tree, p.height, index) for tree in forest.trees]
+        self.feature = np.stack([f for f, _ in flat])  # (trees, inner nodes)
+        self.threshold = np.stack([t for _, t in flat])
+        n_nodes = 2 ** (p.height + 1) - 1
+        self.l_mass = np.zeros((p.n_trees, n_nodes), dtype=np.int64)  # the window being learned
+        self.r_mass = np.zeros((p.n_trees, n_nodes), dtype=np.int64)  # the reference window
+        self.counter = 0  # rows learned in the current window
         self.n_seen = 0
+        self._depth_weight = 2.0 ** np.arange(p.height + 1)
+        self._max_score = p.n_trees * p.window_size * (2 ** (p.height + 1) - 1)
+        self._trees = np.arange(p.n_trees)
+        self._tree_offset = self._trees * n_nodes  # node index -> index into l_mass.ravel()
 
-    def score_one(self, z: dict[str, float]) -> float:
-        """Anomaly score in [0, 1] of squashed features; 0 until the first window is full."""
+    def _paths(self, z: np.ndarray) -> np.ndarray:
+        """Node index of every row in every tree at every depth: (rows, trees, height + 1)."""
+        height = self.params.height
+        node = np.zeros((z.shape[0], self.params.n_trees), dtype=np.intp)
+        paths = np.empty((z.shape[0], self.params.n_trees, height + 1), dtype=np.intp)
+        rows = np.arange(z.shape[0])[:, None]
+        for depth in range(height):
+            paths[:, :, depth] = node
+            right = z[rows, self.feature[self._trees, node]] >= self.threshold[self._trees, node]
+            node = 2 * node + 1 + right
+        paths[:, :, height] = node
+        return paths
+
+    def _score(self, paths: np.ndarray) -> np.ndarray:
         if self.n_seen < self.params.window_size:
-            return 0.0
-        return float(self.model.score_one(z))
+            return np.zeros(paths.shape[0])
+        mass = self.r_mass[self._trees[None, :, None], paths]  # (rows, trees, depth)
+        # River stops walking down after the first node whose mass is under the size limit.
+        small = mass < 0.1 * self.params.window_size
+        reached = np.ones_like(small)
+        reached[:, :, 1:] = np.logical_not(np.cumsum(small[:, :, :-1], axis=2))
+        score = (mass * reached * self._depth_weight).sum(axis=(1, 2))
+        return 1.0 - score / self._max_score
 
-    def learn_one(self, z: dict[str, float]) -> None:
-        self.model.learn_one(z)
-        self.n_seen += 1
+    def score_learn(self, z: np.ndarray) -> np.ndarray:
+        """Score every row of ``z`` (rows, ``SQUASHED``) as of before it, learning it after."""
+        window = self.params.window_size
+        paths = self._paths(z)
+        scores = np.empty(z.shape[0])
+        start = 0
+        while start < z.shape[0]:
+            # Rows up to the end of the current window are scored by the same reference masses.
+            stop = min(z.shape[0], start + window - self.counter)
+            part = paths[start:stop]
+            scores[start:stop] = self._score(part)
+            visits = (part + self._tree_offset[None, :, None]).ravel()
+            self.l_mass += np.bincount(visits, minlength=self.l_mass.size).reshape(self.l_mass.shape)
+            self.counter += stop - start
+            self.n_seen += stop - start
+            if self.counter == window:
+                self.r_mass, self.l_mass = self.l_mass, np.zeros_like(self.l_mass)
+                self.counter = 0
+            start = stop
+        return scores

@@ -2,13 +2,14 @@
 
 A fraud label usually arrives days after the transaction it labels. ``CounterpartyRisk``
 counts, per counterparty, the labels *known so far* (by the time the label arrived, its
-knowledge time) over trailing windows, and the traffic it sees. ``features(cp, t)`` only uses
-what was known before ``t``, so the features of a transaction never leak its own label.
+knowledge time) over trailing windows, and the traffic it sees. ``features(cp, t)`` (a list
+in ``COUNTERPARTY_FEATURES`` order) only uses what was known before ``t``, so the features of
+a transaction never leak its own label.
 
 >>> risk = CounterpartyRisk()
 >>> risk.observe_transaction("t1", 0.0)
 >>> risk.observe_label("t1", 86400.0, fraud=True)
->>> f = risk.features("t1", 2 * 86400.0)
+>>> f = dict(zip(COUNTERPARTY_FEATURES, risk.features("t1", 2 * 86400.0)))
 >>> f["cp_frauds_7d"], round(f["cp_fraud_rate_28d"], 3)
 (1.0, 0.34)
 """
@@ -78,10 +79,13 @@ class CounterpartyRisk:
         self._by_id: dict[str, _Counterparty] = {}
         self._decay = math.log(2.0) / (self.params.halflife_days * DAY)
         p = self.params
-        prior_odds = math.log(p.prior_rate / (1.0 - p.prior_rate))
-        self._empty = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {
-            "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": prior_odds,
+        self._prior_odds = math.log(p.prior_rate / (1.0 - p.prior_rate))
+        empty = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {
+            "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": self._prior_odds,
             "cp_recent_label_rate": p.prior_rate}
+        self._empty = tuple(empty.values())
+        unlabelled = p.prior_rate * p.prior_strength / p.prior_strength
+        self._unlabelled_odds = math.log(unlabelled / (1.0 - unlabelled))
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -95,37 +99,49 @@ class CounterpartyRisk:
         self._by_id[cp] = entry  # most recently used last
         return entry
 
-    def features(self, cp: str | None, t: float) -> dict[str, float]:
-        """What is known about ``cp`` at event time ``t``; does not change anything."""
+    def features(self, cp: str | None, t: float) -> list[float]:
+        """What is known about ``cp`` at event time ``t``, in ``COUNTERPARTY_FEATURES`` order;
+        changes nothing but the expiry of old window values."""
         entry = self._by_id.get(cp) if cp is not None else None
         if entry is None:
-            return dict(self._empty)
-        entry.traffic.advance(t)
+            return list(self._empty)
+        traffic = entry.traffic
+        if t >= traffic.due:
+            traffic.advance(t)
         p = self.params
         frauds_7d = frauds_28d = labels_28d = 0
-        if entry.frauds is not None and entry.labels is not None:
-            entry.frauds.advance(t)
-            entry.labels.advance(t)
-            frauds_7d, frauds_28d, labels_28d = entry.frauds.count(0), entry.frauds.count(1), entry.labels.count(0)
+        fraud_windows, label_windows = entry.frauds, entry.labels
+        if fraud_windows is not None and label_windows is not None:
+            if t >= fraud_windows.due:
+                fraud_windows.advance(t)
+            if t >= label_windows.due:
+                label_windows.advance(t)
+            frauds_7d, frauds_28d = fraud_windows.counts
+            labels_28d = label_windows.counts[0]
         frauds, labels, as_of = entry.decayed
-        factor = math.exp(-self._decay * max(0.0, t - as_of))
-        rate = (frauds * factor + p.prior_rate * p.prior_strength) / (labels * factor + p.prior_strength)
-        return {
-            "cp_frauds_7d": float(frauds_7d),
-            "cp_frauds_28d": float(frauds_28d),
-            "cp_fraud_rate_28d": (frauds_28d + p.prior_rate * p.prior_strength)
-            / (labels_28d + p.prior_strength),
-            "cp_fraud_logodds": math.log(rate / (1.0 - rate)),
-            "cp_recent_label_rate": entry.recent,
+        prior = p.prior_rate * p.prior_strength
+        if labels:
+            factor = math.exp(-self._decay * max(0.0, t - as_of))
+            rate = (frauds * factor + prior) / (labels * factor + p.prior_strength)
+            logodds = math.log(rate / (1.0 - rate))
+        else:  # known, never labelled
+            logodds = self._unlabelled_odds
+        last_fraud_t, episode_t = entry.last_fraud_txn_t, entry.episode_t
+        return [
+            float(frauds_7d),  # cp_frauds_7d
+            float(frauds_28d),  # cp_frauds_28d
+            (frauds_28d + prior) / (labels_28d + p.prior_strength),  # cp_fraud_rate_28d
+            logodds,  # cp_fraud_logodds
+            math.log1p(labels_28d),  # cp_labels_28d
+            entry.recent,  # cp_recent_label_rate
             # 1 for a fraud that just happened, fading with time; 0 when none is known.
-            "cp_fraud_recency": math.exp(-max(0.0, t - entry.last_fraud_txn_t) / (p.recency_days * DAY))
-            if entry.last_fraud_txn_t is not None else 0.0,
-            "cp_episode_days": (t - entry.episode_t) / DAY if entry.episode_t is not None else 0.0,
-            "cp_labels_28d": math.log1p(labels_28d),
-            "cp_txns_1d": math.log1p(entry.traffic.count(0)),
-            "cp_txns_7d": math.log1p(entry.traffic.count(1)),
-            "cp_new": 0.0,
-        }
+            math.exp(-max(0.0, t - last_fraud_t) / (p.recency_days * DAY))
+            if last_fraud_t is not None else 0.0,  # cp_fraud_recency
+            (t - episode_t) / DAY if episode_t is not None else 0.0,  # cp_episode_days
+            math.log1p(traffic.counts[0]),  # cp_txns_1d
+            math.log1p(traffic.counts[1]),  # cp_txns_7d
+            0.0,  # cp_new
+        ]
 
     def observe_transaction(self, cp: str | None, t: float) -> None:
         """Count a transaction with ``cp`` (after it was scored)."""

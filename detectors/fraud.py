@@ -1,9 +1,10 @@
 """The suspicious-transaction detector: rules + anomaly model + supervised model, one score.
 
-``FraudDetector.assess(txn, features, hits)`` takes a transaction with its customer-profile
-features and the rules it hit (both from the customer's own state) and adds what is shared
-across customers: the counterparty's risk learned from feedback, the anomaly model and the
-supervised model. It returns an ``Assessment``: ``fraud_score`` in [0, 1] (higher = more
+``FraudDetector.assess(event_id, t, counterparty_id, features, hits, anomaly_score)`` takes a
+transaction with its customer-profile features and the rules it hit (both from the
+customer's own state) and its anomaly score (``anomaly_scores`` scores a batch of
+transactions ahead), and adds what is shared across customers: the counterparty's risk
+learned from feedback and the supervised model. It returns an ``Assessment``: ``fraud_score`` in [0, 1] (higher = more
 suspicious), the alert it calls for (if any) and the reasons. It scores before it learns.
 
 How the score is made. Before fraud labels exist the score is a prior: a noisy-OR of the
@@ -22,12 +23,17 @@ from __future__ import annotations
 import zlib
 from array import array
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Final
 
-from detectors.anomaly import AnomalyModel, AnomalyParams, squash
+import numpy as np
+
+from detectors.anomaly import SQUASHED, AnomalyModel, AnomalyParams, squash_rows
 from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
-from detectors.profile import FEATURES
-from detectors.risk_tables import CELLS, RateTable, RateTableParams
+from detectors.profile import FEATURES, INDEX
+from detectors.risk_tables import TABLES, RateTableParams, RateTables
+from detectors.risk_tables import cells as risk_cells
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
 from schemas.outputs import AlertType, Reason, Severity
@@ -36,9 +42,13 @@ RULE_CODES: Final = (
     "large_vs_history", "velocity_burst", "card_testing", "takeover_sequence", "structuring",
     "rapid_in_out", "dormant_reactivation", "unusual_foreign",
 )
+#: The supervised model's features, in the order of the vectors it is given.
 MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly",
-                         *(f"risk_{name}" for name in CELLS),
+                         *(f"risk_{name}" for name in TABLES),
                          *(f"rule_{code}" for code in RULE_CODES))
+_MODEL_INDEX: Final = {name: i for i, name in enumerate(MODEL_FEATURES)}
+_RULE_INDEX: Final = {code: i for i, code in enumerate(RULE_CODES)}
+_squashed_columns: Final = itemgetter(*(INDEX[name] for name in SQUASHED))
 MODEL_REVISION: Final = "fraud-1"
 
 FEATURE_TEXT: Final = {
@@ -115,7 +125,7 @@ class FraudDetector:
         self.anomaly = AnomalyModel(p.anomaly)
         self.classifier = FraudClassifier(MODEL_FEATURES, p.supervised)
         self.pending = DelayedLabels(p.supervised)
-        self.rate_tables = {name: RateTable.of(p.rate_tables) for name in CELLS}
+        self.rate_tables = RateTables(p.rate_tables)
         self.unmatched_labels = 0  # feedback whose transaction was never scored or expired
         self.dropped_pending = 0  # scored transactions forgotten unlabelled (max_pending)
 
@@ -123,39 +133,49 @@ class FraudDetector:
     def model_version(self) -> str:
         return f"{MODEL_REVISION}.{self.classifier.n_labels}"
 
+    def anomaly_scores(self, rows: list[list[float]]) -> list[float]:
+        """Anomaly scores of a batch of transactions' profile features, in stream order.
+
+        The forest learns the rows, each only after it was scored (see ``detectors.anomaly``);
+        nothing else in the detector depends on the forest, so the batch is scored ahead of
+        ``assess``, which takes each row's score.
+        """
+        if not rows:
+            return []
+        columns = np.fromiter(chain.from_iterable(map(_squashed_columns, rows)), float,
+                              count=len(rows) * len(SQUASHED))
+        squashed = squash_rows(columns.reshape(len(rows), len(SQUASHED)))
+        scores: list[float] = self.anomaly.score_learn(squashed).tolist()
+        return scores
+
     def assess(self, txn_event_id: str, t: float, counterparty_id: str | None,
-               features: dict[str, float], hits: list[RuleHit]) -> Assessment:
+               features: list[float], hits: list[RuleHit], anomaly_score: float) -> Assessment:
         """Score a transaction (score before learn), then learn from it."""
         p = self.params
-        x = dict(features)
-        x.update(self.counterparties.features(counterparty_id, t))
-        squashed = squash(features)
-        anomaly_score = self.anomaly.score_one(squashed)
-        x["anomaly"] = anomaly_score
-        cells = tuple(cell_of(x) for cell_of in CELLS.values())
-        for (name, table), cell in zip(self.rate_tables.items(), cells, strict=True):
-            x[f"risk_{name}"] = table.log_odds(cell, t)
-        for hit in hits:
-            x[f"rule_{hit.code}"] = 1.0
-        clf = self.classifier
-        vector = clf.vector(x)
-        model_score = clf.predict_proba_one(vector) if clf.n_frauds else 0.0
+        x = features + self.counterparties.features(counterparty_id, t)
+        x.append(anomaly_score)
+        cells = risk_cells(x)
+        x.extend(self.rate_tables.log_odds(cells, t))
+        flags = [0.0] * len(RULE_CODES)
         not_hit = 1.0 - p.anomaly_weight * anomaly_score
         for hit in hits:
+            flags[_RULE_INDEX[hit.code]] = 1.0
             not_hit *= 1.0 - hit.weight
+        x.extend(flags)
+        vector = array("d", x)
+        clf = self.classifier
+        model_score = clf.predict_proba_one(vector) if clf.n_frauds else 0.0
         prior = 1.0 - not_hit
         trust = clf.n_frauds / (clf.n_frauds + p.warmup_frauds)
-        score = min(1.0, max(0.0, trust * model_score + (1.0 - trust) * prior))
+        score = round(min(1.0, max(0.0, trust * model_score + (1.0 - trust) * prior)), 6)
         alert_type, severity = self._alert(score, hits)
-        reasons = self._reasons(x, vector, hits, trust, anomaly_score) if alert_type else ()
-        version = self.model_version
+        reasons = self._reasons(vector, hits, trust, anomaly_score) if alert_type else ()
         # Learn only after scoring: the transaction must not explain itself.
-        self.anomaly.learn_one(squashed)
         self.counterparties.observe_transaction(counterparty_id, t)
-        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, vector, cells)):
+        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, vector, cells, score)):
             self.dropped_pending += 1
-        return Assessment(round(score, 6), round(model_score, 6), round(prior, 6),
-                          round(anomaly_score, 6), alert_type, severity, reasons, version)
+        return Assessment(score, round(model_score, 6), round(prior, 6), round(anomaly_score, 6),
+                          alert_type, severity, reasons, self.model_version)
 
     def _alert(self, score: float, hits: list[RuleHit]) -> tuple[AlertType | None, Severity]:
         p = self.params
@@ -170,35 +190,35 @@ class FraudDetector:
         typed = sorted(hits, key=lambda h: (h.alert_type == "suspicious_transaction", -h.weight))
         return (typed[0].alert_type if typed else "suspicious_transaction"), severity
 
-    def _reasons(self, x: dict[str, float], vector: array[float], hits: list[RuleHit], trust: float,
+    def _reasons(self, vector: array[float], hits: list[RuleHit], trust: float,
                  anomaly_score: float) -> tuple[Reason, ...]:
         reasons = [Reason(h.code, h.text, h.value, round(h.weight, 4)) for h in hits]
         if trust > 0:
             for name, contribution in self.classifier.explain(vector):
                 text = FEATURE_TEXT.get(name, name.replace("_", " "))
-                reasons.append(Reason(f"model:{name}", text, round(x.get(name, 0.0), 4),
+                reasons.append(Reason(f"model:{name}", text, round(vector[_MODEL_INDEX[name]], 4),
                                       round(contribution * trust, 4)))
         if anomaly_score >= 0.5:
             reasons.append(Reason("anomaly", FEATURE_TEXT["anomaly"], round(anomaly_score, 4),
                                   round(self.params.anomaly_weight * anomaly_score * (1 - trust), 4)))
         return tuple(reasons)
 
-    def observe_label(self, ref_event_id: str, known_at: float, is_fraud: bool) -> bool:
-        """Learn from a label for a scored transaction; False if it is not (or no longer) known."""
+    def observe_label(self, ref_event_id: str, known_at: float, is_fraud: bool) -> float | None:
+        """Learn from a label for a scored transaction; return the fraud_score it was given,
+        or None if it is not (or no longer) known."""
         entry = self.pending.pop(ref_event_id)
         if entry is None:
             self.unmatched_labels += 1
-            return False
+            return None
         self._learn(entry, known_at, is_fraud)
-        return True
+        return entry.score
 
     def _learn(self, entry: Pending, known_at: float, is_fraud: bool, weight: float = 1.0) -> None:
         clf = self.classifier
         if weight > 0:
             clf.learn_one(entry.vector, is_fraud, weight)
         self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud, entry.t)
-        for table, cell in zip(self.rate_tables.values(), entry.cells, strict=True):
-            table.learn(cell, known_at, is_fraud)
+        self.rate_tables.learn(entry.cells, known_at, is_fraud)
 
     def advance(self, now: float) -> int:
         """Take transactions past the label horizon as legitimate; return how many.

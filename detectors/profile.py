@@ -11,10 +11,10 @@ cheaply (Bytewax snapshots every touched key at every epoch).
 >>> def txn(ts, amount, cp="m1"):
 ...     return parse_event(('{"kind":"transaction","event_id":"e","customer_id":"c",'
 ...         f'"ts":"{ts}","amount":{amount},"counterparty_id":"{cp}"}}').encode())
->>> f = p.observe_transaction(txn("2026-01-01T10:00:00Z", 100))
+>>> f = named(p.observe_transaction(txn("2026-01-01T10:00:00Z", 100)))
 >>> f["new_counterparty"], f["hist_txns"]
 (1.0, 0.0)
->>> f = p.observe_transaction(txn("2026-01-01T11:00:00Z", 900))
+>>> f = named(p.observe_transaction(txn("2026-01-01T11:00:00Z", 900)))
 >>> f["new_counterparty"], round(f["amount_to_mean"], 1)
 (0.0, 8.9)
 """
@@ -35,7 +35,8 @@ SPANS: Final = (HOUR, DAY, 7 * DAY, 30 * DAY)
 SECURITY_ACTIONS: Final = frozenset({"contact_change", "password_reset", "device_bind"})
 CASH_DEPOSIT: Final = "cash_deposit"
 
-#: The features of a transaction, in a fixed order (models and the pending-label store rely on it).
+#: The features of a transaction, in a fixed order: ``CustomerProfile.features`` returns a
+#: list in this order, and ``INDEX`` gives each one's position in it.
 FEATURES: Final = (
     "log_amount", "is_debit", "amount_to_mean", "amount_z", "hist_txns",
     "cnt_1h", "cnt_1d", "cnt_7d", "cnt_30d", "amt_avg_1d", "amt_avg_7d", "amt_avg_30d",
@@ -44,6 +45,16 @@ FEATURES: Final = (
     "near_threshold_cash_3d", "log_inflow_24h", "outflow_of_inflow_24h", "cust_frauds_14d",
     "unusual_amount_after_fraud",
 )
+INDEX: Final = {name: i for i, name in enumerate(FEATURES)}
+
+
+def named(values: list[float]) -> dict[str, float]:
+    """Features by name, for people and tests.
+
+    >>> named([0.0] * len(FEATURES))["amount_z"]
+    0.0
+    """
+    return dict(zip(FEATURES, values, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +133,9 @@ class CustomerProfile:
         self.last_t: float | None = None  # latest event of any kind
         self.last_txn_t: float | None = None
         self.mean_gap: float | None = None  # EW mean time between active days' events (churn)
-        self.debits = SlidingWindows(SPANS, self.params.window_capacity)
-        self.credits = SlidingWindows((DAY, 30 * DAY), self.params.window_capacity)
+        # Money out and in over the last day (the mule pattern's in-and-out).
+        self.debits = SlidingWindows((DAY,), self.params.window_capacity)
+        self.credits = SlidingWindows((DAY,), self.params.window_capacity)
         self.all_txns = SlidingWindows(SPANS, self.params.window_capacity)
         self.small_1h = SlidingWindows((HOUR,), 256)
         self.cash_near_3d = SlidingWindows((3 * DAY,), 64)
@@ -147,69 +159,75 @@ class CustomerProfile:
         if self.last_t is None or t > self.last_t:
             self.last_t = t
 
-    def observe_transaction(self, txn: Transaction) -> dict[str, float]:
+    def observe_transaction(self, txn: Transaction) -> list[float]:
         """Features of ``txn`` against the history before it; then learn from it."""
         features = self.features(txn)
         self._learn_transaction(txn)
         return features
 
-    def features(self, txn: Transaction) -> dict[str, float]:
-        """Features of ``txn`` relative to this profile; does not change the profile."""
+    def features(self, txn: Transaction) -> list[float]:
+        """Features of ``txn`` relative to this profile, in ``FEATURES`` order; changes nothing
+        but the expiry of old window values."""
         p, t, amount = self.params, txn.t, txn.amount
         debit = txn.direction == "debit"
-        for w in (self.debits, self.credits, self.all_txns, self.small_1h,
-                  self.cash_near_3d, self.failed_logins):
-            w.advance(t)
-        log_amount = math.log1p(amount)
-        std = math.sqrt(self.var_log) if self.n_txns > 1 else 1.0
-        all_txns = self.all_txns
-        cnt_30d = all_txns.count(3)
-        daily_rate_30d = cnt_30d / 30.0
-        prev_gap_h = (t - self.last_txn_t) / HOUR if self.last_txn_t is not None else 24.0 * 30
+        all_txns, credits, debits = self.all_txns, self.credits, self.debits
+        small_1h, cash_near_3d, failed_logins = self.small_1h, self.cash_near_3d, self.failed_logins
+        for window in (all_txns, credits, debits, small_1h, cash_near_3d, failed_logins):
+            if t >= window.due:
+                window.advance(t)
+        log1p = math.log1p
+        n_txns = self.n_txns
+        log_amount = log1p(amount)
+        std = math.sqrt(self.var_log) if n_txns > 1 else 1.0
+        counts, sums = all_txns.counts, all_txns.sums
+        cnt_1h, cnt_1d, cnt_7d, cnt_30d = counts
+        last_txn_t = self.last_txn_t
+        # Live, a customer's events on different topics can arrive a little out of order.
+        prev_gap_h = max(0.0, t - last_txn_t) / HOUR if last_txn_t is not None else 24.0 * 30
         country = txn.counterparty_country
         foreign = country is not None and country != p.home_country
-        inflow_24h = self.credits.total(0)
-        outflow_24h = self.debits.total(1) + (amount if debit else 0.0)
+        inflow_24h = credits.sums[0]
+        outflow_24h = debits.sums[0] + (amount if debit else 0.0)
         local_hour = ((t / HOUR) + p.utc_offset_hours) % 24.0
-        fraud_cutoff = t - p.fraud_memory_days * DAY
-        frauds_recent = float(sum(1 for ft in self.fraud_label_times if ft > fraud_cutoff))
+        frauds_recent = 0.0
+        if self.fraud_label_times:
+            cutoff = t - p.fraud_memory_days * DAY
+            frauds_recent = float(sum(1 for ft in self.fraud_label_times if ft > cutoff))
         amount_to_mean = amount / (self.mean_amount + 1.0)
-        return {
-            "log_amount": log_amount,
-            "is_debit": 1.0 if debit else 0.0,
-            "amount_to_mean": amount_to_mean,
-            "amount_z": (log_amount - self.mean_log) / (std + 0.25) if self.n_txns else 0.0,
-            "hist_txns": math.log1p(self.n_txns),
-            "cnt_1h": math.log1p(all_txns.count(0)),
-            "cnt_1d": math.log1p(all_txns.count(1)),
-            "cnt_7d": math.log1p(all_txns.count(2)),
-            "cnt_30d": math.log1p(cnt_30d),
-            "amt_avg_1d": math.log1p(_mean(all_txns, 1)),
-            "amt_avg_7d": math.log1p(_mean(all_txns, 2)),
-            "amt_avg_30d": math.log1p(_mean(all_txns, 3)),
-            "velocity_1d": (all_txns.count(1) + 1.0) / (daily_rate_30d + 1.0),
-            "hours_since_prev": math.log1p(prev_gap_h),
-            "new_counterparty": 1.0 if txn.counterparty_id is not None
-            and txn.counterparty_id not in self.counterparties else 0.0,
-            "new_device": 1.0 if txn.device_id is not None
-            and txn.device_id not in self.devices else 0.0,
-            "foreign": 1.0 if foreign else 0.0,
-            "new_country": 1.0 if foreign and country not in self.countries else 0.0,
-            "night": 1.0 if local_hour < 6.0 else 0.0,
-            "small_cnt_1h": float(self.small_1h.count(0) + (amount < p.small_amount)),
-            "security_change_24h": 1.0 if self.last_security_t is not None
-            and t - self.last_security_t <= p.security_window_hours * HOUR else 0.0,
-            "failed_logins_1h": float(self.failed_logins.count(0)),
-            "dormant": 1.0 if self.last_txn_t is not None
-            and t - self.last_txn_t >= p.dormant_days * DAY else 0.0,
-            "near_threshold_cash_3d": float(self.cash_near_3d.count(0) + self._near_threshold(txn)),
-            "log_inflow_24h": math.log1p(inflow_24h),
-            "outflow_of_inflow_24h": outflow_24h / inflow_24h if debit and inflow_24h > 0 else 0.0,
-            "cust_frauds_14d": frauds_recent,
+        cp, device, last_security_t = txn.counterparty_id, txn.device_id, self.last_security_t
+        return [
+            log_amount,  # log_amount
+            1.0 if debit else 0.0,  # is_debit
+            amount_to_mean,  # amount_to_mean
+            (log_amount - self.mean_log) / (std + 0.25) if n_txns else 0.0,  # amount_z
+            log1p(n_txns),  # hist_txns
+            log1p(cnt_1h),  # cnt_1h
+            log1p(cnt_1d),  # cnt_1d
+            log1p(cnt_7d),  # cnt_7d
+            log1p(cnt_30d),  # cnt_30d
+            log1p(sums[1] / cnt_1d if cnt_1d else 0.0),  # amt_avg_1d
+            log1p(sums[2] / cnt_7d if cnt_7d else 0.0),  # amt_avg_7d
+            log1p(sums[3] / cnt_30d if cnt_30d else 0.0),  # amt_avg_30d
+            (cnt_1d + 1.0) / (cnt_30d / 30.0 + 1.0),  # velocity_1d
+            log1p(prev_gap_h),  # hours_since_prev
+            1.0 if cp is not None and cp not in self.counterparties else 0.0,  # new_counterparty
+            1.0 if device is not None and device not in self.devices else 0.0,  # new_device
+            1.0 if foreign else 0.0,  # foreign
+            1.0 if foreign and country not in self.countries else 0.0,  # new_country
+            1.0 if local_hour < 6.0 else 0.0,  # night
+            float(small_1h.counts[0] + (amount < p.small_amount)),  # small_cnt_1h
+            1.0 if last_security_t is not None
+            and t - last_security_t <= p.security_window_hours * HOUR else 0.0,  # security_change_24h
+            float(failed_logins.counts[0]),  # failed_logins_1h
+            1.0 if last_txn_t is not None and t - last_txn_t >= p.dormant_days * DAY else 0.0,  # dormant
+            float(cash_near_3d.counts[0] + self._near_threshold(txn)),  # near_threshold_cash_3d
+            log1p(inflow_24h),  # log_inflow_24h
+            outflow_24h / inflow_24h if debit and inflow_24h > 0 else 0.0,  # outflow_of_inflow_24h
+            frauds_recent,  # cust_frauds_14d
             # A card with confirmed recent fraud is still in danger; what gives the next fraud
             # away is an amount unlike the customer's own (a linear model needs the product).
-            "unusual_amount_after_fraud": math.log1p(amount_to_mean) if frauds_recent else 0.0,
-        }
+            log1p(amount_to_mean) if frauds_recent else 0.0,  # unusual_amount_after_fraud
+        ]
 
     def _near_threshold(self, txn: Transaction) -> bool:
         p = self.params
@@ -279,7 +297,3 @@ class CustomerProfile:
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
 
-
-def _mean(windows: SlidingWindows, i: int) -> float:
-    n = windows.count(i)
-    return windows.total(i) / n if n else 0.0

@@ -1,6 +1,7 @@
 """Configurable rules over a transaction's profile features.
 
-``evaluate_rules(features, txn, params)`` returns the rules the transaction hits, each a
+``evaluate_rules(features, txn, params)`` (features in ``detectors.profile.FEATURES`` order)
+returns the rules the transaction hits, each a
 ``RuleHit`` with the alert type it points to, a human-readable text, the value that
 crossed the line and a weight in [0, 1] (how strongly it alone suggests fraud or
 laundering). A rule with ``always_alert`` describes a regulatory pattern that an analyst
@@ -9,7 +10,9 @@ must review whatever the model score.
 >>> from schemas.events import parse_event
 >>> txn = parse_event(b'{"kind":"transaction","event_id":"e","customer_id":"c",'
 ...     b'"ts":"2026-01-01T10:00:00Z","amount":48000,"txn_type":"cash_deposit","direction":"credit"}')
->>> hits = evaluate_rules({"near_threshold_cash_3d": 3.0}, txn, RuleParams())
+>>> from detectors.profile import FEATURES
+>>> features = [3.0 if name == "near_threshold_cash_3d" else 0.0 for name in FEATURES]
+>>> hits = evaluate_rules(features, txn, RuleParams())
 >>> [(h.code, h.alert_type, h.always_alert) for h in hits]
 [('structuring', 'aml_pattern', True)]
 """
@@ -20,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
+from detectors.profile import INDEX
 from schemas.events import Transaction
 from schemas.outputs import AlertType
 
@@ -56,59 +60,64 @@ class RuleHit:
     always_alert: bool = False
 
 
-def _typical(features: dict[str, float]) -> float:
+_HIST_TXNS, _AMOUNT_TO_MEAN, _LOG_AMOUNT, _CNT_1H, _SMALL_CNT_1H = (
+    INDEX[n] for n in ("hist_txns", "amount_to_mean", "log_amount", "cnt_1h", "small_cnt_1h"))
+_SECURITY, _FAILED_LOGINS, _NEW_COUNTERPARTY, _NEW_DEVICE, _NEAR_THRESHOLD = (
+    INDEX[n] for n in ("security_change_24h", "failed_logins_1h", "new_counterparty", "new_device",
+                       "near_threshold_cash_3d"))
+_OUT_OF_IN, _LOG_INFLOW, _DORMANT, _NEW_COUNTRY = (
+    INDEX[n] for n in ("outflow_of_inflow_24h", "log_inflow_24h", "dormant", "new_country"))
+
+
+def _typical(features: list[float]) -> float:
     """The customer's typical amount, undone from the feature (amount / (typical + 1))."""
-    ratio = features.get("amount_to_mean", 0.0)
-    amount = math.expm1(features.get("log_amount", 0.0))
+    ratio = features[_AMOUNT_TO_MEAN]
+    amount = math.expm1(features[_LOG_AMOUNT])
     return amount / ratio - 1.0 if ratio > 0 else 0.0
 
 
-def evaluate_rules(features: dict[str, float], txn: Transaction, params: RuleParams) -> list[RuleHit]:
-    """The rules ``txn`` hits, given its profile features (see ``detectors.profile``)."""
+def evaluate_rules(f: list[float], txn: Transaction, params: RuleParams) -> list[RuleHit]:
+    """The rules ``txn`` hits, given its profile features (``detectors.profile.FEATURES`` order)."""
     hits: list[RuleHit] = []
-    f = features.get
     amount, debit = txn.amount, txn.direction == "debit"
-    history = math.expm1(f("hist_txns", 0.0))
-    ratio = f("amount_to_mean", 0.0)
-    large = (history >= params.large_amount_min_history and ratio >= params.large_amount_ratio
-             and amount >= params.large_amount_min)
-    if large and debit:
+    ratio = f[_AMOUNT_TO_MEAN]
+    if (debit and ratio >= params.large_amount_ratio and amount >= params.large_amount_min
+            and math.expm1(f[_HIST_TXNS]) >= params.large_amount_min_history):
         hits.append(RuleHit("large_vs_history", "suspicious_transaction",
                             f"amount {amount:,.2f} is {ratio:.1f}x the customer's typical "
-                            f"{_typical(features):,.2f}", round(ratio, 3), 0.35))
-    per_hour = round(math.expm1(f("cnt_1h", 0.0))) + 1
+                            f"{_typical(f):,.2f}", round(ratio, 3), 0.35))
+    per_hour = round(math.expm1(f[_CNT_1H])) + 1
     if per_hour >= params.velocity_1h:
         hits.append(RuleHit("velocity_burst", "suspicious_transaction",
                             f"{per_hour} transactions within one hour", float(per_hour), 0.3))
-    small = f("small_cnt_1h", 0.0)
+    small = f[_SMALL_CNT_1H]
     if small >= params.card_testing_small_1h:
         hits.append(RuleHit("card_testing", "suspicious_transaction",
                             f"{small:.0f} tiny payments within one hour (card testing)", small, 0.5))
     outgoing = debit and (txn.txn_type in OUTGOING_TRANSFER_TYPES or txn.txn_type is None)
-    security = (f("security_change_24h", 0.0) > 0
-                or f("failed_logins_1h", 0.0) >= params.takeover_failed_logins)
-    if outgoing and amount >= params.takeover_min_amount and security and (
-            f("new_counterparty", 0.0) > 0 or f("new_device", 0.0) > 0):
+    if (outgoing and amount >= params.takeover_min_amount
+            and (f[_SECURITY] > 0 or f[_FAILED_LOGINS] >= params.takeover_failed_logins)
+            and (f[_NEW_COUNTERPARTY] > 0 or f[_NEW_DEVICE] > 0)):
         hits.append(RuleHit("takeover_sequence", "account_takeover",
                             f"outgoing {amount:,.2f} to a new payee or from a new device within 24 h "
                             "of a security change or failed logins", amount, 0.6, True))
-    near = f("near_threshold_cash_3d", 0.0)
+    near = f[_NEAR_THRESHOLD]
     if near >= params.structuring_count_3d:
         hits.append(RuleHit("structuring", "aml_pattern",
                             f"{near:.0f} cash deposits just under the reporting threshold within 3 days",
                             near, 0.6, True))
-    out_ratio = f("outflow_of_inflow_24h", 0.0)
-    inflow = math.expm1(f("log_inflow_24h", 0.0))
     # Mule pattern: money that just came in leaves at once, by transfer, to someone new.
-    if (outgoing and out_ratio >= params.in_out_ratio and inflow >= params.in_out_min_amount
-            and f("new_counterparty", 0.0) > 0):
-        hits.append(RuleHit("rapid_in_out", "aml_pattern",
-                            f"{out_ratio:.0%} of the last day's inflow of {inflow:,.2f} already sent out",
-                            round(out_ratio, 3), 0.45, True))
-    if f("dormant", 0.0) > 0 and amount >= params.dormant_min_amount:
+    out_ratio = f[_OUT_OF_IN]
+    if outgoing and out_ratio >= params.in_out_ratio and f[_NEW_COUNTERPARTY] > 0:
+        inflow = math.expm1(f[_LOG_INFLOW])
+        if inflow >= params.in_out_min_amount:
+            hits.append(RuleHit("rapid_in_out", "aml_pattern",
+                                f"{out_ratio:.0%} of the last day's inflow of {inflow:,.2f} already sent out",
+                                round(out_ratio, 3), 0.45, True))
+    if f[_DORMANT] > 0 and amount >= params.dormant_min_amount:
         hits.append(RuleHit("dormant_reactivation", "aml_pattern",
                             f"{amount:,.2f} moved after a long dormant period", amount, 0.4))
-    if f("new_country", 0.0) > 0 and ratio >= params.foreign_ratio:
+    if f[_NEW_COUNTRY] > 0 and ratio >= params.foreign_ratio:
         hits.append(RuleHit("unusual_foreign", "suspicious_transaction",
                             f"{ratio:.1f}x typical spend in a new country {txn.counterparty_country}",
                             round(ratio, 3), 0.4))

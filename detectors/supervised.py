@@ -28,6 +28,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 from river import linear_model, optim
+from river.utils.math import sigmoid
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +73,44 @@ class FraudClassifier:
         self._mean = np.zeros(len(feature_names))
         self._m2 = np.zeros(len(feature_names))
         self._inv_std = np.ones(len(feature_names))  # refreshed on learning, reused to score
+        self._folded: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None  # see _linear
 
     def vector(self, x: dict[str, float]) -> array[float]:
         """``x`` as a compact array in ``feature_names`` order (8 bytes a feature)."""
         return array("d", [x.get(name, 0.0) for name in self.feature_names])
 
-    def _standardise(self, v: array[float]) -> dict[str, float]:
+    def _standardised(self, v: array[float]) -> np.ndarray:
         z = (np.frombuffer(v) - self._mean) * self._inv_std
         clip = self.params.clip
         np.minimum(z, clip, out=z)  # np.clip is several times slower on small arrays
         np.maximum(z, -clip, out=z)
-        return dict(zip(self.feature_names, z.tolist(), strict=True))
+        return z
+
+    def _standardise(self, v: array[float]) -> dict[str, float]:
+        return dict(zip(self.feature_names, self._standardised(v).tolist(), strict=True))
+
+    def _linear(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """River's model folded into the raw feature space, refreshed after learning.
+
+        With ``z = clip((v - mean) * inv_std, -c, c)`` and ``logit = w . z + b``, and
+        ``inv_std > 0``: ``logit = clip(v, mean - c / inv_std, mean + c / inv_std) . a + k``
+        where ``a = w * inv_std`` and ``k = b - mean . a``: one clip and one dot per score.
+        """
+        if self._folded is None:
+            weights = self.model.weights
+            w = np.array([weights.get(name, 0.0) for name in self.feature_names])
+            a = w * self._inv_std
+            half = self.params.clip / self._inv_std
+            self._folded = (self._mean - half, self._mean + half, a,
+                            float(self.model.intercept - self._mean @ a))
+        return self._folded
 
     def predict_proba_one(self, v: array[float]) -> float:
-        """Probability that the transaction with feature vector ``v`` is fraud."""
-        return float(self.model.predict_proba_one(self._standardise(v)).get(True, 0.0))
+        """Probability that the transaction with feature vector ``v`` is fraud: River's
+        logistic regression (its weights, intercept and link) on the standardised vector."""
+        low, high, a, k = self._linear()
+        x = np.frombuffer(v)
+        return float(sigmoid(float(np.minimum(np.maximum(x, low), high) @ a) + k))
 
     def explain(self, v: array[float], top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed the score up most, with their contribution to the logit."""
@@ -105,6 +129,11 @@ class FraudClassifier:
         self._m2 += delta * (x - self._mean)
         self._inv_std = 1.0 / (np.sqrt(self._m2 / self.n_labels) + 1e-6)
         self.model.learn_one(self._standardise(v), is_fraud, weight)
+        self._folded = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_folded": None}  # derived
+
 
 class Pending(NamedTuple):
     """A scored transaction waiting for its label."""
@@ -113,6 +142,7 @@ class Pending(NamedTuple):
     counterparty_id: str | None
     vector: array[float]
     cells: tuple[int, ...]  # its cells in the rate tables (detectors.risk_tables.CELLS)
+    score: float  # the fraud_score it was given
 
 
 class DelayedLabels:

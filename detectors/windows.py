@@ -24,10 +24,14 @@ class SlidingWindows:
     """Counts and sums of values whose time is within each span of the latest time.
 
     ``max_items`` bounds memory: past it the oldest values are dropped from every span
-    (the longest spans of a very busy key then under-count, by design).
+    (the longest spans of a very busy key then under-count, by design). ``counts[i]`` and
+    ``sums[i]`` are span ``i``'s count and sum (read them, never write them; ``advance``
+    first), the same as ``count(i)`` and ``total(i)`` without a call on hot paths. ``due``
+    is the earliest event time at which a value expires: ``advance(t)`` with ``t < due``
+    does nothing, so a hot path may skip the call.
     """
 
-    __slots__ = ("_base", "_counts", "_due", "_starts", "_sums", "_times", "_values", "max_items", "spans")
+    __slots__ = ("_base", "_starts", "_times", "_values", "counts", "due", "max_items", "spans", "sums")
 
     def __init__(self, spans: tuple[float, ...], max_items: int = 2048) -> None:
         if list(spans) != sorted(spans) or not spans:
@@ -39,45 +43,51 @@ class SlidingWindows:
         self._values: list[float] = []
         self._base = 0  # absolute index of _times[0]
         self._starts = [0] * len(spans)  # absolute index of each span's oldest value
-        self._counts = [0] * len(spans)
-        self._sums = [0.0] * len(spans)
-        self._due = INF  # the earliest event time at which a value expires from a span
+        self.counts = [0] * len(spans)
+        self.sums = [0.0] * len(spans)
+        self.due = INF  # the earliest event time at which a value expires from a span
 
     def add(self, t: float, value: float) -> None:
         """Record ``value`` at event time ``t`` (times must not go backwards by much)."""
-        self._times.append(t)
+        times = self._times
+        times.append(t)
         self._values.append(value)
-        counts, sums = self._counts, self._sums
+        counts, sums = self.counts, self.sums
         for i in range(len(counts)):
             counts[i] += 1
             sums[i] += value
         # The new value leaves the shortest span first; the other spans' next expiry is earlier.
-        self._due = min(self._due, t + self.spans[0])
-        if t >= self._due:
+        expiry = t + self.spans[0]
+        if expiry < self.due:
+            self.due = expiry
+        if t >= self.due:
             self.advance(t)
-        if len(self._times) - (self._starts[-1] - self._base) > self.max_items:
+        if len(times) - (self._starts[-1] - self._base) > self.max_items:
             self._drop_oldest()
 
     def advance(self, now: float) -> None:
         """Expire values older than each span as of event time ``now``."""
-        if now < self._due:
+        if now < self.due:
             return  # the common case: nothing expires yet
         times, values, base, starts = self._times, self._values, self._base, self._starts
+        counts, sums = self.counts, self.sums
         end = base + len(times)
         due = INF
         for i, span in enumerate(self.spans):
             start, cutoff = starts[i], now - span
             if start < end and times[start - base] <= cutoff:
-                count, total = self._counts[i], self._sums[i]
+                count, total = counts[i], sums[i]
                 while start < end and times[start - base] <= cutoff:
                     count -= 1
                     total -= values[start - base]
                     start += 1
-                starts[i], self._counts[i] = start, count
-                self._sums[i] = total if count else 0.0  # no float drift once empty
+                starts[i], counts[i] = start, count
+                sums[i] = total if count else 0.0  # no float drift once empty
             if start < end:
-                due = min(due, times[start - base] + span)
-        self._due = due
+                expiry = times[start - base] + span
+                if expiry < due:
+                    due = expiry
+        self.due = due
         dead = starts[-1] - base  # the longest span starts last; what is before it is gone
         if dead > 64 and dead * 2 > len(times):
             del times[:dead]
@@ -90,25 +100,25 @@ class SlidingWindows:
         for i in range(len(self.spans)):
             if self._starts[i] == oldest:
                 self._starts[i] += 1
-                self._counts[i] -= 1
-                self._sums[i] -= value
+                self.counts[i] -= 1
+                self.sums[i] -= value
 
     def count(self, i: int) -> int:
         """Number of values in span ``i``."""
-        return self._counts[i]
+        return self.counts[i]
 
     def total(self, i: int) -> float:
         """Sum of values in span ``i``."""
-        return self._sums[i]
+        return self.sums[i]
 
     def __len__(self) -> int:
-        return self._counts[-1]
+        return self.counts[-1]
 
     def __getstate__(self) -> tuple[Any, ...]:
         live = self._starts[-1] - self._base  # only the live values are worth keeping
         return (self.spans, self.max_items, self._times[live:], self._values[live:],
-                self._starts[-1], self._starts, self._counts, self._sums, self._due)
+                self._starts[-1], self._starts, self.counts, self.sums, self.due)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.spans, self.max_items, self._times, self._values, self._base,
-         self._starts, self._counts, self._sums, self._due) = state
+         self._starts, self.counts, self.sums, self.due) = state

@@ -33,7 +33,7 @@ import orjson
 
 SCHEMA_VERSION: Final = "1"
 
-EventKind = Literal["transaction", "app", "feedback", "profile"]
+EventKind = Literal["transaction", "app", "feedback", "profile", "control"]
 
 
 class InvalidEvent(ValueError):
@@ -109,6 +109,15 @@ KIND_FIELDS: Final[dict[str, tuple[FieldSpec, ...]]] = {
         FieldSpec("city", "string"),
         FieldSpec("kyc_level", "string"),
     ),
+    # Operator commands that must reach the dataflow in stream order, so that a replay
+    # decides what live processing decided (``run.py snooze`` produces them).
+    "control": (
+        FieldSpec("action", "enum", True, "snooze: suppress alerts of a type until `until`; "
+                  "unsnooze: lift it", choices=("snooze", "unsnooze")),
+        FieldSpec("alert_type", "string", True, "the alert type, or * for every type"),
+        FieldSpec("until", "string", description="RFC 3339; required to snooze"),
+        FieldSpec("by", "string", description="who asked (for the audit trail)"),
+    ),
 }
 
 
@@ -171,10 +180,23 @@ class Profile(_Common):
     kind: Literal["profile"] = "profile"
 
 
-Event = Transaction | AppEvent | Feedback | Profile
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
+class Control(_Common):
+    """An operator command for one customer (not a customer event: no detector learns from it)."""
+
+    action: str
+    alert_type: str
+    until: str | None = None
+    by: str | None = None
+    until_t: float | None = None
+    kind: Literal["control"] = "control"
+
+
+Event = Transaction | AppEvent | Feedback | Profile | Control
 
 _CLASSES: Final[dict[str, type[Any]]] = {
     "transaction": Transaction, "app": AppEvent, "feedback": Feedback, "profile": Profile,
+    "control": Control,
 }
 
 
@@ -235,16 +257,8 @@ def _json_type(value: object) -> str:
             list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
-def event_from_obj(obj: object) -> Event:
-    """Validate a decoded JSON value and build the typed event."""
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"expected a JSON object, got {_json_type(obj)}")
-    kind = obj.get("kind")
-    specs = KIND_FIELDS.get(kind) if isinstance(kind, str) else None
-    if specs is None or not isinstance(kind, str):
-        if kind is None:
-            raise InvalidEvent("missing required field 'kind'")
-        raise InvalidEvent(f"unknown kind {str(kind)[:40]!r}; expected one of {', '.join(KIND_FIELDS)}")
+def _validated(obj: dict[str, Any], kind: str, specs: tuple[FieldSpec, ...]) -> Event:
+    """Check every field against its spec, in table order; the first problem is the reason."""
     values: dict[str, Any] = {}
     for spec in COMMON_FIELDS:
         value = obj.get(spec.name)
@@ -259,8 +273,76 @@ def event_from_obj(obj: object) -> Event:
                 raise InvalidEvent(f"missing required field {spec.name!r}")
             continue
         values[spec.name] = _check(spec, value)
+    if kind == "control":
+        values["until_t"] = _control_until(values)
     result: Event = _CLASSES[kind](**values)
     return result
+
+
+def _fast_parser(kind: str) -> Any:
+    """A function that builds a ``kind`` event from a decoded object whose fields are all
+    valid, and returns None at the first field that is not (``_validated`` then finds the
+    reason). Generated from the field tables, as ``dataclasses`` generates ``__init__``: one
+    inline check per field instead of a loop of calls; the common case costs a third.
+    """
+    lines = [f"def parse_{kind}(obj):", "    get = obj.get", "    kw = {}"]
+    for spec in (*COMMON_FIELDS, *KIND_FIELDS[kind]):
+        name = spec.name
+        lines.append(f"    v = get({name!r})")
+        lines.append("    if v is None:")
+        lines.append("        return None" if spec.required else "        pass")
+        tests = {
+            "string": f"v.__class__ is not str or not 0 < len(v) <= {spec.max_length}",
+            "enum": f"v.__class__ is not str or v not in {spec.choices!r}",
+            "number": "(v.__class__ is not float and v.__class__ is not int) or not -INF < v < INF",
+            "integer": "v.__class__ is not int",
+            "boolean": "v.__class__ is not bool",
+            "object": "v.__class__ is not dict",
+        }[spec.type]
+        if spec.minimum is not None:
+            tests += f" or v < {spec.minimum!r}"
+        if spec.maximum is not None:
+            tests += f" or v > {spec.maximum!r}"
+        lines.append(f"    elif {tests}:")
+        lines.append("        return None")
+        lines.append("    else:")
+        lines.append(f"        kw[{name!r}] = float(v)" if spec.type == "number" else f"        kw[{name!r}] = v")
+    lines.append("    kw['t'] = parse_timestamp(kw['ts'])")
+    lines.append("    return cls(**kw)")
+    namespace: dict[str, Any] = {"INF": math.inf, "parse_timestamp": parse_timestamp, "cls": _CLASSES[kind]}
+    exec("\n".join(lines), namespace)  # the source is built above from the constant tables
+    return namespace[f"parse_{kind}"]
+
+
+# Control events are rare operator commands with a cross-field rule: checked field by field.
+_FAST: Final = {kind: _fast_parser(kind) for kind in KIND_FIELDS if kind != "control"}
+
+
+def event_from_obj(obj: object) -> Event:
+    """Validate a decoded JSON value and build the typed event."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"expected a JSON object, got {_json_type(obj)}")
+    kind = obj.get("kind")
+    specs = KIND_FIELDS.get(kind) if isinstance(kind, str) else None
+    if specs is None or not isinstance(kind, str):
+        if kind is None:
+            raise InvalidEvent("missing required field 'kind'")
+        raise InvalidEvent(f"unknown kind {str(kind)[:40]!r}; expected one of {', '.join(KIND_FIELDS)}")
+    fast = _FAST.get(kind)
+    event: Event | None = fast(obj) if fast is not None else None
+    return event if event is not None else _validated(obj, kind, specs)
+
+
+def _control_until(values: dict[str, Any]) -> float | None:
+    until = values.get("until")
+    if until is None:
+        if values["action"] == "snooze":
+            raise InvalidEvent("missing required field 'until' (a snooze needs an end)")
+        return None
+    try:
+        return parse_timestamp(until)
+    except InvalidEvent as exc:
+        raise InvalidEvent(str(exc).replace("field 'ts'", "field 'until'")) from None
 
 
 def parse_event(raw: bytes | str) -> Event:

@@ -7,14 +7,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import (
+    _FAST,
     KIND_FIELDS,
     AppEvent,
     Feedback,
     InvalidEvent,
     Profile,
     Transaction,
+    _validated,
     json_schema,
     parse_event,
 )
@@ -99,3 +103,29 @@ def test_json_schema_requires_what_the_parser_requires(kind: str) -> None:
     schema = json_schema(kind)
     required = {spec.name for spec in KIND_FIELDS[kind] if spec.required} | {"kind", *BASE}
     assert set(schema["required"]) == required
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=3), st.sampled_from(["debit", "credit", "fraud", "login", "x" * 129]),
+                    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(_FAST)), st.data())
+def test_fast_path_agrees_with_the_field_by_field_validation(kind: str, data: st.DataObject) -> None:
+    """The generated per-kind parser builds exactly what the checks build, or defers to them."""
+    obj: dict[str, object] = {**BASE, "kind": kind}
+    for spec in KIND_FIELDS[kind]:
+        if data.draw(st.booleans()):
+            obj[spec.name] = data.draw(_VALUES)
+    if data.draw(st.booleans()):
+        obj[data.draw(st.sampled_from(sorted(BASE)))] = data.draw(_VALUES)
+    try:
+        expected: object = _validated(obj, kind, KIND_FIELDS[kind])
+    except InvalidEvent as exc:
+        expected = str(exc)
+    try:
+        fast = _FAST[kind](obj)
+    except InvalidEvent as exc:
+        fast = str(exc)
+    assert fast is None or fast == expected
