@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from detectors.churn import ChurnParams, churn_score
+from detectors.lifecycle import LifecycleParams
 from detectors.profile import DAY, CustomerProfile, ProfileParams
 from detectors.rules import RuleHit, RuleParams, evaluate_rules
 from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
@@ -46,7 +47,7 @@ class Observation:
     """The result of one event for one customer: features and rule hits for transactions."""
 
     summary: Summary
-    features: dict[str, float] | None = None
+    features: list[float] | None = None  # detectors.profile.FEATURES order
     hits: list[RuleHit] | None = None
 
 
@@ -63,7 +64,7 @@ class CustomerModel:
     def observe(self, event: Event) -> Observation:
         """Fold ``event`` in; for a transaction, its features and rule hits (before learning)."""
         profile = self.profile
-        features: dict[str, float] | None = None
+        features: list[float] | None = None  # detectors.profile.FEATURES order
         hits: list[RuleHit] | None = None
         if isinstance(event, Transaction):
             features = profile.observe_transaction(event)
@@ -94,6 +95,7 @@ class ViewParams:
 
     fraud_risk_halflife_days: float = 7.0
     churn: ChurnParams = field(default_factory=ChurnParams)
+    lifecycle: LifecycleParams = field(default_factory=LifecycleParams)
 
 
 class CustomerView:

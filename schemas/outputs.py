@@ -72,6 +72,12 @@ class Alert(_Record):
     reasons: tuple[Reason, ...]
     model_version: str
     schema_version: str = SCHEMA_VERSION
+    # Lifecycle (detectors.lifecycle): "firing" for the first alert of a group, then
+    # "grouped" / "escalated" revisions of it; consumers keep the latest per group_key.
+    status: str = "firing"
+    dedup_key: str | None = None
+    group_key: str | None = None
+    revision: int = 1
 
 
 def alert_id_for(event_id: str, alert_type: str) -> str:
@@ -82,6 +88,24 @@ def alert_id_for(event_id: str, alert_type: str) -> str:
     """
     digest = hashlib.blake2b(f"{alert_type}\x1f{event_id}".encode(), digest_size=12).hexdigest()
     return f"al-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleChange(_Record):
+    """A change in an alert's lifecycle, for the audit trail: ``snoozed``, ``unsnoozed``,
+    ``suppressed`` (by a snooze), ``deduplicated``, ``grouped`` or ``escalated``."""
+
+    change_id: str
+    action: str
+    customer_id: str
+    alert_type: str
+    alert_id: str | None  # the trigger this change is about (none for a snooze)
+    dedup_key: str | None
+    event_id: str  # the triggering event, or the control event
+    event_ts: str
+    detail: str | None  # the group key, or the end of a snooze
+    kind: str = "lifecycle"
+    schema_version: str = SCHEMA_VERSION
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"

@@ -17,8 +17,9 @@ def describe(record: Record) -> str:
     if isinstance(record, Alert):
         why = "; ".join(r.text for r in record.reasons[:3])
         rm = f" rm={record.rm_id}" if record.rm_id else ""
+        revision = f" ({record.status}, revision {record.revision})" if record.revision > 1 else ""
         return (f"ALERT {record.severity:<8} {record.type:<22} {record.event_ts} "
-                f"customer={record.customer_id}{rm} score={record.score:.2f} | {why}")
+                f"customer={record.customer_id}{rm} score={record.score:.2f}{revision} | {why}")
     return record.to_bytes().decode("utf-8")
 
 

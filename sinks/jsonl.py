@@ -41,7 +41,12 @@ class JsonlSink(Sink):
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            close_durably(self._file)
             self._file = None
+
+
+def close_durably(handle: BinaryIO) -> None:
+    """Flush ``handle`` to the disk, not only to the operating system, and close it."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()

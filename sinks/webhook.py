@@ -1,0 +1,117 @@
+"""Webhook sink: one HTTP POST per record, as generic JSON or as a WeChat Work (WeCom)
+group-robot markdown message.
+
+- ``json``: the record's canonical JSON (``to_bytes()``) as the body.
+- ``wecom``: ``{"msgtype": "markdown", "markdown": {"content": ...}}`` with a short,
+  readable summary of an alert (severity, type, customer, RM, score, reasons), at most
+  4,096 bytes as the robot API allows; a reply whose ``errcode`` is not 0 is a failure.
+
+Every request carries ``Idempotency-Key`` (the record id, e.g. ``alert_id``) and has a
+timeout. 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are retried with
+exponential backoff and full jitter (``sinks.delivery``); any other 4xx is a permanent
+refusal and goes straight to the sink's dead letter, as does what is still undelivered
+when the retry budget is spent.
+
+Delivery: at least once to the endpoint; exactly once for a receiver that de-duplicates by
+``Idempotency-Key`` (a retried request whose first attempt timed out may have arrived). The
+stdlib HTTP client is enough: alerts are few, and a sink blocks only its own thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import urllib.error
+import urllib.request
+from typing import Literal
+
+import orjson
+
+from schemas.outputs import Alert
+from sinks.base import Record
+from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, Undeliverable, record_id
+
+WebhookFormat = Literal["json", "wecom"]
+WECOM_MAX_BYTES = 4096
+_RETRIED_STATUS = frozenset({408, 425, 429})
+_COLOR = {"critical": "warning", "high": "warning", "medium": "comment", "low": "info"}
+
+
+def wecom_markdown(record: Record) -> bytes:
+    """The WeCom group-robot markdown message for a record.
+
+    >>> from schemas.outputs import Reason
+    >>> a = Alert("al-1", "account_takeover", "high", 0.91, "c1", "rm7", "e1",
+    ...           "2026-01-05T11:56:33.860Z", "2026-01-05T11:56:33.900Z",
+    ...           (Reason("takeover", "password reset then a new payee", None, 0.6),), "m1")
+    >>> print(orjson.loads(wecom_markdown(a))["markdown"]["content"])
+    **<font color="warning">HIGH</font> account_takeover**
+    > customer: c1 · RM: rm7 · score: 0.91
+    > event time: 2026-01-05T11:56:33.860Z · alert: al-1
+    - password reset then a new payee
+    """
+    if isinstance(record, Alert):
+        lines = [f'**<font color="{_COLOR.get(record.severity, "comment")}">{record.severity.upper()}'
+                 f"</font> {record.type}**",
+                 f"> customer: {record.customer_id} · RM: {record.rm_id or '-'} · score: {record.score:.2f}",
+                 f"> event time: {record.event_ts} · alert: {record.alert_id}"]
+        status = getattr(record, "status", None)
+        if status and status != "firing":
+            lines[0] += f" ({status})"
+        lines += [f"- {reason.text}" for reason in record.reasons]
+        content = "\n".join(lines)
+    else:
+        content = record.to_bytes().decode("utf-8")
+    encoded = content.encode("utf-8")
+    if len(encoded) > WECOM_MAX_BYTES:
+        content = encoded[:WECOM_MAX_BYTES - 3].decode("utf-8", "ignore") + "..."
+    return orjson.dumps({"msgtype": "markdown", "markdown": {"content": content}})
+
+
+class WebhookSink(BufferedSink):
+    """POST every record to ``url`` (see the module doc)."""
+
+    def __init__(self, url: str, dead_letters: DeadLetterOut, fmt: WebhookFormat = "json",
+                 timeout_s: float = 5.0, capacity: int = 10_000,
+                 policy: RetryPolicy | None = None) -> None:
+        super().__init__("webhook", dead_letters, capacity=capacity, batch_size=1, policy=policy)
+        self._url = url
+        self._format = fmt
+        self._timeout_s = timeout_s
+
+    def connect(self) -> None:
+        if not self._url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook url must be http(s)://..., got {self._url[:40]!r}")
+
+    def body(self, record: Record) -> bytes:
+        return wecom_markdown(record) if self._format == "wecom" else record.to_bytes()
+
+    def deliver(self, records: list[Record]) -> None:
+        for record in records:
+            self._post(record)
+
+    def _post(self, record: Record) -> None:
+        request = urllib.request.Request(self._url, data=self.body(record), method="POST", headers={
+            "Content-Type": "application/json", "Idempotency-Key": record_id(record)})
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                reply = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in _RETRIED_STATUS or exc.code >= 500:
+                raise ConnectionError(f"HTTP {exc.code}") from None
+            raise Undeliverable(f"HTTP {exc.code}") from None
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+        if self._format == "wecom":
+            self._check_wecom(reply)
+
+    @staticmethod
+    def _check_wecom(reply: bytes) -> None:
+        try:
+            answer = orjson.loads(reply)
+        except orjson.JSONDecodeError:
+            raise ConnectionError(f"unreadable robot reply {reply[:80]!r}") from None
+        code = answer.get("errcode", 0) if isinstance(answer, dict) else 0
+        if code == 45009:  # the robot's rate limit (20 messages a minute): retry later
+            raise ConnectionError("WeCom rate limit (errcode 45009)")
+        if code != 0:
+            raise Undeliverable(f"WeCom errcode {code}: {answer.get('errmsg', '')}")

@@ -1,0 +1,245 @@
+"""Redis and webhook sinks against real servers: routing, idempotency, outages,
+back-pressure and dead letters."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from schemas.outputs import Alert, Reason
+from sinks.delivery import JsonlDeadLetters, RetryPolicy
+from sinks.redis import RedisSink
+from sinks.webhook import WebhookSink
+from tests.services import RedisServer, redis_server, wait_until
+
+
+def make_alerts(n: int, start: int = 0, customers: int = 3) -> list[Alert]:
+    return [Alert(f"al-{i:05d}", "suspicious_transaction", "high", 0.9, f"c{i % customers}", "rm1",
+                  f"e{i}", "2026-01-05T11:56:33.860Z", "2026-01-05T11:56:34.000Z",
+                  (Reason("large_amount", f"amount {i} is large", float(i), 0.5),), "m1")
+            for i in range(start, start + n)]
+
+
+@pytest.fixture
+def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+def stream_ids(client: redis.Redis, key: str) -> list[str]:
+    return [fields[b"id"].decode() for _, fields in client.xrange(key)]
+
+
+def dead_letters(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def test_redis_sink_routes_alerts_once(redis_srv: RedisServer, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_srv.url)
+    pubsub = client.pubsub()
+    pubsub.subscribe("t1:alerts:live")
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), prefix="t1:")
+    sink.open()
+    alerts = make_alerts(10)
+    sink.write_batch(alerts[:6])
+    sink.write_batch(alerts[3:])  # 3..5 again: a retry or a replay after recovery
+    sink.close()
+    assert stream_ids(client, "t1:alerts") == [a.alert_id for a in alerts]
+    assert sink.delivered == 13 and sink.duplicates == 3 and sink.dead_lettered == 0
+    customer = client.hgetall("t1:customer:c1")
+    assert float(customer[b"fraud_score"]) == 0.9
+    assert {k for k in customer if k.startswith(b"open:")} == {
+        f"open:{a.alert_id}".encode() for a in alerts if a.customer_id == "c1"}
+    live = []
+    while (message := pubsub.get_message(timeout=1)) is not None:
+        live.append(orjson.loads(message["data"])["alert_id"])
+    assert live == [a.alert_id for a in alerts]
+    # A restarted sink resumes what was undelivered at its snapshot; replayed ids are skipped.
+    again = RedisSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), prefix="t1:")
+    again.open(resume=alerts[8:])
+    again.write_batch(make_alerts(2, start=9))
+    again.close()
+    assert stream_ids(client, "t1:alerts") == [a.alert_id for a in alerts] + ["al-00010"]
+    assert again.duplicates == 3
+
+
+def test_redis_stream_is_bounded(redis_srv: RedisServer, tmp_path: Path) -> None:
+    from sinks.redis import RedisLimits
+
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), prefix="t2:",
+                     limits=RedisLimits(alerts_maxlen=100))
+    sink.open()
+    for start in range(0, 2000, 100):
+        sink.write_batch(make_alerts(100, start=start))
+    sink.close()
+    length = redis.Redis.from_url(redis_srv.url).xlen("t2:alerts")
+    assert 100 <= length < 400, length  # MAXLEN ~ trims whole macro nodes
+
+
+def test_redis_outage_delays_but_loses_nothing(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """Redis frozen for a while mid-stream: writes never block, every alert arrives once."""
+    dead = tmp_path / "dead.jsonl"
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(dead), prefix="t3:", socket_timeout_s=0.5,
+                     policy=RetryPolicy(base_s=0.1, max_s=1.0, budget_s=120))
+    sink.open()
+    alerts = make_alerts(600)
+    sink.write_batch(alerts[:200])
+    assert wait_until(lambda: sink.delivered == 200, 10)
+    redis_srv.pause()
+    try:
+        started = time.monotonic()
+        for i in range(200, 600, 50):
+            sink.write_batch(alerts[i:i + 50])
+        assert time.monotonic() - started < 0.5, "write_batch blocked while Redis was down"
+        time.sleep(5)
+        assert sink.delivered == 200 and sink.buffer_depth == 400 and sink.retried > 0
+    finally:
+        redis_srv.resume()
+    assert wait_until(lambda: sink.buffer_depth == 0, 30)
+    sink.close()
+    ids = stream_ids(redis.Redis.from_url(redis_srv.url), "t3:alerts")
+    assert ids == [a.alert_id for a in alerts]
+    assert dead_letters(dead) == []
+
+
+def test_buffer_overflow_goes_to_the_dead_letter(redis_srv: RedisServer, tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(dead), prefix="t4:", socket_timeout_s=0.3,
+                     capacity=50, policy=RetryPolicy(base_s=0.05, max_s=0.2, budget_s=60))
+    sink.open()
+    redis_srv.pause()
+    try:
+        alerts = make_alerts(80)
+        sink.write_batch(alerts)
+        assert sink.dead_lettered == 30 and sink.buffer_depth == 50
+    finally:
+        redis_srv.resume()
+    assert wait_until(lambda: sink.buffer_depth == 0, 30)
+    sink.close()
+    letters = dead_letters(dead)
+    assert [letter["source"]["id"] for letter in letters] == [a.alert_id for a in alerts[50:]]
+    assert all("buffer full" in letter["reason"] for letter in letters)
+    assert orjson.loads(letters[0]["payload"])["alert_id"] == "al-00050"
+    assert stream_ids(redis.Redis.from_url(redis_srv.url), "t4:alerts") == [a.alert_id for a in alerts[:50]]
+
+
+class Receiver:
+    """A local webhook endpoint: fails the first ``fail`` requests with 500, makes every
+    ``stall_every``-th request wait ``stall_s`` (past the client's timeout), and keeps what
+    arrives by ``Idempotency-Key``."""
+
+    def __init__(self, fail: int = 0, stall_every: int = 0, stall_s: float = 0.0, status: int = 500,
+                 reply: bytes = b'{"errcode":0,"errmsg":"ok"}') -> None:
+        self.fail, self.stall_every, self.stall_s, self.status, self.reply = fail, stall_every, stall_s, status, reply
+        self.requests = 0
+        self.received: dict[str, bytes] = {}
+        self.order: list[str] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.requests += 1
+                    n = receiver.requests
+                if n <= receiver.fail:
+                    self.send_response(receiver.status)
+                    self.end_headers()
+                    return
+                if receiver.stall_every and n % receiver.stall_every == 0:
+                    time.sleep(receiver.stall_s)
+                key = self.headers["Idempotency-Key"]
+                with receiver.lock:
+                    if key not in receiver.received:
+                        receiver.order.append(key)
+                    receiver.received[key] = body
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(receiver.reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out first: it will retry with the same key
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhook_survives_500s_and_timeouts(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    alerts = make_alerts(30)
+    with Receiver(fail=12, stall_every=7, stall_s=0.6) as receiver:
+        sink = WebhookSink(receiver.url, JsonlDeadLetters(dead), fmt="wecom", timeout_s=0.3,
+                           policy=RetryPolicy(base_s=0.02, max_s=0.2, budget_s=60))
+        sink.open()
+        sink.write_batch(alerts)
+        assert wait_until(lambda: sink.buffer_depth == 0, 60)
+        sink.close()
+    assert receiver.order == [a.alert_id for a in alerts]  # in order, each once by key
+    assert sink.failed >= 12 and sink.retried == sink.failed and sink.dead_lettered == 0
+    message = orjson.loads(receiver.received["al-00003"])
+    assert message["msgtype"] == "markdown"
+    assert "**<font color=\"warning\">HIGH</font> suspicious_transaction**" in message["markdown"]["content"]
+    assert "amount 3 is large" in message["markdown"]["content"]
+    assert dead_letters(dead) == []
+
+
+def test_webhook_dead_letters_after_its_retry_budget(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    with Receiver(fail=10**6) as receiver:
+        sink = WebhookSink(receiver.url, JsonlDeadLetters(dead),
+                           policy=RetryPolicy(base_s=0.01, max_s=0.05, budget_s=0.5))
+        sink.open()
+        sink.write_batch(make_alerts(2))
+        assert wait_until(lambda: sink.dead_lettered == 2, 10)
+        sink.close()
+    letters = dead_letters(dead)
+    assert [letter["source"] for letter in letters] == [{"sink": "webhook", "id": "al-00000"},
+                                                        {"sink": "webhook", "id": "al-00001"}]
+    assert all("undelivered after" in letter["reason"] and "HTTP 500" in letter["reason"] for letter in letters)
+    assert sink.delivered == 0 and receiver.received == {}
+
+
+def test_webhook_client_error_is_refused_at_once(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    with Receiver(fail=1, status=400) as receiver:
+        sink = WebhookSink(receiver.url, JsonlDeadLetters(dead), policy=RetryPolicy(budget_s=60))
+        sink.open()
+        sink.write_batch(make_alerts(2))
+        assert wait_until(lambda: sink.delivered == 1, 10)
+        sink.close()
+    assert [letter["source"]["id"] for letter in dead_letters(dead)] == ["al-00000"]
+    assert "HTTP 400" in dead_letters(dead)[0]["reason"] and sink.retried == 0
+    assert orjson.loads(receiver.received["al-00001"])["alert_id"] == "al-00001"  # generic JSON
+
+
+def test_wecom_error_code_is_refused(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    with Receiver(reply=b'{"errcode":93000,"errmsg":"invalid webhook url"}') as receiver:
+        sink = WebhookSink(receiver.url, JsonlDeadLetters(dead), fmt="wecom")
+        sink.open()
+        sink.write_batch(make_alerts(1))
+        assert wait_until(lambda: sink.dead_lettered == 1, 10)
+        sink.close()
+    assert "errcode 93000" in dead_letters(dead)[0]["reason"]
