@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench evaluate clean
+.PHONY: run test test-services lint typecheck bench evaluate clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) run.py $(ARGS)
 
-test: $(STAMP)
+# The operations tests run promtool and a Prometheus server (Debian package `prometheus`);
+# the delivery tests start private redis-server processes.
+test-services:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
+		{ echo "cannot install the Debian package prometheus (promtool); the ops tests need it" >&2; exit 1; }
+	@command -v redis-server >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
+		{ echo "the tests need redis-server: apt-get install -y redis-server" >&2; exit 1; }
+
+test: $(STAMP) test-services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

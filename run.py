@@ -5,6 +5,11 @@
     python run.py live                 Kafka topics in, Kafka alerts out
     python run.py simulate --out ...   write a labelled simulated stream
     python run.py evaluate             simulate, replay, and report detection quality
+    python run.py produce              send the simulator's stream to the Kafka input topics
+    python run.py audit verify ...     check the hash chain of an audit log
+    python run.py snooze ...           suppress a customer's alerts of a type until a time
+
+Live modes take ``--metrics-port PORT``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
 
 Configuration: ``--config FILE`` (default ``config/default.toml``), then environment
 variables ``CRM__<SECTION>__<KEY>``; see the README.
@@ -13,15 +18,19 @@ variables ``CRM__<SECTION>__<KEY>``; see the README.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from ops import Telemetry
+    from ops.health import OpsServer
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +41,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
+def _ops(parser: argparse.ArgumentParser, log_default: str, sub: bool = False) -> None:
+    # A subcommand's defaults would overwrite the same options given before it: suppressed.
+    def default(value: str | None) -> str | None:
+        return argparse.SUPPRESS if sub else value
+
+    parser.add_argument("--metrics-port", type=int, default=default(None),
+                        help="serve Prometheus /metrics, /healthz and /readyz on this port")
+    parser.add_argument("--metrics-host", default=default("127.0.0.1"),
+                        help="address to serve them on (0.0.0.0 in a container; default 127.0.0.1)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=default(None),
+                        help=f"log lines as text or one JSON object each (default: {log_default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(parser)
+    _ops(parser, "text")
     sub = parser.add_subparsers(dest="command")
 
     replay = sub.add_parser("replay", help="process a recorded JSONL stream in event-time order",
@@ -52,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Consume the configured Kafka topics ([kafka] in the config) "
                           "and produce alerts and dead letters to their topics.")
     _common(live)
+    _ops(live, "json", sub=True)
     live.add_argument("--bootstrap-servers", help="override [kafka] bootstrap_servers")
     live.add_argument("--quiet", action="store_true", help="do not print alerts to the console")
     live.add_argument("--alerts-out", type=Path, help="also write alerts to this JSONL file")
@@ -78,7 +102,104 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=11)
     evaluate.add_argument("--fraud-rate", type=float, default=0.05)
     evaluate.add_argument("--workdir", type=Path, default=None, help="keep the files here")
+
+    produce = sub.add_parser("produce", help="send the simulator's stream to the Kafka input topics",
+                             description="Generate the simulator's stream and produce each event to "
+                             "the input topic of its kind ([kafka] in the config), keyed by customer, "
+                             "at a fixed rate: a load generator for live runs and the deploy stack.")
+    _common(produce)
+    produce.add_argument("--bootstrap-servers", help="override [kafka] bootstrap_servers")
+    produce.add_argument("--rate", type=float, default=200.0, help="events per second (0: as fast as possible)")
+    produce.add_argument("--max-events", type=int, default=None, help="stop after this many events")
+    produce.add_argument("--customers", type=int, default=None, help="default: [simulator] customers")
+    produce.add_argument("--seed", type=int, default=None, help="default: [simulator] seed")
+    produce.add_argument("--create-topics", type=int, default=0, metavar="PARTITIONS",
+                         help="first create the missing input and output topics with this many partitions")
+
+    audit = sub.add_parser("audit", help="audit log tools",
+                           description="Tools for the hash-chained audit log of alerts and lifecycle changes.")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check an audit log's hash chain",
+        description="Check every entry's hash, its link to the entry before and the sequence, and "
+        "the log's head. Exits 0 if the log is intact, 1 naming the first bad entry otherwise. "
+        "Default: the log configured in [audit] (its file, else its Redis list).")
+    _common(verify)
+    verify.add_argument("--file", type=Path, help="a JSONL audit log")
+    verify.add_argument("--redis", metavar="URL", help="a Redis server holding the log (with --key)")
+    verify.add_argument("--key", help="the Redis list of the log (default: <key_prefix><redis_key>)")
+
+    snooze = sub.add_parser(
+        "snooze", help="suppress one customer's alerts of a type until a time",
+        description="Produce a `control` event to [kafka] control_topic: the engine suppresses the "
+        "customer's alerts of that type (every type for *) from the event's time until --until (event "
+        "time), and records the snooze, and every alert it suppresses, in the audit trail. "
+        "--until now or earlier lifts a snooze.")
+    _common(snooze)
+    snooze.add_argument("--customer", required=True, help="customer_id")
+    snooze.add_argument("--type", required=True, dest="alert_type", help="alert type, or * for every type")
+    snooze.add_argument("--until", required=True, help="RFC 3339 end of the snooze, e.g. 2026-11-24T09:00:00Z")
+    snooze.add_argument("--by", default=None, help="who asks (kept in the audit trail)")
+    snooze.add_argument("--ts", default=None, help="the command's event time (default: now)")
+    snooze.add_argument("--bootstrap-servers", help="override [kafka] bootstrap_servers")
     return parser
+
+
+def _snooze(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+    import uuid
+
+    import orjson
+
+    from schemas.events import InvalidEvent, event_from_obj
+    from schemas.outputs import format_ts
+
+    topic = settings.kafka.control_topic
+    if not topic:
+        print("no control topic: set [kafka] control_topic (CRM__KAFKA__CONTROL_TOPIC)", file=sys.stderr)
+        return 2
+    ts = args.ts or format_ts(time.time())
+    command = {"kind": "control", "event_id": f"ctl-{uuid.uuid4().hex}", "ts": ts,
+               "customer_id": args.customer, "action": "snooze", "alert_type": args.alert_type,
+               "until": args.until, "by": args.by}
+    try:
+        event = event_from_obj(command)
+    except InvalidEvent as exc:
+        print(f"invalid snooze: {exc}", file=sys.stderr)
+        return 2
+    if event.until_t is not None and event.until_t <= event.t:  # type: ignore[union-attr]
+        command["action"] = "unsnooze"
+    from confluent_kafka import Producer
+
+    servers = args.bootstrap_servers or settings.kafka.bootstrap_servers
+    producer = Producer({**settings.kafka.client_config(), "bootstrap.servers": servers})
+    producer.produce(topic, orjson.dumps({k: v for k, v in command.items() if v is not None}),
+                     args.customer.encode())
+    if producer.flush(15):
+        print(f"snooze not acknowledged by {servers} within 15 s", file=sys.stderr)
+        return 1
+    print(f"{command['action']} {args.customer} {args.alert_type} until {args.until}: {command['event_id']}")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks.audit import verify_file, verify_redis
+
+    if args.file is not None:
+        if not args.file.exists():
+            print(f"audit log not found: {args.file}", file=sys.stderr)
+            return 2
+        ok, message = verify_file(args.file)
+    elif args.redis or settings.audit.redis:
+        key = args.key or f"{settings.redis.key_prefix}{settings.audit.redis_key}"
+        ok, message = verify_redis(args.redis or settings.redis.url, key)
+    elif settings.audit.file:
+        ok, message = verify_file(settings.audit.file)
+    else:
+        print("no audit log given: --file F or --redis URL --key K", file=sys.stderr)
+        return 2
+    print(f"audit log {'OK' if ok else 'BROKEN'}: {message}")
+    return 0 if ok else 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -101,25 +222,66 @@ def _graceful_stop() -> threading.Event:
     return stop
 
 
+def _telemetry(args: argparse.Namespace, settings: Settings, stop: threading.Event,
+               sources: tuple[str, ...]) -> tuple[Telemetry | None, OpsServer | None]:
+    """This process's metrics registry, readiness and HTTP endpoints, if ``--metrics-port``."""
+    if args.metrics_port is None:
+        return None, None
+    from prometheus_client import CollectorRegistry
+
+    from ops import EngineMetrics, Readiness, Telemetry
+    from ops.health import OpsServer
+
+    registry = CollectorRegistry()  # this process's own registry, never the global one
+    telemetry = Telemetry(EngineMetrics(registry, sources, alert_threshold=settings.fraud.alert_threshold),
+                          Readiness(stop))
+    return telemetry, OpsServer(args.metrics_host, args.metrics_port, registry, telemetry.readiness).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Live sources drain on a stop request; a replay, simulation or evaluation is stopped at once.
-    stop = _graceful_stop() if args.command in (None, "live") else threading.Event()
+    live = args.command in (None, "live")
+    stop = _graceful_stop() if live or args.command == "produce" else threading.Event()
     # A stop request surfaces as a Rust panic inside Bytewax; its backtrace is noise.
     os.environ["RUST_BACKTRACE"] = "0"
-    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ops.logs import configure_logging
+
+    log_format = getattr(args, "log_format", None) or ("json" if args.command == "live" else "text")
+    configure_logging(getattr(args, "log_level", "INFO"), log_format)
     try:
         settings = _settings(args) if args.command != "simulate" else None
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if settings is not None and getattr(args, "bootstrap_servers", None):
+        settings = replace(settings, kafka=replace(settings.kafka, bootstrap_servers=args.bootstrap_servers))
+    if args.command == "audit":  # light commands: no dataflow to import
+        assert settings is not None
+        return _audit_verify(args, settings)
+    if args.command == "snooze":
+        assert settings is not None
+        return _snooze(args, settings)
+    server = telemetry = None
+    try:
+        if live:
+            assert settings is not None
+            sources = ("simulator",) if args.command is None else tuple(dict.fromkeys(settings.kafka.topics()))
+            telemetry, server = _telemetry(args, settings, stop, sources)
+        return _run(args, settings, stop, telemetry)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Event,
+         telemetry: Telemetry | None) -> int:
     from flows import modes
 
     if args.command is None:
         assert settings is not None
         print("Running the built-in simulator; alerts follow. Ctrl-C stops.", file=sys.stderr)
-        modes.run_demo(settings, stop, args.workers)
+        modes.run_demo(settings, stop, args.workers, telemetry)
     elif args.command == "replay":
         assert settings is not None
         if not args.input.exists():
@@ -130,10 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             args.workers)
     elif args.command == "live":
         assert settings is not None
-        if args.bootstrap_servers:
-            settings = replace(settings, kafka=replace(settings.kafka, bootstrap_servers=args.bootstrap_servers))
         modes.run_live(settings, stop, console=not args.quiet, workers=args.workers,
-                       alerts_path=args.alerts_out, dead_letter_path=args.dead_letter_out)
+                       alerts_path=args.alerts_out, dead_letter_path=args.dead_letter_out, telemetry=telemetry)
     elif args.command == "simulate":
         from simulator import SimulatorConfig, write_jsonl
 
@@ -146,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
 
         evaluate(settings, customers=args.customers, days=args.days, seed=args.seed,
                  fraud_rate=args.fraud_rate, workdir=args.workdir, workers=args.workers)
+    elif args.command == "produce":
+        assert settings is not None
+        from simulator.produce import produce_simulation
+
+        sent = produce_simulation(settings, rate=args.rate, max_events=args.max_events, stop=stop,
+                                  customers=args.customers, seed=args.seed, create_partitions=args.create_topics)
+        print(f"produced {sent} events", file=sys.stderr)
     return 0
 
 

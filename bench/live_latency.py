@@ -3,14 +3,16 @@
     python -m bench.live_latency [--rate 2000 --seconds 60 --warmup 10 --workers 1]
 
 Starts a broker (Tansu, from the test dependencies) and the engine (``run.py live``), then
-produces the simulator's stream into the four input topics (2 partitions each) at a fixed
+produces the simulator's stream into the four input topics (``--partitions`` each, 2 by default) at a fixed
 offered rate. For every alert read back from the ``alerts`` topic, latency is the time from
 just before its triggering event was handed to the producer to when the alert was consumed:
 producer, broker, engine (source, three steps, sink), broker again and consumer all
 included. Prints p50/p99/p99.9 after a warm-up, and how the time splits around the alert's
 own produce time (the Kafka timestamp the engine's producer stamps, 1 ms resolution):
 "in" = event produced -> alert produced (input hop and engine), "out" = alert produced ->
-consumed (output hop).
+consumed (output hop). Finally it reads the engine's own ``/metrics``: the alert latency
+from when the engine read each event off the broker to the alert decided (``since=read``,
+the engine's share, whatever the broker does) and from the event's Kafka timestamp.
 
 The figures are honest only if the offered load really was offered and every alert was
 waited for, so it also prints: the rate at which the loop handed events to the producer
@@ -44,15 +46,15 @@ from pathlib import Path
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from simulator import SimulatorConfig, generate
-from tests.brokers import create_topics, tansu_broker
+from tests.brokers import create_topics, free_port, http_get, tansu_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 # event kind -> the engine setting naming its topic, and that topic's default name
 TOPICS = {"transaction": ("transactions_topic", "transactions"), "app": ("app_topic", "app_events"),
           "feedback": ("feedback_topic", "feedback"), "profile": ("profile_topic", "profiles")}
-PARTITIONS = 2
 CLIENT = {"socket.nagle.disable": True}
 
 
@@ -81,6 +83,7 @@ class Reader:
 
     bootstrap: str
     topic: str
+    partitions: int
     sent: dict[str, float]
     received: list[Received] = field(default_factory=list)
     unknown: int = 0
@@ -93,7 +96,7 @@ class Reader:
         # keep it short so the reader adds little to what is measured.
         consumer = Consumer({**CLIENT, "bootstrap.servers": self.bootstrap, "group.id": "bench",
                              "enable.auto.commit": False, "fetch.wait.max.ms": 1, "fetch.min.bytes": 1})
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in range(PARTITIONS)])
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in range(self.partitions)])
         consumer.poll(0.5)  # resolve the end offsets before any alert can be produced
         self.ready.set()
         try:
@@ -184,6 +187,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="measured period")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds excluded from the figures")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=2, help="partitions of every topic")
     parser.add_argument("--customers", type=int, default=3000)
     parser.add_argument("--linger-ms", type=float, default=1.0, help="the event producer's linger.ms")
     parser.add_argument("--drain", type=float, default=3.0,
@@ -197,18 +201,20 @@ def main() -> None:
     topic_of = {kind: name + suffix for kind, (_, name) in TOPICS.items()}
     alerts, dead_letter = "alerts" + suffix, "dead_letter" + suffix
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp)) as bootstrap:
-        create_topics(bootstrap, {**dict.fromkeys(topic_of.values(), PARTITIONS), alerts: PARTITIONS,
+        create_topics(bootstrap, {**dict.fromkeys(topic_of.values(), args.partitions), alerts: args.partitions,
                                   dead_letter: 1})
         env = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "CRM__KAFKA__STARTING_OFFSET": "latest", "CRM__KAFKA__ALERTS_TOPIC": alerts,
                "CRM__KAFKA__DEAD_LETTER_TOPIC": dead_letter,
                **{f"CRM__KAFKA__{setting.upper()}": topic_of[kind] for kind, (setting, _) in TOPICS.items()}}
         log = open(args.engine_log or Path(tmp) / "engine.log", "wb")  # noqa: SIM115 (closed below)
+        metrics_port = free_port()
         engine = subprocess.Popen(
-            [sys.executable, "run.py", "live", "--quiet", "--workers", str(args.workers)],
+            [sys.executable, "run.py", "live", "--quiet", "--workers", str(args.workers),
+             "--metrics-port", str(metrics_port)],
             cwd=ROOT, env=env, stderr=log)
         sent: dict[str, float] = {}
-        reader = Reader(bootstrap, alerts, sent)
+        reader = Reader(bootstrap, alerts, args.partitions, sent)
         thread = threading.Thread(target=reader.run, daemon=True)
         try:
             thread.start()
@@ -222,6 +228,7 @@ def main() -> None:
             while (time.monotonic() - max(reader.last, stopped) < args.drain
                    and time.monotonic() - stopped < 60):
                 time.sleep(0.1)
+            engine_metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
         finally:
             reader.stop.set()
             thread.join(10)
@@ -233,6 +240,7 @@ def main() -> None:
                 engine.wait()
             log.close()
     report(args, offered, reader, sum(r.consumed > stopped_wall for r in reader.received))
+    report_engine_share(engine_metrics)
 
 
 def report(args: argparse.Namespace, offered: Offered, reader: Reader, after_stop: int) -> None:
@@ -272,6 +280,40 @@ def report(args: argparse.Namespace, offered: Offered, reader: Reader, after_sto
         if lat:
             spans.append(f"{start:.0f}-{start + step:.0f} s: {np.median(lat):.0f} ms ({len(lat)})")
     print("  p50 by when the event was sent (alerts): " + ", ".join(spans))
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus's ``histogram_quantile`` over cumulative ``(le, count)`` buckets.
+
+    >>> histogram_quantile(0.5, [(0.001, 0.0), (0.002, 10.0), (float("inf"), 10.0)])
+    0.0015
+    """
+    total = buckets[-1][1]
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / (count - below) if count > below else le
+        lower, below = le, count
+    return lower
+
+
+def report_engine_share(text: str) -> None:
+    """The engine's own alert latency over the whole run (warm-up included), from its metrics:
+    from when it read the event off the broker, and from the event's Kafka timestamp."""
+    samples = [sample for family in text_string_to_metric_families(text)
+               if family.name == "crm_engine_alert_latency_seconds" for sample in family.samples
+               if sample.name.endswith("_bucket")]
+    for since in ("read", "source"):
+        buckets = sorted((float(sample.labels["le"]), sample.value) for sample in samples
+                         if sample.labels.get("since") == since)
+        if not buckets or buckets[-1][1] == 0:
+            print(f"  engine metrics: no alert latency since={since}")
+            continue
+        p50, p99 = (histogram_quantile(q, buckets) * 1000.0 for q in (0.5, 0.99))
+        print(f"  engine metrics, since={since:<6} (bucket-interpolated): p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+              f"over {buckets[-1][1]:.0f} alerts")
 
 
 if __name__ == "__main__":

@@ -76,16 +76,61 @@ class KafkaSettings:
     profile_topic: str = "profiles"
     alerts_topic: str = "alerts"
     dead_letter_topic: str = "dead_letter"
+    # Operator commands (`run.py snooze`) as `control` events; empty = none consumed.
+    control_topic: str = ""
     starting_offset: Literal["earliest", "latest"] = "earliest"
     batch_size: int = 1000
     # Extra librdkafka properties (security.protocol, sasl.*, ...) for consumers and producers.
     client: dict[str, str] = field(default_factory=dict)
 
     def topics(self) -> tuple[str, ...]:
-        return (self.transactions_topic, self.app_topic, self.feedback_topic, self.profile_topic)
+        inputs = (self.transactions_topic, self.app_topic, self.feedback_topic, self.profile_topic)
+        return (*inputs, self.control_topic) if self.control_topic else inputs
 
     def client_config(self) -> dict[str, str | int | float | bool]:
         return {"bootstrap.servers": self.bootstrap_servers, **self.client}
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """The Redis sink (live modes): alert stream, per-RM prompt streams, customer hashes."""
+
+    enabled: bool = False
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "crm:"
+    alerts_maxlen: int = 100_000  # approximate bound of the alerts stream
+    prompts_maxlen: int = 10_000  # approximate bound of each RM's prompt stream
+    dedup_ttl_s: float = 604_800.0  # how long a delivered id is remembered (idempotency)
+    socket_timeout_s: float = 5.0
+    buffer_capacity: int = 10_000  # records held while Redis is down; beyond: dead letter
+    retry_budget_s: float = 300.0  # a batch undelivered this long: dead letter
+    dead_letter_path: str = "dead_letter_redis.jsonl"
+    dead_letter_topic: str = ""  # a Kafka topic instead of the file
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The webhook sink (live modes): generic JSON or WeCom group-robot markdown."""
+
+    enabled: bool = False
+    url: str = ""
+    format: Literal["json", "wecom"] = "json"
+    timeout_s: float = 5.0
+    buffer_capacity: int = 10_000
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_budget_s: float = 300.0
+    dead_letter_path: str = "dead_letter_webhook.jsonl"
+    dead_letter_topic: str = ""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The hash-chained audit log of alerts and lifecycle changes (live modes)."""
+
+    file: str = ""  # a JSONL log; empty = none
+    redis: bool = False  # also a Redis list at [redis] url, key "<key_prefix><redis_key>"
+    redis_key: str = "audit"
 
 
 @dataclass(frozen=True)
@@ -99,6 +144,9 @@ class Settings:
     rules: RuleParams = field(default_factory=RuleParams)
     fraud: FraudParams = field(default_factory=FraudParams)
     view: ViewParams = field(default_factory=ViewParams)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secret values replaced, for logs and ``--help``."""
@@ -110,6 +158,8 @@ def _mask(value: Any, key: str = "") -> Any:
         return {k: _mask(v, k) for k, v in value.items()}
     if value and any(word in key.lower() for word in SECRET_WORDS):
         return "***"
+    if key == "url" and isinstance(value, str) and ("?" in value or "@" in value):
+        return "***"  # credentials in a URL: a Redis password, a WeCom robot's key=...
     return value
 
 

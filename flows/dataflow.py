@@ -14,13 +14,15 @@
                       ▼
                    sinks
 
-Step ids are stable: recovery state is keyed by them.
+Step ids are stable: recovery state is keyed by them. With metrics (``ops.metrics``), two
+stateless steps observe the stream (``observe_input`` after the source, ``observe_scored``
+after shared scoring) and each keyed step's logic is timed; without, none of it is wired.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -29,7 +31,10 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 
 from flows.items import Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
-from schemas.outputs import Alert, CustomerState, DeadLetter, Score
+from schemas.outputs import Alert, CustomerState, DeadLetter, LifecycleChange, Score
+
+if TYPE_CHECKING:
+    from ops.metrics import EngineMetrics
 
 SHARED_KEY = "shared"
 
@@ -42,6 +47,7 @@ class Outputs:
     scores: dict[str, Sink[Any]] = field(default_factory=dict)
     states: dict[str, Sink[Any]] = field(default_factory=dict)
     dead_letters: dict[str, Sink[Any]] = field(default_factory=dict)
+    audit: dict[str, Sink[Any]] = field(default_factory=dict)  # alerts and lifecycle changes
 
 
 def _record_key(record: Any) -> str:
@@ -58,41 +64,70 @@ def _write(kind: str, stream: Stream[Any], sinks: dict[str, Sink[Any]]) -> None:
 
 
 def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
-               name: str = "crm_engine") -> Dataflow:
+               name: str = "crm_engine", metrics: EngineMetrics | None = None) -> Dataflow:
     """Wire source -> per-customer -> shared scoring -> per-customer view -> sinks."""
     flow = Dataflow(name)
     received = op.input("events_in", flow, source)
+    if metrics is not None:
+        received = op.flat_map_batch("observe_input", received, metrics.observe_input)
     # Sequenced | DeadLetter
     split = op.branch("split_dead_letters", received, lambda item: isinstance(item, Sequenced))
     _write("dead_letters", split.falses, outputs.dead_letters)
     # DeadLetter
     by_customer = op.key_on("key_customer", split.trues, lambda s: s.event.customer_id)
     # (customer_id, Sequenced)
-    observed = op.stateful_batch("customer_profile", by_customer,
-                                 lambda resume: CustomerStep(config, resume))
+    observed = op.stateful_batch("customer_profile", by_customer, _customer_step(config, metrics))
     # (customer_id, Observed)
     shared = op.key_on("key_shared", op.map("drop_customer_key", observed, _value),
                        lambda _: SHARED_KEY)
     # ("shared", Observed)
-    scored = op.stateful_batch("shared_scoring", shared,
-                               lambda resume: SharedScoringStep(config, resume))
+    scored = op.stateful_batch("shared_scoring", shared, _timed(
+        "shared_scoring", lambda resume: SharedScoringStep(config, resume), metrics))
     # ("shared", Scored)
+    if metrics is not None:
+        scored = op.flat_map_batch("observe_scored", scored, metrics.observe_scored)
     rekeyed = op.key_on("key_customer_again", op.map("drop_shared_key", scored, _value),
                         lambda s: s.event.customer_id)
     # (customer_id, Scored)
-    viewed = op.stateful_batch("customer_view", rekeyed,
-                               lambda resume: CustomerViewStep(config, resume))
+    viewed = op.stateful_batch("customer_view", rekeyed, _timed(
+        "customer_view", lambda resume: CustomerViewStep(config, resume), metrics))
     # (customer_id, Alert | Score | CustomerState)
     records = op.map("drop_view_key", viewed, _value)
     # Alert | Score | CustomerState
-    _write("alerts", op.filter("alerts", records, _is(Alert)), outputs.alerts)
+    alerts = op.filter("alerts", records, _is(Alert))
+    if metrics is not None:  # the alerts users get, after de-duplication and grouping
+        alerts = op.flat_map_batch("observe_alerts", alerts, metrics.observe_alerts)
+    _write("alerts", alerts, outputs.alerts)
     _write("scores", op.filter("scores", records, _is(Score)), outputs.scores)
     _write("states", op.filter("states", records, _is(CustomerState)), outputs.states)
+    if outputs.audit:
+        _write("audit", op.filter("audited", records, _is_audited), outputs.audit)
     return flow
+
+
+def _customer_step(config: StepConfig, metrics: EngineMetrics | None) -> Any:
+    """Builds a customer's profile logic; with metrics, timed and counted as a tracked customer."""
+    if metrics is None:
+        return lambda resume: CustomerStep(config, resume)
+
+    def build(resume: bytes | None) -> Any:
+        metrics.customer_built()
+        return metrics.timed("customer_profile", CustomerStep(config, resume))
+    return build
+
+
+def _timed(step: str, builder: Any, metrics: EngineMetrics | None) -> Any:
+    if metrics is None:
+        return builder
+    return lambda resume: metrics.timed(step, builder(resume))
 
 
 def _value(pair: tuple[str, Any]) -> Any:
     return pair[1]
+
+
+def _is_audited(item: Any) -> bool:
+    return isinstance(item, Alert | LifecycleChange)
 
 
 def _is(cls: type) -> Any:

@@ -21,6 +21,12 @@ class Sequenced:
     part: str
     seq: int
     event: Event
+    # Wall-clock seconds when the event entered the pipeline: the Kafka message timestamp
+    # (CreateTime or LogAppendTime) in live mode; None in replay. Latency metrics start here.
+    source_time: float | None = None
+    # Wall-clock seconds when the engine read it from the broker (None in replay): the
+    # engine's own share of the latency starts here.
+    read_at: float | None = None
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -31,6 +37,8 @@ class Observed:
     seq: int
     event: Event
     observation: Observation
+    source_time: float | None = None
+    read_at: float | None = None
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -41,3 +49,8 @@ class Scored:
     observation: Observation
     assessment: Assessment | None
     alert: Alert | None
+    source_time: float | None = None
+    # For a fraud/legit feedback that matched a scored transaction: the fraud_score that
+    # transaction had, and whether the label says fraud (online model health).
+    label_outcome: tuple[float, bool] | None = None
+    read_at: float | None = None

@@ -5,16 +5,20 @@
   the clock is the event-time clock, so results depend only on the input and the config.
 - ``run_live``: Kafka topics in, Kafka ``alerts`` / ``dead_letter`` topics out (and the
   console or files if asked).
+
+The live modes take an optional ``ops.Telemetry`` (``--metrics-port``): the dataflow then
+observes itself, the sources report readiness and lag, and every sink is metered.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
@@ -27,10 +31,18 @@ from flows.dataflow import Outputs, build_flow
 from flows.sources import KafkaSource, ReplayInput, ReplaySource, SimulatorSource, load_replay
 from flows.steps import Clock, StepConfig
 from schemas.outputs import format_ts
-from sinks.base import as_output, as_single_writer
+from sinks.audit import FileAuditSink, RedisAuditSink
+from sinks.base import Sink, as_output, as_single_writer
 from sinks.console import ConsoleSink
+from sinks.delivery import DeadLetterOut, JsonlDeadLetters, KafkaDeadLetters, RetryPolicy
 from sinks.jsonl import JsonlSink
-from sinks.kafka import KafkaSink
+from sinks.kafka import KafkaSink, ResumableKafkaSink
+from sinks.redis import RedisLimits, RedisSink
+from sinks.webhook import WebhookSink
+
+if TYPE_CHECKING:
+    from ops import Telemetry
+    from ops.metrics import EngineMetrics, SinkMetrics
 
 
 def wall_clock(_event_t: float) -> str:
@@ -87,15 +99,16 @@ def _files(path: Path | None, name: str) -> dict[str, Any]:
     return {name: as_single_writer(lambda: JsonlSink(path))} if path is not None else {}
 
 
-def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | None = None) -> Dataflow:
+def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | None = None,
+                metrics: EngineMetrics | None = None) -> Dataflow:
     """The dataflow of a replay (built after reading the input, which fixes the watermark);
-    ``replay`` is the input already loaded, if it is."""
+    ``replay`` is the input already loaded, if it is; ``metrics`` (benchmarks) observes it."""
     replay = replay or load_replay(paths.input)
     outputs = Outputs(alerts=_files(paths.alerts, "file"), scores=_files(paths.scores, "file"),
                       states=_files(paths.state, "file"),
                       dead_letters=_files(paths.dead_letters, "file"))
     config = step_config(settings, event_clock, replay.watermark, emit_scores=paths.scores is not None)
-    return build_flow(ReplaySource(replay), outputs, config)
+    return build_flow(ReplaySource(replay), outputs, config, metrics=metrics)
 
 
 def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = None) -> None:
@@ -104,25 +117,94 @@ def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = Non
 
 def live_flow(settings: Settings, source: Source[Any], console: bool = True,
               kafka_out: bool = False, alerts_path: Path | None = None,
-              dead_letter_path: Path | None = None) -> Dataflow:
-    """The dataflow of a live run: console and/or Kafka and/or JSONL outputs."""
-    outputs = Outputs(alerts=_files(alerts_path, "file"), dead_letters=_files(dead_letter_path, "file"))
+              dead_letter_path: Path | None = None, telemetry: Telemetry | None = None) -> Dataflow:
+    """The dataflow of a live run: console and/or Kafka and/or JSONL outputs; with
+    ``telemetry``, every sink is metered under its name and the dataflow observed."""
+    def sink(name: str, factory: Callable[[], Sink]) -> Callable[[], Sink]:
+        if telemetry is None:
+            return factory
+        telemetry.metrics.sink(name)  # exported at zero from the start
+        return telemetry.metered(name, factory)
+
+    def sink_metrics(name: str) -> SinkMetrics | None:
+        return telemetry.metrics.sink(name) if telemetry is not None else None
+
+    outputs = Outputs()
+    if alerts_path is not None:
+        alerts_file = alerts_path
+        outputs.alerts["file"] = as_single_writer(sink("file_alerts", lambda: JsonlSink(alerts_file)))
+    if dead_letter_path is not None:
+        dead_file = dead_letter_path
+        outputs.dead_letters["file"] = as_single_writer(sink("file_dead_letters", lambda: JsonlSink(dead_file)))
     if console:
-        outputs.alerts["console"] = as_single_writer(ConsoleSink)
+        outputs.alerts["console"] = as_single_writer(sink("console", ConsoleSink))
     if kafka_out:
         k = settings.kafka
         client = k.client_config()
-        outputs.alerts["kafka"] = as_output(lambda: KafkaSink(client, k.alerts_topic))
-        outputs.dead_letters["kafka"] = as_output(lambda: KafkaSink(client, k.dead_letter_topic))
-    return build_flow(source, outputs, step_config(settings, wall_clock))
+        # One writer that knows what it delivered since the last snapshot, so a restart
+        # from a snapshot sends no alert id twice.
+        outputs.alerts["kafka"] = as_single_writer(sink("kafka_alerts", lambda: ResumableKafkaSink(
+            client, k.alerts_topic, metrics=sink_metrics("kafka_alerts"))))
+        outputs.dead_letters["kafka"] = as_output(sink("kafka_dead_letters", lambda: KafkaSink(
+            client, k.dead_letter_topic, metrics=sink_metrics("kafka_dead_letters"))))
+    for name, factory in delivery_sinks(settings).items():
+        outputs.alerts[name] = as_single_writer(sink(name, factory))
+    for name, factory in audit_sinks(settings).items():
+        outputs.audit[name] = as_single_writer(sink(name, factory))
+    return build_flow(source, outputs, step_config(settings, wall_clock),
+                      metrics=telemetry.metrics if telemetry is not None else None)
 
 
-def run_demo(settings: Settings, stop: threading.Event, workers: int | None = None) -> None:
-    execute(live_flow(settings, SimulatorSource(settings.simulator, stop)), settings, workers)
+def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
+    if topic:
+        return KafkaDeadLetters(settings.kafka.client_config(), topic)
+    return JsonlDeadLetters(path)
+
+
+def delivery_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
+    """Factories of the Redis and webhook alert sinks enabled in the settings (to be single
+    writers: their resume state is the records they had not delivered yet)."""
+    sinks: dict[str, Callable[[], Sink]] = {}
+    r, w = settings.redis, settings.webhook
+    if r.enabled:
+        sinks["redis"] = lambda: RedisSink(
+            r.url, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), prefix=r.key_prefix,
+            limits=RedisLimits(r.alerts_maxlen, r.prompts_maxlen, r.dedup_ttl_s),
+            socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
+            policy=RetryPolicy(budget_s=r.retry_budget_s))
+    if w.enabled:
+        sinks["webhook"] = lambda: WebhookSink(
+            w.url, _dead_letters(settings, w.dead_letter_path, w.dead_letter_topic), fmt=w.format,
+            timeout_s=w.timeout_s, capacity=w.buffer_capacity,
+            policy=RetryPolicy(w.backoff_base_s, w.backoff_max_s, w.retry_budget_s))
+    return sinks
+
+
+def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
+    """Factories of the audit logs enabled in the settings (to be single writers, so the
+    chain has one order)."""
+    sinks: dict[str, Callable[[], Sink]] = {}
+    a, r = settings.audit, settings.redis
+    if a.file:
+        sinks["audit_file"] = lambda: FileAuditSink(a.file)
+    if a.redis:
+        sinks["audit_redis"] = lambda: RedisAuditSink(
+            r.url, f"{r.key_prefix}{a.redis_key}", _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic),
+            socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
+            policy=RetryPolicy(budget_s=r.retry_budget_s))
+    return sinks
+
+
+def run_demo(settings: Settings, stop: threading.Event, workers: int | None = None,
+             telemetry: Telemetry | None = None) -> None:
+    flow = live_flow(settings, SimulatorSource(settings.simulator, stop, telemetry), telemetry=telemetry)
+    execute(flow, settings, workers)
 
 
 def run_live(settings: Settings, stop: threading.Event, console: bool, workers: int | None = None,
-             alerts_path: Path | None = None, dead_letter_path: Path | None = None) -> None:
-    flow = live_flow(settings, KafkaSource(settings.kafka, stop=stop), console=console, kafka_out=True,
-                     alerts_path=alerts_path, dead_letter_path=dead_letter_path)
+             alerts_path: Path | None = None, dead_letter_path: Path | None = None,
+             telemetry: Telemetry | None = None) -> None:
+    flow = live_flow(settings, KafkaSource(settings.kafka, stop=stop, telemetry=telemetry), console=console,
+                     kafka_out=True, alerts_path=alerts_path, dead_letter_path=dead_letter_path,
+                     telemetry=telemetry)
     execute(flow, settings, workers)

@@ -9,6 +9,9 @@ run with recovery resumes exactly where its last snapshot was taken.
 The live sources take a ``threading.Event``: once it is set (on SIGINT or SIGTERM, see
 ``run.py``) they end their partitions, so the dataflow drains what is in flight, sinks
 flush and close, and the process exits normally.
+
+Given a ``Telemetry`` (``ops``), the live sources report readiness (connected once their
+partitions are built and polled) and the Kafka source the consumer lag of each partition.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -30,7 +33,12 @@ from flows.items import Sequenced
 from schemas.events import Event, InvalidEvent, event_from_obj, parse_event
 from schemas.outputs import DeadLetter
 
+if TYPE_CHECKING:
+    from ops import Telemetry
+
 log = logging.getLogger(__name__)
+#: How often (seconds) a Kafka partition updates its consumer-lag metric.
+LAG_INTERVAL_S = 1.0
 
 SourceItem = Sequenced | DeadLetter
 
@@ -40,6 +48,8 @@ def decode(raw: bytes, origin: dict[str, Any]) -> Event | DeadLetter:
     try:
         return parse_event(raw)
     except InvalidEvent as exc:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("dead letter from %s: %s", origin, exc, extra={"step": "events_in", "reason": str(exc)})
         return DeadLetter.of(raw, str(exc), origin)
 
 
@@ -100,8 +110,9 @@ class ReplaySource(FixedPartitionedSource[SourceItem, int]):
     """One partition: the dead letters first, then the events in event-time order."""
 
     PART = "replay"
+    BATCH_SIZE = 500
 
-    def __init__(self, replay: ReplayInput, batch_size: int = 500) -> None:
+    def __init__(self, replay: ReplayInput, batch_size: int = BATCH_SIZE) -> None:
         self._replay, self._batch_size = replay, batch_size
 
     def list_parts(self) -> list[str]:
@@ -120,8 +131,9 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
     """Generates the simulator's stream, paced to ``rate_per_s`` without blocking."""
 
     def __init__(self, part: str, events: Iterator[dict[str, Any]], start: int,
-                 rate_per_s: float, stop: threading.Event) -> None:
+                 rate_per_s: float, stop: threading.Event, telemetry: Telemetry | None = None) -> None:
         self._part, self._events, self._rate, self._stop = part, events, rate_per_s, stop
+        self._telemetry = telemetry
         for _ in range(start):  # deterministic: regenerating the stream reaches the same place
             next(self._events, None)
         self._next = self._emitted_at_start = start
@@ -136,15 +148,20 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
     def next_batch(self) -> list[SourceItem]:
         if self._stop.is_set():
             raise StopIteration
+        if self._telemetry is not None:
+            self._telemetry.readiness.source_connected()
         batch: list[SourceItem] = []
+        now = time.time()  # when the events entered the pipeline (latency metrics)
         for _ in range(self._allowed()):
             obj = next(self._events, None)
             if obj is None:
                 if not batch:
+                    if self._telemetry is not None:
+                        self._telemetry.readiness.source_finished()
                     raise StopIteration
                 break
             try:
-                batch.append(Sequenced(self._part, self._next, event_from_obj(obj)))
+                batch.append(Sequenced(self._part, self._next, event_from_obj(obj), now))
             except InvalidEvent as exc:  # a simulator bug; still never a crash
                 batch.append(DeadLetter.of(repr(obj).encode(), str(exc), {"simulator": self._next}))
             self._next += 1
@@ -164,9 +181,11 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
 
     PART = "simulator"
 
-    def __init__(self, settings: SimulatorSettings, stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: SimulatorSettings, stop: threading.Event | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self._settings = settings
         self._stop = stop or threading.Event()
+        self._telemetry = telemetry
 
     def list_parts(self) -> list[str]:
         return [self.PART]
@@ -176,7 +195,8 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
 
         s = self._settings
         config = SimulatorConfig(customers=s.customers, days=s.days, seed=s.seed, fraud_rate=s.fraud_rate)
-        return _SimulatorPartition(for_part, generate(config), resume_state or 0, s.rate_per_s, self._stop)
+        return _SimulatorPartition(for_part, generate(config), resume_state or 0, s.rate_per_s, self._stop,
+                                   self._telemetry)
 
 
 # -- Kafka ----------------------------------------------------------------------------------
@@ -218,8 +238,8 @@ class _SharedConsumer:
     A consumer per partition (as Bytewax's own Kafka source has) means a connection, a
     fetch loop and a set of librdkafka threads per partition, all polling the broker; one
     consumer fetches every partition of the worker in one request per round trip.
-    ``take`` hands a partition its messages in offset order, consuming more (never
-    blocking) when it has none queued.
+    ``take`` hands a partition its messages in offset order, each with the wall-clock time
+    it was read from the broker, consuming more (never blocking) when it has none queued.
     """
 
     def __init__(self, config: dict[str, str | int | float | bool], batch_size: int) -> None:
@@ -227,7 +247,7 @@ class _SharedConsumer:
 
         self._consumer = Consumer(config)
         self._batch = batch_size
-        self._queues: dict[tuple[str, int], list[Any]] = {}
+        self._queues: dict[tuple[str, int], list[tuple[float, Any]]] = {}
         self.closed = False
 
     def add(self, topic: str, partition: int, offset: int) -> None:
@@ -248,7 +268,19 @@ class _SharedConsumer:
             self.closed = True
             self._consumer.close()
 
-    def take(self, topic: str, partition: int) -> list[Any]:
+    def lag(self, topic: str, partition: int, position: int) -> int | None:
+        """Messages after ``position`` (the next offset to read, or the logical start offset),
+        from the watermarks last seen in fetches (no request to the broker); None if unknown."""
+        from confluent_kafka import OFFSET_END, TopicPartition
+
+        low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        if high < 0:
+            return None
+        if position < 0:  # nothing read yet: from the start of the log, or from its end
+            return 0 if position == OFFSET_END else high - max(low, 0)
+        return max(0, high - position)
+
+    def take(self, topic: str, partition: int) -> list[tuple[float, Any]]:
         key = (topic, partition)
         if not self._queues[key]:
             self._consume()
@@ -258,7 +290,9 @@ class _SharedConsumer:
         return messages
 
     def _consume(self) -> None:
-        for msg in self._consumer.consume(self._batch, 0):
+        messages = self._consumer.consume(self._batch, 0)
+        read_at = time.time()
+        for msg in messages:
             error = msg.error()
             if error is not None:
                 where = f"{msg.topic()}#{msg.partition()}" if msg.topic() else "the broker"
@@ -268,13 +302,16 @@ class _SharedConsumer:
                 continue
             queue = self._queues.get((msg.topic() or "", msg.partition() or 0))
             if queue is not None:  # None: a partition removed since the fetch
-                queue.append(msg)
+                queue.append((read_at, msg))
 
 
 class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
     def __init__(self, source: KafkaSource, shared: _SharedConsumer, topic: str, partition: int,
-                 start: int, resume: KafkaPosition | None, stop: threading.Event) -> None:
+                 start: int, resume: KafkaPosition | None, stop: threading.Event,
+                 telemetry: Telemetry | None = None) -> None:
         self._stop = stop
+        self._telemetry = telemetry
+        self._lag_due = 0.0
         self._source, self._shared, self._topic, self._partition = source, shared, topic, partition
         self._part = f"{topic}#{partition}"
         self._offset: int = resume.offset if resume else start
@@ -282,12 +319,14 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
         shared.add(topic, partition, self._offset)
 
     def next_batch(self) -> list[SourceItem]:
+        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
         if self._stop.is_set():
             raise StopIteration
         # Never block: Bytewax polls every partition of this worker in turn, and pauses 1 ms
         # by itself when a round brought nothing.
         batch: list[SourceItem] = []
-        for msg in self._shared.take(self._topic, self._partition):
+        for read_at, msg in self._shared.take(self._topic, self._partition):
             offset = msg.offset()
             if offset is None:  # only error events lack an offset
                 continue
@@ -296,10 +335,27 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
             if isinstance(result, DeadLetter):
                 batch.append(result)
             else:
-                batch.append(Sequenced(self._part, self._seq, result))
+                kind, stamp = msg.timestamp()
+                source_time = stamp / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else None
+                batch.append(Sequenced(self._part, self._seq, result, source_time, read_at))
                 self._seq += 1
             self._offset = offset + 1
+        if self._telemetry is not None:
+            self._report()
         return batch
+
+    def _report(self) -> None:
+        """Readiness, and the partition's lag once per ``LAG_INTERVAL_S``."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + LAG_INTERVAL_S
+        telemetry = self._telemetry
+        assert telemetry is not None
+        telemetry.readiness.source_connected()
+        lag = self._shared.lag(self._topic, self._partition, self._offset)
+        if lag is not None:
+            telemetry.metrics.consumer_lag(self._topic, self._partition, lag)
 
     def snapshot(self) -> KafkaPosition:
         return KafkaPosition(self._offset, self._seq)
@@ -317,9 +373,10 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
     """
 
     def __init__(self, settings: KafkaSettings, topics: Iterable[str] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, telemetry: Telemetry | None = None) -> None:
         self._settings = settings
         self._stop = stop or threading.Event()
+        self._telemetry = telemetry
         # The kinds may share a topic; each topic partition is read once.
         self._topics = tuple(dict.fromkeys(topics or settings.topics()))
         self._lock = threading.Lock()
@@ -352,7 +409,8 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
             shared = self._consumers.get(worker)
             if shared is None or shared.closed:
                 shared = self._consumers[worker] = _SharedConsumer(consumer_config(settings), settings.batch_size)
-            return _KafkaPartition(self, shared, topic, int(partition), start, resume_state, self._stop)
+            return _KafkaPartition(self, shared, topic, int(partition), start, resume_state, self._stop,
+                                   self._telemetry)
 
     def release(self, shared: _SharedConsumer, topic: str, partition: int) -> None:
         """A partition is done; the worker's consumer closes with its last partition."""

@@ -9,18 +9,19 @@ construction): one small object per touched customer, and the shared step's mode
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from bytewax.operators import StatefulBatchLogic
 
 from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, ViewParams
 from detectors.fraud import FraudDetector, FraudParams
+from detectors.lifecycle import AlertLifecycle
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
 from flows.items import Observed, Scored, Sequenced
-from schemas.events import Feedback, Transaction
-from schemas.outputs import Alert, CustomerState, Score, alert_id_for, format_ts
+from schemas.events import Control, Feedback, Transaction
+from schemas.outputs import Alert, CustomerState, LifecycleChange, Score, alert_id_for, format_ts
 
 Clock = Callable[[float], str]  # event time -> the "emitted_at" to stamp
 Output = Alert | Score | CustomerState
@@ -61,7 +62,8 @@ class CustomerStep(StatefulBatchLogic[Sequenced, Observed, bytes | None]):
 
     def on_batch(self, values: list[Sequenced]) -> tuple[Iterable[Observed], bool]:
         observe = self.model.observe
-        return [Observed(v.part, v.seq, v.event, observe(v.event)) for v in values], _RETAIN
+        return [Observed(v.part, v.seq, v.event, observe(v.event), v.source_time, v.read_at)
+                for v in values], _RETAIN
 
     def snapshot(self) -> bytes | None:
         return _freeze(self.model, self._snapshots)
@@ -108,9 +110,13 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
         return released
 
     def on_batch(self, values: list[Observed]) -> tuple[Iterable[Scored], bool]:
-        return [self._process(item) for item in self._in_order(values)], _RETAIN
+        ordered = self._in_order(values)
+        # The anomaly forest scores (and then learns) the batch's transactions at once.
+        anomaly = iter(self.detector.anomaly_scores(
+            [item.observation.features for item in ordered if item.observation.features is not None]))
+        return [self._process(item, anomaly) for item in ordered], _RETAIN
 
-    def _process(self, item: Observed) -> Scored:
+    def _process(self, item: Observed, anomaly: Iterator[float]) -> Scored:
         event, observation, detector = item.event, item.observation, self.detector
         if event.t > self.now:
             self.now = event.t
@@ -118,7 +124,7 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
         if isinstance(event, Transaction):
             assert observation.features is not None and observation.hits is not None
             assessment = detector.assess(event.event_id, event.t, event.counterparty_id,
-                                         observation.features, observation.hits)
+                                         observation.features, observation.hits, next(anomaly))
             alert = None
             if assessment.alert_type is not None:
                 alert = Alert(
@@ -128,37 +134,56 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
                     rm_id=observation.summary.rm_id, event_id=event.event_id,
                     event_ts=event.ts, emitted_at=self._config.clock(event.t),
                     reasons=assessment.reasons, model_version=assessment.model_version)
-            return Scored(event, observation, assessment, alert)
+            return Scored(event, observation, assessment, alert, item.source_time, read_at=item.read_at)
+        outcome = None
         if isinstance(event, Feedback) and event.ref_event_id and event.label in FRAUD_LABELS:
-            detector.observe_label(event.ref_event_id, event.t, event.label == "fraud")
-        return Scored(event, observation, None, None)
+            is_fraud = event.label == "fraud"
+            scored = detector.observe_label(event.ref_event_id, event.t, is_fraud)
+            outcome = (scored, is_fraud) if scored is not None else None
+        return Scored(event, observation, None, None, item.source_time, outcome, item.read_at)
 
     def snapshot(self) -> bytes | None:
         return _freeze((self.detector, self.next_seq, self.waiting, self.now), self._config.snapshots)
 
 
-class CustomerViewStep(StatefulBatchLogic[Scored, Output, bytes | None]):
-    """Per customer again: fraud risk, open alerts and the customer-state output."""
+class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, bytes | None]):
+    """Per customer again: fraud risk, open alerts, the alert lifecycle (dedup, grouping,
+    escalation, snoozes: ``detectors.lifecycle``) and the customer-state output."""
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
         restored = _thaw(resume)
         self.customer_id: str | None = None
         self.view = CustomerView()
+        self.lifecycle = AlertLifecycle()
         if isinstance(restored, tuple):
-            self.customer_id, self.view = restored
+            self.customer_id, self.view, *rest = restored
+            if rest:
+                self.lifecycle = rest[0]
         self._config = config
 
-    def on_batch(self, values: list[Scored]) -> tuple[Iterable[Output], bool]:
-        out: list[Output] = []
-        params, view = self._config.view, self.view
+    def on_batch(self, values: list[Scored]) -> tuple[Iterable[Output | LifecycleChange], bool]:
+        out: list[Output | LifecycleChange] = []
+        params, view, lifecycle = self._config.view, self.view, self.lifecycle
         for item in values:
             event, assessment = item.event, item.assessment
             self.customer_id = event.customer_id
+            if isinstance(event, Control):
+                if event.until_t is not None or event.action == "unsnooze":
+                    until = event.until_t if event.action == "snooze" and event.until_t is not None else event.t
+                    out.append(lifecycle.snooze(event.customer_id, event.alert_type, until, event.t,
+                                                event.event_id, event.ts))
+                continue
             label = event.label if isinstance(event, Feedback) else None
             score = assessment.fraud_score if assessment is not None else None
             view.observe(item.observation.summary, event.t, score, item.alert is not None, label, params)
             if item.alert is not None:
-                out.append(item.alert)
+                if params.lifecycle.enabled:
+                    emitted, changes = lifecycle.on_alert(item.alert, event.t, params.lifecycle)
+                    if emitted is not None:
+                        out.append(emitted)
+                    out.extend(changes)
+                else:
+                    out.append(item.alert)
             if assessment is not None and self._config.emit_scores:
                 out.append(Score(event.event_id, event.customer_id, event.ts, assessment.fraud_score, {
                     "model_score": assessment.model_score, "prior_score": assessment.prior_score,
@@ -185,4 +210,4 @@ class CustomerViewStep(StatefulBatchLogic[Scored, Output, bytes | None]):
             n_txns=summary.n_txns, n_app_events=summary.n_app, open_alerts=view.open_alerts)
 
     def snapshot(self) -> bytes | None:
-        return _freeze((self.customer_id, self.view), self._config.snapshots)
+        return _freeze((self.customer_id, self.view, self.lifecycle), self._config.snapshots)

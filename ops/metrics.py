@@ -1,0 +1,465 @@
+"""The engine's Prometheus metrics: one ``EngineMetrics`` per process, on an injected registry.
+
+Names follow the client's conventions: ``crm_engine_<subsystem>_<name>_<unit>``, counters end
+in ``_total``, durations are ``_seconds``. Every label is declared up front and pre-initialised
+with the values it can take (kinds, topics, reason codes, alert types and severities, steps,
+sinks), and no label ever carries a customer or event id.
+
+Workers are threads of one process: they share the process's registry (the client's metrics
+are thread-safe), so a process exports the sum over its workers. Several processes (a Bytewax
+cluster) each serve their own ``/metrics`` and are scraped one by one; sums and rates across
+processes are taken in PromQL (``sum without (instance, pod) (...)``).
+
+The dataflow pays for metrics only when they are on: ``flows.dataflow.build_flow`` wires the
+observing steps and the step timers only when it is given an ``EngineMetrics``.
+
+>>> from prometheus_client import CollectorRegistry
+>>> registry = CollectorRegistry()
+>>> metrics = EngineMetrics(registry, sources=("transactions",), sinks=("kafka_alerts",))
+>>> registry.get_sample_value("crm_engine_source_events_total",
+...                           {"kind": "transaction", "source": "transactions"})
+0.0
+>>> classify_reason("missing required field 'customer_id'")
+'missing_field'
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import tomllib
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from platform import python_version
+from time import perf_counter
+from typing import Any, Final, Generic, TypeVar
+
+from bytewax.operators import StatefulBatchLogic
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from flows.items import Scored, Sequenced
+from schemas.events import KIND_FIELDS
+from schemas.outputs import Alert, DeadLetter
+
+NAMESPACE: Final = "crm_engine"
+#: Event-to-alert latency buckets (seconds), from 0.5 ms to 5 minutes.
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                          1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Time one step spends on one batch of one key.
+STEP_BUCKETS: Final = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                       0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SCORE_BUCKETS: Final = tuple(round(0.05 * i, 2) for i in range(1, 21))
+KINDS: Final = tuple(KIND_FIELDS)
+ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk")
+SEVERITIES: Final = ("low", "medium", "high", "critical")
+FEEDBACK_LABELS: Final = ("fraud", "legit", "churned", "retained", "nba_accepted", "nba_dismissed",
+                          "nba_converted")
+STEPS: Final = ("customer_profile", "shared_scoring", "customer_view")
+OUTCOMES: Final = ("true_positive", "false_positive", "false_negative", "true_negative")
+LATENCY_SINCE: Final = ("source", "read", "event")
+
+#: Dead-letter reason codes, in the order they are tried (the first match wins).
+_REASON_RULES: Final = (
+    ("not_utf8", ("not valid UTF-8",)),
+    ("invalid_json", ("invalid JSON",)),
+    ("not_an_object", ("expected a JSON object",)),
+    ("unknown_kind", ("unknown kind",)),
+    ("missing_field", ("missing required field",)),
+    ("bad_timestamp", ("field 'ts':",)),
+    ("non_finite", ("not a finite number",)),
+    ("wrong_type", (": expected a",)),
+    ("invalid_value", ("is not one of", "length must be", "is below", "is above")),
+)
+DEAD_LETTER_REASONS: Final = (*(code for code, _ in _REASON_RULES), "other")
+
+
+def classify_reason(reason: str) -> str:
+    """A dead letter's reason text as one of ``DEAD_LETTER_REASONS`` (a bounded label).
+
+    >>> classify_reason("field 'amount': not a finite number")
+    'non_finite'
+    >>> classify_reason("the broker ate it")
+    'other'
+    """
+    for code, needles in _REASON_RULES:
+        if any(needle in reason for needle in needles):
+            return code
+    return "other"
+
+
+def source_of(part: str) -> str:
+    """The source label of a source partition: its topic (``transactions#3``), or its name."""
+    return part.partition("#")[0]
+
+
+def _version() -> str:
+    try:
+        project = tomllib.loads(Path(__file__).resolve().parents[1].joinpath("pyproject.toml").read_text())
+        return str(project["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+class _Tally:
+    """One thread's observations of one labelled histogram: bucket counts (the last is +Inf),
+    their sum, and a count of items (for step timers)."""
+
+    __slots__ = ("counts", "items", "sum")
+
+    def __init__(self, n_buckets: int) -> None:
+        self.counts = [0] * (n_buckets + 1)
+        self.sum = 0.0
+        self.items = 0
+
+
+class FastHistogram:
+    """A histogram for the per-event hot path, exported exactly like the client's.
+
+    The client's ``Histogram.observe`` takes locks per value (several microseconds); here
+    each worker thread adds to its own ``_Tally`` without locks, and a scrape sums the
+    threads' tallies. ``items_name`` also exports a counter of the items passed to
+    ``observe`` (a step's items, next to its batch durations).
+
+    >>> registry = CollectorRegistry()
+    >>> h = FastHistogram("crm_engine_x_seconds", "x", (0.1, 1.0), registry, ["step"])
+    >>> h.labels("a").observe(0.5); h.labels("a").observe(3.0)
+    >>> registry.get_sample_value("crm_engine_x_seconds_bucket", {"step": "a", "le": "1.0"})
+    1.0
+    >>> registry.get_sample_value("crm_engine_x_seconds_count", {"step": "a"})
+    2.0
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry,
+                 labelnames: Iterable[str] = (), items_name: str | None = None, items_doc: str = "") -> None:
+        self.name, self._doc = name, documentation
+        self._bounds = tuple(float(b) for b in buckets)
+        self._labelnames = tuple(labelnames)
+        self._items_name, self._items_doc = items_name, items_doc
+        self._lock = threading.Lock()
+        self._children: dict[tuple[str, ...], _Child] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Child:
+        with self._lock:
+            child = self._children.get(values)
+            if child is None:
+                child = self._children[values] = _Child(self._bounds)
+            return child
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        return list(self._families())
+
+    def _families(self) -> Iterable[Metric]:
+        histogram = HistogramMetricFamily(self.name, self._doc, labels=self._labelnames)
+        items = CounterMetricFamily(self._items_name, self._items_doc, labels=self._labelnames) \
+            if self._items_name else None
+        les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        with self._lock:
+            children = list(self._children.items())
+        for values, child in children:
+            counts, total, n_items = child.totals()
+            cumulative, running = [], 0
+            for le, count in zip(les, counts, strict=True):
+                running += count
+                cumulative.append((le, float(running)))
+            histogram.add_metric(list(values), cumulative, total)
+            if items is not None:
+                items.add_metric(list(values), float(n_items))
+        yield histogram
+        if items is not None:
+            yield items
+
+
+class _Child:
+    """One label set of a ``FastHistogram``: a tally per thread."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = self.bounds = bounds
+        self._local = threading.local()
+        self._tallies: list[_Tally] = []
+        self._lock = threading.Lock()
+
+    def tally(self) -> _Tally:
+        """This thread's tally: only this thread may add to it."""
+        try:
+            tally: _Tally = self._local.tally
+        except AttributeError:
+            tally = self._local.tally = _Tally(len(self._bounds))
+            with self._lock:
+                self._tallies.append(tally)
+        return tally
+
+    def observe(self, value: float, items: int = 0) -> None:
+        tally = self.tally()
+        tally.counts[bisect_left(self._bounds, value)] += 1
+        tally.sum += value
+        tally.items += items
+
+    def observer(self) -> Callable[[float], None]:
+        """A fast ``observe`` bound to this thread's tally, for a loop over one batch."""
+        tally, bounds = self.tally(), self._bounds
+        counts = tally.counts
+
+        def observe(value: float) -> None:
+            counts[bisect_left(bounds, value)] += 1
+            tally.sum += value
+        return observe
+
+    def totals(self) -> tuple[list[int], float, int]:
+        with self._lock:
+            tallies = list(self._tallies)
+        counts = [0] * (len(self._bounds) + 1)
+        total, items = 0.0, 0
+        for tally in tallies:
+            for i, count in enumerate(tally.counts):
+                counts[i] += count
+            total += tally.sum
+            items += tally.items
+        return counts, total, items
+
+
+class SinkMetrics:
+    """What a sink reports: records written, errors, retries and records buffered.
+
+    A sink receives one at construction (``EngineMetrics.sink(name)``); ``SinkMetrics.off()``
+    is the do-nothing one for sinks built without metrics.
+    """
+
+    def __init__(self, records: Any = None, errors: Any = None, retries: Any = None,
+                 buffered: Any = None) -> None:
+        self._records, self._errors, self._retries, self._buffered = records, errors, retries, buffered
+
+    @classmethod
+    def off(cls) -> SinkMetrics:
+        return cls()
+
+    def written(self, n: int) -> None:
+        if self._records is not None and n:
+            self._records.inc(n)
+
+    def error(self, n: int = 1) -> None:
+        """A record that could not be delivered (or a failed write)."""
+        if self._errors is not None:
+            self._errors.inc(n)
+
+    def retry(self, n: int = 1) -> None:
+        """A write attempted again (back-pressure, a transient error)."""
+        if self._retries is not None:
+            self._retries.inc(n)
+
+    def buffer_depth(self, n: int) -> None:
+        """Records accepted by the sink and not yet delivered."""
+        if self._buffered is not None:
+            self._buffered.set(n)
+
+
+X = TypeVar("X")
+Y = TypeVar("Y")
+S = TypeVar("S")
+
+
+class TimedLogic(StatefulBatchLogic[X, Y, S], Generic[X, Y, S]):
+    """A step's logic, unchanged, with the time of each ``on_batch`` observed.
+
+    Bytewax builds a key's logic on the worker thread that owns the key and calls it only
+    there, so the timer adds to that thread's tally directly (no lock, no lookup).
+    """
+
+    def __init__(self, logic: StatefulBatchLogic[X, Y, S], timer: _Child) -> None:
+        self.logic = logic
+        self._tally = timer.tally()
+        self._bounds = timer.bounds
+
+    def on_batch(self, values: list[X]) -> tuple[Iterable[Y], bool]:
+        start = perf_counter()
+        out = self.logic.on_batch(values)
+        elapsed = perf_counter() - start
+        tally = self._tally
+        tally.counts[bisect_left(self._bounds, elapsed)] += 1
+        tally.sum += elapsed
+        tally.items += len(values)
+        return out
+
+    def on_notify(self) -> tuple[Iterable[Y], bool]:
+        return self.logic.on_notify()
+
+    def on_eof(self) -> tuple[Iterable[Y], bool]:
+        return self.logic.on_eof()
+
+    def notify_at(self) -> datetime | None:
+        return self.logic.notify_at()
+
+    def snapshot(self) -> S:
+        return self.logic.snapshot()
+
+
+class EngineMetrics:
+    """Every metric the engine exports, registered on ``registry`` (never the global one).
+
+    ``sources`` are the source labels (topics, or ``simulator``); ``sinks`` the sink names;
+    ``alert_threshold`` the fraud score at which online accuracy counts a prediction as fraud.
+    """
+
+    def __init__(self, registry: CollectorRegistry, sources: Iterable[str] = (), sinks: Iterable[str] = (),
+                 alert_threshold: float = 0.6) -> None:
+        self.registry = registry
+        self.alert_threshold = alert_threshold
+        ns = NAMESPACE
+        Info("build", "Engine build: version, Python and Bytewax versions.", namespace=ns,
+             registry=registry).info({"version": _version(), "python": python_version(),
+                                      "bytewax": metadata.version("bytewax")})
+        self.events = Counter("events", "Valid events consumed, by kind and source (topic).",
+                              ["kind", "source"], namespace=ns, subsystem="source", registry=registry)
+        self.dead_letters = Counter("dead_letters", "Inputs rejected to the dead-letter output, by reason.",
+                                    ["reason"], namespace=ns, registry=registry)
+        self.lag = Gauge("consumer_lag", "Messages in the partition not yet read (high watermark - position).",
+                         ["topic", "partition"], namespace=ns, subsystem="source", unit="messages",
+                         registry=registry)
+        self.alerts = Counter("alerts", "Alerts emitted to the sinks (new alerts and their revisions, after "
+                              "de-duplication and grouping), by type and severity.", ["type", "severity"],
+                              namespace=ns, registry=registry)
+        self.alert_latency = FastHistogram(
+            f"{ns}_alert_latency_seconds", "Event-to-alert latency: from the event's Kafka timestamp "
+            "(since=source), from when the engine read it off the broker (since=read: the engine's own "
+            "share) or from its own ts (since=event) to the alert decided.", LATENCY_BUCKETS, registry,
+            ["since"])
+        self.scoring_latency = FastHistogram(
+            f"{ns}_scoring_latency_seconds", "From a transaction's Kafka timestamp to its score.",
+            LATENCY_BUCKETS, registry)
+        self.step_duration = FastHistogram(
+            f"{ns}_step_batch_duration_seconds", "Time a step spends on one batch of one key.", STEP_BUCKETS,
+            registry, ["step"], items_name=f"{ns}_step_items", items_doc="Items processed by a step.")
+        self.customers = Gauge("customers_tracked", "Customers with state in this process.", namespace=ns,
+                               registry=registry)
+        self.scores = FastHistogram(f"{ns}_model_fraud_score", "Fraud score of every scored transaction.",
+                                    SCORE_BUCKETS, registry)
+        self.feedback = Counter("feedback", "Feedback events received, by label.", ["label"], namespace=ns,
+                                subsystem="model", registry=registry)
+        self.outcomes = Counter(
+            "labelled_outcomes", "Labelled transactions by outcome at the alert threshold "
+            "(positive = fraud_score >= threshold; true = the label agrees).", ["outcome"], namespace=ns,
+            subsystem="model", registry=registry)
+        self.labelled_scores = FastHistogram(f"{ns}_model_labelled_score",
+                                             "Fraud score a labelled transaction had, by label.", SCORE_BUCKETS,
+                                             registry, ["label"])
+        labels = ("records", "Records handed to a sink."), ("errors", "Records a sink failed to deliver."), \
+            ("retries", "Writes a sink attempted again (back-pressure, transient errors).")
+        self._sink_counters = {name: Counter(name, text, ["sink"], namespace=ns, subsystem="sink",
+                                             registry=registry) for name, text in labels}
+        self.sink_buffered = Gauge("buffered", "Records accepted by a sink and not yet delivered.", ["sink"],
+                                   namespace=ns, subsystem="sink", unit="records", registry=registry)
+        self._init_labels(tuple(sources), tuple(sinks))
+        self._events_by: dict[tuple[str, str], Any] = {}
+        self._dead_by = {code: self.dead_letters.labels(code) for code in DEAD_LETTER_REASONS}
+        self._alerts_by = {(t, s): self.alerts.labels(t, s) for t in ALERT_TYPES for s in SEVERITIES}
+        self._latency_source = self.alert_latency.labels("source")
+        self._latency_read = self.alert_latency.labels("read")
+        self._latency_event = self.alert_latency.labels("event")
+        self._feedback_by = {label: self.feedback.labels(label) for label in FEEDBACK_LABELS}
+
+    def _init_labels(self, sources: tuple[str, ...], sinks: tuple[str, ...]) -> None:
+        for kind in KINDS:
+            for source in sources:
+                self.events.labels(kind, source)
+        for code in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(code)
+        for since in LATENCY_SINCE:
+            self.alert_latency.labels(since)
+        for step in STEPS:
+            self.step_duration.labels(step)
+        self.scores.labels()
+        self.scoring_latency.labels()
+        for label in FEEDBACK_LABELS:
+            self.feedback.labels(label)
+        for outcome in OUTCOMES:
+            self.outcomes.labels(outcome)
+        for label in ("fraud", "legit"):
+            self.labelled_scores.labels(label)
+        for sink in sinks:
+            self.sink(sink)
+
+    # -- hooks for the dataflow ------------------------------------------------------------
+
+    def observe_input(self, batch: list[Sequenced | DeadLetter]) -> list[Sequenced | DeadLetter]:
+        """Count a batch from the source (events by kind and source, dead letters by reason)."""
+        events: dict[tuple[str, str], int] = {}
+        dead: Tally[str] = Tally()
+        for item in batch:
+            if type(item) is Sequenced:
+                key = (item.event.kind, item.part)
+                events[key] = events.get(key, 0) + 1
+            else:
+                dead[classify_reason(item.reason)] += 1  # type: ignore[union-attr]
+        for (kind, part), n in events.items():
+            child = self._events_by.get((kind, part))
+            if child is None:
+                child = self._events_by[(kind, part)] = self.events.labels(kind, source_of(part))
+            child.inc(n)
+        for code, n in dead.items():
+            self._dead_by[code].inc(n)
+        return batch
+
+    def observe_scored(self, batch: list[tuple[str, Scored]]) -> list[tuple[str, Scored]]:
+        """Alerts, latency and model health from a batch leaving the shared scoring step."""
+        now = time.time()
+        threshold = self.alert_threshold
+        observe_score = self.scores.labels().observer()
+        scoring_latency = self.scoring_latency.labels().observer()
+        for _, item in batch:
+            assessment = item.assessment
+            if assessment is not None:
+                observe_score(assessment.fraud_score)
+                if item.source_time is not None:
+                    scoring_latency(max(0.0, now - item.source_time))
+                if item.alert is not None:  # an alert decided (the lifecycle may still merge it)
+                    if item.source_time is not None:
+                        self._latency_source.observe(max(0.0, now - item.source_time))
+                    if item.read_at is not None:
+                        self._latency_read.observe(max(0.0, now - item.read_at))
+                    self._latency_event.observe(max(0.0, now - item.event.t))
+            elif item.event.kind == "feedback":
+                label = getattr(item.event, "label", "")
+                child = self._feedback_by.get(label)
+                if child is not None:
+                    child.inc()
+                if item.label_outcome is not None:
+                    labelled_score, is_fraud = item.label_outcome
+                    positive = labelled_score >= threshold
+                    outcome = ("true_" if positive == is_fraud else "false_") + \
+                        ("positive" if positive else "negative")
+                    self.outcomes.labels(outcome).inc()
+                    self.labelled_scores.labels("fraud" if is_fraud else "legit").observe(labelled_score)
+        return batch
+
+    def observe_alerts(self, batch: list[Alert]) -> list[Alert]:
+        """Count the alerts emitted to the sinks (after de-duplication and grouping)."""
+        for alert in batch:
+            self._alerts_by[(alert.type, alert.severity)].inc()
+        return batch
+
+    def timed(self, step: str, logic: StatefulBatchLogic[X, Y, S]) -> TimedLogic[X, Y, S]:
+        return TimedLogic(logic, self.step_duration.labels(step))
+
+    def customer_built(self) -> None:
+        """A customer's state was created (or resumed) in this process."""
+        self.customers.inc()
+
+    # -- hooks for sources and sinks -------------------------------------------------------
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.lag.labels(topic, str(partition)).set(lag)
+
+    def sink(self, name: str) -> SinkMetrics:
+        """The metrics of the sink called ``name`` (its label), created at zero."""
+        c = self._sink_counters
+        return SinkMetrics(c["records"].labels(name), c["errors"].labels(name), c["retries"].labels(name),
+                           self.sink_buffered.labels(name))
