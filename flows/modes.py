@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.inputs import Source
-from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 
 from config.settings import Settings
 from flows.dataflow import Outputs, build_flow
+from flows.recovery import prepare as prepare_recovery
 from flows.sources import KafkaSource, ReplayInput, ReplaySource, SimulatorSource, load_replay
 from flows.steps import Clock, StepConfig
 from schemas.outputs import format_ts
@@ -68,9 +69,7 @@ def execute(flow: Dataflow, settings: Settings, workers: int | None = None) -> N
     recovery = None
     if engine.recovery_dir:
         db_dir = Path(engine.recovery_dir)
-        if not any(db_dir.glob("part-*.sqlite3")):
-            db_dir.mkdir(parents=True, exist_ok=True)
-            init_db_dir(db_dir, 1)
+        prepare_recovery(db_dir)
         recovery = RecoveryConfig(db_dir, timedelta(seconds=engine.backup_interval_s))
     try:
         cli_main(flow, workers_per_process=workers or engine.workers,
