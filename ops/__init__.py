@@ -36,6 +36,7 @@ class MeteredSink(Sink):
     def __init__(self, sink: Sink, name: str, telemetry: Telemetry) -> None:
         self._sink, self._name, self._readiness = sink, name, telemetry.readiness
         self._metrics = telemetry.metrics.sink(name)
+        sink.attach_metrics(self._metrics)
         self._readiness.sink_opening(name)
 
     def open(self, resume: Any = None) -> None:

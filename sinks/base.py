@@ -43,6 +43,10 @@ class Sink(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Deliver what is buffered and release clients."""
 
+    def attach_metrics(self, metrics: Any) -> None:  # noqa: B027 (optional hook)
+        """Report retries, failures and buffer depth to ``metrics`` (an ``ops.metrics.SinkMetrics``);
+        a sink that delivers in the background implements it (``sinks.delivery``)."""
+
 
 SinkFactory = Callable[[], Sink]
 

@@ -16,8 +16,11 @@ records not yet delivered, so a crash loses nothing that was handed to the sink:
 restart re-queues them, and the replay after the snapshot writes the rest again.
 Subclasses make every write idempotent by record id.
 
-Counters for metrics are plain attributes: ``delivered``, ``retried`` (failed attempts
-that were retried), ``failed`` (failed attempts), ``dead_lettered`` and ``buffer_depth``.
+Counters are plain attributes: ``delivered``, ``retried`` (failed attempts that were
+retried), ``failed`` (failed attempts), ``dead_lettered`` and ``buffer_depth``. With
+Prometheus metrics attached (``attach_metrics``, done by ``ops.MeteredSink``), each retry
+counts in ``crm_engine_sink_retries_total``, each dead-lettered record in
+``crm_engine_sink_errors_total`` and the buffer in ``crm_engine_sink_buffered_records``.
 """
 
 from __future__ import annotations
@@ -146,6 +149,7 @@ class BufferedSink(Sink):
         self.retried = 0
         self.failed = 0
         self.dead_lettered = 0
+        self._metrics: Any = None  # ops.metrics.SinkMetrics, once attached
 
     # -- what a transport implements ---------------------------------------------------------
 
@@ -166,6 +170,14 @@ class BufferedSink(Sink):
     def buffer_depth(self) -> int:
         return len(self._buffer)
 
+    def attach_metrics(self, metrics: Any) -> None:
+        self._metrics = metrics
+        metrics.buffer_depth(len(self._buffer))
+
+    def _report_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.buffer_depth(len(self._buffer))
+
     def open(self, resume: Any = None) -> None:
         self.connect()
         if isinstance(resume, list):
@@ -181,6 +193,7 @@ class BufferedSink(Sink):
                 overflow = records[max(room, 0):]
                 records = records[:max(room, 0)]
             self._buffer.extend(records)
+            self._report_depth()
             self._cond.notify()
         if overflow:
             self._dead_letter(overflow, f"{self.name}: delivery buffer full ({self.capacity} records)")
@@ -243,6 +256,8 @@ class BufferedSink(Sink):
                                              f"in {waited:.1f} s: {exc}")
                     return
                 self.retried += 1
+                if self._metrics is not None:
+                    self._metrics.retry()
                 if attempt == 0:
                     log.warning("%s: delivery failed, retrying: %s", self.name, exc)
                 self._closing.wait(self.policy.delay(attempt, self._rng))
@@ -252,10 +267,13 @@ class BufferedSink(Sink):
         with self._cond:
             for _ in batch:
                 self._buffer.popleft()
+            self._report_depth()
             self._cond.notify_all()
 
     def _dead_letter(self, records: list[Record], reason: str) -> None:
         self.dead_lettered += len(records)
+        if self._metrics is not None:
+            self._metrics.error(len(records))
         log.error("%s (%d records to the dead letter)", reason, len(records))
         self._dead.write([DeadLetter.of(r.to_bytes(), reason, {"sink": self.name, "id": record_id(r)})
                           for r in records])

@@ -243,3 +243,29 @@ def test_wecom_error_code_is_refused(tmp_path: Path) -> None:
         assert wait_until(lambda: sink.dead_lettered == 1, 10)
         sink.close()
     assert "errcode 93000" in dead_letters(dead)[0]["reason"]
+
+
+def test_retries_dead_letters_and_buffer_reach_the_sink_metrics(tmp_path: Path) -> None:
+    """Through ``ops.MeteredSink`` (as the live modes build sinks): the webhook's retried
+    attempts, its dead-lettered records and its buffer depth are Prometheus samples."""
+    from prometheus_client import CollectorRegistry
+
+    from ops import Readiness, Telemetry
+    from ops.metrics import EngineMetrics
+
+    registry = CollectorRegistry()
+    telemetry = Telemetry(EngineMetrics(registry), Readiness(threading.Event()))
+    sample = lambda name: registry.get_sample_value(name, {"sink": "webhook"})  # noqa: E731
+    with Receiver(fail=10**6) as receiver:
+        build = telemetry.metered("webhook", lambda: WebhookSink(
+            receiver.url, JsonlDeadLetters(tmp_path / "dead.jsonl"),
+            policy=RetryPolicy(base_s=0.01, max_s=0.05, budget_s=0.6)))
+        sink = build()
+        sink.open()
+        sink.write_batch(make_alerts(3))
+        assert sample("crm_engine_sink_buffered_records") >= 1
+        assert wait_until(lambda: sample("crm_engine_sink_errors_total") == 3, 20)
+        sink.close()
+    assert sample("crm_engine_sink_retries_total") >= 3
+    assert sample("crm_engine_sink_buffered_records") == 0
+    assert sample("crm_engine_sink_records_total") == 3
