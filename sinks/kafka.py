@@ -140,11 +140,18 @@ class ResumableKafkaSink(KafkaSink):
 
     Delivery: each id at most once on the topic after a restart, and nothing lost.
     ``position()`` (taken at every snapshot) waits up to ``flush_timeout_s`` for the
-    records in flight, then records the next offset of every partition written so far and
-    the records not yet acknowledged. On resume, ``open`` reads the topic from those
-    offsets to its end: those are the records delivered after the snapshot, whose ids the
-    replay that follows will produce again; they are skipped, and the unacknowledged
-    records of the snapshot are produced again unless they arrived after all.
+    records in flight, then records the next offset of every partition written so far, the
+    records not yet acknowledged, and the ids still to be skipped. On resume, ``open``
+    reads the topic from those offsets to its end: those are the records delivered after
+    the snapshot, whose ids the replay that follows will produce again; they are skipped,
+    and the unacknowledged records of the snapshot are produced again unless they arrived
+    after all.
+
+    The ids to skip outlive the run that read them back: a run that resumed, skipped some
+    and was killed again after its next snapshot but before the replay reached the others
+    would otherwise, on the second restart, read back only from its own offsets and send
+    those others a second time. So every id is dropped from the set when it is skipped,
+    and the set goes into the snapshot.
     """
 
     def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
@@ -162,9 +169,11 @@ class ResumableKafkaSink(KafkaSink):
         highs = self._high_watermarks()
         if isinstance(resume, dict):
             start = {p: resume["offsets"].get(p, 0) for p in highs}
-            self._seen = self._ids_between(start, highs)
+            self._seen = self._ids_between(start, highs) | set(resume.get("skip", ()))
             self._next = dict(highs)
             pending = [r for r in resume["pending"] if _id(r) not in self._seen]
+            # Produced before the snapshot, so the replay will not produce them again.
+            self._seen.difference_update(_id(r) for r in resume["pending"])
             if pending:
                 super().write_batch(pending)
         else:
@@ -233,6 +242,7 @@ class ResumableKafkaSink(KafkaSink):
         for record in records:
             rid = _id(record)
             if rid in self._seen:
+                self._seen.discard(rid)  # the replay produces each id once
                 self.skipped += 1
                 continue
             self._in_flight[rid] = record
@@ -242,4 +252,5 @@ class ResumableKafkaSink(KafkaSink):
     def position(self) -> dict[str, Any]:
         if self._producer is not None:
             self._producer.flush(self._flush_timeout_s)
-        return {"offsets": dict(self._next), "pending": list(self._in_flight.values())}
+        return {"offsets": dict(self._next), "pending": list(self._in_flight.values()),
+                "skip": sorted(self._seen)}

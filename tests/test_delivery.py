@@ -269,3 +269,35 @@ def test_retries_dead_letters_and_buffer_reach_the_sink_metrics(tmp_path: Path) 
     assert sample("crm_engine_sink_retries_total") >= 3
     assert sample("crm_engine_sink_buffered_records") == 0
     assert sample("crm_engine_sink_records_total") == 3
+
+
+def test_kafka_alerts_survive_a_second_crash_before_the_replay_catches_up(tmp_path: Path) -> None:
+    """Run A delivers 0-19 but its last snapshot is after 9; run B resumes from it, reads
+    back 10-19, skips 10-14 of its replay, snapshots and dies; run C resumes from B's
+    snapshot and replays 15-24. Every id is on the topic once: C skips 15-19 although
+    they were delivered before B's snapshot offsets."""
+    from sinks.kafka import ResumableKafkaSink
+    from tests.brokers import consume_all, create_topics, tansu_broker
+
+    alerts = make_alerts(25)
+    with tansu_broker(tmp_path) as broker:
+        create_topics(broker, {"alerts": 1})
+        config = {"bootstrap.servers": broker}
+        a = ResumableKafkaSink(config, "alerts")
+        a.open()
+        a.write_batch(alerts[:10])
+        snapshot_a = a.position()
+        a.write_batch(alerts[10:20])
+        a.position()  # everything delivered; then run A dies without a snapshot
+        b = ResumableKafkaSink(config, "alerts")
+        b.open(snapshot_a)
+        b.write_batch(alerts[10:15])
+        snapshot_b = b.position()
+        assert b.skipped == 5
+        c = ResumableKafkaSink(config, "alerts")
+        c.open(snapshot_b)
+        c.write_batch(alerts[15:25])
+        c.close()
+        ids = [orjson.loads(v)["alert_id"] for v in consume_all(broker, "alerts", expect=25, timeout=30, idle=2)]
+    assert c.skipped == 5
+    assert sorted(ids) == [a.alert_id for a in alerts]
