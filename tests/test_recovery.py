@@ -59,6 +59,14 @@ def redis_ids(server: RedisServer) -> list[str]:
     return [fields[b"id"].decode() for _, fields in client.xrange("rec:alerts")]
 
 
+def redis_count_while_down(server: RedisServer) -> int | None:
+    """The alerts stream's length, or None if Redis does not answer."""
+    try:
+        return redis_count(server)
+    except redis.ConnectionError:
+        return None
+
+
 def wait_for(check: Callable[[], bool], engine: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -125,16 +133,17 @@ def test_kill_9_five_times_loses_and_duplicates_nothing(stream_100k: tuple[list[
 
 
 def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
-    """Mid-stream, Redis is frozen for 30 s and the broker for 5 s, while the webhook
-    receiver answers its first 20 requests with HTTP 500 and lets every 9th time out: the
-    engine carries on, and afterwards Redis, the Kafka alerts topic and the webhook
-    receiver each hold every alert of the replay once; the audit log verifies."""
+    """Mid-stream, Redis is shut down for 30 s and then restarted (its append-only file
+    keeps what it had), and the broker is frozen for 5 s, while the webhook receiver answers
+    its first 20 requests with HTTP 500 and lets every 9th time out: the engine carries on,
+    and afterwards Redis, the Kafka alerts topic and the webhook receiver each hold every
+    alert of the replay once; the audit log verifies."""
     events, _ = sim_stream
     expected = {a["alert_id"] for a in replay(events, tmp_path / "replay").records("alerts")}
     lines = [line for line in events.read_bytes().splitlines() if line]
     log = tmp_path / "engine.log"
     audit = tmp_path / "audit.jsonl"
-    with tansu_process(tmp_path) as (broker, broker_proc), redis_server(tmp_path) as server, \
+    with tansu_process(tmp_path) as (broker, broker_proc), redis_server(tmp_path, persistent=True) as server, \
             Receiver(fail=20, stall_every=9, stall_s=1.5) as receiver:
         create_topics(broker, {"events": 1, "alerts": 1, "dead_letter": 1})
         produce(broker, "events", lines)
@@ -146,7 +155,7 @@ def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], 
         engine = start(env, log)
         try:
             wait_for(lambda: redis_count(server) >= 10, engine, log, 120)
-            server.pause()
+            server.stop()
             try:
                 time.sleep(10)
                 broker_proc.send_signal(signal.SIGSTOP)
@@ -154,8 +163,9 @@ def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], 
                 broker_proc.send_signal(signal.SIGCONT)
                 time.sleep(15)
                 assert engine.poll() is None, log.read_text()[-3000:]
+                assert redis_count_while_down(server) is None
             finally:
-                server.resume()
+                server.start()
             wait_for(lambda: redis_count(server) >= len(expected) and len(receiver.received) >= len(expected),
                      engine, log, 180)
             kafka = consume_all(broker, "alerts", expect=len(expected), timeout=60)
