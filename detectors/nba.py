@@ -379,7 +379,8 @@ class NextBestAction:
         if kind is None:
             return None
         return Trigger(kind, event.event_id, event.ts, event.t, event.customer_id, product_id,
-                       self._category_of.get(product_id), state.churn_score, detail)
+                       self._category_of.get(product_id) if product_id else None, state.churn_score,
+                       detail)
 
     # -- the decision ---------------------------------------------------------------------
     def eligible(self, state: NBAState, facts: CustomerFacts, trigger: Trigger) -> list[Action]:
@@ -437,8 +438,8 @@ class NextBestAction:
         if fb.label not in FEEDBACK_LABELS or fb.ref_prompt_id is None:
             return None
         pending = state.pending.get(fb.ref_prompt_id)
-        if pending is None:
-            return None
+        if pending is None or pending.expires_t <= fb.t:
+            return None  # not this customer's prompt, already answered, or too late
         if fb.label == "nba_dismissed":
             state.dismissed[pending.action_id] = fb.t
             reward = 0.0
@@ -456,7 +457,8 @@ class NextBestAction:
         return Outcome(pending.action_id, pending.context, reward, pending.reward)
 
     def expire(self, state: NBAState, now: float) -> None:
-        """Settle prompts past their expiry: one never answered is learned as reward 0."""
+        """Settle prompts past their expiry: one never answered is learned as reward 0. An
+        answer that comes after the prompt expired is ignored (it starts no cooldown either)."""
         for prompt_id, pending in list(state.pending.items()):
             if pending.expires_t <= now:
                 del state.pending[prompt_id]
@@ -466,6 +468,7 @@ class NextBestAction:
     def on_event(self, state: NBAState, facts: CustomerFacts, event: Event) -> Prompt | None:
         """Handle one event of the customer: learn from feedback, maybe prompt on a trigger."""
         prompt = None
+        self.expire(state, event.t)
         if isinstance(event, Feedback):
             outcome = self.feedback(state, event)
             if outcome is not None:
