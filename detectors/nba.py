@@ -57,7 +57,7 @@ True
 'suitability'
 >>> fb = Feedback("f1", "2026-01-05T12:00:00Z", 1767614400.0, "c1", "nba_converted",
 ...               ref_prompt_id=prompt.prompt_id)
->>> nba.on_event(state, facts, fb) is None, nba.policy.n_updates
+>>> nba.on_event(state, facts, fb) is None, nba.policy.counts[prompt.action]
 (True, 1)
 """
 
@@ -67,7 +67,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import numpy as np
 
@@ -336,23 +336,34 @@ class LinUCB:
         b += (new - old) * np.asarray(x, dtype=float)
 
 
+class Policy(Protocol):
+    """The pull/update discipline a policy follows (:class:`LinUCB`, or a baseline in a bench)."""
+
+    def pull(self, arms: Sequence[str], x: Sequence[float]) -> tuple[str, float, float]: ...
+    def update(self, arm: str, x: Sequence[float], reward: float) -> None: ...
+    def revise(self, arm: str, x: Sequence[float], old: float, new: float) -> None: ...
+
+
 class NextBestAction:
     """Triggers, eligibility, the shared bandit and feedback, for one stream of events.
 
-    The bandit (``policy``) is the one model shared by every customer; each customer's
+    The bandit (``policy``, :class:`LinUCB` unless another is given) is the one model shared
+    by every customer; each customer's
     :class:`NBAState` is passed in. ``on_event`` handles any event of the customer: a
     feedback answering one of their prompts teaches the bandit, a trigger moment may emit a
     :class:`Prompt`. ``on_churn`` takes the churn score computed elsewhere.
     """
 
-    def __init__(self, catalogue: Iterable[Action], params: NBAParams | None = None) -> None:
+    def __init__(self, catalogue: Iterable[Action], params: NBAParams | None = None,
+                 policy: Policy | None = None) -> None:
         self.params = params or NBAParams()
         self.catalogue = tuple(catalogue)
         ids = [a.action_id for a in self.catalogue]
         if len(set(ids)) != len(ids):
             raise ValueError("action ids must be unique in the catalogue")
         self._category_of = {a.product_id: a.category for a in self.catalogue if a.product_id}
-        self.policy = LinUCB(N_FEATURES, self.params.alpha, self.params.ridge, self.params.seed)
+        self.policy: Policy = policy or LinUCB(N_FEATURES, self.params.alpha, self.params.ridge,
+                                               self.params.seed)
 
     # -- triggers -------------------------------------------------------------------------
     def trigger_of(self, state: NBAState, event: Event) -> Trigger | None:

@@ -416,3 +416,17 @@ def test_catalogue_loads_and_rejects_bad_entries(tmp_path: Path) -> None:
     path.write_text('[[action]]\nid = "x"\nkind = "service"\ncategory = "c"\n' * 2)
     with pytest.raises(ConfigError, match="duplicate"):
         load_actions(path)
+
+
+# -- the closed-loop evaluation (bench.nba_eval), small ------------------------------------------
+
+def test_closed_loop_bandit_beats_random_and_breaks_no_rule() -> None:
+    from bench.nba_eval import evaluate
+
+    results = evaluate(n_customers=300, days=90, seed=7)
+    bandit, random_ = results[0], results[1]
+    assert [r.name for r in results[:3]] == ["bandit", "random", "oracle"]
+    assert all(not r.violations for r in results)
+    assert sum(bandit.prompts) > 1000
+    assert bandit.rate(since=2) >= 1.5 * random_.rate(since=2)
+    assert bandit.rate(since=2) > max(r.rate(since=2) for r in results[3:])  # every fixed action
