@@ -27,8 +27,27 @@ period, and the ratio bandit / random; and the number of prompts that break a co
 (opt-out, suitability, weekly cap, dismissal cooldown, sales under an open fraud alert), counted
 by an independent check against the simulation's own records: it must be 0 for every policy.
 
-Figures of ``python -m bench.nba_eval`` (2,000 customers, 180 days, seed 7) are in the README's
-next-best-action section.
+``python -m bench.nba_eval`` (2,000 customers, 180 days, seed 7; 26,766 prompts per policy,
+37 s on 2 shared cores) printed, cumulative conversion rate at the end of each 30 days:
+
+    days    bandit  random  best fixed (maturity_reminder)  bandit/random
+    0-30    0.1987  0.0847  0.1238                          2.35
+    0-60    0.2002  0.0848  0.1187                          2.36
+    0-90    0.2084  0.0879  0.1231                          2.37
+    0-120   0.2121  0.0917  0.1242                          2.31
+    0-150   0.2114  0.0913  0.1227                          2.31
+    0-180   0.2128  0.0917  0.1231                          2.32
+
+After learning (prompts from day 60 on): bandit 0.2194, random 0.0952 (2.30x), best fixed
+action 0.1253 (1.75x), oracle 0.2295 (the bandit reaches 96 % of it). By blocks of 500 prompts
+the bandit goes 0.120, 0.172, 0.190, 0.210 over the first 2,000 prompts (random stays near
+0.08): it learns within the first few days, as 14 actions and a 22-feature context need only
+a few hundred answers. Contact-rule violations: 0 for all 17 policies run. Seeds 8 and 9 gave
+bandit / random after learning 2.38 and 2.43, bandit / best fixed 1.70 and 1.73, 0 violations.
+
+The simulation is kind to a linear model: the latent taste is additive in the logit over
+features the context carries (segment, risk grade, trigger, viewed category), and only the
+per-customer noise is hidden; real preferences will be harder to learn than this.
 """
 
 from __future__ import annotations
