@@ -42,6 +42,13 @@ from the catalogue (``config/actions.toml``) to the customer's RM as a :class:`P
 Score before learn: a prompt is chosen with the model as it was before the trigger's outcome
 is known; feedback only ever updates the model after the prompt was emitted.
 
+State: :class:`NBAState` is per customer and bounded (the prompts of the last 7 days, at most
+``max_prompts_per_week``; dismissals within the cooldown; at most ``max_pending`` prompts
+awaiting an answer, each with its context vector). The policy is one object for all customers
+(14 actions x 22 features: about 60 kB pickled). A decision reads the customer's state (the
+rules), pulls from the shared policy and writes the state back (the prompt sent), so the step
+that holds the policy must also see the customer's state at that moment.
+
 >>> catalogue = (Action("offer_time_deposit", "product", "deposit", 1, "DEP-TD"),
 ...              Action("offer_equity_fund", "product", "equity", 4, "FND-EQ"),
 ...              Action("rm_call", "service", "relationship"))
