@@ -1,4 +1,5 @@
-"""Outputs: alerts, per-event scores, customer state and dead letters (CONTRACT.md section 2).
+"""Outputs: alerts, next-best-action prompts, per-event scores, customer state and dead letters
+(CONTRACT.md section 2).
 
 Every output is a frozen object with ``to_dict()`` and ``to_bytes()``; ``to_bytes`` is
 canonical (fixed field order, no whitespace) so that a replay of the same input gives
@@ -88,6 +89,45 @@ def alert_id_for(event_id: str, alert_type: str) -> str:
     """
     digest = hashlib.blake2b(f"{alert_type}\x1f{event_id}".encode(), digest_size=12).hexdigest()
     return f"al-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt(_Record):
+    """A next-best-action prompt for the customer's RM; ``prompt_id`` is stable across replays.
+
+    ``action`` is an id of the action catalogue (``config/actions.toml``), ``product_id`` the
+    product it proposes (None for a service action), ``score`` the policy's expected outcome
+    in [0, 1] (1 = converts), ``expires_at`` when the prompt stops being valid. Beyond the
+    contract: the ``trigger`` type and the triggering ``event_id`` / ``event_ts``.
+
+    >>> Prompt("nb-1", "c1", "rm1", "rm_call", None, 0.5, (), "2026-01-01T00:00:00.000Z",
+    ...        "nba-linucb-1", "churn_rising", "e1", "2025-12-30T00:00:00Z").to_bytes()[:60]
+    b'{"prompt_id":"nb-1","customer_id":"c1","rm_id":"rm1","action'
+    """
+
+    prompt_id: str
+    customer_id: str
+    rm_id: str | None
+    action: str
+    product_id: str | None
+    score: float
+    reasons: tuple[Reason, ...]
+    expires_at: str
+    policy_version: str
+    trigger: str
+    event_id: str
+    event_ts: str
+    schema_version: str = SCHEMA_VERSION
+
+
+def prompt_id_for(event_id: str, action: str) -> str:
+    """Deterministic prompt id from the triggering event and the action chosen.
+
+    >>> prompt_id_for("e1", "rm_call")
+    'nb-2d273d82db98f163cbb55223'
+    """
+    digest = hashlib.blake2b(f"nba\x1f{action}\x1f{event_id}".encode(), digest_size=12).hexdigest()
+    return f"nb-{digest}"
 
 
 @dataclass(frozen=True, slots=True)
