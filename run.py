@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--input", type=Path, required=True, help="events, one JSON object per line")
     replay.add_argument("--alerts-out", type=Path, help="alerts JSONL")
     replay.add_argument("--scores-out", type=Path, help="per-transaction scores JSONL")
+    replay.add_argument("--prompts-out", type=Path, help="next-best-action prompts JSONL")
     replay.add_argument("--state-out", type=Path, help="customer state JSONL, as of the last event time")
     replay.add_argument("--dead-letter-out", type=Path, help="rejected input with reasons JSONL")
 
@@ -288,7 +289,8 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
             print(f"input not found: {args.input}", file=sys.stderr)
             return 2
         modes.run_replay(settings, modes.ReplayPaths(
-            args.input, args.alerts_out, args.scores_out, args.state_out, args.dead_letter_out),
+            args.input, args.alerts_out, args.scores_out, args.state_out, args.dead_letter_out,
+            args.prompts_out),
             args.workers)
     elif args.command == "live":
         assert settings is not None

@@ -200,11 +200,13 @@ def main() -> None:
     suffix = f".bench-{int(time.time())}" if args.bootstrap else ""
     topic_of = {kind: name + suffix for kind, (_, name) in TOPICS.items()}
     alerts, dead_letter = "alerts" + suffix, "dead_letter" + suffix
+    prompts = "nba_prompts" + suffix
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp)) as bootstrap:
         create_topics(bootstrap, {**dict.fromkeys(topic_of.values(), args.partitions), alerts: args.partitions,
-                                  dead_letter: 1})
+                                  prompts: 1, dead_letter: 1})
         env = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "CRM__KAFKA__STARTING_OFFSET": "latest", "CRM__KAFKA__ALERTS_TOPIC": alerts,
+               "CRM__KAFKA__PROMPTS_TOPIC": prompts,
                "CRM__KAFKA__DEAD_LETTER_TOPIC": dead_letter,
                **{f"CRM__KAFKA__{setting.upper()}": topic_of[kind] for kind, (setting, _) in TOPICS.items()}}
         log = open(args.engine_log or Path(tmp) / "engine.log", "wb")  # noqa: SIM115 (closed below)

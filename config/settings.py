@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 from detectors.customer import ViewParams
 from detectors.fraud import FraudParams
+from detectors.nba import NBAParams
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
 
@@ -75,6 +76,7 @@ class KafkaSettings:
     feedback_topic: str = "feedback"
     profile_topic: str = "profiles"
     alerts_topic: str = "alerts"
+    prompts_topic: str = "nba_prompts"
     dead_letter_topic: str = "dead_letter"
     # Operator commands (`run.py snooze`) as `control` events; empty = none consumed.
     control_topic: str = ""
@@ -144,6 +146,7 @@ class Settings:
     rules: RuleParams = field(default_factory=RuleParams)
     fraud: FraudParams = field(default_factory=FraudParams)
     view: ViewParams = field(default_factory=ViewParams)
+    nba: NBAParams = field(default_factory=NBAParams)
     redis: RedisSettings = field(default_factory=RedisSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)

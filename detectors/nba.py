@@ -78,6 +78,7 @@ from typing import Final, Literal, Protocol
 
 import numpy as np
 
+from detectors.customer import Summary
 from schemas.events import AppEvent, Event, Feedback, Transaction
 from schemas.outputs import Prompt, Reason, format_ts, prompt_id_for
 
@@ -128,6 +129,9 @@ class Action:
 class NBAParams:
     """Triggers, contact rules, rewards and the bandit's exploration."""
 
+    enabled: bool = True
+    catalogue: str = ""  # the action catalogue (TOML); "" = config/actions.toml
+    open_fraud_days: float = 30.0  # a fraud alert stays open this long unless labelled legit
     view_ms: int = 60_000  # a product_view at least this long is a trigger
     large_credit: float = 50_000.0  # a credit at least this large is a trigger
     # A credit with one of these txn_types, or an app event with action `maturity_notice`
@@ -201,6 +205,7 @@ class NBAState:
     pending: dict[str, Pending] = field(default_factory=dict)  # prompt_id -> awaiting answer
     last_seen_t: float | None = None
     churn_score: float = 0.0
+    due: float = math.inf  # no pending prompt expires before this event time
 
     def prompts_in_week(self, now: float) -> int:
         return sum(1 for t in self.sent if now - WEEK < t <= now)
@@ -422,6 +427,7 @@ class NextBestAction:
         if len(state.pending) >= self.params.max_pending:
             del state.pending[next(iter(state.pending))]
         state.pending[prompt_id] = Pending(action.action_id, x, expires_t)
+        state.due = min(state.due, expires_t)
         return Prompt(
             prompt_id=prompt_id, customer_id=trigger.customer_id, rm_id=facts.rm_id,
             action=action.action_id, product_id=action.product_id,
@@ -477,26 +483,38 @@ class NextBestAction:
     def expire(self, state: NBAState, now: float) -> None:
         """Settle prompts past their expiry: one never answered is learned as reward 0. An
         answer that comes after the prompt expired is ignored (it starts no cooldown either)."""
+        if now < state.due:
+            return
+        due = math.inf
         for prompt_id, pending in list(state.pending.items()):
             if pending.expires_t <= now:
                 del state.pending[prompt_id]
                 if pending.reward is None:
                     self.learn(Outcome(pending.action_id, pending.context, 0.0))
+            else:
+                due = min(due, pending.expires_t)
+        state.due = due
 
-    def on_event(self, state: NBAState, facts: CustomerFacts, event: Event) -> Prompt | None:
-        """Handle one event of the customer: learn from feedback, maybe prompt on a trigger."""
-        prompt = None
+    def observe(self, state: NBAState, event: Event) -> Trigger | None:
+        """Take one event of the customer: settle expired prompts, learn from a feedback
+        that answers one, and return the trigger moment the event is, if any (for
+        ``decide``; the customer's facts are only needed then)."""
         self.expire(state, event.t)
         if isinstance(event, Feedback):
             outcome = self.feedback(state, event)
             if outcome is not None:
                 self.learn(outcome)
-        elif isinstance(event, Transaction | AppEvent):
+            return None
+        if isinstance(event, Transaction | AppEvent):
             trigger = self.trigger_of(state, event)
             state.last_seen_t = event.t if state.last_seen_t is None else max(state.last_seen_t, event.t)
-            if trigger is not None:
-                prompt = self.decide(state, facts, trigger)
-        return prompt
+            return trigger
+        return None
+
+    def on_event(self, state: NBAState, facts: CustomerFacts, event: Event) -> Prompt | None:
+        """Handle one event of the customer: learn from feedback, maybe prompt on a trigger."""
+        trigger = self.observe(state, event)
+        return self.decide(state, facts, trigger) if trigger is not None else None
 
     def on_churn(self, state: NBAState, facts: CustomerFacts, score: float, event_id: str, ts: str,
                  t: float, customer_id: str) -> Prompt | None:
@@ -509,3 +527,39 @@ class NextBestAction:
         trigger = Trigger("churn_rising", event_id, ts, t, customer_id, churn_score=score,
                           detail=f"churn score rose to {score:.2f}")
         return self.decide(state, facts, trigger)
+
+
+class NextBestActions:
+    """Next-best action for a whole stream: the one policy, every customer's contact state,
+    and when each customer's last fraud alert was.
+
+    The engine keeps it in its shared step, where the bandit and the fraud alerts are: a
+    decision reads the customer's contact state, pulls from the shared bandit and writes
+    the prompt back into that state. A fraud alert stays open for ``open_fraud_days`` of
+    event time, or until a ``legit`` label for the customer. The customer's facts are
+    built only when an event is a trigger moment (most events are not).
+    """
+
+    def __init__(self, actions: tuple[Action, ...], params: NBAParams) -> None:
+        self.policy = NextBestAction(actions, params)
+        self.states: dict[str, NBAState] = {}
+        self.fraud_alert_t: dict[str, float] = {}  # customer -> time of their last fraud alert
+
+    def on_event(self, event: Event, summary: Summary, alerted: bool) -> Prompt | None:
+        """The prompt ``event`` triggers, if any; ``alerted``: it raised a fraud alert."""
+        customer = event.customer_id
+        if alerted:
+            self.fraud_alert_t[customer] = event.t
+        elif isinstance(event, Feedback) and event.label == "legit":
+            self.fraud_alert_t.pop(customer, None)
+        state = self.states.get(customer)
+        if state is None:
+            state = self.states[customer] = NBAState()
+        trigger = self.policy.observe(state, event)
+        if trigger is None:
+            return None
+        opened = self.fraud_alert_t.get(customer)
+        open_days = self.policy.params.open_fraud_days
+        facts = CustomerFacts(summary.risk_level, summary.marketing_opt_out, summary.segment, summary.rm_id,
+                              opened is not None and event.t - opened < open_days * 86400.0)
+        return self.policy.decide(state, facts, trigger)

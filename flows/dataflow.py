@@ -7,10 +7,11 @@
                       │ Observed
                       ▼ key: "shared"
                shared_scoring        re-sequenced; counterparty risk, anomaly and
-                      │ Scored       supervised models; fraud_score, alert
+                      │ Scored       supervised models; fraud_score, alert; the
+                      │              next-best-action bandit and contact rules: prompt
                       ▼ key: customer_id
                customer_view         fraud risk, open alerts; customer state at EOF
-                      │ Alert | Score | CustomerState
+                      │ Alert | Prompt | Score | CustomerState
                       ▼
                    sinks
 
@@ -31,7 +32,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 
 from flows.items import Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
-from schemas.outputs import Alert, CustomerState, DeadLetter, LifecycleChange, Score
+from schemas.outputs import Alert, CustomerState, DeadLetter, LifecycleChange, Prompt, Score
 
 if TYPE_CHECKING:
     from ops.metrics import EngineMetrics
@@ -48,6 +49,7 @@ class Outputs:
     states: dict[str, Sink[Any]] = field(default_factory=dict)
     dead_letters: dict[str, Sink[Any]] = field(default_factory=dict)
     audit: dict[str, Sink[Any]] = field(default_factory=dict)  # alerts and lifecycle changes
+    prompts: dict[str, Sink[Any]] = field(default_factory=dict)  # next-best-action prompts
 
 
 def _record_key(record: Any) -> str:
@@ -91,13 +93,14 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
     # (customer_id, Scored)
     viewed = op.stateful_batch("customer_view", rekeyed, _timed(
         "customer_view", lambda resume: CustomerViewStep(config, resume), metrics))
-    # (customer_id, Alert | Score | CustomerState)
+    # (customer_id, Alert | Prompt | Score | CustomerState)
     records = op.map("drop_view_key", viewed, _value)
-    # Alert | Score | CustomerState
+    # Alert | Prompt | Score | CustomerState
     alerts = op.filter("alerts", records, _is(Alert))
     if metrics is not None:  # the alerts users get, after de-duplication and grouping
         alerts = op.flat_map_batch("observe_alerts", alerts, metrics.observe_alerts)
     _write("alerts", alerts, outputs.alerts)
+    _write("prompts", op.filter("prompts", records, _is(Prompt)), outputs.prompts)
     _write("scores", op.filter("scores", records, _is(Score)), outputs.scores)
     _write("states", op.filter("states", records, _is(CustomerState)), outputs.states)
     if outputs.audit:

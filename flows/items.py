@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from detectors.customer import Observation
 from detectors.fraud import Assessment
 from schemas.events import Event
-from schemas.outputs import Alert
+from schemas.outputs import Alert, Prompt
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -54,3 +54,4 @@ class Scored:
     # transaction had, and whether the label says fraud (online model health).
     label_outcome: tuple[float, bool] | None = None
     read_at: float | None = None
+    prompt: Prompt | None = None  # a next-best-action prompt this event triggered

@@ -26,6 +26,7 @@ from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 
+from config.actions import load_actions
 from config.settings import Settings
 from flows.dataflow import Outputs, build_flow
 from flows.recovery import prepare as prepare_recovery
@@ -58,9 +59,11 @@ def event_clock(event_t: float) -> str:
 
 def step_config(settings: Settings, clock: Clock, watermark: float | None = None,
                 emit_scores: bool = False) -> StepConfig:
+    nba = settings.nba
+    actions = load_actions(nba.catalogue or None) if nba.enabled else ()
     return StepConfig(profile=settings.profile, rules=settings.rules, fraud=settings.fraud,
                       view=settings.view, clock=clock, snapshots=bool(settings.engine.recovery_dir),
-                      watermark=watermark, emit_scores=emit_scores)
+                      watermark=watermark, emit_scores=emit_scores, nba=nba, actions=actions)
 
 
 def execute(flow: Dataflow, settings: Settings, workers: int | None = None) -> None:
@@ -92,6 +95,7 @@ class ReplayPaths:
     scores: Path | None = None
     state: Path | None = None
     dead_letters: Path | None = None
+    prompts: Path | None = None
 
 
 def _files(path: Path | None, name: str) -> dict[str, Any]:
@@ -105,7 +109,7 @@ def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | No
     replay = replay or load_replay(paths.input)
     outputs = Outputs(alerts=_files(paths.alerts, "file"), scores=_files(paths.scores, "file"),
                       states=_files(paths.state, "file"),
-                      dead_letters=_files(paths.dead_letters, "file"))
+                      dead_letters=_files(paths.dead_letters, "file"), prompts=_files(paths.prompts, "file"))
     config = step_config(settings, event_clock, replay.watermark, emit_scores=paths.scores is not None)
     return build_flow(ReplaySource(replay), outputs, config, metrics=metrics)
 
@@ -137,6 +141,7 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.dead_letters["file"] = as_single_writer(sink("file_dead_letters", lambda: JsonlSink(dead_file)))
     if console:
         outputs.alerts["console"] = as_single_writer(sink("console", ConsoleSink))
+        outputs.prompts["console"] = as_single_writer(sink("console_prompts", ConsoleSink))
     if kafka_out:
         k = settings.kafka
         client = k.client_config()
@@ -144,10 +149,14 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         # from a snapshot sends no alert id twice.
         outputs.alerts["kafka"] = as_single_writer(sink("kafka_alerts", lambda: ResumableKafkaSink(
             client, k.alerts_topic, metrics=sink_metrics("kafka_alerts"))))
+        outputs.prompts["kafka"] = as_single_writer(sink("kafka_prompts", lambda: ResumableKafkaSink(
+            client, k.prompts_topic, metrics=sink_metrics("kafka_prompts"))))
         outputs.dead_letters["kafka"] = as_output(sink("kafka_dead_letters", lambda: KafkaSink(
             client, k.dead_letter_topic, metrics=sink_metrics("kafka_dead_letters"))))
     for name, factory in delivery_sinks(settings).items():
         outputs.alerts[name] = as_single_writer(sink(name, factory))
+    if settings.redis.enabled:  # prompts to each RM's stream (the webhook carries alerts only)
+        outputs.prompts["redis"] = as_single_writer(sink("redis_prompts", delivery_sinks(settings)["redis"]))
     for name, factory in audit_sinks(settings).items():
         outputs.audit[name] = as_single_writer(sink(name, factory))
     return build_flow(source, outputs, step_config(settings, wall_clock),

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulBatchLogic
 
 from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, ViewParams
 from detectors.fraud import FraudDetector, FraudParams
 from detectors.lifecycle import AlertLifecycle
+from detectors.nba import Action, NBAParams, NextBestActions
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
 from flows.items import Observed, Scored, Sequenced
 from schemas.events import Control, Feedback, Transaction
-from schemas.outputs import Alert, CustomerState, LifecycleChange, Score, alert_id_for, format_ts
+from schemas.outputs import Alert, CustomerState, LifecycleChange, Prompt, Score, alert_id_for, format_ts
 
 Clock = Callable[[float], str]  # event time -> the "emitted_at" to stamp
-Output = Alert | Score | CustomerState
+Output = Alert | Prompt | Score | CustomerState
 
 _RETAIN = StatefulBatchLogic.RETAIN
 
@@ -49,6 +50,8 @@ class StepConfig:
     snapshots: bool  # recovery is on
     watermark: float | None = None  # replay: the last event time; customer state is as of it
     emit_scores: bool = False
+    nba: NBAParams = field(default_factory=lambda: NBAParams(enabled=False))
+    actions: tuple[Action, ...] = ()  # the next-best-action catalogue
 
 
 class CustomerStep(StatefulBatchLogic[Sequenced, Observed, bytes | None]):
@@ -70,7 +73,8 @@ class CustomerStep(StatefulBatchLogic[Sequenced, Observed, bytes | None]):
 
 
 class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
-    """Across customers: counterparty risk, anomaly and supervised models (one key).
+    """Across customers: counterparty risk, anomaly and supervised models, and the
+    next-best-action policy (one key).
 
     Items reach this step from every worker of the per-customer step, interleaved in no
     fixed order; they are put back into source order by their per-partition ``seq`` before
@@ -83,8 +87,9 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
         self.next_seq: dict[str, int] = {}  # per source partition: the next seq to process
         self.waiting: dict[str, dict[int, Observed]] = {}  # arrived ahead of their turn
         self.now = float("-inf")  # the latest event time processed (the watermark)
+        self.nba = NextBestActions(config.actions, config.nba) if config.nba.enabled else None
         if isinstance(restored, tuple):
-            self.detector, self.next_seq, self.waiting, self.now = restored
+            self.detector, self.next_seq, self.waiting, self.now, self.nba = restored
         self._config = config
 
     def _in_order(self, values: list[Observed]) -> list[Observed]:
@@ -134,16 +139,21 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
                     rm_id=observation.summary.rm_id, event_id=event.event_id,
                     event_ts=event.ts, emitted_at=self._config.clock(event.t),
                     reasons=assessment.reasons, model_version=assessment.model_version)
-            return Scored(event, observation, assessment, alert, item.source_time, read_at=item.read_at)
+            prompt = self.nba.on_event(event, observation.summary, alert is not None) if self.nba else None
+            return Scored(event, observation, assessment, alert, item.source_time, read_at=item.read_at,
+                          prompt=prompt)
         outcome = None
         if isinstance(event, Feedback) and event.ref_event_id and event.label in FRAUD_LABELS:
             is_fraud = event.label == "fraud"
             scored = detector.observe_label(event.ref_event_id, event.t, is_fraud)
             outcome = (scored, is_fraud) if scored is not None else None
-        return Scored(event, observation, None, None, item.source_time, outcome, item.read_at)
+        prompt = None
+        if self.nba is not None and not isinstance(event, Control):
+            prompt = self.nba.on_event(event, observation.summary, False)
+        return Scored(event, observation, None, None, item.source_time, outcome, item.read_at, prompt)
 
     def snapshot(self) -> bytes | None:
-        return _freeze((self.detector, self.next_seq, self.waiting, self.now), self._config.snapshots)
+        return _freeze((self.detector, self.next_seq, self.waiting, self.now, self.nba), self._config.snapshots)
 
 
 class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, bytes | None]):
@@ -184,6 +194,8 @@ class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, byte
                     out.extend(changes)
                 else:
                     out.append(item.alert)
+            if item.prompt is not None:
+                out.append(item.prompt)
             if assessment is not None and self._config.emit_scores:
                 out.append(Score(event.event_id, event.customer_id, event.ts, assessment.fraud_score, {
                     "model_score": assessment.model_score, "prior_score": assessment.prior_score,

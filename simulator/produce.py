@@ -48,7 +48,8 @@ def produce_simulation(settings: Settings, rate: float, max_events: int | None =
     k, sim = settings.kafka, settings.simulator
     client = k.client_config()
     if create_partitions > 0:
-        create_missing_topics(client, [*k.topics(), k.alerts_topic, k.dead_letter_topic], create_partitions)
+        create_missing_topics(client, [*k.topics(), k.alerts_topic, k.prompts_topic, k.dead_letter_topic],
+                              create_partitions)
     topic_of = {"transaction": k.transactions_topic, "app": k.app_topic, "feedback": k.feedback_topic,
                 "profile": k.profile_topic}
     delivered = [0, 0]

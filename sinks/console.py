@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from schemas.outputs import Alert
+from schemas.outputs import Alert, Prompt
 from sinks.base import Record, Sink
 
 
@@ -20,6 +20,11 @@ def describe(record: Record) -> str:
         revision = f" ({record.status}, revision {record.revision})" if record.revision > 1 else ""
         return (f"ALERT {record.severity:<8} {record.type:<22} {record.event_ts} "
                 f"customer={record.customer_id}{rm} score={record.score:.2f}{revision} | {why}")
+    if isinstance(record, Prompt):
+        product = f" product={record.product_id}" if record.product_id else ""
+        why = record.reasons[0].text if record.reasons else record.trigger
+        return (f"PROMPT {record.action:<24} {record.event_ts} customer={record.customer_id} "
+                f"rm={record.rm_id or '-'}{product} score={record.score:.2f} | {why}")
     return record.to_bytes().decode("utf-8")
 
 

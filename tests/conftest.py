@@ -35,7 +35,7 @@ def replay(input_path: Path, out_dir: Path, settings: Settings | None = None,
     """Run the engine's replay in this process and return its outputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = ReplayPaths(input_path, out_dir / "alerts.jsonl", out_dir / "scores.jsonl",
-                        out_dir / "state.jsonl", out_dir / "dead.jsonl")
+                        out_dir / "state.jsonl", out_dir / "dead.jsonl", out_dir / "prompts.jsonl")
     run_replay(settings or load_settings(), paths, workers)
     return ReplayResult(paths)
 

@@ -48,7 +48,8 @@ def without_emitted_at(raw: bytes) -> dict:
 def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
     """One topic in event-time order with 10,000 malformed messages mixed in: every bad one
     reaches the dead-letter topic with its offset and reason, and the live engine emits
-    exactly the replay's alerts (so every valid event was processed as in replay)."""
+    exactly the replay's alerts and next-best-action prompts (so every valid event was
+    processed as in replay)."""
     events, _ = sim_stream
     lines = [line for line in events.read_bytes().splitlines() if line]
     rng = random.Random(11)
@@ -61,18 +62,21 @@ def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, P
             stream[offset] = malformed_line(rng, lines)
             bad_offsets.add(offset)
     bad = [stream[offset] for offset in sorted(bad_offsets)]
-    create_topics(broker, {"events": 1, "alerts": 1, "dead_letter": 1})
+    create_topics(broker, {"events": 1, "alerts": 1, "nba_prompts": 1, "dead_letter": 1})
     produce(broker, "events", stream)
-    expected = replay(events, tmp_path / "replay").raw("alerts").splitlines()
-    assert expected
+    replayed = replay(events, tmp_path / "replay")
+    expected, expected_prompts = replayed.raw("alerts").splitlines(), replayed.raw("prompts").splitlines()
+    assert expected and expected_prompts
     engine = start_engine(broker, tmp_path / "engine.log", transactions_topic="events",
                           app_topic="events", feedback_topic="events", profile_topic="events")
     try:
         alerts = consume_all(broker, "alerts", expect=len(expected), timeout=120)
         dead = consume_all(broker, "dead_letter", expect=len(bad), timeout=60)
+        prompts = consume_all(broker, "nba_prompts", expect=len(expected_prompts), timeout=60)
     finally:
         assert stop(engine) == 0, (tmp_path / "engine.log").read_text()[-3000:]
     assert sorted(map(without_emitted_at, alerts), key=str) == sorted(map(without_emitted_at, expected), key=str)
+    assert sorted(prompts) == sorted(expected_prompts)
     letters = [orjson.loads(raw) for raw in dead]
     assert len(letters) == 10_000
     assert {letter["source"]["offset"] for letter in letters} == bad_offsets
@@ -88,7 +92,7 @@ def test_four_topics_many_partitions_two_workers(broker: str, sim_stream: tuple[
     for line in events.read_bytes().splitlines():
         if line:
             by_topic[topic_of[orjson.loads(line)["kind"]]].append(line)
-    create_topics(broker, {**dict.fromkeys(by_topic, 3), "alerts": 2, "dead_letter": 1})
+    create_topics(broker, {**dict.fromkeys(by_topic, 3), "alerts": 2, "nba_prompts": 1, "dead_letter": 1})
     bad = [b"not json at all", b'{"kind":"transaction","event_id":"e","ts":"2026-01-01T00:00:00Z"}']
     for topic, values in by_topic.items():
         produce(broker, topic, values, key_of=lambda v: orjson.loads(v)["customer_id"].encode())

@@ -193,7 +193,7 @@ def test_readyz_waits_for_kafka_and_sigterm_drains(tmp_path: Path, sim_stream: t
     for line in lines:
         by_topic[topic_of[orjson.loads(line)["kind"]]].append(line)
     with tansu(tmp_path) as (bootstrap, broker):
-        create_topics(bootstrap, {**dict.fromkeys(by_topic, 2), "alerts": 1, "dead_letter": 1})
+        create_topics(bootstrap, {**dict.fromkeys(by_topic, 2), "alerts": 1, "nba_prompts": 1, "dead_letter": 1})
         for topic, values in by_topic.items():
             produce(bootstrap, topic, values, key_of=lambda v: orjson.loads(v)["customer_id"].encode())
         broker.send_signal(signal.SIGSTOP)
@@ -244,7 +244,8 @@ def test_produce_sends_the_simulator_stream_to_the_input_topics(tmp_path: Path) 
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "produced 500 events" in proc.stderr
         topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
-        assert {"transactions", "app_events", "feedback", "profiles", "alerts", "dead_letter"} <= set(topics)
+        assert {"transactions", "app_events", "feedback", "profiles", "alerts", "nba_prompts",
+                "dead_letter"} <= set(topics)
         assert len(topics["transactions"].partitions) == 2
         kinds = {"transactions": "transaction", "app_events": "app", "feedback": "feedback", "profiles": "profile"}
         total = 0

@@ -101,7 +101,7 @@ def test_kill_9_five_times_loses_and_duplicates_nothing(stream_100k: tuple[list[
     rng = random.Random(2026)
     kill_at = sorted(rng.sample(range(len(expected) // 10, len(expected) * 9 // 10), 5))
     with tansu_broker(tmp_path) as broker, redis_server(tmp_path) as server:
-        create_topics(broker, {"events": 1, "alerts": 1, "dead_letter": 1})
+        create_topics(broker, {"events": 1, "alerts": 1, "nba_prompts": 1, "dead_letter": 1})
         produce(broker, "events", lines)
         env = engine_env(broker, server, tmp_path, CRM__ENGINE__RECOVERY_DIR=str(tmp_path / "recovery"))
         kills = []
@@ -145,7 +145,7 @@ def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], 
     audit = tmp_path / "audit.jsonl"
     with tansu_process(tmp_path) as (broker, broker_proc), redis_server(tmp_path, persistent=True) as server, \
             Receiver(fail=20, stall_every=9, stall_s=1.5) as receiver:
-        create_topics(broker, {"events": 1, "alerts": 1, "dead_letter": 1})
+        create_topics(broker, {"events": 1, "alerts": 1, "nba_prompts": 1, "dead_letter": 1})
         produce(broker, "events", lines)
         env = engine_env(broker, server, tmp_path, CRM__WEBHOOK__ENABLED="true", CRM__WEBHOOK__URL=receiver.url,
                          CRM__WEBHOOK__TIMEOUT_S="0.5", CRM__WEBHOOK__BACKOFF_BASE_S="0.05",
