@@ -14,13 +14,18 @@ the prior, and a one-off customer fades with age. Spend per active day scales th
 ``(1 + spend) ** monetary_power`` (bigger customers come back more often: on the CDNOW
 history this ranks better than BG/NBD's own expected purchases; ``bench.churn_holdout``).
 
-Behaviour, when the bank sees it, multiplies that rate by ``exp(-hazard)``, with ``hazard`` a
-weighted sum of exit signals that decay with ``signal_halflife_days``: complaints, views of
+Behaviour, when the bank sees it, is a ``hazard``: a
+weighted sum of exit signals that decay with ``signal_halflife_days``, each discounted by
+how often the customer showed it before (behaviour against their own baseline): complaints, views of
 the account-closing and transfer-out pages, unsubscribes, money moved out (a debit transfer
 draining most of the balance), the balance falling below half its peak, and activity decline
 (the recent gap between active days, an exponential average, against the long-run gap).
-The score is ``exp(-rate * horizon)``, the probability of no activity in the next
-``horizon_days`` at the current rate: 1 is "gone", and a high score is indicative of churn.
+The score is ``1 - (1 - quiet) * exp(-hazard)``, with ``quiet = exp(-rate * horizon)`` the
+probability of no activity in the next ``horizon_days`` at the current rate: the exit signals
+are odds of leaving on top of what the rhythm says. 1 is "gone", 0 is "certainly staying";
+a high score is indicative of churn. A customer who says they are leaving (a look at the
+closing page after a complaint) scores high while still active, which is where lead time
+comes from; the rhythm alone only speaks once the silence is long.
 
 The learned part is the prior, not a global model: churn feedback (``churned`` /
 ``retained``) only resets a customer (``retained``: the hazard is forgiven; ``churned``: the
@@ -65,12 +70,12 @@ class ChurnParams:
     monetary_power: float = 0.2
     horizon_days: float = 30.0
     signal_halflife_days: float = 30.0
-    w_complaint: float = 1.0
+    w_complaint: float = 1.6
     w_close_view: float = 1.5
-    w_transfer_out_view: float = 1.0
+    w_transfer_out_view: float = 0.3
     w_unsubscribe: float = 0.7
-    w_outflow: float = 1.0
-    w_balance_decline: float = 0.7
+    w_outflow: float = 0.5
+    w_balance_decline: float = 0.4
     w_activity_decline: float = 1.0
     recent_gap_weight: float = 0.3  # the exponential average of recent gaps
 
@@ -79,7 +84,7 @@ class ChurnState:
     """One customer's churn evidence: a handful of running numbers (picklable)."""
 
     __slots__ = ("balance", "first_day", "hazard", "hazard_t", "label", "last_day", "long_gap",
-                 "peak_balance", "recent_gap", "spend", "x")
+                 "peak_balance", "recent_gap", "seen", "spend", "x")
 
     def __init__(self) -> None:
         self.first_day: float | None = None  # start of the first active day (seconds)
@@ -93,8 +98,14 @@ class ChurnState:
         self.balance: float | None = None
         self.peak_balance = 0.0
         self.label: str | None = None
+        self.seen: dict[str, int] = {}  # how often each exit signal was shown (a few keys)
 
-    def _add(self, weight: float, t: float, params: ChurnParams) -> None:
+    def _add(self, name: str, t: float, params: ChurnParams, scale: float = 1.0) -> None:
+        """Add exit signal ``name``, discounted by how often this customer has shown it before:
+        the customer who checks the transfer-out page every month is not saying goodbye."""
+        times = self.seen.get(name, 0)
+        self.seen[name] = times + 1
+        weight = getattr(params, f"w_{name}") * scale / (1.0 + times)
         self.hazard = self._hazard(t, params) + weight
         self.hazard_t = max(t, self.hazard_t)
 
@@ -118,16 +129,16 @@ class ChurnState:
         self.recent_gap = gap if self.recent_gap is None else (1 - w) * self.recent_gap + w * gap
         self.long_gap = (day - self.first_day) / DAY / self.x
         if self.x >= 5 and self.long_gap > 0 and self.recent_gap > 2 * self.long_gap:
-            self._add(params.w_activity_decline * min(1.0, self.recent_gap / self.long_gap / 4), t, params)
+            self._add("activity_decline", t, params, min(1.0, self.recent_gap / self.long_gap / 4))
 
     def observe_outflow(self, t: float, amount: float, balance_after: float | None,
                         params: ChurnParams) -> None:
         """A debit transfer: draining most of the balance is a way out; so is a falling balance."""
         if balance_after is not None:
             if balance_after + amount > 0 and amount / (balance_after + amount) > 0.6:
-                self._add(params.w_outflow, t, params)
+                self._add("outflow", t, params)
             if self.peak_balance > 0 and balance_after < 0.5 * self.peak_balance <= (self.balance or 0.0):
-                self._add(params.w_balance_decline, t, params)
+                self._add("balance_decline", t, params)
             self.balance = balance_after
             self.peak_balance = max(self.peak_balance, balance_after)
 
@@ -140,7 +151,7 @@ class ChurnState:
         """An app action; exit actions add to the hazard."""
         name = EXIT_ACTIONS.get(action)
         if name is not None:
-            self._add(getattr(params, f"w_{name}"), t, params)
+            self._add(name, t, params)
 
     def observe_label(self, label: str) -> None:
         """``churned`` pins the score to 1; ``retained`` forgives the exit signals."""
@@ -183,5 +194,5 @@ class ChurnState:
         p_alive = 1.0 / (1.0 + math.exp(min(700.0, log_odds))) if x > 0 else 1.0
         rate = p_alive * (params.r + x) / (alpha + age)
         rate *= (1.0 + self.spend / (x + 1)) ** params.monetary_power
-        rate *= math.exp(-self._hazard(now, params))
-        return math.exp(-rate * params.horizon_days)
+        quiet = math.exp(-rate * params.horizon_days)
+        return 1.0 - (1.0 - quiet) * math.exp(-self._hazard(now, params))

@@ -106,7 +106,7 @@ class ViewParams:
 class CustomerView:
     """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts."""
 
-    __slots__ = ("churn", "churn_alert", "confirmed_fraud_t", "open_alerts", "risk", "risk_t", "summary")
+    __slots__ = ("churn", "churn_alert", "churn_armed", "confirmed_fraud_t", "open_alerts", "risk", "risk_t", "summary")
 
     def __init__(self) -> None:
         self.summary: Summary | None = None
@@ -116,6 +116,7 @@ class CustomerView:
         self.open_alerts = 0
         self.churn = ChurnState()
         self.churn_alert: tuple[float, float] | None = None  # (event time, score) of the last churn alert
+        self.churn_armed = False  # the score was below the threshold since the last churn alert
 
     def _decayed(self, now: float, params: ViewParams) -> float:
         halflife = params.fraud_risk_halflife_days * DAY
@@ -162,18 +163,25 @@ class CustomerView:
         return self.churn.score(now, params.churn)
 
     def churn_alert_due(self, now: float, params: ViewParams) -> tuple[float, list[Reason]] | None:
-        """The score and reasons of a ``churn_risk`` alert due at ``now``, if one is: the score
-        is at least ``churn_threshold`` and no alert was sent within ``churn_cooldown_days``,
-        unless the score rose by ``churn_escalation`` since the last one; never before the
-        customer has ``churn_min_active_days`` repeat active days."""
+        """The score and reasons of a ``churn_risk`` alert due at ``now``, if one is.
+
+        An alert fires when the score crosses ``churn_threshold`` from below (a customer who is
+        always above it, say one who buys twice a year, is not news), at most once per
+        ``churn_cooldown_days``, unless the score rose by ``churn_escalation`` since the last
+        alert; never before the customer has ``churn_min_active_days`` repeat active days.
+        """
+        if self.churn.x < params.churn_min_active_days:
+            return None
         score = self.churn.score(now, params.churn)
-        if score < params.churn_threshold or self.churn.x < params.churn_min_active_days:
+        if score < params.churn_threshold:
+            self.churn_armed = True
             return None
         last = self.churn_alert
-        if last is not None and now - last[0] < params.churn_cooldown_days * DAY \
-                and score < last[1] + params.churn_escalation:
+        escalated = last is not None and score >= last[1] + params.churn_escalation
+        cooled = last is None or now - last[0] >= params.churn_cooldown_days * DAY
+        if not (escalated or (self.churn_armed and cooled)):
             return None
-        self.churn_alert = (now, score)
+        self.churn_alert, self.churn_armed = (now, score), False
         return score, self.churn.reasons(now, params.churn)
 
     def __getstate__(self) -> tuple[object, ...]:

@@ -324,9 +324,9 @@ class _Simulation:
 
     def _plan_churn(self, state: _CustomerState) -> None:
         rng, span = self.rng, self.end_ms - self.start_ms
-        fade_from = self.start_ms + int(span * rng.uniform(0.05, 0.45))
+        fade_from = self.start_ms + int(span * rng.uniform(0.05, 0.4))
         # Short runs get shorter fades, so the churn and its label still fit in the period.
-        gone = fade_from + min(int(rng.uniform(*churn.FADE_DAYS) * DAY_MS), int(0.35 * span))
+        gone = fade_from + min(int(rng.uniform(*churn.FADE_DAYS) * DAY_MS), int(0.45 * span))
         state.fade_from, state.gone = fade_from, gone
         self._push_steps(state, churn.plan_churn(rng, state.customer, fade_from, gone,
                                                  self.end_ms, self._new_session,

@@ -94,10 +94,15 @@ def test_churn_alert_cooldown_and_escalation() -> None:
     assert view.churn_alert_due(t0 + 600, params) is None  # cooldown
     view.observe_churn(parse_event(
         b'{"kind":"app","event_id":"a2","customer_id":"c","ts":"2026-01-31T10:06:00Z",'
-        b'"action":"transfer_out_view"}'), params)
+        b'"action":"complaint"}'), params)
     escalated = view.churn_alert_due(t0 + 660, params)
     assert escalated is not None and escalated[0] >= first[0] + 0.1
-    assert view.churn_alert_due(t0 + 31 * DAY, params) is not None  # cooldown over, still high
+    assert view.churn_alert_due(t0 + 31 * DAY, params) is None  # cooldown over, no new crossing
+    fresh = CustomerView()
+    for i in range(10):
+        fresh.observe_churn(parse_event(_txn(i, i)), params)
+    assert fresh.churn_alert_due(9 * DAY + 1767261600.0, params) is None
+    assert fresh.churn_alert_due(t0 + 31 * DAY, params) is not None  # crossed from below
 
 
 def test_bgnbd_fit_recovers_its_parameters() -> None:
