@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
+import orjson
 
 from bench.churn_holdout import BGNBD, bgnbd_loglik, fit_bgnbd
+from bench.metrics import roc_auc
 from detectors.churn import DAY, ChurnParams, ChurnState
 from detectors.customer import CustomerView, ViewParams
 from schemas.events import parse_event
+from simulator import SimulatorConfig, write_jsonl
+from tests.conftest import replay
 
 P = ChurnParams()
 
@@ -127,3 +132,19 @@ def test_bgnbd_fit_recovers_its_parameters() -> None:
     expected = BGNBD(0.5, 2.0, 2.0, 3.0).expected(10.0, np.array([0.0, 5.0]), np.array([0.0, 39.0]),
                                                   np.array([40.0, 40.0]))
     assert expected[1] > expected[0] > 0
+
+
+def test_churn_alerts_and_scores_replay_identically_with_one_and_two_workers(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    write_jsonl(SimulatorConfig(customers=150, days=45, seed=5, fraud_rate=0.0, churn_rate=0.3), events)
+    one = replay(events, tmp_path / "w1", workers=1)
+    two = replay(events, tmp_path / "w2", workers=2)
+    churn_alerts = [a for a in one.records("alerts") if a["type"] == "churn_risk"]
+    assert churn_alerts and all(a["reasons"] for a in churn_alerts)
+    assert sorted(one.raw("alerts").splitlines()) == sorted(two.raw("alerts").splitlines())
+    assert sorted(one.raw("state").splitlines()) == sorted(two.raw("state").splitlines())
+    churned = {e["customer_id"] for e in map(orjson.loads, events.read_bytes().splitlines())
+               if e["kind"] == "feedback" and e["label"] == "churned"}
+    states = one.records("state")
+    labels = [1 if s["customer_id"] in churned else 0 for s in states]
+    assert churned and roc_auc(labels, [s["churn_score"] for s in states]) > 0.85
