@@ -40,6 +40,7 @@ is deterministic whatever the number of workers.
 >>> active < 0.2 < 0.9 < quiet
 True
 >>> c.observe_signal("account_close_view", 120 * 86400.0, p)
+True
 >>> c.score(120 * 86400.0, p) > active
 True
 """
@@ -147,11 +148,13 @@ class ChurnState:
         self.balance = balance_after
         self.peak_balance = max(self.peak_balance, balance_after)
 
-    def observe_signal(self, action: str, t: float, params: ChurnParams) -> None:
-        """An app action; exit actions add to the hazard."""
+    def observe_signal(self, action: str, t: float, params: ChurnParams) -> bool:
+        """An app action; exit actions add to the hazard (and say so)."""
         name = EXIT_ACTIONS.get(action)
-        if name is not None:
-            self._add(name, t, params)
+        if name is None:
+            return False
+        self._add(name, t, params)
+        return True
 
     def observe_label(self, label: str) -> None:
         """``churned`` pins the score to 1; ``retained`` forgives the exit signals."""
@@ -195,4 +198,6 @@ class ChurnState:
         rate = p_alive * (params.r + x) / (alpha + age)
         rate *= (1.0 + self.spend / (x + 1)) ** params.monetary_power
         quiet = math.exp(-rate * params.horizon_days)
+        if self.hazard == 0.0:
+            return quiet
         return 1.0 - (1.0 - quiet) * math.exp(-self._hazard(now, params))

@@ -142,8 +142,9 @@ class CustomerView:
             risk = max(risk, 0.5 ** (max(0.0, now - self.confirmed_fraud_t) / halflife))
         return min(1.0, risk)
 
-    def observe_churn(self, event: Event, params: ViewParams) -> None:
-        """Fold ``event`` into the churn evidence (``detectors.churn``)."""
+    def observe_churn(self, event: Event, params: ViewParams) -> bool:
+        """Fold ``event`` into the churn evidence (``detectors.churn``); whether it counted (an
+        ordinary page view inside a session does not, and needs no new alert decision)."""
         churn, p = self.churn, params.churn
         if isinstance(event, Transaction):
             churn.observe_activity(event.t, event.amount, p)
@@ -151,12 +152,16 @@ class CustomerView:
                 churn.observe_outflow(event.t, event.amount, event.balance_after, p)
             elif event.balance_after is not None:
                 churn.observe_balance(event.balance_after)
-        elif isinstance(event, AppEvent):
+            return True
+        if isinstance(event, AppEvent):
             if event.action == "login":
                 churn.observe_activity(event.t, 0.0, p)
-            churn.observe_signal(event.action, event.t, p)
-        elif isinstance(event, Feedback):
+                return True
+            return churn.observe_signal(event.action, event.t, p)
+        if isinstance(event, Feedback):
             churn.observe_label(event.label)
+            return True
+        return False
 
     def churn_score(self, now: float, params: ViewParams) -> float:
         """Churn risk in [0, 1] as of ``now`` (see ``detectors.churn``)."""

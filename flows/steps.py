@@ -186,9 +186,8 @@ class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, byte
             label = event.label if isinstance(event, Feedback) else None
             score = assessment.fraud_score if assessment is not None else None
             view.observe(item.observation.summary, event.t, score, item.alert is not None, label, params)
-            view.observe_churn(event, params)
             alerts = [item.alert] if item.alert is not None else []
-            churn = view.churn_alert_due(event.t, params)
+            churn = view.churn_alert_due(event.t, params) if view.observe_churn(event, params) else None
             if churn is not None:
                 alerts.append(self._churn_alert(event, item.observation.summary.rm_id, *churn))
             for alert in alerts:
