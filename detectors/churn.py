@@ -14,23 +14,28 @@ the prior, and a one-off customer fades with age. Spend per active day scales th
 ``(1 + spend) ** monetary_power`` (bigger customers come back more often: on the CDNOW
 history this ranks better than BG/NBD's own expected purchases; ``bench.churn_holdout``).
 
-Behaviour, when the bank sees it, is a ``hazard``: a
-weighted sum of exit signals that decay with ``signal_halflife_days``, each discounted by
-how often the customer showed it before (behaviour against their own baseline): complaints, views of
-the account-closing and transfer-out pages, unsubscribes, money moved out (a debit transfer
-draining most of the balance), the balance falling below half its peak, and activity decline
-(the recent gap between active days, an exponential average, against the long-run gap).
-The score is ``1 - (1 - quiet) * exp(-hazard)``, with ``quiet = exp(-rate * horizon)`` the
-probability of no activity in the next ``horizon_days`` at the current rate: the exit signals
-are odds of leaving on top of what the rhythm says. 1 is "gone", 0 is "certainly staying";
-a high score is indicative of churn. A customer who says they are leaving (a look at the
-closing page after a complaint) scores high while still active, which is where lead time
-comes from; the rhythm alone only speaks once the silence is long.
+Behaviour, when the bank sees it, is a ``hazard``: a weighted sum of exit signals that
+decay with ``signal_halflife_days``, each discounted by how often the customer showed it
+before (behaviour against their own baseline): complaints, views of the account-closing and
+transfer-out pages, unsubscribes, money moved out (a debit transfer draining most of the
+balance), the balance falling below half its peak, and activity decline (the recent gap
+between active days, an exponential average, against the long-run gap). The score is
+``1 - (1 - quiet) * exp(-hazard)``, with ``quiet = exp(-rate * horizon)`` the probability of
+no activity in the next ``horizon_days`` at the current rate: the exit signals are odds of
+leaving on top of what the rhythm says. 1 is "gone", 0 is "certainly staying"; a high score
+is indicative of churn. A customer who says they are leaving (a look at the closing page
+after a complaint) scores high while still active, which is where lead time comes from; the
+rhythm alone only speaks once the silence is long.
 
-The learned part is the prior, not a global model: churn feedback (``churned`` /
-``retained``) only resets a customer (``retained``: the hazard is forgiven; ``churned``: the
-score pins to 1), so the state stays per customer, O(1) per event and small, and a replay
-is deterministic whatever the number of workers.
+Nothing is learned across customers: the priors and the signal weights are parameters
+(``[view.churn]``; the priors are close to what BG/NBD fits on CDNOW, the weights were set by
+hand on the simulator), and churn feedback only acts on its customer (``retained`` forgives
+the exit signals; ``churned`` pins the score to 1). That keeps the state per customer, O(1)
+per event and small, and a replay deterministic whatever the number of workers; learning the
+weights from feedback would need one global place (the shared scoring step) and is not done.
+
+Figures: ``python -m bench.churn_holdout --cdnow`` and ``python run.py evaluate`` (README,
+"Churn risk").
 
 >>> p = ChurnParams()
 >>> c = ChurnState()
