@@ -5,7 +5,9 @@ Generates a stream with injected typologies, replays it through the engine exact
 truth. Reports, overall and per typology: ROC AUC and average precision of ``fraud_score``
 (the typology's fraud transactions against all legitimate ones), recall of alerts, the
 share of cases caught, and detection delay (first fraudulent transaction of a case to the
-first alert on it); overall alert precision. Scores are learned online: the first days
+first alert on it); overall alert precision. Churn: ROC AUC of each customer's
+``churn_score`` as of the last event time against the ``churned`` labels, and the median lead
+time from a churner's first ``churn_risk`` alert to their last activity. Scores are learned online: the first days
 run before any feedback has arrived, as in production.
 """
 
@@ -52,7 +54,8 @@ def report(truth_path: Path, scores_path: Path, alerts_path: Path) -> tuple[list
     first_alert: dict[str, float] = {}
     alerted: set[str] = set()
     for alert in _read(alerts_path):
-        alerted.add(alert["event_id"])
+        if alert["type"] != "churn_risk":
+            alerted.add(alert["event_id"])
     legit = [eid for eid, t in truth.items() if not t["is_fraud"]]
     by_typology: dict[str, list[str]] = defaultdict(list)
     for eid, t in truth.items():
@@ -67,6 +70,51 @@ def report(truth_path: Path, scores_path: Path, alerts_path: Path) -> tuple[list
     rows.append(_row("overall", all_fraud, legit, truth, scores, alerted, first_alert))
     hits = sum(1 for eid in alerted if truth.get(eid, {}).get("is_fraud"))
     return rows, hits / len(alerted) if alerted else 0.0
+
+
+@dataclass(frozen=True)
+class ChurnRow:
+    """Churn quality: the score as of the watermark against the ``churned`` labels."""
+
+    customers: int
+    churned: int
+    auc: float
+    alerted_churners: int
+    median_lead_days: float | None
+    alerted_others: int
+
+
+def churn_report(events_path: Path, state_path: Path, alerts_path: Path) -> ChurnRow:
+    """ROC AUC of ``churn_score`` (customer state, as of the last event time) for the customers
+    labelled ``churned``, and the lead time from a churner's first ``churn_risk`` alert to
+    their last activity (alerts after it do not count)."""
+    churned: set[str] = set()
+    last_activity: dict[str, float] = {}
+    for e in _read(events_path):
+        if e["kind"] == "feedback" and e["label"] == "churned":
+            churned.add(e["customer_id"])
+        elif e["kind"] in ("transaction", "app"):
+            last_activity[e["customer_id"]] = parse_timestamp(e["ts"])
+    scores = {s["customer_id"]: s["churn_score"] for s in _read(state_path)}
+    customers = sorted(scores)
+    auc = roc_auc([1 if c in churned else 0 for c in customers], [scores[c] for c in customers])
+    first_alert: dict[str, float] = {}
+    for alert in _read(alerts_path):
+        if alert["type"] == "churn_risk":
+            c, t = alert["customer_id"], parse_timestamp(alert["event_ts"])
+            first_alert[c] = min(first_alert.get(c, t), t)
+    leads = [(last_activity[c] - first_alert[c]) / 86400.0 for c in churned
+             if c in first_alert and c in last_activity and first_alert[c] <= last_activity[c]]
+    return ChurnRow(len(customers), len(churned), auc, len(leads),
+                    statistics.median(leads) if leads else None,
+                    sum(1 for c in first_alert if c not in churned))
+
+
+def print_churn(row: ChurnRow) -> None:
+    lead = f"{row.median_lead_days:.1f} d" if row.median_lead_days is not None else "-"
+    print(f"churn: {row.churned} of {row.customers} customers labelled churned; ROC AUC of churn_score "
+          f"{row.auc:.3f}; churners alerted before leaving {row.alerted_churners}, median lead {lead}; "
+          f"other customers alerted {row.alerted_others}")
 
 
 def _row(name: str, fraud_ids: list[str], legit_ids: list[str], truth: dict[str, dict],
@@ -115,4 +163,5 @@ def evaluate(settings: Settings, customers: int, days: float, seed: int, fraud_r
         rows, precision = report(truth, paths.scores, paths.alerts)  # type: ignore[arg-type]
         print(f"simulated {customers} customers over {days:g} days (seed {seed}): {counts['events']} events")
         print_report(rows, precision, seconds, counts["events"])
+        print_churn(churn_report(events, paths.state, paths.alerts))  # type: ignore[arg-type]
         return rows

@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from detectors.churn import ChurnParams, churn_score
+from detectors.churn import ChurnParams, ChurnState
 from detectors.lifecycle import LifecycleParams
 from detectors.profile import DAY, CustomerProfile, ProfileParams
 from detectors.rules import RuleHit, RuleParams, evaluate_rules
 from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
+from schemas.outputs import Reason
 
 FRAUD_LABELS: Final = frozenset({"fraud", "legit"})  # the labels that train the fraud models
 
@@ -95,13 +96,17 @@ class ViewParams:
 
     fraud_risk_halflife_days: float = 7.0
     churn: ChurnParams = field(default_factory=ChurnParams)
+    churn_threshold: float = 0.8  # a churn_risk alert at or above this score
+    churn_cooldown_days: float = 30.0  # at most one churn_risk alert per customer in this time ...
+    churn_escalation: float = 0.1  # ... unless the score rose by this much since the last
+    churn_min_active_days: int = 5  # no alert before a customer has a rhythm to depart from
     lifecycle: LifecycleParams = field(default_factory=LifecycleParams)
 
 
 class CustomerView:
     """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts."""
 
-    __slots__ = ("confirmed_fraud_t", "open_alerts", "risk", "risk_t", "summary")
+    __slots__ = ("churn", "churn_alert", "churn_armed", "confirmed_fraud_t", "open_alerts", "risk", "risk_t", "summary")
 
     def __init__(self) -> None:
         self.summary: Summary | None = None
@@ -109,6 +114,9 @@ class CustomerView:
         self.risk_t = 0.0
         self.confirmed_fraud_t: float | None = None
         self.open_alerts = 0
+        self.churn = ChurnState()
+        self.churn_alert: tuple[float, float] | None = None  # (event time, score) of the last churn alert
+        self.churn_armed = False  # the score was below the threshold since the last churn alert
 
     def _decayed(self, now: float, params: ViewParams) -> float:
         halflife = params.fraud_risk_halflife_days * DAY
@@ -134,13 +142,52 @@ class CustomerView:
             risk = max(risk, 0.5 ** (max(0.0, now - self.confirmed_fraud_t) / halflife))
         return min(1.0, risk)
 
+    def observe_churn(self, event: Event, params: ViewParams) -> bool:
+        """Fold ``event`` into the churn evidence (``detectors.churn``); whether it counted (an
+        ordinary page view inside a session does not, and needs no new alert decision)."""
+        churn, p = self.churn, params.churn
+        if isinstance(event, Transaction):
+            churn.observe_activity(event.t, event.amount, p)
+            if event.direction == "debit" and event.txn_type == "transfer":
+                churn.observe_outflow(event.t, event.amount, event.balance_after, p)
+            elif event.balance_after is not None:
+                churn.observe_balance(event.balance_after)
+            return True
+        if isinstance(event, AppEvent):
+            if event.action == "login":
+                churn.observe_activity(event.t, 0.0, p)
+                return True
+            return churn.observe_signal(event.action, event.t, p)
+        if isinstance(event, Feedback):
+            churn.observe_label(event.label)
+            return True
+        return False
+
     def churn_score(self, now: float, params: ViewParams) -> float:
         """Churn risk in [0, 1] as of ``now`` (see ``detectors.churn``)."""
-        s = self.summary
-        if s is None or s.last_t is None:
-            return 0.0
-        return churn_score(now - s.last_t, s.mean_gap, s.n_txns + s.n_app,
-                           (s.last_t - (s.first_t or s.last_t)), params.churn)
+        return self.churn.score(now, params.churn)
+
+    def churn_alert_due(self, now: float, params: ViewParams) -> tuple[float, list[Reason]] | None:
+        """The score and reasons of a ``churn_risk`` alert due at ``now``, if one is.
+
+        An alert fires when the score crosses ``churn_threshold`` from below (a customer who is
+        always above it, say one who buys twice a year, is not news), at most once per
+        ``churn_cooldown_days``, unless the score rose by ``churn_escalation`` since the last
+        alert; never before the customer has ``churn_min_active_days`` repeat active days.
+        """
+        if self.churn.x < params.churn_min_active_days:
+            return None
+        score = self.churn.score(now, params.churn)
+        if score < params.churn_threshold:
+            self.churn_armed = True
+            return None
+        last = self.churn_alert
+        escalated = last is not None and score >= last[1] + params.churn_escalation
+        cooled = last is None or now - last[0] >= params.churn_cooldown_days * DAY
+        if not (escalated or (self.churn_armed and cooled)):
+            return None
+        self.churn_alert, self.churn_armed = (now, score), False
+        return score, self.churn.reasons(now, params.churn)
 
     def __getstate__(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)

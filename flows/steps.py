@@ -21,13 +21,24 @@ from detectors.nba import Action, NBAParams, NextBestActions
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
 from flows.items import Observed, Scored, Sequenced
-from schemas.events import Control, Feedback, Transaction
-from schemas.outputs import Alert, CustomerState, LifecycleChange, Prompt, Score, alert_id_for, format_ts
+from schemas.events import Control, Event, Feedback, Transaction
+from schemas.outputs import (
+    Alert,
+    CustomerState,
+    LifecycleChange,
+    Prompt,
+    Reason,
+    Score,
+    Severity,
+    alert_id_for,
+    format_ts,
+)
 
 Clock = Callable[[float], str]  # event time -> the "emitted_at" to stamp
 Output = Alert | Prompt | Score | CustomerState
 
 _RETAIN = StatefulBatchLogic.RETAIN
+CHURN_MODEL_VERSION = "churn-bgnbd-prior-1"
 
 
 def _freeze(state: object, enabled: bool) -> bytes | None:
@@ -186,14 +197,18 @@ class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, byte
             label = event.label if isinstance(event, Feedback) else None
             score = assessment.fraud_score if assessment is not None else None
             view.observe(item.observation.summary, event.t, score, item.alert is not None, label, params)
-            if item.alert is not None:
+            alerts = [item.alert] if item.alert is not None else []
+            churn = view.churn_alert_due(event.t, params) if view.observe_churn(event, params) else None
+            if churn is not None:
+                alerts.append(self._churn_alert(event, item.observation.summary.rm_id, *churn))
+            for alert in alerts:
                 if params.lifecycle.enabled:
-                    emitted, changes = lifecycle.on_alert(item.alert, event.t, params.lifecycle)
+                    emitted, changes = lifecycle.on_alert(alert, event.t, params.lifecycle)
                     if emitted is not None:
                         out.append(emitted)
                     out.extend(changes)
                 else:
-                    out.append(item.alert)
+                    out.append(alert)
             if item.prompt is not None:
                 out.append(item.prompt)
             if assessment is not None and self._config.emit_scores:
@@ -201,6 +216,16 @@ class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, byte
                     "model_score": assessment.model_score, "prior_score": assessment.prior_score,
                     "anomaly_score": assessment.anomaly_score}))
         return out, _RETAIN
+
+    def _churn_alert(self, event: Event, rm_id: str | None, score: float,
+                     reasons: list[Reason]) -> Alert:
+        """A ``churn_risk`` alert to the customer's RM, as of this event of theirs."""
+        severity: Severity = "high" if score >= 0.95 else "medium"
+        return Alert(alert_id=alert_id_for(event.event_id, "churn_risk"), type="churn_risk",
+                     severity=severity, score=round(score, 6), customer_id=event.customer_id,
+                     rm_id=rm_id, event_id=event.event_id, event_ts=event.ts,
+                     emitted_at=self._config.clock(event.t), reasons=tuple(reasons),
+                     model_version=CHURN_MODEL_VERSION)
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
         now = self._config.watermark

@@ -5,7 +5,8 @@ A churner's ordinary activity fades linearly to nothing between ``fade_from_ms``
 way out: a complaint and a support chat, a look at the transfer-out and account-closing pages,
 perhaps an unsubscribe, and most of the balance moved to an account elsewhere. The generator
 emits a ``churned`` feedback label some days after ``gone_ms`` (and a ``retained`` label for a
-sample of the customers who stay). None of it is fraud, so these
+sample of the customers who stay, half of whom first wobble: their activity dips for a few
+weeks, perhaps with a complaint, and comes back; ``plan_wobble``). None of it is fraud, so these
 large transfers to new payees are realistic false-positive bait for the fraud detectors.
 
 >>> import random
@@ -34,8 +35,14 @@ from simulator.typologies import (
 )
 
 _COMPLAINT_TOPICS: Final = ("fees", "service", "app_outage", "interest_rate", "card_declined")
-#: A churner fades out over this many days (uniform).
-FADE_DAYS: Final = (5.0, 20.0)
+#: A churner fades out over this many days (uniform): the latent hazard shows in behaviour
+#: weeks before the customer is gone.
+FADE_DAYS: Final = (20.0, 45.0)
+#: Share of the customers confirmed ``retained`` who first wobble: their activity declines
+#: towards ``RECOVERY_FLOOR`` over ``RECOVERY_DAYS`` (uniform), then is back to full.
+RECOVERING_SHARE: Final = 0.5
+RECOVERY_FLOOR: Final = 0.3
+RECOVERY_DAYS: Final = (10.0, 25.0)
 #: The ``churned`` label arrives this many days after the last activity (uniform).
 LABEL_DELAY_DAYS: Final = (3.0, 10.0)
 #: Share of staying customers confirmed ``retained`` at some point in the second half of a run,
@@ -66,6 +73,16 @@ def plan_churn(rng: random.Random, customer: Customer, fade_from_ms: int, gone_m
     t = fade_from_ms + int(rng.uniform(0.6, 0.9) * span)
     steps.append((t, ScriptedTxn(fields, 0, drain=rng.uniform(0.8, 0.98))))
     steps.sort(key=lambda step: step[0])
+    return [step for step in steps if step[0] < end_ms]
+
+
+def plan_wobble(rng: random.Random, customer: Customer, fade_from_ms: int, recover_ms: int,
+                end_ms: int, new_session: SessionIds) -> list[Step]:
+    """A customer who recovers: sometimes a complaint while their activity dips, no exit."""
+    steps: list[Step] = []
+    if customer.app_rate > 0 and rng.random() < 0.5:
+        t = fade_from_ms + int(rng.uniform(0.0, 0.5) * (recover_ms - fade_from_ms))
+        steps += _session(rng, customer, t, new_session(), _complaint(rng))
     return [step for step in steps if step[0] < end_ms]
 
 

@@ -151,7 +151,7 @@ _Pending = tuple[int, int, int, Any]  # (ts_ms, sequence number, kind, data)
 class _CustomerState:
     """The mutable part of one customer: balance, pending items and when activity fades."""
 
-    __slots__ = ("balance", "customer", "fade_from", "gone", "last_product", "pending")
+    __slots__ = ("balance", "customer", "fade_from", "gone", "last_product", "pending", "recover")
 
     def __init__(self, customer: Customer, end_ms: int) -> None:
         self.customer = customer
@@ -160,12 +160,20 @@ class _CustomerState:
         # Ordinary activity is full before ``fade_from``, fades linearly, and stops at ``gone``.
         self.fade_from = end_ms
         self.gone = end_ms
+        # A customer who recovers: activity declines from ``fade_from`` towards a floor and is
+        # back to full at ``recover`` (``gone`` stays at the end).
+        self.recover: int | None = None
         self.last_product = ""  # the last product viewed in the app, a purchase candidate
 
     def activity(self, ts_ms: int) -> float:
         """How active (0..1) the customer's ordinary behaviour is at ``ts_ms``."""
         if ts_ms < self.fade_from:
             return 1.0
+        if self.recover is not None:
+            if ts_ms >= self.recover:
+                return 1.0
+            share = (ts_ms - self.fade_from) / (self.recover - self.fade_from)
+            return 1.0 - (1.0 - churn.RECOVERY_FLOOR) * share
         if ts_ms >= self.gone:
             return 0.0
         return (self.gone - ts_ms) / (self.gone - self.fade_from)
@@ -276,8 +284,12 @@ class _Simulation:
             self._plan_churn(state)
         elif rng.random() < churn.RETAINED_LABEL_RATE:
             span = self.end_ms - self.start_ms
-            self._push_feedback(self.start_ms + int(span * rng.uniform(0.5, 1.0)),
-                                {"customer_id": customer.customer_id, "label": "retained"})
+            labelled = self.start_ms + int(span * rng.uniform(0.5, 1.0))
+            if rng.random() < churn.RECOVERING_SHARE:
+                labelled = self._plan_recovery(state)
+            if labelled < self.end_ms:
+                self._push_feedback(labelled, {"customer_id": customer.customer_id,
+                                               "label": "retained"})
         if case is not None:
             self._push_steps(state, plan_case(rng, customer, case, self.end_ms, self._new_session))
         self._schedule(state, self._next_time(state, self.start_ms, customer.txn_rate, _TXN_RHYTHM),
@@ -312,8 +324,9 @@ class _Simulation:
 
     def _plan_churn(self, state: _CustomerState) -> None:
         rng, span = self.rng, self.end_ms - self.start_ms
-        fade_from = self.start_ms + int(span * rng.uniform(0.1, 0.6))
-        gone = fade_from + int(rng.uniform(*churn.FADE_DAYS) * DAY_MS)
+        fade_from = self.start_ms + int(span * rng.uniform(0.05, 0.4))
+        # Short runs get shorter fades, so the churn and its label still fit in the period.
+        gone = fade_from + min(int(rng.uniform(*churn.FADE_DAYS) * DAY_MS), int(0.45 * span))
         state.fade_from, state.gone = fade_from, gone
         self._push_steps(state, churn.plan_churn(rng, state.customer, fade_from, gone,
                                                  self.end_ms, self._new_session,
@@ -322,6 +335,16 @@ class _Simulation:
         if labelled < self.end_ms:
             self._push_feedback(labelled, {"customer_id": state.customer.customer_id,
                                            "label": "churned"})
+
+    def _plan_recovery(self, state: _CustomerState) -> int:
+        """A customer who starts to fade and comes back; returns when ``retained`` is known."""
+        rng, span = self.rng, self.end_ms - self.start_ms
+        fade_from = self.start_ms + int(span * rng.uniform(0.1, 0.5))
+        recover = fade_from + int(rng.uniform(*churn.RECOVERY_DAYS) * DAY_MS)
+        state.fade_from, state.recover = fade_from, recover
+        self._push_steps(state, churn.plan_wobble(rng, state.customer, fade_from, recover,
+                                                  self.end_ms, self._new_session))
+        return recover + int(rng.uniform(*churn.LABEL_DELAY_DAYS) * DAY_MS)
 
     def _push_steps(self, state: _CustomerState, steps: list[Step]) -> None:
         if not self.config.app_events:

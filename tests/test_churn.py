@@ -1,0 +1,150 @@
+"""Churn detector: score shape, signals, labels, alert cooldown, pickling, determinism."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from bench.churn_holdout import BGNBD, bgnbd_loglik, fit_bgnbd
+from bench.metrics import roc_auc
+from detectors.churn import DAY, ChurnParams, ChurnState
+from detectors.customer import CustomerView, ViewParams
+from schemas.events import parse_event
+from simulator import SimulatorConfig, write_jsonl
+from tests.conftest import replay
+
+P = ChurnParams()
+
+
+def regular(every_days: float, until_days: float, amount: float = 50.0) -> ChurnState:
+    state = ChurnState()
+    t = 0.0
+    while t <= until_days:
+        state.observe_activity(t * DAY, amount, P)
+        t += every_days
+    return state
+
+
+def test_silence_is_judged_against_the_customers_own_rhythm() -> None:
+    daily, monthly = regular(1, 180), regular(30, 180)
+    now = 200 * DAY  # 20 days after both last acted
+    assert daily.score(now, P) > 0.99
+    assert monthly.score(now, P) < daily.score(now, P)
+    assert monthly.score(181 * DAY, P) < monthly.score(now, P)
+
+
+def test_exit_signals_raise_the_score_and_decay() -> None:
+    state = regular(3, 90)
+    before = state.score(90 * DAY, P)
+    for action in ("complaint", "account_close_view", "transfer_out_view", "unsubscribe"):
+        state.observe_signal(action, 90 * DAY, P)
+    after = state.score(90 * DAY, P)
+    assert after > before
+    state.observe_signal("page_view", 90 * DAY, P)
+    assert state.score(90 * DAY, P) == after
+    forgotten = regular(3, 90)
+    forgotten.observe_signal("account_close_view", 0.0, P)
+    assert forgotten.score(90 * DAY, P) < after
+
+
+def test_draining_the_balance_is_an_exit_signal() -> None:
+    state = regular(2, 60)
+    state.observe_balance(10_000.0)
+    before = state.score(60 * DAY, P)
+    state.observe_outflow(60 * DAY, 9_000.0, 1_000.0, P)
+    assert state.score(60 * DAY, P) > before
+
+
+def test_labels_pin_or_forgive() -> None:
+    state = regular(2, 60)
+    state.observe_signal("account_close_view", 60 * DAY, P)
+    signalled = state.score(60 * DAY, P)
+    state.observe_label("retained")
+    assert state.score(60 * DAY, P) < signalled
+    state.observe_label("churned")
+    assert state.score(60 * DAY, P) == 1.0
+
+
+def test_state_is_small_and_picklable() -> None:
+    state = regular(1, 365)
+    state.observe_signal("complaint", 365 * DAY, P)
+    copy = pickle.loads(pickle.dumps(state))
+    assert copy.score(400 * DAY, P) == state.score(400 * DAY, P)
+    assert len(pickle.dumps(state)) < 400
+
+
+def _txn(i: int, day: float) -> bytes:
+    ts = f"2026-01-{1 + int(day):02d}T10:00:00Z"
+    return (b'{"kind":"transaction","event_id":"e%d","customer_id":"c","ts":"%s","amount":20}'
+            % (i, ts.encode()))
+
+
+def test_churn_alert_cooldown_and_escalation() -> None:
+    params = ViewParams(churn_threshold=0.3, churn_cooldown_days=30.0, churn_escalation=0.1,
+                        churn_min_active_days=3)
+    view = CustomerView()
+    for i in range(10):
+        view.observe_churn(parse_event(_txn(i, i)), params)
+    assert view.churn_alert_due(9 * DAY, params) is None  # active: no alert
+    t0 = 1767261600.0 + 30 * DAY  # 2026-01-31T10:00Z, three weeks after the last transaction
+    view.observe_churn(parse_event(
+        b'{"kind":"app","event_id":"a1","customer_id":"c","ts":"2026-01-31T10:05:00Z",'
+        b'"action":"account_close_view"}'), params)
+    first = view.churn_alert_due(t0 + 300, params)
+    assert first is not None and first[0] >= 0.3
+    assert any(r.code == "churn_exit_signals" for r in first[1])
+    assert view.churn_alert_due(t0 + 600, params) is None  # cooldown
+    view.observe_churn(parse_event(
+        b'{"kind":"app","event_id":"a2","customer_id":"c","ts":"2026-01-31T10:06:00Z",'
+        b'"action":"complaint"}'), params)
+    escalated = view.churn_alert_due(t0 + 660, params)
+    assert escalated is not None and escalated[0] >= first[0] + 0.1
+    assert view.churn_alert_due(t0 + 31 * DAY, params) is None  # cooldown over, no new crossing
+    fresh = CustomerView()
+    for i in range(10):
+        fresh.observe_churn(parse_event(_txn(i, i)), params)
+    assert fresh.churn_alert_due(9 * DAY + 1767261600.0, params) is None
+    assert fresh.churn_alert_due(t0 + 31 * DAY, params) is not None  # crossed from below
+
+
+def test_bgnbd_fit_recovers_its_parameters() -> None:
+    rng = np.random.default_rng(1)
+    n, T = 3000, 40.0
+    lam = rng.gamma(0.5, 1 / 2.0, n)  # r = 0.5, alpha = 2
+    p = rng.beta(1.0, 3.0, n)
+    x, t_x = np.zeros(n), np.zeros(n)
+    for i in range(n):
+        t = 0.0
+        while True:
+            t += rng.exponential(1 / lam[i])
+            if t > T:
+                break
+            x[i], t_x[i] = x[i] + 1, t
+            if rng.random() < p[i]:
+                break
+    model = fit_bgnbd(x, t_x, np.full(n, T))
+    assert abs(model.r - 0.5) < 0.15 and abs(model.alpha - 2.0) < 0.8
+    assert bgnbd_loglik(np.log([model.r, model.alpha, model.a, model.b]), x, t_x, np.full(n, T)) > \
+        bgnbd_loglik(np.log([2.0, 1.0, 3.0, 1.0]), x, t_x, np.full(n, T))
+    expected = BGNBD(0.5, 2.0, 2.0, 3.0).expected(10.0, np.array([0.0, 5.0]), np.array([0.0, 39.0]),
+                                                  np.array([40.0, 40.0]))
+    assert expected[1] > expected[0] > 0
+
+
+def test_churn_alerts_and_scores_replay_identically_with_one_and_two_workers(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    write_jsonl(SimulatorConfig(customers=150, days=45, seed=5, fraud_rate=0.0, churn_rate=0.3), events)
+    one = replay(events, tmp_path / "w1", workers=1)
+    two = replay(events, tmp_path / "w2", workers=2)
+    churn_alerts = [a for a in one.records("alerts") if a["type"] == "churn_risk"]
+    assert churn_alerts and all(a["reasons"] for a in churn_alerts)
+    assert sorted(one.raw("alerts").splitlines()) == sorted(two.raw("alerts").splitlines())
+    assert sorted(one.raw("state").splitlines()) == sorted(two.raw("state").splitlines())
+    churned = {e["customer_id"] for e in map(orjson.loads, events.read_bytes().splitlines())
+               if e["kind"] == "feedback" and e["label"] == "churned"}
+    states = one.records("state")
+    labels = [1 if s["customer_id"] in churned else 0 for s in states]
+    assert churned and roc_auc(labels, [s["churn_score"] for s in states]) > 0.85
