@@ -415,6 +415,8 @@ class NextBestAction:
         """Choose among the eligible actions and record the prompt; None if none is eligible."""
         self.expire(state, trigger.t)
         state.forget(trigger.t, self.params)
+        if facts.marketing_opt_out or state.prompts_in_week(trigger.t) >= self.params.max_prompts_per_week:
+            return None  # the first two rules forbid every action: skip asking each one
         actions = self.eligible(state, facts, trigger)
         if not actions:
             return None

@@ -44,7 +44,9 @@ class _Record:
         return asdict(self)  # type: ignore[call-overload]
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        # orjson writes a dataclass as its fields in declaration order, which is what
+        # ``to_dict`` gives, without building the dict (a test checks they agree).
+        return orjson.dumps(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,9 @@ class Score(_Record):
     def to_dict(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "customer_id": self.customer_id, "ts": self.ts,
                 "fraud_score": self.fraud_score, **self.extra}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
 
 
 

@@ -129,3 +129,25 @@ def test_fast_path_agrees_with_the_field_by_field_validation(kind: str, data: st
     except InvalidEvent as exc:
         fast = str(exc)
     assert fast is None or fast == expected
+
+
+def test_every_output_serialises_as_its_dict() -> None:
+    """``to_bytes`` lets orjson write the dataclass directly; it must give exactly
+    ``to_dict``'s canonical JSON, nested reasons and optional fields included."""
+    from schemas.outputs import Alert, CustomerState, LifecycleChange, Prompt, Reason, Score
+
+    reasons = (Reason("large_amount", "amount 3 is large", 3.0, 0.5), Reason("t", "viewed", "f1", 1.0))
+    records = [
+        Alert("al-1", "suspicious_transaction", "high", 0.9, "c1", None, "e1", "2026-01-05T11:56:33.860Z",
+              "2026-01-05T11:56:34.000Z", reasons, "m1", status="grouped", dedup_key="c1:x:1",
+              group_key="c1:al-0", revision=2),
+        Prompt("nb-1", "c1", "rm1", "rm_call", None, 0.25, reasons, "2026-01-06T00:00:00.000Z",
+               "nba-linucb-1", "large_credit", "e2", "2026-01-05T00:00:00.000Z"),
+        CustomerState("c1", 0.5, 0.1, "2026-01-05T00:00:00.000Z", "2026-01-06T00:00:00.000Z",
+                      rm_id="rm1", open_alerts=2),
+        LifecycleChange("lc-1", "snoozed", "c1", "*", None, None, "e3", "2026-01-05T00:00:00.000Z", None),
+        DeadLetter.of(b"\xff{not json", "invalid UTF-8", {"topic": "t", "partition": 0, "offset": 7}),
+        Score("e1", "c1", "2026-01-05T00:00:00.000Z", 0.5, {"model_score": 0.25}),
+    ]
+    for record in records:
+        assert record.to_bytes() == orjson.dumps(record.to_dict()), type(record).__name__
