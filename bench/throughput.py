@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench.bare_loop import run_bare
 from config.settings import load_settings
-from flows.modes import ReplayPaths, execute, replay_flow
+from flows.modes import ReplayPaths, execute, replay_flow, tune_gc
 from flows.sources import ReplayInput, load_replay
 from simulator import SimulatorConfig, write_jsonl
 
@@ -89,6 +89,7 @@ def main() -> None:
         counts = write_jsonl(SimulatorConfig(customers=args.customers, days=args.days, seed=args.seed,
                                              fraud_rate=0.03), events)
         replay = load_replay(events)
+        tune_gc()  # as the engine runs (flows.modes.execute), for the bare loop too
         n = len(replay.events)
         print(f"stream: {n:,} events {counts['by_kind']}")
         if args.metrics:

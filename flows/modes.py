@@ -12,6 +12,7 @@ observes itself, the sources report readiness and lag, and every sink is metered
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -66,8 +67,25 @@ def step_config(settings: Settings, clock: Clock, watermark: float | None = None
                       watermark=watermark, emit_scores=emit_scores, nba=nba, actions=actions)
 
 
+#: Garbage-collector thresholds for the engine (Python's default: 700, 10, 10). The engine
+#: allocates many short-lived objects per event and holds a large, long-lived heap (profiles,
+#: windows, pending labels) with almost no reference cycles, so the default collects the
+#: young generation every 700 allocations and rescans the whole heap far more often than it
+#: finds anything. Measured with ``bench.bare_loop`` on the 205,668-event benchmark stream,
+#: CPU time, alternating runs: 12.4-14.0 s with the defaults, 9.4-10.8 s with these.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Move what start-up built out of the collector's sight and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def execute(flow: Dataflow, settings: Settings, workers: int | None = None) -> None:
     """Run ``flow`` in this process (or as one process of a cluster) with recovery if set."""
+    tune_gc()
     engine = settings.engine
     recovery = None
     if engine.recovery_dir:
