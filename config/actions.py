@@ -16,11 +16,10 @@ for products, false for services), ``triggers`` (the trigger moments the action 
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Final
 
-from config.settings import ConfigError
+from config.settings import ConfigError, read_toml
 from detectors.nba import Action
 
 DEFAULT_ACTIONS_PATH: Final = Path(__file__).with_name("actions.toml")
@@ -60,13 +59,7 @@ def _action(entry: dict[str, Any], index: int) -> Action:
 def load_actions(path: str | Path | None = None) -> tuple[Action, ...]:
     """The catalogue in file order; ids must be unique."""
     file = Path(path) if path is not None else DEFAULT_ACTIONS_PATH
-    try:
-        tree = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"action catalogue not found: {file}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: {exc}") from None
-    entries = tree.get("action", [])
+    entries = read_toml(file, "action catalogue").get("action", [])
     if not entries:
         raise ConfigError(f"{file}: no [[action]] entries")
     actions = tuple(_action(entry, i) for i, entry in enumerate(entries))

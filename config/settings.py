@@ -224,15 +224,19 @@ def _set_path(tree: dict[str, Any], keys: list[str], value: str) -> None:
     tree[keys[-1]] = value
 
 
-def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults, then the TOML file, then ``CRM__...`` environment overrides."""
-    file = Path(path) if path is not None else DEFAULT_PATH
+def read_toml(file: Path, what: str) -> dict[str, Any]:
+    """The TOML document in ``file``; a missing or malformed file is a ``ConfigError``."""
     try:
-        tree = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {file}") from None
+        raise ConfigError(f"{what} not found: {file}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: {exc}") from None
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file, then ``CRM__...`` environment overrides."""
+    tree = read_toml(Path(path) if path is not None else DEFAULT_PATH, "config file")
     for name, value in sorted((environ or {}).items()):
         if name.startswith(ENV_PREFIX):
             keys = name[len(ENV_PREFIX):].lower().split("__")
