@@ -234,10 +234,21 @@ def ineligibility(action: Action, facts: CustomerFacts, state: NBAState, trigger
     >>> ineligibility(fund, fraud, s, None, 0.0, p), ineligibility(call, fraud, s, None, 0.0, p)
     ('open_fraud', None)
     """
+    return _customer_rule(facts, state, now, params) or _action_rule(action, facts, state, trigger, now, params)
+
+
+def _customer_rule(facts: CustomerFacts, state: NBAState, now: float, params: NBAParams) -> str | None:
+    """The rules that forbid every action at once (checked first)."""
     if facts.marketing_opt_out:
         return "opt_out"
     if state.prompts_in_week(now) >= params.max_prompts_per_week:
         return "weekly_cap"
+    return None
+
+
+def _action_rule(action: Action, facts: CustomerFacts, state: NBAState, trigger: Trigger | None,
+                 now: float, params: NBAParams) -> str | None:
+    """The rules about one action, for a customer no ``_customer_rule`` forbids."""
     if action.kind == "product" and (facts.risk_level is None or action.risk > facts.risk_level):
         return "suitability"
     if action.sales and facts.open_fraud_alert:
@@ -408,15 +419,15 @@ class NextBestAction:
     # -- the decision ---------------------------------------------------------------------
     def eligible(self, state: NBAState, facts: CustomerFacts, trigger: Trigger) -> list[Action]:
         """The catalogue's actions no rule forbids for this trigger, in catalogue order."""
-        return [a for a in self.catalogue
-                if ineligibility(a, facts, state, trigger, trigger.t, self.params) is None]
+        t, p = trigger.t, self.params
+        if _customer_rule(facts, state, t, p) is not None:
+            return []
+        return [a for a in self.catalogue if _action_rule(a, facts, state, trigger, t, p) is None]
 
     def decide(self, state: NBAState, facts: CustomerFacts, trigger: Trigger) -> Prompt | None:
         """Choose among the eligible actions and record the prompt; None if none is eligible."""
         self.expire(state, trigger.t)
         state.forget(trigger.t, self.params)
-        if facts.marketing_opt_out or state.prompts_in_week(trigger.t) >= self.params.max_prompts_per_week:
-            return None  # the first two rules forbid every action: skip asking each one
         actions = self.eligible(state, facts, trigger)
         if not actions:
             return None
