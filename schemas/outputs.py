@@ -89,8 +89,12 @@ def alert_id_for(event_id: str, alert_type: str) -> str:
     >>> alert_id_for("e1", "account_takeover")
     'al-dda21fb349248771cc9aaeb9'
     """
-    digest = hashlib.blake2b(f"{alert_type}\x1f{event_id}".encode(), digest_size=12).hexdigest()
-    return f"al-{digest}"
+    return _stable_id("al", alert_type, event_id)
+
+
+def _stable_id(prefix: str, *parts: str) -> str:
+    """``prefix-`` and 24 hex digits of a hash of ``parts`` (unit-separated)."""
+    return f"{prefix}-{hashlib.blake2b(chr(0x1f).join(parts).encode(), digest_size=12).hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +132,7 @@ def prompt_id_for(event_id: str, action: str) -> str:
     >>> prompt_id_for("e1", "rm_call")
     'nb-2d273d82db98f163cbb55223'
     """
-    digest = hashlib.blake2b(f"nba\x1f{action}\x1f{event_id}".encode(), digest_size=12).hexdigest()
-    return f"nb-{digest}"
+    return _stable_id("nb", "nba", action, event_id)
 
 
 @dataclass(frozen=True, slots=True)
