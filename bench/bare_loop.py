@@ -46,8 +46,12 @@ def run_bare(settings: Settings, replay: ReplayInput, emit_scores: bool = True,
             for record in records:
                 size += len(record.to_bytes())
                 counts["alerts" if hasattr(record, "alert_id") else "scores"] += 1
-    for view in views.values():
-        records, _ = view.on_eof()
+    # The end of the replay: each customer's churn evidence as of the last event time,
+    # scored by the shared step, then the customer state.
+    for step in customers.values():
+        shared.on_batch(list(step.on_eof()[0]))
+    for final in shared.on_eof()[0]:
+        records, _ = views[final.customer_id].on_batch([final])
         for record in records:
             size += len(record.to_bytes())
             counts["states"] += 1

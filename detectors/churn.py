@@ -27,12 +27,14 @@ is indicative of churn. A customer who says they are leaving (a look at the clos
 after a complaint) scores high while still active, which is where lead time comes from; the
 rhythm alone only speaks once the silence is long.
 
-Nothing is learned across customers: the priors and the signal weights are parameters
-(``[view.churn]``; the priors are close to what BG/NBD fits on CDNOW, the weights were set by
-hand on the simulator), and churn feedback only acts on its customer (``retained`` forgives
-the exit signals; ``churned`` pins the score to 1). That keeps the state per customer, O(1)
-per event and small, and a replay deterministic whatever the number of workers; learning the
-weights from feedback would need one global place (the shared scoring step) and is not done.
+What is learned across customers (:class:`ChurnModel`, one for the whole stream, kept by
+the engine's shared step): a logistic correction of that score from ``churned`` / ``retained``
+feedback. Its inputs are the score's log-odds and each exit signal, as they stood one horizon
+before the label (what a prediction then would have seen); it starts as the identity (the
+score unchanged) and is pulled back towards it, so a few labels nudge the weights and no
+labels change nothing. Per customer, ``retained`` forgives the exit signals and ``churned``
+pins the score to 1. The per-customer state (:class:`ChurnState`) is O(1) per event and small;
+the evidence it hands on (:class:`ChurnEvidence`) is all the shared model and the alerting need.
 
 Figures: ``python -m bench.churn_holdout --cdnow`` and ``python run.py evaluate`` (README,
 "Churn risk").
@@ -54,20 +56,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from schemas.outputs import Reason
 
 DAY: Final = 86400.0
 
-#: App actions that signal a customer on the way out, and their weight names.
+#: App actions that signal a customer on the way out, and their signal names.
 EXIT_ACTIONS: Final = {"complaint": "complaint", "account_close_view": "close_view",
                        "transfer_out_view": "transfer_out_view", "unsubscribe": "unsubscribe"}
+#: Every exit signal, in the order of :attr:`ChurnEvidence.signals` (weights ``w_<name>``).
+SIGNALS: Final = ("complaint", "close_view", "transfer_out_view", "unsubscribe", "outflow",
+                  "balance_decline", "activity_decline")
+_SIGNAL_INDEX: Final = {name: i for i, name in enumerate(SIGNALS)}
+_SIGNAL_TEXT: Final = {"complaint": "complaints", "close_view": "account-closing page views",
+                       "transfer_out_view": "transfer-out page views", "unsubscribe": "unsubscribes",
+                       "outflow": "money moved out", "balance_decline": "balance below half its peak",
+                       "activity_decline": "activity slowing down"}
+NO_SIGNALS: Final = (0.0,) * len(SIGNALS)
+CHURN_LABELS: Final = frozenset({"churned", "retained"})
 
 
 @dataclass(frozen=True, slots=True)
 class ChurnParams:
-    """Population priors (days), the horizon and the weights of the behavioural signals."""
+    """Population priors (days), the horizon, the weights of the behavioural signals, and how
+    the shared model learns from labels."""
 
     r: float = 0.25  # Gamma shape of the activity rate
     alpha_days: float = 31.5  # Gamma scale (in days) of the activity rate
@@ -84,13 +98,68 @@ class ChurnParams:
     w_balance_decline: float = 0.4
     w_activity_decline: float = 1.0
     recent_gap_weight: float = 0.3  # the exponential average of recent gaps
+    learning_rate: float = 0.05  # ChurnModel: step per label
+    l2: float = 0.01  # ChurnModel: pull of the weights back towards the prior's
+    min_labels: int = 20  # ChurnModel: the prior's score stands until this many labels
+
+
+@lru_cache(maxsize=8)
+def _weights(params: ChurnParams) -> tuple[float, ...]:
+    return tuple(getattr(params, f"w_{name}") for name in SIGNALS)
+
+
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
+class ChurnEvidence:
+    """A customer's churn evidence as of event time ``t``: what scoring, learning and the
+    alert's reasons need, handed from the per-customer state to the shared model."""
+
+    t: float
+    quiet: float  # P(no activity in the horizon) from the rhythm alone
+    signals: tuple[float, ...]  # exit signals, decayed to t, unweighted (SIGNALS order)
+    active_days: int  # repeat active days
+    silent_days: float  # since the last active day
+    usual_gap: float | None  # the long-run gap between active days (days)
+    recent_gap: float | None  # the recent gap, an exponential average (days)
+    churned: bool = False  # labelled churned: the score is 1
+
+    def hazard(self, params: ChurnParams) -> float:
+        """The weighted exit signals: odds of leaving on top of the rhythm."""
+        if self.signals is NO_SIGNALS:
+            return 0.0
+        return sum(w * s for w, s in zip(_weights(params), self.signals, strict=True))
+
+    def reasons(self, score: float, params: ChurnParams) -> list[Reason]:
+        """Why the score is what it is, for an alert."""
+        out = [Reason("churn_no_activity", f"probability of no activity in the next "
+                      f"{params.horizon_days:g} d", round(score, 4), 1.0)]
+        if self.usual_gap and self.silent_days > 2 * max(1.0, self.usual_gap):
+            out.append(Reason("churn_recency", f"silent {self.silent_days:.0f} d against a usual gap "
+                              f"of {self.usual_gap:.1f} d", round(self.silent_days, 1), 1.0))
+        if self.recent_gap and self.usual_gap and self.recent_gap > 2 * self.usual_gap:
+            out.append(Reason("churn_activity_decline", f"recent gap {self.recent_gap:.1f} d against "
+                              f"{self.usual_gap:.1f} d", round(self.recent_gap / self.usual_gap, 2), 1.0))
+        if self.hazard(params) > 0.1:
+            shown = [f"{_SIGNAL_TEXT[name]} {w * s:.2f}" for name, w, s
+                     in sorted(zip(SIGNALS, _weights(params), self.signals, strict=True),
+                               key=lambda item: -item[1] * item[2]) if w * s > 0.05]
+            out.append(Reason("churn_exit_signals", ", ".join(shown), round(self.hazard(params), 2), 1.0))
+        return out
+
+
+def prior_score(evidence: ChurnEvidence, params: ChurnParams) -> float:
+    """``1 - (1 - quiet) * exp(-hazard)``: the score from the priors and fixed weights."""
+    if evidence.churned:
+        return 1.0
+    if evidence.signals is NO_SIGNALS:
+        return evidence.quiet
+    return 1.0 - (1.0 - evidence.quiet) * math.exp(-evidence.hazard(params))
 
 
 class ChurnState:
     """One customer's churn evidence: a handful of running numbers (picklable)."""
 
-    __slots__ = ("balance", "first_day", "hazard", "hazard_t", "label", "last_day", "long_gap",
-                 "peak_balance", "recent_gap", "seen", "spend", "x")
+    __slots__ = ("balance", "first_day", "history", "label", "last_day", "long_gap", "peak_balance",
+                 "recent_gap", "seen", "signal_t", "signals", "spend", "x")
 
     def __init__(self) -> None:
         self.first_day: float | None = None  # start of the first active day (seconds)
@@ -99,25 +168,30 @@ class ChurnState:
         self.spend = 0.0
         self.recent_gap: float | None = None  # days
         self.long_gap: float | None = None
-        self.hazard = 0.0  # exit signals, decayed to hazard_t
-        self.hazard_t = 0.0
+        self.signals: tuple[float, ...] = NO_SIGNALS  # exit signals, decayed to signal_t
+        self.signal_t = 0.0
         self.balance: float | None = None
         self.peak_balance = 0.0
         self.label: str | None = None
         self.seen: dict[str, int] = {}  # how often each exit signal was shown (a few keys)
+        # Weekly evidence snapshots, the oldest at or just before one horizon ago: what a
+        # label teaches the shared model (ChurnModel) is the evidence as it stood then.
+        self.history: list[ChurnEvidence] = []
+
+    def _decayed(self, now: float, params: ChurnParams) -> tuple[float, ...]:
+        if self.signals is NO_SIGNALS or now <= self.signal_t:
+            return self.signals
+        factor = 0.5 ** ((now - self.signal_t) / (params.signal_halflife_days * DAY))
+        return tuple(s * factor for s in self.signals)
 
     def _add(self, name: str, t: float, params: ChurnParams, scale: float = 1.0) -> None:
         """Add exit signal ``name``, discounted by how often this customer has shown it before:
         the customer who checks the transfer-out page every month is not saying goodbye."""
         times = self.seen.get(name, 0)
         self.seen[name] = times + 1
-        weight = getattr(params, f"w_{name}") * scale / (1.0 + times)
-        self.hazard = self._hazard(t, params) + weight
-        self.hazard_t = max(t, self.hazard_t)
-
-    def _hazard(self, now: float, params: ChurnParams) -> float:
-        age = max(0.0, now - self.hazard_t) / (params.signal_halflife_days * DAY)
-        return self.hazard * 0.5 ** age
+        signals = list(self._decayed(t, params))
+        signals[_SIGNAL_INDEX[name]] += scale / (1.0 + times)
+        self.signals, self.signal_t = tuple(signals), max(t, self.signal_t)
 
     def observe_activity(self, t: float, amount: float, params: ChurnParams) -> None:
         """A transaction (or session start) at ``t`` of ``amount``."""
@@ -161,48 +235,113 @@ class ChurnState:
         self._add(name, t, params)
         return True
 
-    def observe_label(self, label: str) -> None:
-        """``churned`` pins the score to 1; ``retained`` forgives the exit signals."""
+    def observe_label(self, label: str, t: float, params: ChurnParams) -> ChurnEvidence | None:
+        """``churned`` pins the score to 1; ``retained`` forgives the exit signals. Returns
+        the evidence the label should teach the shared model (one horizon before ``t``), if
+        the customer has any."""
+        if label not in CHURN_LABELS:
+            return None
+        before = self.evidence_before(t - params.horizon_days * DAY)
         if label == "churned":
             self.label = label
-        elif label == "retained":
-            self.label, self.hazard = None, 0.0
+        else:
+            self.label, self.signals = None, NO_SIGNALS
+        return before
 
-    def reasons(self, now: float, params: ChurnParams) -> list[Reason]:
-        """Why the score is what it is, for an alert."""
-        out = [Reason("churn_no_activity", f"probability of no activity in the next "
-                      f"{params.horizon_days:g} d", round(self.score(now, params), 4), 1.0)]
-        if self.first_day is not None and self.long_gap:
-            silent = (now - self.last_day) / DAY
-            if silent > 2 * max(1.0, self.long_gap):
-                out.append(Reason("churn_recency", f"silent {silent:.0f} d against a usual gap of "
-                                  f"{self.long_gap:.1f} d", round(silent, 1), 1.0))
-        if self.recent_gap and self.long_gap and self.recent_gap > 2 * self.long_gap:
-            out.append(Reason("churn_activity_decline", f"recent gap {self.recent_gap:.1f} d against "
-                              f"{self.long_gap:.1f} d", round(self.recent_gap / self.long_gap, 2), 1.0))
-        hazard = self._hazard(now, params)
-        if hazard > 0.1:
-            out.append(Reason("churn_exit_signals", "complaints, closing or transfer-out page views, "
-                              "unsubscribes, outflows, balance decline", round(hazard, 2), 1.0))
-        return out
-
-    def score(self, now: float, params: ChurnParams) -> float:
-        """Probability in [0, 1] of no activity in the next ``horizon_days`` after ``now``."""
-        if self.label == "churned":
-            return 1.0
+    def evidence(self, now: float, params: ChurnParams) -> ChurnEvidence:
+        """The evidence as of ``now`` (also kept as a weekly snapshot for the labels)."""
         if self.first_day is None:
-            return 0.0
+            return ChurnEvidence(now, 0.0, NO_SIGNALS, 0, 0.0, None, None, self.label == "churned")
         x, alpha = self.x, params.alpha_days
         age = max(0.0, now - self.first_day) / DAY  # T
         recency = (self.last_day - self.first_day) / DAY  # t_x
-        log_odds = -math.inf
+        p_alive = 1.0
         if x > 0:
             log_odds = (math.log(params.a / (params.b + x - 1.0))
                         + (params.r + x) * math.log((alpha + age) / (alpha + recency)))
-        p_alive = 1.0 / (1.0 + math.exp(min(700.0, log_odds))) if x > 0 else 1.0
+            p_alive = 1.0 / (1.0 + math.exp(min(700.0, log_odds)))
         rate = p_alive * (params.r + x) / (alpha + age)
         rate *= (1.0 + self.spend / (x + 1)) ** params.monetary_power
-        quiet = math.exp(-rate * params.horizon_days)
-        if self.hazard == 0.0:
-            return quiet
-        return 1.0 - (1.0 - quiet) * math.exp(-self._hazard(now, params))
+        evidence = ChurnEvidence(now, math.exp(-rate * params.horizon_days), self._decayed(now, params),
+                                 x, (now - self.last_day) / DAY, self.long_gap, self.recent_gap,
+                                 self.label == "churned")
+        history = self.history
+        if not history or now - history[-1].t >= 7 * DAY:
+            history.append(evidence)
+            while len(history) > 1 and history[1].t <= now - params.horizon_days * DAY:
+                del history[0]
+        return evidence
+
+    def evidence_before(self, t: float) -> ChurnEvidence | None:
+        """The latest snapshot at or before ``t``, else the oldest kept (None if none)."""
+        at_or_before = [e for e in self.history if e.t <= t]
+        if at_or_before:
+            return at_or_before[-1]
+        return self.history[0] if self.history else None
+
+    def score(self, now: float, params: ChurnParams) -> float:
+        """The prior's probability in [0, 1] of no activity in the next ``horizon_days``."""
+        return prior_score(self.evidence(now, params), params)
+
+
+def _logit(p: float) -> float:
+    p = min(1.0 - 1e-6, max(1e-6, p))
+    return math.log(p / (1.0 - p))
+
+
+class ChurnModel:
+    """What ``churned`` / ``retained`` feedback teaches across customers: a logistic
+    correction of the prior's score, ``sigmoid(b + w0 * logit(prior) + sum(w_k * signal_k))``.
+
+    It starts as the identity (``b = 0``, ``w0 = 1``, ``w_k = 0``) and each label is one step of
+    stochastic gradient descent on the log loss, with an L2 pull back towards the identity;
+    until ``min_labels`` labels the prior's score stands unchanged. One object for all
+    customers: the engine's shared step keeps it (a few floats).
+
+    >>> p = ChurnParams(min_labels=1)
+    >>> model = ChurnModel()
+    >>> quiet = ChurnEvidence(0.0, 0.3, NO_SIGNALS, 10, 3.0, 2.0, 2.0)
+    >>> viewed = ChurnEvidence(0.0, 0.3, (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), 10, 3.0, 2.0, 2.0)
+    >>> model.score(viewed, p) == prior_score(viewed, p)  # nothing learned yet
+    True
+    >>> for _ in range(200):
+    ...     model.learn(viewed, True, p)
+    ...     model.learn(quiet, False, p)
+    >>> model.score(viewed, p) > prior_score(viewed, p), model.score(quiet, p) < prior_score(quiet, p)
+    (True, True)
+    """
+
+    __slots__ = ("n", "weights")
+
+    IDENTITY: Final = (0.0, 1.0, *NO_SIGNALS)
+
+    def __init__(self) -> None:
+        self.weights = list(self.IDENTITY)
+        self.n = 0  # labels learned
+
+    @staticmethod
+    def _inputs(evidence: ChurnEvidence, params: ChurnParams) -> tuple[float, ...]:
+        return (1.0, _logit(prior_score(evidence, params)), *evidence.signals)
+
+    def score(self, evidence: ChurnEvidence, params: ChurnParams) -> float:
+        """The churn score in [0, 1]."""
+        if self.n < params.min_labels or evidence.churned:
+            return prior_score(evidence, params)
+        z = sum(w * x for w, x in zip(self.weights, self._inputs(evidence, params), strict=True))
+        return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
+
+    def learn(self, evidence: ChurnEvidence, churned: bool, params: ChurnParams) -> None:
+        """One label: the customer ``churned`` (or was retained), given ``evidence`` from before."""
+        inputs = self._inputs(evidence, params)
+        z = sum(w * x for w, x in zip(self.weights, inputs, strict=True))
+        error = 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z)))) - (1.0 if churned else 0.0)
+        rate, l2 = params.learning_rate, params.l2
+        self.weights = [w - rate * (error * x + l2 * (w - w0))
+                        for w, x, w0 in zip(self.weights, inputs, self.IDENTITY, strict=True)]
+        self.n += 1
+
+    def __getstate__(self) -> tuple[list[float], int]:
+        return (self.weights, self.n)
+
+    def __setstate__(self, state: tuple[list[float], int]) -> None:
+        self.weights, self.n = state

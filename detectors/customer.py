@@ -1,9 +1,10 @@
 """Everything the engine keeps per customer, framework-free.
 
-``CustomerModel`` (the upstream, per-customer step) owns the behavioural profile and
-evaluates the rules; ``CustomerView`` (the downstream, per-customer step) keeps what the
-customer-facing outputs need: the latest ``Summary`` of the profile, fraud risk from the
-recent scores and the open alerts. Both are small and pickle cheaply.
+``CustomerModel`` (the upstream, per-customer step) owns the behavioural profile, evaluates
+the rules and keeps the churn evidence; ``CustomerView`` (the downstream, per-customer step)
+keeps what the customer-facing outputs need: the latest ``Summary`` of the profile, fraud
+risk from the recent scores, the open alerts and when the last churn alert was. Both are
+small and pickle cheaply.
 
 >>> from schemas.events import parse_event
 >>> m = CustomerModel()
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from detectors.churn import ChurnParams, ChurnState
+from detectors.churn import CHURN_LABELS, ChurnEvidence, ChurnParams, ChurnState
 from detectors.lifecycle import LifecycleParams
 from detectors.profile import DAY, CustomerProfile, ProfileParams
 from detectors.rules import RuleHit, RuleParams, evaluate_rules
@@ -45,49 +46,78 @@ class Summary:
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Observation:
-    """The result of one event for one customer: features and rule hits for transactions."""
+    """The result of one event for one customer: features and rule hits for transactions,
+    and the churn evidence when the event says something about churn."""
 
     summary: Summary
     features: list[float] | None = None  # detectors.profile.FEATURES order
     hits: list[RuleHit] | None = None
+    churn: ChurnEvidence | None = None  # as of this event, if it counted for churn
+    # A churned / retained label: (the evidence it teaches, from one horizon before; churned).
+    churn_label: tuple[ChurnEvidence, bool] | None = None
 
 
 class CustomerModel:
-    """Per-customer profile and rules."""
+    """Per-customer profile, rules and churn evidence."""
 
-    __slots__ = ("profile", "rules")
+    __slots__ = ("churn", "churn_params", "profile", "rules")
 
     def __init__(self, profile_params: ProfileParams | None = None,
-                 rule_params: RuleParams | None = None) -> None:
+                 rule_params: RuleParams | None = None, churn_params: ChurnParams | None = None) -> None:
         self.profile = CustomerProfile(profile_params)
         self.rules = rule_params or RuleParams()
+        self.churn = ChurnState()
+        self.churn_params = churn_params or ChurnParams()  # not pickled: the step sets it
 
     def observe(self, event: Event) -> Observation:
         """Fold ``event`` in; for a transaction, its features and rule hits (before learning)."""
-        profile = self.profile
+        profile, churn, p = self.profile, self.churn, self.churn_params
         features: list[float] | None = None  # detectors.profile.FEATURES order
         hits: list[RuleHit] | None = None
+        counted = True  # for churn
+        label: tuple[ChurnEvidence, bool] | None = None
         if isinstance(event, Transaction):
             features = profile.observe_transaction(event)
             hits = evaluate_rules(features, event, self.rules)
+            churn.observe_activity(event.t, event.amount, p)
+            if event.direction == "debit" and event.txn_type == "transfer":
+                churn.observe_outflow(event.t, event.amount, event.balance_after, p)
+            elif event.balance_after is not None:
+                churn.observe_balance(event.balance_after)
         elif isinstance(event, AppEvent):
             profile.observe_app(event)
+            if event.action == "login":
+                churn.observe_activity(event.t, 0.0, p)
+            else:  # an ordinary page view inside a session says nothing new
+                counted = churn.observe_signal(event.action, event.t, p)
         elif isinstance(event, Feedback):
             profile.observe_feedback(event)
-        elif isinstance(event, Profile):
-            profile.observe_profile(event)
-        return Observation(self._summarise(), features, hits)
+            counted = event.label in CHURN_LABELS
+            if counted:
+                before = churn.observe_label(event.label, event.t, p)
+                label = (before, event.label == "churned") if before is not None else None
+        else:
+            counted = False
+            if isinstance(event, Profile):
+                profile.observe_profile(event)
+        return Observation(self._summarise(), features, hits,
+                           churn.evidence(event.t, p) if counted else None, label)
+
+    def churn_evidence(self, now: float) -> ChurnEvidence:
+        """The churn evidence as of event time ``now`` (say, the end of a replay)."""
+        return self.churn.evidence(now, self.churn_params)
 
     def _summarise(self) -> Summary:
         p = self.profile
         return Summary(p.rm_id, p.segment, p.risk_level, p.marketing_opt_out, p.first_t,
                        p.last_t, p.mean_gap, p.n_txns, p.n_app)
 
-    def __getstate__(self) -> tuple[CustomerProfile, RuleParams]:
-        return (self.profile, self.rules)
+    def __getstate__(self) -> tuple[CustomerProfile, RuleParams, ChurnState]:
+        return (self.profile, self.rules, self.churn)
 
-    def __setstate__(self, state: tuple[CustomerProfile, RuleParams]) -> None:
-        self.profile, self.rules = state
+    def __setstate__(self, state: tuple[CustomerProfile, RuleParams, ChurnState]) -> None:
+        self.profile, self.rules, self.churn = state
+        self.churn_params = ChurnParams()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +134,11 @@ class ViewParams:
 
 
 class CustomerView:
-    """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts."""
+    """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts,
+    the latest churn score and the last churn alert."""
 
-    __slots__ = ("churn", "churn_alert", "churn_armed", "confirmed_fraud_t", "open_alerts", "risk", "risk_t", "summary")
+    __slots__ = ("churn_alert", "churn_armed", "churn_score", "confirmed_fraud_t", "open_alerts", "risk",
+                 "risk_t", "summary")
 
     def __init__(self) -> None:
         self.summary: Summary | None = None
@@ -114,7 +146,7 @@ class CustomerView:
         self.risk_t = 0.0
         self.confirmed_fraud_t: float | None = None
         self.open_alerts = 0
-        self.churn = ChurnState()
+        self.churn_score = 0.0  # as of the customer's latest event that counted for churn
         self.churn_alert: tuple[float, float] | None = None  # (event time, score) of the last churn alert
         self.churn_armed = False  # the score was below the threshold since the last churn alert
 
@@ -142,52 +174,29 @@ class CustomerView:
             risk = max(risk, 0.5 ** (max(0.0, now - self.confirmed_fraud_t) / halflife))
         return min(1.0, risk)
 
-    def observe_churn(self, event: Event, params: ViewParams) -> bool:
-        """Fold ``event`` into the churn evidence (``detectors.churn``); whether it counted (an
-        ordinary page view inside a session does not, and needs no new alert decision)."""
-        churn, p = self.churn, params.churn
-        if isinstance(event, Transaction):
-            churn.observe_activity(event.t, event.amount, p)
-            if event.direction == "debit" and event.txn_type == "transfer":
-                churn.observe_outflow(event.t, event.amount, event.balance_after, p)
-            elif event.balance_after is not None:
-                churn.observe_balance(event.balance_after)
-            return True
-        if isinstance(event, AppEvent):
-            if event.action == "login":
-                churn.observe_activity(event.t, 0.0, p)
-                return True
-            return churn.observe_signal(event.action, event.t, p)
-        if isinstance(event, Feedback):
-            churn.observe_label(event.label)
-            return True
-        return False
-
-    def churn_score(self, now: float, params: ViewParams) -> float:
-        """Churn risk in [0, 1] as of ``now`` (see ``detectors.churn``)."""
-        return self.churn.score(now, params.churn)
-
-    def churn_alert_due(self, now: float, params: ViewParams) -> tuple[float, list[Reason]] | None:
-        """The score and reasons of a ``churn_risk`` alert due at ``now``, if one is.
+    def churn_alert_due(self, score: float, evidence: ChurnEvidence,
+                        params: ViewParams) -> tuple[float, list[Reason]] | None:
+        """Take the churn ``score`` (of ``evidence``, as of its time); the score and reasons of
+        a ``churn_risk`` alert due then, if one is.
 
         An alert fires when the score crosses ``churn_threshold`` from below (a customer who is
         always above it, say one who buys twice a year, is not news), at most once per
         ``churn_cooldown_days``, unless the score rose by ``churn_escalation`` since the last
         alert; never before the customer has ``churn_min_active_days`` repeat active days.
         """
-        if self.churn.x < params.churn_min_active_days:
+        self.churn_score = score
+        if evidence.active_days < params.churn_min_active_days:
             return None
-        score = self.churn.score(now, params.churn)
         if score < params.churn_threshold:
             self.churn_armed = True
             return None
-        last = self.churn_alert
+        now, last = evidence.t, self.churn_alert
         escalated = last is not None and score >= last[1] + params.churn_escalation
         cooled = last is None or now - last[0] >= params.churn_cooldown_days * DAY
         if not (escalated or (self.churn_armed and cooled)):
             return None
         self.churn_alert, self.churn_armed = (now, score), False
-        return score, self.churn.reasons(now, params.churn)
+        return score, evidence.reasons(score, params.churn)
 
     def __getstate__(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -195,5 +204,3 @@ class CustomerView:
     def __setstate__(self, state: tuple[object, ...]) -> None:
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
-
-

@@ -529,17 +529,23 @@ class NextBestAction:
         trigger = self.observe(state, event)
         return self.decide(state, facts, trigger) if trigger is not None else None
 
-    def on_churn(self, state: NBAState, facts: CustomerFacts, score: float, event_id: str, ts: str,
-                 t: float, customer_id: str) -> Prompt | None:
+    def churn_trigger(self, state: NBAState, score: float, event_id: str, ts: str, t: float,
+                      customer_id: str) -> Trigger | None:
         """Take the customer's churn score (computed elsewhere) as of event ``event_id``; a
         rise across ``churn_level`` is a trigger."""
         rising = state.churn_score < self.params.churn_level <= score
         state.churn_score = score
         if not rising:
             return None
-        trigger = Trigger("churn_rising", event_id, ts, t, customer_id, churn_score=score,
-                          detail=f"churn score rose to {score:.2f}")
-        return self.decide(state, facts, trigger)
+        return Trigger("churn_rising", event_id, ts, t, customer_id, churn_score=score,
+                       detail=f"churn score rose to {score:.2f}")
+
+    def on_churn(self, state: NBAState, facts: CustomerFacts, score: float, event_id: str, ts: str,
+                 t: float, customer_id: str) -> Prompt | None:
+        """Take the customer's churn score as of event ``event_id``; prompt if it rose across
+        ``churn_level``."""
+        trigger = self.churn_trigger(state, score, event_id, ts, t, customer_id)
+        return self.decide(state, facts, trigger) if trigger is not None else None
 
 
 class NextBestActions:
@@ -558,8 +564,11 @@ class NextBestActions:
         self.states: dict[str, NBAState] = {}
         self.fraud_alert_t: dict[str, float] = {}  # customer -> time of their last fraud alert
 
-    def on_event(self, event: Event, summary: Summary, alerted: bool) -> Prompt | None:
-        """The prompt ``event`` triggers, if any; ``alerted``: it raised a fraud alert."""
+    def on_event(self, event: Event, summary: Summary, alerted: bool,
+                 churn_score: float | None = None) -> Prompt | None:
+        """The prompt ``event`` triggers, if any; ``alerted``: it raised a fraud alert;
+        ``churn_score``: the customer's churn score as of the event, if it was updated (a rise
+        across ``churn_level`` is a trigger when the event itself is not one)."""
         customer = event.customer_id
         if alerted:
             self.fraud_alert_t[customer] = event.t
@@ -569,6 +578,9 @@ class NextBestActions:
         if state is None:
             state = self.states[customer] = NBAState()
         trigger = self.policy.observe(state, event)
+        if churn_score is not None:
+            rising = self.policy.churn_trigger(state, churn_score, event.event_id, event.ts, event.t, customer)
+            trigger = trigger or rising
         if trigger is None:
             return None
         opened = self.fraud_alert_t.get(customer)

@@ -3,14 +3,16 @@
     source ──► split_dead_letters ──► dead letters ─────────────────────────► sinks
                       │ Sequenced (valid events, seq per source partition)
                       ▼ key: customer_id
-               customer_profile      per customer: profile features, rule hits
-                      │ Observed
+               customer_profile      per customer: profile features, rule hits,
+                      │ Observed     churn evidence
                       ▼ key: "shared"
                shared_scoring        re-sequenced; counterparty risk, anomaly and
-                      │ Scored       supervised models; fraud_score, alert; the
+                      │ Scored       supervised models; fraud_score, alert; churn model
+                      │              (learns from churn labels): churn_score; the
                       │              next-best-action bandit and contact rules: prompt
                       ▼ key: customer_id
-               customer_view         fraud risk, open alerts; customer state at EOF
+               customer_view         fraud risk, open alerts, churn alerts; customer
+                                     state at the end of a replay
                       │ Alert | Prompt | Score | CustomerState
                       ▼
                    sinks
@@ -30,7 +32,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from flows.items import Sequenced
+from flows.items import AsOf, Scored, Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
 from schemas.outputs import Alert, CustomerState, DeadLetter, LifecycleChange, Prompt, Score
 
@@ -79,18 +81,17 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
     by_customer = op.key_on("key_customer", split.trues, lambda s: s.event.customer_id)
     # (customer_id, Sequenced)
     observed = op.stateful_batch("customer_profile", by_customer, _customer_step(config, metrics))
-    # (customer_id, Observed)
+    # (customer_id, Observed | AsOf: the churn evidence as of the end of a replay)
     shared = op.key_on("key_shared", op.map("drop_customer_key", observed, _value),
                        lambda _: SHARED_KEY)
-    # ("shared", Observed)
+    # ("shared", Observed | AsOf)
     scored = op.stateful_batch("shared_scoring", shared, _timed(
         "shared_scoring", lambda resume: SharedScoringStep(config, resume), metrics))
     # ("shared", Scored)
     if metrics is not None:
         scored = op.flat_map_batch("observe_scored", scored, metrics.observe_scored)
-    rekeyed = op.key_on("key_customer_again", op.map("drop_shared_key", scored, _value),
-                        lambda s: s.event.customer_id)
-    # (customer_id, Scored)
+    rekeyed = op.key_on("key_customer_again", op.map("drop_shared_key", scored, _value), _customer_of)
+    # (customer_id, Scored | AsOf)
     viewed = op.stateful_batch("customer_view", rekeyed, _timed(
         "customer_view", lambda resume: CustomerViewStep(config, resume), metrics))
     # (customer_id, Alert | Prompt | Score | CustomerState)
@@ -123,6 +124,10 @@ def _timed(step: str, builder: Any, metrics: EngineMetrics | None) -> Any:
     if metrics is None:
         return builder
     return lambda resume: metrics.timed(step, builder(resume))
+
+
+def _customer_of(item: Scored | AsOf) -> str:
+    return item.customer_id if isinstance(item, AsOf) else item.event.customer_id
 
 
 def _value(pair: tuple[str, Any]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from detectors.churn import ChurnEvidence
 from detectors.customer import Observation
 from detectors.fraud import Assessment
 from schemas.events import Event
@@ -55,3 +56,15 @@ class Scored:
     label_outcome: tuple[float, bool] | None = None
     read_at: float | None = None
     prompt: Prompt | None = None  # a next-best-action prompt this event triggered
+    churn: float | None = None  # the churn score, when the event counted for churn
+
+
+@dataclass(slots=True)
+class AsOf:
+    """The end of a replay, for one customer: their churn evidence as of the stream's last
+    event time (from the per-customer step's EOF), then the score the shared model gives it
+    (filled in by the shared step), for the customer-state output."""
+
+    customer_id: str
+    evidence: ChurnEvidence
+    churn: float | None = None

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulBatchLogic
 
+from detectors.churn import ChurnModel
 from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, ViewParams
 from detectors.fraud import FraudDetector, FraudParams
 from detectors.lifecycle import AlertLifecycle
 from detectors.nba import Action, NBAParams, NextBestActions
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
-from flows.items import Observed, Scored, Sequenced
+from flows.items import AsOf, Observed, Scored, Sequenced
 from schemas.events import Control, Event, Feedback, Transaction
 from schemas.outputs import (
     Alert,
@@ -38,7 +39,7 @@ Clock = Callable[[float], str]  # event time -> the "emitted_at" to stamp
 Output = Alert | Prompt | Score | CustomerState
 
 _RETAIN = StatefulBatchLogic.RETAIN
-CHURN_MODEL_VERSION = "churn-bgnbd-prior-1"
+CHURN_MODEL_VERSION = "churn-bgnbd-prior-2"
 
 
 def _freeze(state: object, enabled: bool) -> bytes | None:
@@ -65,31 +66,44 @@ class StepConfig:
     actions: tuple[Action, ...] = ()  # the next-best-action catalogue
 
 
-class CustomerStep(StatefulBatchLogic[Sequenced, Observed, bytes | None]):
-    """Per customer: profile features and rule hits (``detectors.customer.CustomerModel``)."""
+class CustomerStep(StatefulBatchLogic[Sequenced, Observed | AsOf, bytes | None]):
+    """Per customer: profile features, rule hits and churn evidence
+    (``detectors.customer.CustomerModel``)."""
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
         restored = _thaw(resume)
-        self.model = restored if isinstance(restored, CustomerModel) else CustomerModel(
-            config.profile, config.rules)
+        self.customer_id: str | None = None
+        self.model = CustomerModel(config.profile, config.rules, config.view.churn)
+        if isinstance(restored, tuple):
+            self.customer_id, self.model = restored
+            self.model.churn_params = config.view.churn
         self._snapshots = config.snapshots
+        self._watermark = config.watermark
 
     def on_batch(self, values: list[Sequenced]) -> tuple[Iterable[Observed], bool]:
         observe = self.model.observe
+        self.customer_id = values[-1].event.customer_id
         return [Observed(v.part, v.seq, v.event, observe(v.event), v.source_time, v.read_at)
                 for v in values], _RETAIN
 
+    def on_eof(self) -> tuple[Iterable[AsOf], bool]:
+        """At the end of a replay: the churn evidence as of the stream's last event time."""
+        if self._watermark is None or self.customer_id is None:
+            return (), _RETAIN
+        return [AsOf(self.customer_id, self.model.churn_evidence(self._watermark))], _RETAIN
+
     def snapshot(self) -> bytes | None:
-        return _freeze(self.model, self._snapshots)
+        return _freeze((self.customer_id, self.model), self._snapshots)
 
 
-class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
-    """Across customers: counterparty risk, anomaly and supervised models, and the
-    next-best-action policy (one key).
+class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes | None]):
+    """Across customers: counterparty risk, anomaly and supervised models, the churn model
+    learned from churn labels, and the next-best-action policy (one key).
 
     Items reach this step from every worker of the per-customer step, interleaved in no
     fixed order; they are put back into source order by their per-partition ``seq`` before
-    any model sees them, so results do not depend on the number of workers.
+    any model sees them, so results do not depend on the number of workers. The end-of-replay
+    ``AsOf`` items are scored at EOF, after every event, in customer order.
     """
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
@@ -99,13 +113,18 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
         self.waiting: dict[str, dict[int, Observed]] = {}  # arrived ahead of their turn
         self.now = float("-inf")  # the latest event time processed (the watermark)
         self.nba = NextBestActions(config.actions, config.nba) if config.nba.enabled else None
+        self.churn = ChurnModel()
         if isinstance(restored, tuple):
-            self.detector, self.next_seq, self.waiting, self.now, self.nba = restored
+            self.detector, self.next_seq, self.waiting, self.now, self.nba, self.churn = restored
+        self.final: list[AsOf] = []  # end of replay: scored at EOF
         self._config = config
 
-    def _in_order(self, values: list[Observed]) -> list[Observed]:
+    def _in_order(self, values: list[Observed | AsOf]) -> list[Observed]:
         ready: list[Observed] = []
         for item in values:
+            if isinstance(item, AsOf):
+                self.final.append(item)
+                continue
             expected = self.next_seq.get(item.part, 0)
             if item.seq == expected and not self.waiting.get(item.part):
                 ready.append(item)
@@ -125,7 +144,7 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
             del self.waiting[part]
         return released
 
-    def on_batch(self, values: list[Observed]) -> tuple[Iterable[Scored], bool]:
+    def on_batch(self, values: list[Observed | AsOf]) -> tuple[Iterable[Scored], bool]:
         ordered = self._in_order(values)
         # The anomaly forest scores (and then learns) the batch's transactions at once.
         anomaly = iter(self.detector.anomaly_scores(
@@ -137,6 +156,12 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
         if event.t > self.now:
             self.now = event.t
             detector.advance(event.t)
+        churn = None
+        if observation.churn is not None:
+            churn_params = self._config.view.churn
+            churn = self.churn.score(observation.churn, churn_params)
+            if observation.churn_label is not None:  # score before learn
+                self.churn.learn(*observation.churn_label, churn_params)
         if isinstance(event, Transaction):
             assert observation.features is not None and observation.hits is not None
             assessment = detector.assess(event.event_id, event.t, event.counterparty_id,
@@ -150,9 +175,11 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
                     rm_id=observation.summary.rm_id, event_id=event.event_id,
                     event_ts=event.ts, emitted_at=self._config.clock(event.t),
                     reasons=assessment.reasons, model_version=assessment.model_version)
-            prompt = self.nba.on_event(event, observation.summary, alert is not None) if self.nba else None
+            prompt = None
+            if self.nba is not None:
+                prompt = self.nba.on_event(event, observation.summary, alert is not None, churn_score=churn)
             return Scored(event, observation, assessment, alert, item.source_time, read_at=item.read_at,
-                          prompt=prompt)
+                          prompt=prompt, churn=churn)
         outcome = None
         if isinstance(event, Feedback) and event.ref_event_id and event.label in FRAUD_LABELS:
             is_fraud = event.label == "fraud"
@@ -160,34 +187,42 @@ class SharedScoringStep(StatefulBatchLogic[Observed, Scored, bytes | None]):
             outcome = (scored, is_fraud) if scored is not None else None
         prompt = None
         if self.nba is not None and not isinstance(event, Control):
-            prompt = self.nba.on_event(event, observation.summary, False)
-        return Scored(event, observation, None, None, item.source_time, outcome, item.read_at, prompt)
+            prompt = self.nba.on_event(event, observation.summary, False, churn_score=churn)
+        return Scored(event, observation, None, None, item.source_time, outcome, item.read_at, prompt, churn)
+
+    def on_eof(self) -> tuple[Iterable[AsOf], bool]:
+        """Score every customer's end-of-replay churn evidence with the final model."""
+        final, self.final = sorted(self.final, key=lambda item: item.customer_id), []
+        for item in final:
+            item.churn = self.churn.score(item.evidence, self._config.view.churn)
+        return final, _RETAIN
 
     def snapshot(self) -> bytes | None:
-        return _freeze((self.detector, self.next_seq, self.waiting, self.now, self.nba), self._config.snapshots)
+        return _freeze((self.detector, self.next_seq, self.waiting, self.now, self.nba, self.churn),
+                       self._config.snapshots)
 
 
-class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, bytes | None]):
+class CustomerViewStep(StatefulBatchLogic[Scored | AsOf, Output | LifecycleChange, bytes | None]):
     """Per customer again: fraud risk, open alerts, the alert lifecycle (dedup, grouping,
-    escalation, snoozes: ``detectors.lifecycle``) and the customer-state output."""
+    escalation, snoozes: ``detectors.lifecycle``), churn alerts and the customer-state output."""
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
         restored = _thaw(resume)
-        self.customer_id: str | None = None
         self.view = CustomerView()
         self.lifecycle = AlertLifecycle()
         if isinstance(restored, tuple):
-            self.customer_id, self.view, *rest = restored
-            if rest:
-                self.lifecycle = rest[0]
+            self.view, self.lifecycle = restored
         self._config = config
 
-    def on_batch(self, values: list[Scored]) -> tuple[Iterable[Output | LifecycleChange], bool]:
+    def on_batch(self, values: list[Scored | AsOf]) -> tuple[Iterable[Output | LifecycleChange], bool]:
         out: list[Output | LifecycleChange] = []
         params, view, lifecycle = self._config.view, self.view, self.lifecycle
         for item in values:
+            if isinstance(item, AsOf):
+                if view.summary is not None and item.churn is not None:
+                    out.append(self.state(item.customer_id, item.evidence.t, item.churn))
+                continue
             event, assessment = item.event, item.assessment
-            self.customer_id = event.customer_id
             if isinstance(event, Control):
                 if event.until_t is not None or event.action == "unsnooze":
                     until = event.until_t if event.action == "snooze" and event.until_t is not None else event.t
@@ -198,9 +233,11 @@ class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, byte
             score = assessment.fraud_score if assessment is not None else None
             view.observe(item.observation.summary, event.t, score, item.alert is not None, label, params)
             alerts = [item.alert] if item.alert is not None else []
-            churn = view.churn_alert_due(event.t, params) if view.observe_churn(event, params) else None
-            if churn is not None:
-                alerts.append(self._churn_alert(event, item.observation.summary.rm_id, *churn))
+            evidence = item.observation.churn
+            if item.churn is not None and evidence is not None:
+                churn = view.churn_alert_due(item.churn, evidence, params)
+                if churn is not None:
+                    alerts.append(self._churn_alert(event, item.observation.summary.rm_id, *churn))
             for alert in alerts:
                 if params.lifecycle.enabled:
                     emitted, changes = lifecycle.on_alert(alert, event.t, params.lifecycle)
@@ -227,24 +264,18 @@ class CustomerViewStep(StatefulBatchLogic[Scored, Output | LifecycleChange, byte
                      emitted_at=self._config.clock(event.t), reasons=tuple(reasons),
                      model_version=CHURN_MODEL_VERSION)
 
-    def on_eof(self) -> tuple[Iterable[Output], bool]:
-        now = self._config.watermark
-        if now is None or self.customer_id is None or self.view.summary is None:
-            return (), _RETAIN
-        return [self.state(self.customer_id, now)], _RETAIN
-
-    def state(self, customer_id: str, now: float) -> CustomerState:
-        """The customer view as of event time ``now``."""
+    def state(self, customer_id: str, now: float, churn_score: float) -> CustomerState:
+        """The customer view as of event time ``now``, with the churn score as of then."""
         view, params = self.view, self._config.view
         summary = view.summary
         assert summary is not None and summary.last_t is not None
         return CustomerState(
             customer_id=customer_id,
-            churn_score=round(view.churn_score(now, params), 6),
+            churn_score=round(churn_score, 6),
             fraud_risk=round(view.fraud_risk(now, params), 6),
             last_event_ts=format_ts(summary.last_t), as_of=format_ts(now),
             rm_id=summary.rm_id, segment=summary.segment, risk_level=summary.risk_level,
             n_txns=summary.n_txns, n_app_events=summary.n_app, open_alerts=view.open_alerts)
 
     def snapshot(self) -> bytes | None:
-        return _freeze((self.customer_id, self.view, self.lifecycle), self._config.snapshots)
+        return _freeze((self.view, self.lifecycle), self._config.snapshots)

@@ -415,6 +415,8 @@ class EngineMetrics:
         observe_score = self.scores.labels().observer()
         scoring_latency = self.scoring_latency.labels().observer()
         for _, item in batch:
+            if not isinstance(item, Scored):
+                continue  # the end of a replay (flows.items.AsOf)
             assessment = item.assessment
             if assessment is not None:
                 observe_score(assessment.fraud_score)

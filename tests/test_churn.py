@@ -10,8 +10,8 @@ import orjson
 
 from bench.churn_holdout import BGNBD, bgnbd_loglik, fit_bgnbd
 from bench.metrics import roc_auc
-from detectors.churn import DAY, ChurnParams, ChurnState
-from detectors.customer import CustomerView, ViewParams
+from detectors.churn import DAY, SIGNALS, ChurnModel, ChurnParams, ChurnState, prior_score
+from detectors.customer import CustomerModel, CustomerView, ViewParams
 from schemas.events import parse_event
 from simulator import SimulatorConfig, write_jsonl
 from tests.conftest import replay
@@ -24,6 +24,7 @@ def regular(every_days: float, until_days: float, amount: float = 50.0) -> Churn
     t = 0.0
     while t <= until_days:
         state.observe_activity(t * DAY, amount, P)
+        state.evidence(t * DAY, P)  # as the engine asks after each event
         t += every_days
     return state
 
@@ -62,18 +63,21 @@ def test_labels_pin_or_forgive() -> None:
     state = regular(2, 60)
     state.observe_signal("account_close_view", 60 * DAY, P)
     signalled = state.score(60 * DAY, P)
-    state.observe_label("retained")
+    state.observe_label("retained", 60 * DAY, P)
     assert state.score(60 * DAY, P) < signalled
-    state.observe_label("churned")
+    state.observe_label("churned", 60 * DAY, P)
     assert state.score(60 * DAY, P) == 1.0
 
 
 def test_state_is_small_and_picklable() -> None:
     state = regular(1, 365)
     state.observe_signal("complaint", 365 * DAY, P)
+    for day in range(0, 365, 3):
+        state.evidence(day * DAY, P)  # as the engine asks, keeping weekly snapshots
     copy = pickle.loads(pickle.dumps(state))
     assert copy.score(400 * DAY, P) == state.score(400 * DAY, P)
-    assert len(pickle.dumps(state)) < 400
+    assert len(state.history) <= P.horizon_days / 7 + 2
+    assert len(pickle.dumps(state)) < 2000
 
 
 def _txn(i: int, day: float) -> bytes:
@@ -82,32 +86,84 @@ def _txn(i: int, day: float) -> bytes:
             % (i, ts.encode()))
 
 
+def _alert_due(model: CustomerModel, view: CustomerView, params: ViewParams, raw: bytes | None = None,
+               now: float | None = None) -> tuple[float, list] | None:
+    """Feed one event (or just move the clock to ``now``) and ask the view for a churn alert."""
+    evidence = model.observe(parse_event(raw)).churn if raw is not None else None
+    if now is not None:
+        evidence = model.churn_evidence(now)
+    assert evidence is not None
+    return view.churn_alert_due(prior_score(evidence, params.churn), evidence, params)
+
+
 def test_churn_alert_cooldown_and_escalation() -> None:
     params = ViewParams(churn_threshold=0.3, churn_cooldown_days=30.0, churn_escalation=0.1,
                         churn_min_active_days=3)
-    view = CustomerView()
+    model, view = CustomerModel(), CustomerView()
     for i in range(10):
-        view.observe_churn(parse_event(_txn(i, i)), params)
-    assert view.churn_alert_due(9 * DAY, params) is None  # active: no alert
+        due = _alert_due(model, view, params, _txn(i, i))
+    assert due is None  # active: no alert
     t0 = 1767261600.0 + 30 * DAY  # 2026-01-31T10:00Z, three weeks after the last transaction
-    view.observe_churn(parse_event(
-        b'{"kind":"app","event_id":"a1","customer_id":"c","ts":"2026-01-31T10:05:00Z",'
-        b'"action":"account_close_view"}'), params)
-    first = view.churn_alert_due(t0 + 300, params)
+    first = _alert_due(model, view, params, b'{"kind":"app","event_id":"a1","customer_id":"c",'
+                       b'"ts":"2026-01-31T10:05:00Z","action":"account_close_view"}')
     assert first is not None and first[0] >= 0.3
-    assert any(r.code == "churn_exit_signals" for r in first[1])
-    assert view.churn_alert_due(t0 + 600, params) is None  # cooldown
-    view.observe_churn(parse_event(
-        b'{"kind":"app","event_id":"a2","customer_id":"c","ts":"2026-01-31T10:06:00Z",'
-        b'"action":"complaint"}'), params)
-    escalated = view.churn_alert_due(t0 + 660, params)
+    assert any(r.code == "churn_exit_signals" and "account-closing" in r.text for r in first[1])
+    assert _alert_due(model, view, params, now=t0 + 600) is None  # cooldown
+    escalated = _alert_due(model, view, params, b'{"kind":"app","event_id":"a2","customer_id":"c",'
+                           b'"ts":"2026-01-31T10:06:00Z","action":"complaint"}')
     assert escalated is not None and escalated[0] >= first[0] + 0.1
-    assert view.churn_alert_due(t0 + 31 * DAY, params) is None  # cooldown over, no new crossing
-    fresh = CustomerView()
+    assert _alert_due(model, view, params, now=t0 + 31 * DAY) is None  # cooldown over, no new crossing
+    fresh_model, fresh = CustomerModel(), CustomerView()
     for i in range(10):
-        fresh.observe_churn(parse_event(_txn(i, i)), params)
-    assert fresh.churn_alert_due(9 * DAY + 1767261600.0, params) is None
-    assert fresh.churn_alert_due(t0 + 31 * DAY, params) is not None  # crossed from below
+        _alert_due(fresh_model, fresh, params, _txn(i, i))
+    assert _alert_due(fresh_model, fresh, params, now=9 * DAY + 1767261600.0) is None
+    assert _alert_due(fresh_model, fresh, params, now=t0 + 31 * DAY) is not None  # crossed from below
+
+
+def test_a_label_teaches_the_evidence_of_one_horizon_before() -> None:
+    state = regular(1, 120)
+    label_t = 150 * DAY
+    evidence = state.observe_label("churned", label_t, P)
+    assert evidence is not None and evidence.t <= label_t - P.horizon_days * DAY
+    assert label_t - evidence.t < P.horizon_days * DAY + 8 * DAY  # the latest such snapshot
+    assert state.score(label_t, P) == 1.0
+
+
+def _customer(rng: np.random.Generator, leaves: bool, days: int = 120) -> ChurnState:
+    """A daily customer. In this population a leaver looks at the transfer-out page (a signal
+    the prior weighs lightly) in the last month, and complaints (weighed heavily by the prior)
+    say nothing: half the stayers have made one."""
+    state = ChurnState()
+    signal = "transfer_out_view" if leaves else ("complaint" if rng.random() < 0.5 else None)
+    signal_day = days - int(rng.integers(1, 30))
+    for day in range(days):
+        t = day * DAY + rng.uniform(0, 3600)
+        state.observe_activity(t, 50.0, P)
+        if signal and day == signal_day:
+            state.observe_signal(signal, t + 600, P)
+    return state
+
+
+def test_the_shared_model_learns_what_labels_say() -> None:
+    params = ChurnParams(min_labels=20)
+    rng = np.random.default_rng(3)
+    model = ChurnModel()
+    for round_ in range(2):
+        labels, prior, learned = [], [], []
+        for i in range(600):
+            leaves = bool(i % 3 == 0)
+            evidence = _customer(rng, leaves).evidence(120 * DAY, params)
+            labels.append(int(leaves))
+            prior.append(prior_score(evidence, params))
+            learned.append(model.score(evidence, params))  # score before learn
+            model.learn(evidence, leaves, params)
+        if round_ == 1:
+            assert roc_auc(labels, prior) < 0.7 < 0.9 < roc_auc(labels, learned)
+    # The weights: bias, the prior's log-odds, then one per signal.
+    complaint, transfer_out = (2 + SIGNALS.index(name) for name in ("complaint", "transfer_out_view"))
+    assert model.weights[transfer_out] > 0.5 and model.weights[complaint] < 0 and model.n == 1200
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.weights == model.weights and restored.n == model.n
 
 
 def test_bgnbd_fit_recovers_its_parameters() -> None:
