@@ -293,10 +293,11 @@ class ChurnModel:
     """What ``churned`` / ``retained`` feedback teaches across customers: a logistic
     correction of the prior's score, ``sigmoid(b + w0 * logit(prior) + sum(w_k * signal_k))``.
 
-    It starts as the identity (``b = 0``, ``w0 = 1``, ``w_k = 0``) and each label is one step of
-    stochastic gradient descent on the log loss, with an L2 pull back towards the identity;
-    until ``min_labels`` labels the prior's score stands unchanged. One object for all
-    customers: the engine's shared step keeps it (a few floats).
+    It starts as the identity (``b = 0``, ``w0 = 1``, ``w_k = 0``). Each label is one step of
+    AdaGrad on the log loss with an L2 pull back towards the identity: per-weight step sizes
+    keep the log-odds input (tens) and the signals (about 1) on one footing, and shrink as a
+    weight's evidence accumulates. Until ``min_labels`` labels the prior's score stands
+    unchanged. One object for all customers: the engine's shared step keeps it (a few floats).
 
     >>> p = ChurnParams(min_labels=1)
     >>> model = ChurnModel()
@@ -311,12 +312,13 @@ class ChurnModel:
     (True, True)
     """
 
-    __slots__ = ("n", "weights")
+    __slots__ = ("n", "squares", "weights")
 
     IDENTITY: Final = (0.0, 1.0, *NO_SIGNALS)
 
     def __init__(self) -> None:
         self.weights = list(self.IDENTITY)
+        self.squares = [1e-8] * len(self.IDENTITY)  # AdaGrad: the sum of squared gradients
         self.n = 0  # labels learned
 
     @staticmethod
@@ -327,21 +329,25 @@ class ChurnModel:
         """The churn score in [0, 1]."""
         if self.n < params.min_labels or evidence.churned:
             return prior_score(evidence, params)
-        z = sum(w * x for w, x in zip(self.weights, self._inputs(evidence, params), strict=True))
+        return self._predict(self._inputs(evidence, params))
+
+    def _predict(self, inputs: tuple[float, ...]) -> float:
+        z = sum(w * x for w, x in zip(self.weights, inputs, strict=True))
         return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
 
     def learn(self, evidence: ChurnEvidence, churned: bool, params: ChurnParams) -> None:
         """One label: the customer ``churned`` (or was retained), given ``evidence`` from before."""
         inputs = self._inputs(evidence, params)
-        z = sum(w * x for w, x in zip(self.weights, inputs, strict=True))
-        error = 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z)))) - (1.0 if churned else 0.0)
+        error = self._predict(inputs) - (1.0 if churned else 0.0)
         rate, l2 = params.learning_rate, params.l2
-        self.weights = [w - rate * (error * x + l2 * (w - w0))
-                        for w, x, w0 in zip(self.weights, inputs, self.IDENTITY, strict=True)]
+        for i, (w, x, w0) in enumerate(zip(self.weights, inputs, self.IDENTITY, strict=True)):
+            gradient = error * x + l2 * (w - w0)
+            self.squares[i] += gradient * gradient
+            self.weights[i] = w - rate * gradient / math.sqrt(self.squares[i])
         self.n += 1
 
-    def __getstate__(self) -> tuple[list[float], int]:
-        return (self.weights, self.n)
+    def __getstate__(self) -> tuple[list[float], list[float], int]:
+        return (self.weights, self.squares, self.n)
 
-    def __setstate__(self, state: tuple[list[float], int]) -> None:
-        self.weights, self.n = state
+    def __setstate__(self, state: tuple[list[float], list[float], int]) -> None:
+        self.weights, self.squares, self.n = state
