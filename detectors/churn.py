@@ -115,18 +115,19 @@ class ChurnEvidence:
 
     t: float
     quiet: float  # P(no activity in the horizon) from the rhythm alone
-    signals: tuple[float, ...]  # exit signals, decayed to t, unweighted (SIGNALS order)
+    signals: tuple[float, ...]  # exit signals as of the latest one, unweighted (SIGNALS order)
+    decay: float  # the factor they have decayed by since, to t
+    hazard: float  # the weighted exit signals at t: odds of leaving on top of the rhythm
     active_days: int  # repeat active days
     silent_days: float  # since the last active day
     usual_gap: float | None  # the long-run gap between active days (days)
     recent_gap: float | None  # the recent gap, an exponential average (days)
     churned: bool = False  # labelled churned: the score is 1
 
-    def hazard(self, params: ChurnParams) -> float:
-        """The weighted exit signals: odds of leaving on top of the rhythm."""
-        if self.signals is NO_SIGNALS:
-            return 0.0
-        return sum(w * s for w, s in zip(_weights(params), self.signals, strict=True))
+    def exit_signals(self) -> tuple[float, ...]:
+        """The exit signals, decayed to ``t`` (SIGNALS order)."""
+        decay = self.decay
+        return self.signals if decay == 1.0 else tuple(s * decay for s in self.signals)
 
     def reasons(self, score: float, params: ChurnParams) -> list[Reason]:
         """Why the score is what it is, for an alert."""
@@ -138,11 +139,11 @@ class ChurnEvidence:
         if self.recent_gap and self.usual_gap and self.recent_gap > 2 * self.usual_gap:
             out.append(Reason("churn_activity_decline", f"recent gap {self.recent_gap:.1f} d against "
                               f"{self.usual_gap:.1f} d", round(self.recent_gap / self.usual_gap, 2), 1.0))
-        if self.hazard(params) > 0.1:
+        if self.hazard > 0.1:
             shown = [f"{_SIGNAL_TEXT[name]} {w * s:.2f}" for name, w, s
-                     in sorted(zip(SIGNALS, _weights(params), self.signals, strict=True),
+                     in sorted(zip(SIGNALS, _weights(params), self.exit_signals(), strict=True),
                                key=lambda item: -item[1] * item[2]) if w * s > 0.05]
-            out.append(Reason("churn_exit_signals", ", ".join(shown), round(self.hazard(params), 2), 1.0))
+            out.append(Reason("churn_exit_signals", ", ".join(shown), round(self.hazard, 2), 1.0))
         return out
 
 
@@ -150,16 +151,16 @@ def prior_score(evidence: ChurnEvidence, params: ChurnParams) -> float:
     """``1 - (1 - quiet) * exp(-hazard)``: the score from the priors and fixed weights."""
     if evidence.churned:
         return 1.0
-    if evidence.signals is NO_SIGNALS:
+    if evidence.hazard == 0.0:
         return evidence.quiet
-    return 1.0 - (1.0 - evidence.quiet) * math.exp(-evidence.hazard(params))
+    return 1.0 - (1.0 - evidence.quiet) * math.exp(-evidence.hazard)
 
 
 class ChurnState:
     """One customer's churn evidence: a handful of running numbers (picklable)."""
 
     __slots__ = ("balance", "first_day", "history", "label", "last_day", "long_gap", "peak_balance",
-                 "recent_gap", "seen", "signal_t", "signals", "spend", "x")
+                 "recent_gap", "seen", "signal_t", "signals", "spend", "weighted", "x")
 
     def __init__(self) -> None:
         self.first_day: float | None = None  # start of the first active day (seconds)
@@ -169,6 +170,7 @@ class ChurnState:
         self.recent_gap: float | None = None  # days
         self.long_gap: float | None = None
         self.signals: tuple[float, ...] = NO_SIGNALS  # exit signals, decayed to signal_t
+        self.weighted = 0.0  # their weighted sum, at signal_t
         self.signal_t = 0.0
         self.balance: float | None = None
         self.peak_balance = 0.0
@@ -178,11 +180,17 @@ class ChurnState:
         # label teaches the shared model (ChurnModel) is the evidence as it stood then.
         self.history: list[ChurnEvidence] = []
 
+    def _decay(self, now: float, params: ChurnParams) -> float:
+        """The factor the signals have decayed by from ``signal_t`` to ``now``."""
+        if now <= self.signal_t:
+            return 1.0
+        return 0.5 ** ((now - self.signal_t) / (params.signal_halflife_days * DAY))
+
     def _decayed(self, now: float, params: ChurnParams) -> tuple[float, ...]:
-        if self.signals is NO_SIGNALS or now <= self.signal_t:
-            return self.signals
-        factor = 0.5 ** ((now - self.signal_t) / (params.signal_halflife_days * DAY))
-        return tuple(s * factor for s in self.signals)
+        if self.signals is NO_SIGNALS:
+            return NO_SIGNALS
+        factor = self._decay(now, params)
+        return self.signals if factor == 1.0 else tuple(s * factor for s in self.signals)
 
     def _add(self, name: str, t: float, params: ChurnParams, scale: float = 1.0) -> None:
         """Add exit signal ``name``, discounted by how often this customer has shown it before:
@@ -192,11 +200,14 @@ class ChurnState:
         signals = list(self._decayed(t, params))
         signals[_SIGNAL_INDEX[name]] += scale / (1.0 + times)
         self.signals, self.signal_t = tuple(signals), max(t, self.signal_t)
+        self.weighted = sum(w * s for w, s in zip(_weights(params), self.signals, strict=True))
 
     def observe_activity(self, t: float, amount: float, params: ChurnParams) -> None:
         """A transaction (or session start) at ``t`` of ``amount``."""
-        day = math.floor(t / DAY) * DAY
         self.spend += amount
+        if self.last_day <= t < self.last_day + DAY and self.first_day is not None:
+            return  # another event of the latest active day
+        day = math.floor(t / DAY) * DAY
         if self.first_day is None:
             self.first_day = self.last_day = day
             return
@@ -245,13 +256,13 @@ class ChurnState:
         if label == "churned":
             self.label = label
         else:
-            self.label, self.signals = None, NO_SIGNALS
+            self.label, self.signals, self.weighted = None, NO_SIGNALS, 0.0
         return before
 
     def evidence(self, now: float, params: ChurnParams) -> ChurnEvidence:
         """The evidence as of ``now`` (also kept as a weekly snapshot for the labels)."""
         if self.first_day is None:
-            return ChurnEvidence(now, 0.0, NO_SIGNALS, 0, 0.0, None, None, self.label == "churned")
+            return ChurnEvidence(now, 0.0, NO_SIGNALS, 1.0, 0.0, 0, 0.0, None, None, self.label == "churned")
         x, alpha = self.x, params.alpha_days
         age = max(0.0, now - self.first_day) / DAY  # T
         recency = (self.last_day - self.first_day) / DAY  # t_x
@@ -262,7 +273,9 @@ class ChurnState:
             p_alive = 1.0 / (1.0 + math.exp(min(700.0, log_odds)))
         rate = p_alive * (params.r + x) / (alpha + age)
         rate *= (1.0 + self.spend / (x + 1)) ** params.monetary_power
-        evidence = ChurnEvidence(now, math.exp(-rate * params.horizon_days), self._decayed(now, params),
+        decay = self._decay(now, params) if self.signals is not NO_SIGNALS else 1.0
+        evidence = ChurnEvidence(now, math.exp(-rate * params.horizon_days), self.signals, decay,
+                                 self.weighted * decay,
                                  x, (now - self.last_day) / DAY, self.long_gap, self.recent_gap,
                                  self.label == "churned")
         history = self.history
@@ -301,8 +314,8 @@ class ChurnModel:
 
     >>> p = ChurnParams(min_labels=1)
     >>> model = ChurnModel()
-    >>> quiet = ChurnEvidence(0.0, 0.3, NO_SIGNALS, 10, 3.0, 2.0, 2.0)
-    >>> viewed = ChurnEvidence(0.0, 0.3, (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), 10, 3.0, 2.0, 2.0)
+    >>> quiet = ChurnEvidence(0.0, 0.3, NO_SIGNALS, 1.0, 0.0, 10, 3.0, 2.0, 2.0)
+    >>> viewed = ChurnEvidence(0.0, 0.3, (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), 1.0, 0.3, 10, 3.0, 2.0, 2.0)
     >>> model.score(viewed, p) == prior_score(viewed, p)  # nothing learned yet
     True
     >>> for _ in range(200):
@@ -323,13 +336,18 @@ class ChurnModel:
 
     @staticmethod
     def _inputs(evidence: ChurnEvidence, params: ChurnParams) -> tuple[float, ...]:
-        return (1.0, _logit(prior_score(evidence, params)), *evidence.signals)
+        return (1.0, _logit(prior_score(evidence, params)), *evidence.exit_signals())
 
     def score(self, evidence: ChurnEvidence, params: ChurnParams) -> float:
         """The churn score in [0, 1]."""
+        prior = prior_score(evidence, params)
         if self.n < params.min_labels or evidence.churned:
-            return prior_score(evidence, params)
-        return self._predict(self._inputs(evidence, params))
+            return prior
+        w = self.weights
+        z = w[0] + w[1] * _logit(prior)
+        if evidence.signals is not NO_SIGNALS:
+            z += evidence.decay * sum(wk * sk for wk, sk in zip(w[2:], evidence.signals, strict=True))
+        return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
 
     def _predict(self, inputs: tuple[float, ...]) -> float:
         z = sum(w * x for w, x in zip(self.weights, inputs, strict=True))

@@ -39,6 +39,7 @@ class Summary:
     marketing_opt_out: bool
     first_t: float | None
     last_t: float | None
+    prev_t: float | None  # the latest event before this one (of any kind)
     mean_gap: float | None
     n_txns: int
     n_app: int
@@ -70,11 +71,17 @@ class CustomerModel:
         self.churn_params = churn_params or ChurnParams()  # not pickled: the step sets it
 
     def observe(self, event: Event) -> Observation:
-        """Fold ``event`` in; for a transaction, its features and rule hits (before learning)."""
+        """Fold ``event`` in; for a transaction, its features and rule hits (before learning).
+
+        The churn evidence is handed on when the event changed it: a new active day, an exit
+        signal or a churn label. More events of a day already counted change nothing the
+        score is made of except the clock, which moves it by a hair; skipping them saves
+        most of churn's cost (most events are not a customer's first of the day).
+        """
         profile, churn, p = self.profile, self.churn, self.churn_params
         features: list[float] | None = None  # detectors.profile.FEATURES order
         hits: list[RuleHit] | None = None
-        counted = True  # for churn
+        active_days, signals, prev_t = churn.x, churn.signals, profile.last_t
         label: tuple[ChurnEvidence, bool] | None = None
         if isinstance(event, Transaction):
             features = profile.observe_transaction(event)
@@ -88,29 +95,28 @@ class CustomerModel:
             profile.observe_app(event)
             if event.action == "login":
                 churn.observe_activity(event.t, 0.0, p)
-            else:  # an ordinary page view inside a session says nothing new
-                counted = churn.observe_signal(event.action, event.t, p)
+            else:
+                churn.observe_signal(event.action, event.t, p)
         elif isinstance(event, Feedback):
             profile.observe_feedback(event)
-            counted = event.label in CHURN_LABELS
-            if counted:
+            if event.label in CHURN_LABELS:
                 before = churn.observe_label(event.label, event.t, p)
                 label = (before, event.label == "churned") if before is not None else None
-        else:
-            counted = False
-            if isinstance(event, Profile):
-                profile.observe_profile(event)
-        return Observation(self._summarise(), features, hits,
+                active_days = -1  # a label always counts
+        elif isinstance(event, Profile):
+            profile.observe_profile(event)
+        counted = churn.x != active_days or churn.signals is not signals
+        return Observation(self._summarise(prev_t), features, hits,
                            churn.evidence(event.t, p) if counted else None, label)
 
     def churn_evidence(self, now: float) -> ChurnEvidence:
         """The churn evidence as of event time ``now`` (say, the end of a replay)."""
         return self.churn.evidence(now, self.churn_params)
 
-    def _summarise(self) -> Summary:
+    def _summarise(self, prev_t: float | None) -> Summary:
         p = self.profile
         return Summary(p.rm_id, p.segment, p.risk_level, p.marketing_opt_out, p.first_t,
-                       p.last_t, p.mean_gap, p.n_txns, p.n_app)
+                       p.last_t, prev_t, p.mean_gap, p.n_txns, p.n_app)
 
     def __getstate__(self) -> tuple[CustomerProfile, RuleParams, ChurnState]:
         return (self.profile, self.rules, self.churn)

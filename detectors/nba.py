@@ -208,7 +208,11 @@ class NBAState:
     due: float = math.inf  # no pending prompt expires before this event time
 
     def prompts_in_week(self, now: float) -> int:
-        return sum(1 for t in self.sent if now - WEEK < t <= now)
+        n = 0
+        for t in self.sent:  # a handful at most: a loop beats a generator here
+            if now - WEEK < t <= now:
+                n += 1
+        return n
 
     def forget(self, now: float, params: NBAParams) -> None:
         """Drop what no rule can use any more (prompts older than a week, old dismissals)."""
@@ -309,54 +313,57 @@ class LinUCB:
         self.ridge = ridge
         self.seed = seed
         self._rng = random.Random(seed)
-        self._a_inv: dict[str, np.ndarray] = {}  # per arm: (ridge I + sum x x')^-1
-        self._b: dict[str, np.ndarray] = {}  # per arm: sum reward * x
+        # Every arm's statistics stacked, row i for arm index[i], so that a pull scores all
+        # the eligible arms in one numpy call instead of one small product per arm.
+        self.index: dict[str, int] = {}
+        self._a_inv = np.empty((0, n_features, n_features))  # per arm: (ridge I + sum x x')^-1
+        self._b = np.empty((0, n_features))  # per arm: sum reward * x
         self.counts: dict[str, int] = {}
         self.n_updates = 0
 
-    def _arm(self, arm: str) -> tuple[np.ndarray, np.ndarray]:
-        if arm not in self._a_inv:
-            self._a_inv[arm] = np.eye(self.n_features) / self.ridge
-            self._b[arm] = np.zeros(self.n_features)
+    def _arm(self, arm: str) -> int:
+        i = self.index.get(arm)
+        if i is None:
+            i = self.index[arm] = len(self.index)
+            eye = np.eye(self.n_features)[None] / self.ridge
+            self._a_inv = np.concatenate([self._a_inv, eye])
+            self._b = np.concatenate([self._b, np.zeros((1, self.n_features))])
             self.counts[arm] = 0
-        return self._a_inv[arm], self._b[arm]
+        return i
 
     def estimate(self, arm: str, x: Sequence[float]) -> tuple[float, float]:
         """The expected reward of ``arm`` in context ``x`` and the width of its confidence."""
-        a_inv, b = self._arm(arm)
-        v = np.asarray(x, dtype=float)
-        a_inv_v = a_inv @ v
-        return float(a_inv_v @ b), math.sqrt(max(0.0, float(v @ a_inv_v)))
+        (mean,), (width,) = self._estimates([self._arm(arm)], np.asarray(x, dtype=float))
+        return float(mean), float(width)
+
+    def _estimates(self, rows: list[int], v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a_inv_v = self._a_inv[rows] @ v  # (arms, features)
+        means = np.einsum("ij,ij->i", a_inv_v, self._b[rows])
+        return means, np.sqrt(np.maximum(0.0, a_inv_v @ v))
 
     def pull(self, arms: Sequence[str], x: Sequence[float]) -> tuple[str, float, float]:
         """Choose among ``arms`` (non-empty): the arm, its estimated reward and its width."""
         if not arms:
             raise ValueError("pull needs at least one arm")
-        best: list[tuple[str, float, float]] = []
-        best_ucb = -math.inf
-        for arm in arms:
-            mean, width = self.estimate(arm, x)
-            ucb = mean + self.alpha * width
-            if ucb > best_ucb + 1e-12:
-                best, best_ucb = [(arm, mean, width)], ucb
-            elif ucb >= best_ucb - 1e-12:
-                best.append((arm, mean, width))
-        return best[0] if len(best) == 1 else self._rng.choice(best)
+        means, widths = self._estimates([self._arm(arm) for arm in arms], np.asarray(x, dtype=float))
+        ucb = means + self.alpha * widths
+        best = np.flatnonzero(ucb >= ucb.max() - 1e-12)
+        i = int(best[0]) if len(best) == 1 else self._rng.choice([int(j) for j in best])
+        return arms[i], float(means[i]), float(widths[i])
 
     def update(self, arm: str, x: Sequence[float], reward: float) -> None:
         """Learn one sample: ``reward`` for ``arm`` in context ``x`` (Sherman-Morrison)."""
-        a_inv, b = self._arm(arm)
-        v = np.asarray(x, dtype=float)
+        i = self._arm(arm)
+        a_inv, v = self._a_inv[i], np.asarray(x, dtype=float)
         a_inv_v = a_inv @ v
         a_inv -= np.outer(a_inv_v, a_inv_v) / (1.0 + float(v @ a_inv_v))
-        b += reward * v
+        self._b[i] += reward * v
         self.counts[arm] += 1
         self.n_updates += 1
 
     def revise(self, arm: str, x: Sequence[float], old: float, new: float) -> None:
         """Replace the reward of a sample already learned (its ``x`` is already in ``A``)."""
-        _, b = self._arm(arm)
-        b += (new - old) * np.asarray(x, dtype=float)
+        self._b[self._arm(arm)] += (new - old) * np.asarray(x, dtype=float)
 
 
 class Policy(Protocol):
@@ -555,20 +562,38 @@ class NextBestActions:
     The engine keeps it in its shared step, where the bandit and the fraud alerts are: a
     decision reads the customer's contact state, pulls from the shared bandit and writes
     the prompt back into that state. A fraud alert stays open for ``open_fraud_days`` of
-    event time, or until a ``legit`` label for the customer. The customer's facts are
-    built only when an event is a trigger moment (most events are not).
+    event time, or until a ``legit`` label for the customer.
+
+    Most events cannot matter (debits, page views, short product views): they are let go
+    at once, before any state is touched. A customer's expired prompts are settled (and
+    learned as reward 0) at their next event that does matter. The customer's facts are
+    built only when an event is a trigger moment.
     """
 
     def __init__(self, actions: tuple[Action, ...], params: NBAParams) -> None:
         self.policy = NextBestAction(actions, params)
         self.states: dict[str, NBAState] = {}
         self.fraud_alert_t: dict[str, float] = {}  # customer -> time of their last fraud alert
+        self._app_actions = frozenset({"login", params.maturity_app_action})
+
+    def matters(self, event: Event) -> bool:
+        """Whether ``event`` may be a trigger moment or feedback (cheap, no state read)."""
+        p = self.policy.params
+        if isinstance(event, Transaction):
+            return event.direction == "credit" and (event.amount >= p.large_credit
+                                                    or event.txn_type in p.maturity_txn_types)
+        if isinstance(event, AppEvent):
+            return event.action in self._app_actions or (
+                event.action == "product_view" and (event.duration_ms or 0) >= p.view_ms)
+        return isinstance(event, Feedback)
 
     def on_event(self, event: Event, summary: Summary, alerted: bool,
                  churn_score: float | None = None) -> Prompt | None:
         """The prompt ``event`` triggers, if any; ``alerted``: it raised a fraud alert;
         ``churn_score``: the customer's churn score as of the event, if it was updated (a rise
         across ``churn_level`` is a trigger when the event itself is not one)."""
+        if not (alerted or churn_score is not None or self.matters(event)):
+            return None
         customer = event.customer_id
         if alerted:
             self.fraud_alert_t[customer] = event.t
@@ -577,6 +602,8 @@ class NextBestActions:
         state = self.states.get(customer)
         if state is None:
             state = self.states[customer] = NBAState()
+        if summary.prev_t is not None and (state.last_seen_t is None or summary.prev_t > state.last_seen_t):
+            state.last_seen_t = summary.prev_t  # the events let go count as seen
         trigger = self.policy.observe(state, event)
         if churn_score is not None:
             rising = self.policy.churn_trigger(state, churn_score, event.event_id, event.ts, event.t, customer)

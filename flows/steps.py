@@ -156,12 +156,14 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
         if event.t > self.now:
             self.now = event.t
             detector.advance(event.t)
-        churn = None
+        churn = nba_churn = None
         if observation.churn is not None:
-            churn_params = self._config.view.churn
-            churn = self.churn.score(observation.churn, churn_params)
+            view = self._config.view
+            churn = self.churn.score(observation.churn, view.churn)
             if observation.churn_label is not None:  # score before learn
-                self.churn.learn(*observation.churn_label, churn_params)
+                self.churn.learn(*observation.churn_label, view.churn)
+            if observation.churn.active_days >= view.churn_min_active_days:
+                nba_churn = churn  # a newcomer's score says nothing yet about leaving
         if isinstance(event, Transaction):
             assert observation.features is not None and observation.hits is not None
             assessment = detector.assess(event.event_id, event.t, event.counterparty_id,
@@ -177,7 +179,7 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
                     reasons=assessment.reasons, model_version=assessment.model_version)
             prompt = None
             if self.nba is not None:
-                prompt = self.nba.on_event(event, observation.summary, alert is not None, churn_score=churn)
+                prompt = self.nba.on_event(event, observation.summary, alert is not None, churn_score=nba_churn)
             return Scored(event, observation, assessment, alert, item.source_time, read_at=item.read_at,
                           prompt=prompt, churn=churn)
         outcome = None
@@ -187,7 +189,7 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
             outcome = (scored, is_fraud) if scored is not None else None
         prompt = None
         if self.nba is not None and not isinstance(event, Control):
-            prompt = self.nba.on_event(event, observation.summary, False, churn_score=churn)
+            prompt = self.nba.on_event(event, observation.summary, False, churn_score=nba_churn)
         return Scored(event, observation, None, None, item.source_time, outcome, item.read_at, prompt, churn)
 
     def on_eof(self) -> tuple[Iterable[AsOf], bool]:

@@ -92,7 +92,8 @@ def _alert_due(model: CustomerModel, view: CustomerView, params: ViewParams, raw
     evidence = model.observe(parse_event(raw)).churn if raw is not None else None
     if now is not None:
         evidence = model.churn_evidence(now)
-    assert evidence is not None
+    if evidence is None:
+        return None  # the event changed nothing churn is made of
     return view.churn_alert_due(prior_score(evidence, params.churn), evidence, params)
 
 
@@ -118,6 +119,18 @@ def test_churn_alert_cooldown_and_escalation() -> None:
         _alert_due(fresh_model, fresh, params, _txn(i, i))
     assert _alert_due(fresh_model, fresh, params, now=9 * DAY + 1767261600.0) is None
     assert _alert_due(fresh_model, fresh, params, now=t0 + 31 * DAY) is not None  # crossed from below
+
+
+def test_evidence_is_handed_on_only_when_the_event_changed_it() -> None:
+    model = CustomerModel()
+    observed = [model.observe(parse_event(raw)).churn is not None for raw in (
+        _txn(0, 0), _txn(1, 1),  # the first event has nothing to compare with; a new day
+        b'{"kind":"transaction","event_id":"e2","customer_id":"c","ts":"2026-01-02T18:00:00Z","amount":5}',
+        b'{"kind":"app","event_id":"a1","customer_id":"c","ts":"2026-01-02T19:00:00Z","action":"page_view"}',
+        b'{"kind":"app","event_id":"a2","customer_id":"c","ts":"2026-01-02T19:01:00Z","action":"complaint"}',
+        b'{"kind":"feedback","event_id":"f1","customer_id":"c","ts":"2026-01-02T20:00:00Z","label":"retained"}',
+        b'{"kind":"app","event_id":"a3","customer_id":"c","ts":"2026-01-03T08:00:00Z","action":"login"}')]
+    assert observed == [False, True, False, False, True, True, True]
 
 
 def test_a_label_teaches_the_evidence_of_one_horizon_before() -> None:

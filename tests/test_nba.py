@@ -356,7 +356,7 @@ def test_unanswered_prompt_is_learned_as_zero_at_expiry_and_late_answers_are_ign
     nba.on_event(state, facts, feedback("f1", T0 + 4 * DAY, "nba_dismissed", prompt.prompt_id))
     assert nba.policy.n_updates == 1 and not state.dismissed and not state.pending
     assert nba.policy.counts["offer_time_deposit"] == 1
-    assert not np.any(nba.policy._b["offer_time_deposit"])  # learned as reward 0
+    assert not np.any(nba.policy._b[nba.policy.index["offer_time_deposit"]])  # learned as reward 0
 
 
 def test_bandit_learns_the_best_action_per_context() -> None:
