@@ -203,7 +203,7 @@ def test_the_engine_learns_in_closed_loop_and_breaks_no_contact_rule() -> None:
 
 def test_live_simulator_mode_answers_prompts_and_the_bandit_learns() -> None:
     settings = load_settings()
-    settings = replace(settings, simulator=replace(settings.simulator, customers=200, days=60, rate_per_s=20_000))
+    settings = replace(settings, simulator=replace(settings.simulator, customers=200, days=60, rate_per_s=10_000))
     flow, loopback = demo_flow(settings, threading.Event())
     assert loopback is not None
     out = io.StringIO()
