@@ -5,6 +5,7 @@
     python run.py live                 Kafka topics in, Kafka alerts out
     python run.py simulate --out ...   write a labelled simulated stream
     python run.py evaluate             simulate, replay, and report detection quality
+    python run.py evaluate --nba       next-best action in closed loop against baselines
     python run.py produce              send the simulator's stream to the Kafka input topics
     python run.py audit verify ...     check the hash chain of an audit log
     python run.py snooze ...           suppress a customer's alerts of a type until a time
@@ -24,13 +25,15 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from config.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from ops import Telemetry
     from ops.health import OpsServer
+
+T = TypeVar("T")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -96,13 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="simulate, replay and report detection quality",
                               description="Generate a labelled stream, replay it through the engine "
                               "and print precision, recall, ROC AUC, average precision and detection "
-                              "delay per typology and overall.")
+                              "delay per typology and overall, and churn quality. With --nba instead: "
+                              "run the engine in closed loop with simulated customers who answer its "
+                              "next-best-action prompts, for the bandit, a random eligible policy and "
+                              "every fixed action, and print conversion rates and contact-rule violations "
+                              "(bench/nba_loop.py).")
     _common(evaluate)
-    evaluate.add_argument("--customers", type=int, default=2000)
-    evaluate.add_argument("--days", type=float, default=60.0)
-    evaluate.add_argument("--seed", type=int, default=11)
-    evaluate.add_argument("--fraud-rate", type=float, default=0.05)
-    evaluate.add_argument("--workdir", type=Path, default=None, help="keep the files here")
+    evaluate.add_argument("--nba", action="store_true",
+                          help="evaluate next-best action in closed loop instead of detection")
+    evaluate.add_argument("--customers", type=int, default=None, help="default 2000 (--nba: 500)")
+    evaluate.add_argument("--days", type=float, default=None, help="default 60 (--nba: 150)")
+    evaluate.add_argument("--seed", type=int, default=None, help="default 11 (--nba: 7)")
+    evaluate.add_argument("--fraud-rate", type=float, default=0.05, help="detection only")
+    evaluate.add_argument("--workdir", type=Path, default=None, help="keep the files here (detection only)")
+    evaluate.add_argument("--jobs", type=int, default=1, help="--nba: policies run at a time, in processes")
+    evaluate.add_argument("--learned-from-day", type=float, default=60.0,
+                          help="--nba: prompts from this day on count as after learning (default 60)")
 
     produce = sub.add_parser("produce", help="send the simulator's stream to the Kafka input topics",
                              description="Generate the simulator's stream and produce each event to "
@@ -302,11 +314,17 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
         counts = write_jsonl(SimulatorConfig(customers=args.customers, days=args.days, seed=args.seed,
                                              fraud_rate=args.fraud_rate), args.out, args.truth_out)
         print(counts)
+    elif args.command == "evaluate" and args.nba:
+        assert settings is not None
+        from bench import nba_loop
+
+        return nba_loop.run(settings, _or(args.customers, 500), _or(args.days, 150.0), _or(args.seed, 7),
+                            args.jobs, args.learned_from_day)
     elif args.command == "evaluate":
         assert settings is not None
         from bench.evaluate import evaluate
 
-        evaluate(settings, customers=args.customers, days=args.days, seed=args.seed,
+        evaluate(settings, customers=_or(args.customers, 2000), days=_or(args.days, 60.0), seed=_or(args.seed, 11),
                  fraud_rate=args.fraud_rate, workdir=args.workdir, workers=args.workers)
     elif args.command == "produce":
         assert settings is not None
@@ -316,6 +334,10 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
                                   customers=args.customers, seed=args.seed, create_partitions=args.create_topics)
         print(f"produced {sent} events", file=sys.stderr)
     return 0
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 if __name__ == "__main__":

@@ -3,17 +3,19 @@ against the best fixed action, with every contact rule re-checked.
 
     python -m bench.nba_eval [--customers 2000] [--days 180] [--seed 7]
 
-Simulated customers carry *latent product preferences* that the policy never sees: a taste
-per category drawn around their segment's (mass customers like deposits, private customers
+Simulated customers carry *latent product preferences* that the policy never sees
+(``simulator.preferences``, the same model as the engine's own simulator): a taste per
+category drawn around their segment's (mass customers like deposits, private customers
 alternatives, research and their RM's call), shifted by the trigger moment (a maturity makes a
 reminder and a reinvestment welcome, rising churn risk makes a call the thing to do, products
 unwelcome), by the product they were just looking at, and by how far the product's risk is from
-their own risk grade. Each customer's events (long and short product views, large and small
-credits and debits, maturities, logins after a long absence, churn scores) run in event-time
-order through :class:`detectors.nba.NextBestAction`; each prompt is answered hours later with
-feedback events drawn from the customer's preferences: ``nba_accepted`` then ``nba_converted``,
-``nba_accepted`` alone, ``nba_dismissed``, or nothing (the prompt expires). The same customers,
-events and random draws (one uniform per trigger event) are used for every policy:
+their own risk grade. Each customer's events (long and short product views of the catalogue's
+products, large and small credits and debits, maturities, logins after a long absence, churn
+scores) run in event-time order through :class:`detectors.nba.NextBestAction`; each prompt is
+answered hours later by ``simulator.responder``: ``nba_accepted`` then ``nba_converted``,
+``nba_accepted`` alone, ``nba_dismissed``, or nothing (the prompt expires). The same customers
+and events are used for every policy, and the same prompt (trigger and action) always gets the
+same answer:
 
 - ``bandit``: :class:`detectors.nba.LinUCB`, learning from the feedback it caused;
 - ``random``: a uniformly random eligible action;
@@ -24,26 +26,29 @@ events and random draws (one uniform per trigger event) are used for every polic
 
 Reported: conversion rate (conversions / prompts), cumulative by period of 30 days and per
 period, and the ratio bandit / random; and the number of prompts that break a contact rule
-(opt-out, suitability, weekly cap, dismissal cooldown, sales under an open fraud alert), counted
-by an independent check against the simulation's own records: it must be 0 for every policy.
+(opt-out, suitability, weekly cap, dismissal cooldown, sales under an open fraud alert, a
+repeat while pending, an action outside its triggers), counted by an independent check
+(``bench.nba_baselines.RuleCheck``) against the simulation's own records: it must be 0 for
+every policy. This is a toy world built for the detector alone; ``bench.nba_loop`` runs the
+whole engine in closed loop on the engine's own simulator.
 
-``python -m bench.nba_eval`` (2,000 customers, 180 days, seed 7; 26,766 prompts per policy,
-37 s on 2 shared cores) printed, cumulative conversion rate at the end of each 30 days:
+``python -m bench.nba_eval`` (2,000 customers, 180 days, seed 7; 26,737 prompts per policy,
+29 s on 2 shared cores) printed, cumulative conversion rate at the end of each 30 days:
 
     days    bandit  random  best fixed (maturity_reminder)  bandit/random
-    0-30    0.1987  0.0847  0.1238                          2.35
-    0-60    0.2002  0.0848  0.1187                          2.36
-    0-90    0.2084  0.0879  0.1231                          2.37
-    0-120   0.2121  0.0917  0.1242                          2.31
-    0-150   0.2114  0.0913  0.1227                          2.31
-    0-180   0.2128  0.0917  0.1231                          2.32
+    0-30    0.2107  0.1016  0.1375                          2.07
+    0-60    0.2138  0.0992  0.1295                          2.16
+    0-90    0.2136  0.0976  0.1278                          2.19
+    0-120   0.2139  0.0974  0.1260                          2.20
+    0-150   0.2132  0.0972  0.1253                          2.19
+    0-180   0.2145  0.0964  0.1241                          2.22
 
-After learning (prompts from day 60 on): bandit 0.2194, random 0.0952 (2.30x), best fixed
-action 0.1253 (1.75x), oracle 0.2295 (the bandit reaches 96 % of it). By blocks of 500 prompts
-the bandit goes 0.120, 0.172, 0.190, 0.210 over the first 2,000 prompts (random stays near
-0.08): it learns within the first few days, as 14 actions and a 22-feature context need only
+After learning (prompts from day 60 on): bandit 0.2149, random 0.0950 (2.26x), best fixed
+action 0.1213 (1.77x), oracle 0.2276 (the bandit reaches 94 % of it). By blocks of 500 prompts
+the bandit goes 0.118, 0.202, 0.226, 0.212 over the first 2,000 prompts (random stays near
+0.10): it learns within the first few days, as 14 actions and a 22-feature context need only
 a few hundred answers. Contact-rule violations: 0 for all 17 policies run. Seeds 8 and 9 gave
-bandit / random after learning 2.38 and 2.43, bandit / best fixed 1.70 and 1.73, 0 violations.
+bandit / random after learning 2.35 and 2.39, bandit / best fixed 1.76 and 1.76, 0 violations.
 
 The simulation is kind to a linear model: the latent taste is additive in the logit over
 features the context carries (segment, risk grade, trigger, viewed category), and only the
@@ -53,20 +58,19 @@ per-customer noise is hidden; real preferences will be harder to learn than this
 from __future__ import annotations
 
 import argparse
-import hashlib
 import heapq
 import math
 import random
 import time
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.nba_baselines import FixedPolicy, RandomPolicy, RuleCheck
 from config.actions import load_actions
 from detectors.nba import (
     CATEGORIES,
     TRIGGERS,
-    WEEK,
     Action,
     CustomerFacts,
     NBAParams,
@@ -74,7 +78,9 @@ from detectors.nba import (
     NextBestAction,
 )
 from schemas.events import AppEvent, Event, Feedback, Transaction
-from schemas.outputs import Prompt, format_ts
+from schemas.outputs import format_ts
+from simulator.preferences import TASTE_CATEGORIES, conversion_probability, draw_tastes
+from simulator.responder import Responder
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 DAY = 86400.0
@@ -84,39 +90,18 @@ SEGMENTS = (("mass", 0.6), ("affluent", 0.3), ("private", 0.1))
 # Risk grade C1..C5 weights per segment.
 RISK_WEIGHTS = {"mass": (0.3, 0.35, 0.2, 0.1, 0.05), "affluent": (0.1, 0.2, 0.35, 0.25, 0.1),
                 "private": (0.05, 0.1, 0.25, 0.3, 0.3)}
-# Latent taste per segment and action category (logit shifts).
-SEGMENT_TASTE = {
-    "mass": {"deposit": 1.0, "wealth": 0.3, "bond": 0.0, "fund": -0.3, "equity": -0.8, "alternative": -2.0,
-             "relationship": -0.5, "research": -1.5, "reminder": 0.0},
-    "affluent": {"deposit": 0.0, "wealth": 0.8, "bond": 0.5, "fund": 0.5, "equity": 0.0, "alternative": -1.0,
-                 "relationship": 0.0, "research": -0.3, "reminder": 0.0},
-    "private": {"deposit": -1.0, "wealth": 0.3, "bond": 0.3, "fund": 0.2, "equity": 0.6, "alternative": 1.2,
-                "relationship": 0.8, "research": 0.8, "reminder": 0.0},
-}
-PRODUCT_CATEGORIES = ("deposit", "wealth", "bond", "fund", "equity", "alternative")
-# How each trigger moment shifts the taste for a category.
-TRIGGER_TASTE = {
-    "product_view": {},
-    "large_credit": {"deposit": 0.6, "wealth": 0.8, "fund": 0.3},
-    "maturity": {"reminder": 2.2, "deposit": 0.8, "wealth": 0.5},
-    "churn_rising": {"relationship": 2.0, **{c: -1.0 for c in PRODUCT_CATEGORIES}},
-    "login_after_absence": {"research": 0.8, "relationship": 0.6, **{c: -0.3 for c in PRODUCT_CATEGORIES}},
-}
-BASE_LOGIT = -3.0
-VIEWED_MATCH = 1.5  # the category of the product just viewed
-RISK_DISTANCE = 0.35  # per grade between the product's risk and the customer's grade
-NOISE = 0.5  # per-customer, per-category taste not explained by segment
 
 
 @dataclass(frozen=True)
 class Customer:
-    """A simulated customer: profile facts the engine sees, and latent taste it does not."""
+    """A simulated customer: profile facts the engine sees, and latent tastes it does not
+    (``simulator.preferences``)."""
 
     customer_id: str
     segment: str
     risk_level: int
     opt_out: bool
-    taste: dict[str, float]
+    tastes: tuple[float, ...]
     fraud_window: tuple[float, float] | None  # an open fraud alert during [start, end)
 
     def facts(self, t: float) -> CustomerFacts:
@@ -125,33 +110,27 @@ class Customer:
                              fraud)
 
     def p_convert(self, action: Action, trigger: str, viewed_category: str | None) -> float:
-        logit = BASE_LOGIT + self.taste[action.category] + TRIGGER_TASTE[trigger].get(action.category, 0.0)
-        if viewed_category is not None and viewed_category == action.category:
-            logit += VIEWED_MATCH
-        if action.kind == "product":
-            logit -= RISK_DISTANCE * abs(action.risk - self.risk_level)
-        return 1.0 / (1.0 + math.exp(-logit))
+        return conversion_probability(self.tastes, self.risk_level, action, trigger, viewed_category)
 
 
-def population(n: int, days: float, rng: random.Random) -> list[Customer]:
+def population(n: int, days: float, rng: random.Random, seed: int) -> list[Customer]:
     customers = []
-    categories = tuple(SEGMENT_TASTE["mass"])
     for i in range(n):
         segment = rng.choices([s for s, _ in SEGMENTS], [w for _, w in SEGMENTS])[0]
         risk = rng.choices(range(1, 6), RISK_WEIGHTS[segment])[0]
-        taste = {c: SEGMENT_TASTE[segment][c] + rng.gauss(0.0, NOISE) for c in categories}
         fraud = None
         if rng.random() < 0.05:
             start = T0 + rng.uniform(0, days) * DAY
             fraud = (start, start + rng.uniform(5, 30) * DAY)
-        customers.append(Customer(f"c{i:05d}", segment, risk, rng.random() < 0.08, taste, fraud))
+        customers.append(Customer(f"c{i:05d}", segment, risk, rng.random() < 0.08, draw_tastes(seed, i, segment),
+                                  fraud))
     return customers
 
 
 def timeline(customer: Customer, catalogue: Sequence[Action], days: float, rng: random.Random) -> list[Event]:
     """The customer's own events (no feedback): triggers and ordinary activity."""
     products = [a for a in catalogue if a.product_id]
-    weights = [math.exp(customer.taste[a.category]) for a in products]
+    weights = [math.exp(customer.tastes[TASTE_CATEGORIES.index(a.category)]) for a in products]
     events: list[Event] = []
     cid, t, end = customer.customer_id, T0 + rng.uniform(0, 5) * DAY, T0 + days * DAY
     while True:
@@ -183,39 +162,6 @@ def timeline(customer: Customer, catalogue: Sequence[Action], days: float, rng: 
             events.append(AppEvent(eid, ts, t, cid, "churn_score", properties={"score": rng.random() ** 0.7}))
 
 
-def uniform(seed: int, key: str) -> float:
-    """A uniform draw fixed by (seed, key): every policy meets the same luck at a trigger."""
-    digest = hashlib.blake2b(f"{seed}\x1f{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-class RandomPolicy:
-    """A uniformly random eligible action; learns nothing."""
-
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(seed)
-
-    def pull(self, arms: Sequence[str], x: Sequence[float]) -> tuple[str, float, float]:
-        return self._rng.choice(list(arms)), 0.0, 0.0
-
-    def update(self, arm: str, x: Sequence[float], reward: float) -> None:
-        pass
-
-    def revise(self, arm: str, x: Sequence[float], old: float, new: float) -> None:
-        pass
-
-
-class FixedPolicy(RandomPolicy):
-    """One action whenever it is eligible, else a random eligible one."""
-
-    def __init__(self, action_id: str, seed: int) -> None:
-        super().__init__(seed)
-        self.action_id = action_id
-
-    def pull(self, arms: Sequence[str], x: Sequence[float]) -> tuple[str, float, float]:
-        return (self.action_id, 0.0, 0.0) if self.action_id in arms else super().pull(arms, x)
-
-
 class OraclePolicy(RandomPolicy):
     """Knows the latent preferences: the eligible action most likely to convert (an upper
     bound, not a policy anyone could run). Reads the trigger and viewed category from the
@@ -245,44 +191,13 @@ class Result:
     prompts: list[int] = field(default_factory=list)  # per period
     conversions: list[int] = field(default_factory=list)
     accepted: int = 0
-    violations: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    actions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    violations: Counter[str] = field(default_factory=Counter)
+    actions: Counter[str] = field(default_factory=Counter)
     outcomes: list[bool] = field(default_factory=list)  # converted or not, prompt by prompt
 
     def rate(self, upto: int | None = None, since: int = 0) -> float:
         p = sum(self.prompts[since:upto])
         return sum(self.conversions[since:upto]) / p if p else 0.0
-
-
-class RuleCheck:
-    """The contact rules, re-checked from the simulation's own records of what happened."""
-
-    def __init__(self, params: NBAParams, by_id: dict[str, Action]) -> None:
-        self.params, self.by_id = params, by_id
-        self.sent: dict[str, list[float]] = defaultdict(list)
-        self.dismissed: dict[tuple[str, str], float] = {}
-        self.expiry: dict[str, tuple[str, str, float]] = {}
-
-    def prompt(self, prompt: Prompt, t: float, facts: CustomerFacts, result: Result) -> None:
-        action, cid = self.by_id[prompt.action], prompt.customer_id
-        if facts.marketing_opt_out:
-            result.violations["opt_out"] += 1
-        if action.kind == "product" and (facts.risk_level is None or action.risk > facts.risk_level):
-            result.violations["suitability"] += 1
-        if action.sales and facts.open_fraud_alert:
-            result.violations["open_fraud"] += 1
-        if sum(1 for s in self.sent[cid] if t - WEEK < s <= t) >= self.params.max_prompts_per_week:
-            result.violations["weekly_cap"] += 1
-        last = self.dismissed.get((cid, action.action_id))
-        if last is not None and t - last < self.params.cooldown_days * DAY:
-            result.violations["cooldown"] += 1
-        self.sent[cid].append(t)
-        self.expiry[prompt.prompt_id] = (cid, action.action_id, t + action.ttl_hours * 3600.0)
-
-    def dismissal(self, prompt_id: str, t: float) -> None:
-        cid, action_id, expires = self.expiry[prompt_id]
-        if t < expires:
-            self.dismissed[(cid, action_id)] = t
 
 
 def run_policy(name: str, nba: NextBestAction, customers: list[Customer], events: list[Event], days: float,
@@ -292,6 +207,7 @@ def run_policy(name: str, nba: NextBestAction, customers: list[Customer], events
     by_id = {a.action_id: a for a in nba.catalogue}
     category_of = {a.product_id: a.category for a in nba.catalogue if a.product_id}
     check = RuleCheck(nba.params, by_id)
+    responder = Responder(seed, by_id)
     customer_of = {c.customer_id: c for c in customers}
     states = {c.customer_id: NBAState() for c in customers}
     # Customer events are already in time order; feedback joins them through a heap.
@@ -314,38 +230,27 @@ def run_policy(name: str, nba: NextBestAction, customers: list[Customer], events
             prompt = nba.on_churn(state, facts, score, event.event_id, event.ts, event.t, event.customer_id)
             viewed = None
         else:
-            if isinstance(event, Feedback) and event.label == "nba_dismissed":
-                check.dismissal(event.ref_prompt_id or "", event.t)
+            if isinstance(event, Feedback):
+                check.answer(event.ref_prompt_id or "", event.label, event.t)
             prompt = nba.on_event(state, facts, event)
-            viewed = category_of.get(event.product_id) if isinstance(event, AppEvent) else None
+            viewed = category_of.get(event.product_id) if isinstance(event, AppEvent) and event.product_id else None
         if prompt is None:
             continue
-        check.prompt(prompt, event.t, facts, result)
+        check.prompt(prompt, event.t, facts)
         period = min(n_periods - 1, int((event.t - T0) / (PERIOD_DAYS * DAY)))
         result.prompts[period] += 1
         result.actions[prompt.action] += 1
-        p = customer.p_convert(by_id[prompt.action], prompt.trigger, viewed)
-        u = uniform(seed, prompt.event_id)
-        answer_t = event.t + (1 + 46 * uniform(seed + 1, prompt.event_id)) * 3600.0
-        converted = u < p
-        result.conversions[period] += converted
-        result.outcomes.append(converted)
-        labels: tuple[str, ...]
-        if converted:
-            labels = ("nba_accepted", "nba_converted")
-        elif u < min(0.95, 3.0 * p):
-            labels = ("nba_accepted",)
-        elif u < 0.92:
-            labels = ("nba_dismissed",)
-        else:
-            labels = ()  # never answered: the prompt expires
-        if labels:
-            result.accepted += labels[0] == "nba_accepted"
-        for i, label in enumerate(labels):
-            t = answer_t + i * 12 * 3600.0
+        response = responder.respond(prompt, customer, viewed)
+        result.conversions[period] += response.converted
+        result.outcomes.append(response.converted)
+        result.accepted += response.accepted
+        for i, answer in enumerate(response.answers):
+            t = answer.t_ms / 1000.0
             seq += 1
             heapq.heappush(queue, (t, seq, Feedback(f"fb-{prompt.prompt_id}-{i}", format_ts(t), t,
-                                                    event.customer_id, label, ref_prompt_id=prompt.prompt_id)))
+                                                    event.customer_id, answer.label,
+                                                    ref_prompt_id=prompt.prompt_id)))
+    result.violations = check.violations
     return result
 
 
@@ -355,7 +260,7 @@ def evaluate(n_customers: int, days: float, seed: int, params: NBAParams | None 
     params = params or NBAParams(seed=seed)
     catalogue = load_actions()
     rng = random.Random(seed)
-    customers = population(n_customers, days, rng)
+    customers = population(n_customers, days, rng, seed)
     events = sorted((e for c in customers for e in timeline(c, catalogue, days, rng)),
                     key=lambda e: (e.t, e.event_id))
     runs: list[tuple[str, NextBestAction]] = [
@@ -399,12 +304,12 @@ def report(results: list[Result], days: float) -> str:
               f"oracle (knows the latent preferences, an upper bound): {oracle.rate(since=learned):.4f} after "
               f"learning, {oracle.rate():.4f} overall", "",
               "prompts, conversions and contact-rule violations per policy"]
-    for r in [bandit, random_, fixed, oracle]:
-        total = sum(r.violations.values())
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(r.violations.items())) or "none"
-        lines.append(f"  {r.name:<40} prompts {sum(r.prompts):>6}  conversions {sum(r.conversions):>5}  "
-                     f"accepted {r.accepted:>5}  violations {total} ({detail})")
-    all_violations = sum(sum(r.violations.values()) for r in results)
+    for res in [bandit, random_, fixed, oracle]:
+        total = sum(res.violations.values())
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(res.violations.items())) or "none"
+        lines.append(f"  {res.name:<40} prompts {sum(res.prompts):>6}  conversions {sum(res.conversions):>5}  "
+                     f"accepted {res.accepted:>5}  violations {total} ({detail})")
+    all_violations = sum(sum(res.violations.values()) for res in results)
     lines.append(f"violations over all {len(results)} policies run: {all_violations}")
     top = sorted(bandit.actions.items(), key=lambda kv: -kv[1])[:6]
     lines.append("bandit's most frequent actions: " + ", ".join(f"{a} {n}" for a, n in top))

@@ -64,6 +64,9 @@ class SimulatorSettings:
     seed: int = 7
     fraud_rate: float = 0.3
     rate_per_s: float = 2000.0  # 0 = as fast as possible
+    # Simulated customers answer the engine's next-best-action prompts (nba_* feedback from
+    # their latent preferences), so the bandit learns; only in the process running the simulator.
+    answer_prompts: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The engine's run modes: which source and which sinks feed the one dataflow.
 
-- ``run_demo``: the built-in simulator, alerts printed to the console (``python run.py``).
+- ``run_demo``: the built-in simulator, alerts printed to the console (``python run.py``);
+  with ``[simulator] answer_prompts``, the prompts also go back to the simulation, whose
+  customers answer them (``simulator.loop``): the bandit learns in closed loop.
 - ``run_replay``: a recorded JSONL file in event-time order, everything to JSONL files;
   the clock is the event-time clock, so results depend only on the input and the config.
 - ``run_live``: Kafka topics in, Kafka ``alerts`` / ``dead_letter`` topics out (and the
@@ -40,12 +42,14 @@ from sinks.console import ConsoleSink
 from sinks.delivery import DeadLetterOut, JsonlDeadLetters, KafkaDeadLetters, RetryPolicy
 from sinks.jsonl import JsonlSink
 from sinks.kafka import KafkaSink, ResumableKafkaSink
+from sinks.loopback import LoopbackSink
 from sinks.redis import RedisLimits, RedisSink
 from sinks.webhook import WebhookSink
 
 if TYPE_CHECKING:
     from ops import Telemetry
     from ops.metrics import EngineMetrics, SinkMetrics
+    from simulator.loop import Loopback
 
 
 def wall_clock(_event_t: float) -> str:
@@ -138,9 +142,11 @@ def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = Non
 
 def live_flow(settings: Settings, source: Source[Any], console: bool = True,
               kafka_out: bool = False, alerts_path: Path | None = None,
-              dead_letter_path: Path | None = None, telemetry: Telemetry | None = None) -> Dataflow:
+              dead_letter_path: Path | None = None, telemetry: Telemetry | None = None,
+              loopback: Loopback | None = None) -> Dataflow:
     """The dataflow of a live run: console and/or Kafka and/or JSONL outputs; with
-    ``telemetry``, every sink is metered under its name and the dataflow observed."""
+    ``telemetry``, every sink is metered under its name and the dataflow observed; with
+    ``loopback``, prompts also go back to the simulation running in this process."""
     def sink(name: str, factory: Callable[[], Sink]) -> Callable[[], Sink]:
         if telemetry is None:
             return factory
@@ -173,6 +179,10 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
             client, k.dead_letter_topic, metrics=sink_metrics("kafka_dead_letters"))))
     for name, factory in delivery_sinks(settings).items():
         outputs.alerts[name] = as_single_writer(sink(name, factory))
+    if loopback is not None:
+        # One sink per worker: every worker of this process reaches the one simulation.
+        target = loopback
+        outputs.prompts["loopback"] = as_output(sink("loopback_prompts", lambda: LoopbackSink(target)))
     if settings.redis.enabled:  # prompts to each RM's stream (the webhook carries alerts only)
         outputs.prompts["redis"] = as_single_writer(sink("redis_prompts", delivery_sinks(settings)["redis"]))
     for name, factory in audit_sinks(settings).items():
@@ -221,9 +231,24 @@ def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
     return sinks
 
 
+def demo_flow(settings: Settings, stop: threading.Event, telemetry: Telemetry | None = None,
+              console: bool = True) -> tuple[Dataflow, Loopback | None]:
+    """The built-in simulator mode's dataflow, and its loopback when simulated customers
+    answer prompts (``[simulator] answer_prompts`` with next-best action enabled)."""
+    loopback = None
+    if settings.simulator.answer_prompts and settings.nba.enabled:
+        from simulator.loop import Loopback
+        from simulator.responder import Responder
+
+        actions = load_actions(settings.nba.catalogue or None)
+        loopback = Loopback(Responder(settings.simulator.seed, {a.action_id: a for a in actions}))
+    source = SimulatorSource(settings.simulator, stop, telemetry, loopback)
+    return live_flow(settings, source, console=console, telemetry=telemetry, loopback=loopback), loopback
+
+
 def run_demo(settings: Settings, stop: threading.Event, workers: int | None = None,
              telemetry: Telemetry | None = None) -> None:
-    flow = live_flow(settings, SimulatorSource(settings.simulator, stop, telemetry), telemetry=telemetry)
+    flow, _ = demo_flow(settings, stop, telemetry)
     execute(flow, settings, workers)
 
 

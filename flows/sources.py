@@ -35,6 +35,7 @@ from schemas.outputs import DeadLetter
 
 if TYPE_CHECKING:
     from ops import Telemetry
+    from simulator.loop import Loopback
 
 log = logging.getLogger(__name__)
 #: How often (seconds) a Kafka partition updates its consumer-lag metric.
@@ -177,25 +178,39 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
 
 
 class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
-    """The built-in simulator as a live source."""
+    """The built-in simulator as a live source.
+
+    With a ``loopback`` (``simulator.loop``), the simulation it builds answers the prompts
+    handed to the loopback: a closed loop. A partition rebuilt from a snapshot regenerates the
+    stream up to its position without the answers given before the restart (they are gone
+    with the old process), then goes on answering.
+    """
 
     PART = "simulator"
 
     def __init__(self, settings: SimulatorSettings, stop: threading.Event | None = None,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, loopback: Loopback | None = None) -> None:
         self._settings = settings
         self._stop = stop or threading.Event()
         self._telemetry = telemetry
+        self._loopback = loopback
 
     def list_parts(self) -> list[str]:
         return [self.PART]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SimulatorPartition:
-        from simulator import SimulatorConfig, generate
+        from simulator import Simulation, SimulatorConfig, generate
 
         s = self._settings
         config = SimulatorConfig(customers=s.customers, days=s.days, seed=s.seed, fraud_rate=s.fraud_rate)
-        return _SimulatorPartition(for_part, generate(config), resume_state or 0, s.rate_per_s, self._stop,
+        events: Iterator[dict[str, Any]]
+        if self._loopback is None:
+            events = generate(config)
+        else:
+            simulation = Simulation(config, with_truth=False, responder=self._loopback.responder)
+            self._loopback.attach(simulation)
+            events = (event for event, _ in simulation.run())
+        return _SimulatorPartition(for_part, events, resume_state or 0, s.rate_per_s, self._stop,
                                    self._telemetry)
 
 

@@ -10,6 +10,10 @@ Public API:
 - ``SimulatorConfig``: what to simulate (frozen, validated).
 - ``generate(config)``: the events, lazily, in non-decreasing ``ts`` order.
 - ``generate_with_truth(config)``: ``(event, truth)`` pairs; truth for every transaction.
+- ``Simulation(config, with_truth, responder)``: one run; with a ``Responder``
+  (``simulator.responder``) its customers answer the next-best-action prompts handed to
+  ``Simulation.answer`` from their latent preferences (``simulator.preferences``): the
+  closed loop of ``python run.py`` (``simulator.loop``) and of ``bench.nba_loop``.
 - ``write_jsonl(config, out_path, truth_path=None)``: record a stream (``.gz`` for gzip).
 - ``paced(events, rate_per_s)``: replay at a bounded rate for live demos.
 - ``TYPOLOGIES``: the names of the injected typologies.
@@ -17,6 +21,7 @@ Public API:
 
 from simulator.generator import (
     Event,
+    Simulation,
     SimulatorConfig,
     Truth,
     generate,
@@ -29,6 +34,7 @@ from simulator.typologies import TYPOLOGIES
 __all__ = [
     "TYPOLOGIES",
     "Event",
+    "Simulation",
     "SimulatorConfig",
     "Truth",
     "generate",

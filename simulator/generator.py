@@ -13,6 +13,16 @@ before it is due, so memory grows with the number of customers, never with the n
 events. One ``random.Random(seed)`` drives everything in emission order, so the same config
 always gives byte-identical output; the wall clock is never read.
 
+**Closed loop.** A ``Simulation`` given a ``Responder`` (``simulator.responder``) also answers
+the next-best-action prompts it is handed (``Simulation.answer(prompt)``, safe to call from
+another thread): the answers (``nba_accepted`` / ``nba_converted`` / ``nba_dismissed``
+feedback with ``ref_prompt_id``) join the feedback heap and come out in event-time order with
+everything else; an answer due before the simulation's current time comes out at the current
+time (the stream never goes back in time), one due after the end never. Answers take no draw
+from the simulation's generator and no event number (their ids derive from the prompt's), so
+the simulation's own events are the same, with the same ids, whether or not prompts are
+answered.
+
 >>> cfg = SimulatorConfig(customers=3, days=2, seed=1)
 >>> events = list(generate(cfg))
 >>> [e["kind"] for e in events[:3]]
@@ -29,7 +39,7 @@ import gzip
 import heapq
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,11 +49,14 @@ from typing import Any, Final
 
 import orjson
 
+from schemas.events import parse_timestamp
+from schemas.outputs import Prompt
 from simulator import churn
 from simulator.population import (
     FUND_PRODUCTS,
     HOME_COUNTRY,
     MERCHANT_CATEGORIES,
+    PRODUCT_CATEGORY,
     STOCK_PRODUCTS,
     TXN_TYPES,
     WEALTH_PRODUCTS,
@@ -57,6 +70,7 @@ from simulator.population import (
     payee_id,
     profile_fields,
 )
+from simulator.responder import Responder, Response
 from simulator.typologies import (
     DAY_MS,
     DORMANT_REACTIVATION,
@@ -151,7 +165,8 @@ _Pending = tuple[int, int, int, Any]  # (ts_ms, sequence number, kind, data)
 class _CustomerState:
     """The mutable part of one customer: balance, pending items and when activity fades."""
 
-    __slots__ = ("balance", "customer", "fade_from", "gone", "last_product", "pending", "recover")
+    __slots__ = ("balance", "customer", "fade_from", "gone", "last_product", "pending", "recover",
+                 "views")
 
     def __init__(self, customer: Customer, end_ms: int) -> None:
         self.customer = customer
@@ -164,6 +179,9 @@ class _CustomerState:
         # back to full at ``recover`` (``gone`` stays at the end).
         self.recover: int | None = None
         self.last_product = ""  # the last product viewed in the app, a purchase candidate
+        # The latest product views (ts_ms, product_id), kept only in a closed loop: what a
+        # prompt triggered by a view was about.
+        self.views: deque[tuple[int, str]] | None = None
 
     def activity(self, ts_ms: int) -> float:
         """How active (0..1) the customer's ordinary behaviour is at ``ts_ms``."""
@@ -199,12 +217,30 @@ _TXN_RHYTHM: Final = _Rhythm.of(_TXN_HOURS, _TXN_WEEKDAYS)
 _APP_RHYTHM: Final = _Rhythm.of(_APP_HOURS, _APP_WEEKDAYS)
 
 
-class _Simulation:
-    """One run of the generator; all of its state lives here (nothing is module-global)."""
+#: Product views remembered per customer in a closed loop (a prompt is answered long before
+#: this many newer views: a customer views a few products a day).
+_VIEWS_KEPT: Final = 32
 
-    def __init__(self, config: SimulatorConfig, with_truth: bool = True) -> None:
+
+class Simulation:
+    """One run of the generator; all of its state lives here (nothing is module-global).
+
+    ``run()`` yields ``(event, truth)`` pairs. With a ``responder``, ``answer(prompt)`` makes
+    the customer answer a prompt (see the module docstring); ``answers`` counts the answer
+    labels scheduled, ``late_answers`` those moved forward to the current time,
+    ``unknown_prompts`` the prompts for customers this simulation does not have.
+    """
+
+    def __init__(self, config: SimulatorConfig, with_truth: bool = True,
+                 responder: Responder | None = None) -> None:
         self.config = config
         self.with_truth = with_truth  # building truth records costs time nobody may need
+        self.responder = responder
+        self.now_ms = config.start_ms  # the time of the latest event emitted
+        self._inbox: deque[Prompt] = deque()  # prompts handed in, answered before the next event
+        self.answers: Counter[str] = Counter()
+        self.late_answers = 0
+        self.unknown_prompts = 0
         self.rng = random.Random(config.seed)
         self.pools = Pools.for_customers(config.customers)
         self.start_ms = config.start_ms
@@ -234,10 +270,10 @@ class _Simulation:
         """Profiles first (all at ``start``), then every event in time order until the end."""
         for index in range(self.config.customers):
             state = self._new_customer(index)
+            if state.pending:  # before the yield: whoever peeks (next_ms) sees every item
+                heapq.heappush(self.due, (state.pending[0][0], index))
             yield self._event(self.start_ms, "profile", state.customer.customer_id,
                               profile_fields(state.customer)), None
-            if state.pending:
-                heapq.heappush(self.due, (state.pending[0][0], index))
         yield from self._merge()
 
     def _merge(self) -> Iterator[tuple[Event, Truth | None]]:
@@ -245,14 +281,26 @@ class _Simulation:
         pop, replace, event = heapq.heappop, heapq.heapreplace, self._event
         handlers = (self._txn_tick, self._app_tick, self._salary, self._loan,
                     self._app_event, self._scripted_txn)
-        while due or feedback:
+        inbox = self._inbox
+        while True:
+            if inbox:
+                self._answer_inbox()
+            if not (due or feedback):
+                return
             if feedback and (not due or feedback[0][0] <= due[0][0]):
                 ts_ms, _, body = pop(feedback)
-                yield event(ts_ms, "feedback", body.pop("customer_id"), body), None
+                self.now_ms = ts_ms
+                customer_id = body.pop("customer_id")
+                answer_id = body.pop("event_id", None)  # only answers to prompts name their id
+                if answer_id is None:
+                    yield event(ts_ms, "feedback", customer_id, body), None
+                else:
+                    yield self._answer_event(ts_ms, customer_id, answer_id, body), None
                 continue
             ts_ms, index = due[0]
             if ts_ms >= end_ms:
                 return  # feedback is never scheduled past the end, so nothing is left
+            self.now_ms = ts_ms
             state = states[index]
             pending = state.pending
             _, _, kind, data = pop(pending)
@@ -273,8 +321,10 @@ class _Simulation:
     def _new_customer(self, index: int) -> _CustomerState:
         """Draw a customer, decide whether they are a victim or a churner, schedule their life."""
         rng = self.rng
-        customer = build_customer(rng, index, self.pools)
+        customer = build_customer(rng, index, self.pools, self.config.seed)
         state = _CustomerState(customer, self.end_ms)
+        if self.responder is not None:
+            state.views = deque(maxlen=_VIEWS_KEPT)
         self.states.append(state)
         case = self._draw_case(customer) if rng.random() < self.config.fraud_rate else None
         if case is not None and case.typology == DORMANT_REACTIVATION:
@@ -463,6 +513,83 @@ class _Simulation:
         self.sequence += 1
         heapq.heappush(self.feedback, (ts_ms, self.sequence, body))
 
+    # ----------------------------------------------------------------- the closed loop
+
+    def answer(self, prompt: Prompt) -> None:
+        """Have the customer answer ``prompt``: the answers are scheduled before the next event
+        is emitted. Safe to call from any thread (a deque's append is atomic)."""
+        if self.responder is None:
+            raise RuntimeError("this simulation has no responder: it answers no prompt")
+        self._inbox.append(prompt)
+
+    def next_ms(self) -> int | None:
+        """When the next event can come at the earliest (None: the run is over). A lower
+        bound: the item due then may emit nothing (a skipped salary, a session being planned).
+        A closed loop that hands in its prompts before the simulation passes their answers'
+        times has every answer come out at its own time."""
+        if len(self.states) < self.config.customers:
+            return self.start_ms  # profiles still to come
+        times = [self.now_ms] if self._inbox else []
+        if self.due and self.due[0][0] < self.end_ms:
+            times.append(self.due[0][0])
+        if self.feedback:
+            times.append(self.feedback[0][0])
+        return min(times) if times else None
+
+    def customer_state(self, customer_id: str) -> _CustomerState | None:
+        """The simulated customer ``customer_id`` (``c`` and their index), if drawn yet."""
+        if customer_id[:1] != "c" or not customer_id[1:].isdigit():
+            return None
+        index = int(customer_id[1:])
+        if index >= len(self.states) or self.states[index].customer.customer_id != customer_id:
+            return None
+        return self.states[index]
+
+    def viewed_category(self, prompt: Prompt) -> str | None:
+        """The category of the product whose view triggered ``prompt``, if one did."""
+        state = self.customer_state(prompt.customer_id)
+        if prompt.trigger != "product_view" or state is None or state.views is None:
+            return None
+        t_ms = round(parse_timestamp(prompt.event_ts) * 1000)
+        for ts_ms, product in reversed(state.views):
+            if ts_ms == t_ms:
+                return PRODUCT_CATEGORY.get(product)
+        return None
+
+    def response(self, prompt: Prompt) -> Response | None:
+        """What the customer will answer to ``prompt`` (None: not a customer of this
+        simulation); deterministic, and changes nothing."""
+        state = self.customer_state(prompt.customer_id)
+        if state is None or self.responder is None:
+            return None
+        return self.responder.respond(prompt, state.customer, self.viewed_category(prompt))
+
+    def _answer_inbox(self) -> None:
+        inbox, prefix = self._inbox, self.event_prefix
+        while inbox:
+            prompt = inbox.popleft()
+            response = self.response(prompt)
+            if response is None:
+                self.unknown_prompts += 1
+                continue
+            for number, answer in enumerate(response.answers):
+                ts_ms = answer.t_ms
+                if ts_ms < self.now_ms:
+                    self.late_answers += 1
+                    ts_ms = self.now_ms
+                if ts_ms >= self.end_ms:
+                    continue  # the run is over before the customer answers
+                self.answers[answer.label] += 1
+                self._push_feedback(ts_ms, {"customer_id": prompt.customer_id,
+                                            "event_id": f"{prefix}{prompt.prompt_id}-{number}",
+                                            "label": answer.label, "ref_prompt_id": prompt.prompt_id})
+
+    def _answer_event(self, ts_ms: int, customer_id: str, event_id: str, body: Event) -> Event:
+        """A feedback event answering a prompt; its id is its own, not the next number."""
+        event = {"kind": "feedback", "event_id": event_id, "ts": self._ts(ts_ms), "customer_id": customer_id}
+        event.update(body)
+        return event
+
     # ----------------------------------------------------------------- pending-item handlers
 
     def _txn_tick(self, state: _CustomerState, ts_ms: int,
@@ -531,9 +658,13 @@ class _Simulation:
             t += self._between(10 * SECOND_MS, 60 * SECOND_MS)
         self._schedule(state, t, _APP_EVENT, {"action": "login", **where,
                                               "ip_country": self._ip_country(customer)})
+        views = state.views
         for _ in range(self._between(1, 6)):
             t += self._between(2 * SECOND_MS, 90 * SECOND_MS)
-            self._schedule(state, t, _APP_EVENT, {**self._app_action(state), **where})
+            action = self._app_action(state)
+            self._schedule(state, t, _APP_EVENT, {**action, **where})
+            if views is not None and action["action"] == "product_view":
+                views.append((t, action["product_id"]))
         if rng.random() < 0.7:
             t += self._between(2 * SECOND_MS, 60 * SECOND_MS)
             self._schedule(state, t, _APP_EVENT, {"action": "logout", **where})
@@ -707,7 +838,7 @@ def generate_with_truth(config: SimulatorConfig) -> Iterator[tuple[Event, Truth 
     Lazy: customers are drawn as their profile events are reached and every other event just
     before it is yielded.
     """
-    return _Simulation(config).run()
+    return Simulation(config).run()
 
 
 def generate(config: SimulatorConfig) -> Iterator[Event]:
@@ -715,7 +846,7 @@ def generate(config: SimulatorConfig) -> Iterator[Event]:
 
     The same events as ``generate_with_truth(config)``, without building the truth records.
     """
-    for event, _ in _Simulation(config, with_truth=False).run():
+    for event, _ in Simulation(config, with_truth=False).run():
         yield event
 
 

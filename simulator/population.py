@@ -1,10 +1,11 @@
 """The simulated customer population: who each customer is and how they usually behave.
 
-``build_customer(rng, index, pools)`` draws one ``Customer`` (static reference data and
-personal rhythm); ``profile_fields(customer)`` is the body of the ``profile`` event that
-announces it. Counterparties (merchants, payees, ATM terminals, employers) are integers into
-global pools shared by all customers, formatted into ids only when an event is emitted, so a
-customer costs a few hundred bytes and a merchant is seen by many customers.
+``build_customer(rng, index, pools, seed)`` draws one ``Customer`` (static reference data,
+personal rhythm and latent product tastes, see ``simulator.preferences``);
+``profile_fields(customer)`` is the body of the ``profile`` event that announces it.
+Counterparties (merchants, payees, ATM terminals, employers) are integers into global pools
+shared by all customers, formatted into ids only when an event is emitted, so a customer
+costs a few hundred bytes and a merchant is seen by many customers.
 
 >>> import random
 >>> pools = Pools.for_customers(100)
@@ -22,6 +23,8 @@ import random
 from array import array
 from dataclasses import dataclass
 from typing import Any, Final
+
+from simulator.preferences import draw_tastes
 
 HOME_COUNTRY: Final = "CN"
 CUSTOMERS_PER_RM: Final = 50
@@ -41,6 +44,12 @@ FOREIGN_COUNTRIES: Final = ("HK", "JP", "SG", "TH", "KR", "US", "GB", "FR", "AU"
 FUND_PRODUCTS: Final = tuple(f"f{n:04d}" for n in range(1, 61))
 WEALTH_PRODUCTS: Final = tuple(f"w{n:03d}" for n in range(1, 31))
 STOCK_PRODUCTS: Final = tuple(f"s{600000 + 17 * n}" for n in range(200))
+#: The category (as in the action catalogue) of each product customers view and buy in the app.
+PRODUCT_CATEGORY: Final[dict[str, str]] = {
+    **{product: "fund" for product in FUND_PRODUCTS},
+    **{product: "wealth" for product in WEALTH_PRODUCTS},
+    **{product: "equity" for product in STOCK_PRODUCTS},
+}
 
 # Transaction types a customer's regular rhythm draws from (scripted flows add salary, loans,
 # and the typologies); the weights below index into this tuple.
@@ -113,6 +122,9 @@ class Customer:
     employer: int
     loan_cents: int  # 0 when the customer has no loan here
     loan_day: int
+    # Latent: the log-odds shift of converting per action category, in the order of
+    # simulator.preferences.TASTE_CATEGORIES; never sent, it decides answers to prompts.
+    tastes: tuple[float, ...] = ()
 
 
 def merchant_id(n: int) -> str:
@@ -173,8 +185,10 @@ def _cumulative_mix(brokerage: bool, funds: bool) -> tuple[float, ...]:
 MIXES: Final = {(b, f): _cumulative_mix(b, f) for b in (False, True) for f in (False, True)}
 
 
-def build_customer(rng: random.Random, index: int, pools: Pools) -> Customer:
-    """Draw customer ``index``: reference data, money habits, counterparties and devices."""
+def build_customer(rng: random.Random, index: int, pools: Pools, seed: int = 0) -> Customer:
+    """Draw customer ``index``: reference data, money habits, counterparties and devices from
+    ``rng``; their tastes from a generator of their own seeded by ``seed`` and ``index``, so
+    that the tastes take no draw from ``rng``."""
     segment = SEGMENTS[_weighted_index(rng, SEGMENT_WEIGHTS)]
     typical_median, typical_sd, balance_units, brokerage_share = _SEGMENT_MONEY[segment]
     typical = max(20.0, rng.lognormvariate(math.log(typical_median), typical_sd))
@@ -214,6 +228,7 @@ def build_customer(rng: random.Random, index: int, pools: Pools) -> Customer:
         employer=_popular(rng, pools.employers),
         loan_cents=int(monthly_spend * rng.uniform(0.2, 0.6) * 100) if has_loan else 0,
         loan_day=rng.randint(1, 28),
+        tastes=draw_tastes(seed, index, segment),
     )
 
 
