@@ -592,16 +592,22 @@ class NextBestActions:
         """The prompt ``event`` triggers, if any; ``alerted``: it raised a fraud alert;
         ``churn_score``: the customer's churn score as of the event, if it was updated (a rise
         across ``churn_level`` is a trigger when the event itself is not one)."""
-        if not (alerted or churn_score is not None or self.matters(event)):
+        matters = alerted or self.matters(event)
+        if not matters and churn_score is None:
             return None
         customer = event.customer_id
+        state = self.states.get(customer)
+        if state is None:
+            state = self.states[customer] = NBAState()
+        if not matters:  # only a new churn score: a trigger if it rose across the level
+            assert churn_score is not None
+            if not state.churn_score < self.policy.params.churn_level <= churn_score:
+                state.churn_score = churn_score
+                return None
         if alerted:
             self.fraud_alert_t[customer] = event.t
         elif isinstance(event, Feedback) and event.label == "legit":
             self.fraud_alert_t.pop(customer, None)
-        state = self.states.get(customer)
-        if state is None:
-            state = self.states[customer] = NBAState()
         if summary.prev_t is not None and (state.last_seen_t is None or summary.prev_t > state.last_seen_t):
             state.last_seen_t = summary.prev_t  # the events let go count as seen
         trigger = self.policy.observe(state, event)

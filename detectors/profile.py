@@ -281,8 +281,11 @@ class CustomerProfile:
         self.marketing_opt_out = event.marketing_opt_out
 
     def observe_feedback(self, event: Feedback) -> None:
-        """Confirmed fraud raises this customer's risk for ``fraud_memory_days``."""
-        self._touch(event.t)
+        """Confirmed fraud raises this customer's risk for ``fraud_memory_days``. Only the
+        fraud labels move the customer's clock (as they always have); the others (churn, an
+        RM's answer to a prompt) are the bank's records, not the customer's activity."""
+        if event.label in ("fraud", "legit"):
+            self._touch(event.t)
         if event.label == "fraud":
             cutoff = event.t - self.params.fraud_memory_days * DAY
             self.fraud_label_times = [ft for ft in self.fraud_label_times if ft > cutoff]
