@@ -54,7 +54,7 @@ from bench.nba_baselines import FixedPolicy, RandomPolicy, RuleCheck
 from config.actions import load_actions
 from config.settings import Settings, load_settings
 from detectors.nba import FEEDBACK_LABELS, Action, CustomerFacts
-from flows.items import Observed, Sequenced
+from flows.items import AsOf, Observed, Sequenced
 from flows.modes import event_clock, step_config
 from flows.steps import CustomerStep, CustomerViewStep, SharedScoringStep
 from schemas.events import Feedback, event_from_obj
@@ -164,7 +164,7 @@ class _Loop:
     def _process(self, batch: list[Sequenced]) -> None:
         """The batch through the engine's steps as the dataflow runs them, then every prompt
         to the simulation's customers."""
-        observed: list[Observed] = []
+        observed: list[Observed | AsOf] = []
         for sequenced in batch:
             customer = sequenced.event.customer_id
             step = self.customers.get(customer)

@@ -214,11 +214,19 @@ class NBAState:
                 n += 1
         return n
 
+    def pending_actions(self, now: float) -> frozenset[str]:
+        """The actions of prompts still awaiting an answer at ``now``."""
+        if not self.pending:
+            return frozenset()
+        return frozenset(p.action_id for p in self.pending.values() if p.expires_t > now)
+
     def forget(self, now: float, params: NBAParams) -> None:
         """Drop what no rule can use any more (prompts older than a week, old dismissals)."""
-        self.sent = [t for t in self.sent if t > now - WEEK]
-        cooldown = params.cooldown_days * 86400.0
-        self.dismissed = {a: t for a, t in self.dismissed.items() if t > now - cooldown}
+        if self.sent and min(self.sent) <= now - WEEK:
+            self.sent = [t for t in self.sent if t > now - WEEK]
+        if self.dismissed:
+            cooldown = params.cooldown_days * 86400.0
+            self.dismissed = {a: t for a, t in self.dismissed.items() if t > now - cooldown}
 
 
 def ineligibility(action: Action, facts: CustomerFacts, state: NBAState, trigger: Trigger | None,
@@ -238,7 +246,8 @@ def ineligibility(action: Action, facts: CustomerFacts, state: NBAState, trigger
     >>> ineligibility(fund, fraud, s, None, 0.0, p), ineligibility(call, fraud, s, None, 0.0, p)
     ('open_fraud', None)
     """
-    return _customer_rule(facts, state, now, params) or _action_rule(action, facts, state, trigger, now, params)
+    return _customer_rule(facts, state, now, params) or _action_rule(
+        action, facts, state, trigger, now, params, state.pending_actions(now))
 
 
 def _customer_rule(facts: CustomerFacts, state: NBAState, now: float, params: NBAParams) -> str | None:
@@ -251,8 +260,9 @@ def _customer_rule(facts: CustomerFacts, state: NBAState, now: float, params: NB
 
 
 def _action_rule(action: Action, facts: CustomerFacts, state: NBAState, trigger: Trigger | None,
-                 now: float, params: NBAParams) -> str | None:
-    """The rules about one action, for a customer no ``_customer_rule`` forbids."""
+                 now: float, params: NBAParams, pending: frozenset[str]) -> str | None:
+    """The rules about one action, for a customer no ``_customer_rule`` forbids;
+    ``pending``: the actions awaiting an answer (``NBAState.pending_actions``)."""
     if action.kind == "product" and (facts.risk_level is None or action.risk > facts.risk_level):
         return "suitability"
     if action.sales and facts.open_fraud_alert:
@@ -260,7 +270,7 @@ def _action_rule(action: Action, facts: CustomerFacts, state: NBAState, trigger:
     dismissed = state.dismissed.get(action.action_id)
     if dismissed is not None and now - dismissed < params.cooldown_days * 86400.0:
         return "cooldown"
-    if any(p.action_id == action.action_id and p.expires_t > now for p in state.pending.values()):
+    if action.action_id in pending:
         return "pending"
     if action.triggers and (trigger is None or trigger.type not in action.triggers):
         return "trigger"
@@ -333,23 +343,30 @@ class LinUCB:
 
     def estimate(self, arm: str, x: Sequence[float]) -> tuple[float, float]:
         """The expected reward of ``arm`` in context ``x`` and the width of its confidence."""
-        (mean,), (width,) = self._estimates([self._arm(arm)], np.asarray(x, dtype=float))
-        return float(mean), float(width)
+        i = self._arm(arm)
+        means, squares = self._estimates(np.asarray(x, dtype=float))
+        return means[i], math.sqrt(max(0.0, squares[i]))
 
-    def _estimates(self, rows: list[int], v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a_inv_v = self._a_inv[rows] @ v  # (arms, features)
-        means = np.einsum("ij,ij->i", a_inv_v, self._b[rows])
-        return means, np.sqrt(np.maximum(0.0, a_inv_v @ v))
+    def _estimates(self, v: np.ndarray) -> tuple[list[float], list[float]]:
+        """For every arm: the expected reward and the squared width at ``v`` (a few numpy
+        calls for all arms at once; the arms are few, the calls' overhead is what counts)."""
+        a_inv_v = self._a_inv @ v  # (arms, features)
+        return np.einsum("ij,ij->i", a_inv_v, self._b).tolist(), (a_inv_v @ v).tolist()
 
     def pull(self, arms: Sequence[str], x: Sequence[float]) -> tuple[str, float, float]:
         """Choose among ``arms`` (non-empty): the arm, its estimated reward and its width."""
         if not arms:
             raise ValueError("pull needs at least one arm")
-        means, widths = self._estimates([self._arm(arm) for arm in arms], np.asarray(x, dtype=float))
-        ucb = means + self.alpha * widths
-        best = np.flatnonzero(ucb >= ucb.max() - 1e-12)
-        i = int(best[0]) if len(best) == 1 else self._rng.choice([int(j) for j in best])
-        return arms[i], float(means[i]), float(widths[i])
+        rows = [self._arm(arm) for arm in arms]
+        means, squares = self._estimates(np.asarray(x, dtype=float))
+        alpha, scored = self.alpha, []
+        for arm, i in zip(arms, rows, strict=True):
+            width = math.sqrt(max(0.0, squares[i]))
+            scored.append((means[i] + alpha * width, arm, means[i], width))
+        top = max(item[0] for item in scored)
+        best = [item for item in scored if item[0] >= top - 1e-12]
+        _, arm, mean, width = best[0] if len(best) == 1 else self._rng.choice(best)
+        return arm, mean, width
 
     def update(self, arm: str, x: Sequence[float], reward: float) -> None:
         """Learn one sample: ``reward`` for ``arm`` in context ``x`` (Sherman-Morrison)."""
@@ -429,7 +446,8 @@ class NextBestAction:
         t, p = trigger.t, self.params
         if _customer_rule(facts, state, t, p) is not None:
             return []
-        return [a for a in self.catalogue if _action_rule(a, facts, state, trigger, t, p) is None]
+        pending = state.pending_actions(t)
+        return [a for a in self.catalogue if _action_rule(a, facts, state, trigger, t, p, pending) is None]
 
     def decide(self, state: NBAState, facts: CustomerFacts, trigger: Trigger) -> Prompt | None:
         """Choose among the eligible actions and record the prompt; None if none is eligible."""
@@ -574,25 +592,31 @@ class NextBestActions:
         self.policy = NextBestAction(actions, params)
         self.states: dict[str, NBAState] = {}
         self.fraud_alert_t: dict[str, float] = {}  # customer -> time of their last fraud alert
-        self._app_actions = frozenset({"login", params.maturity_app_action})
 
-    def matters(self, event: Event) -> bool:
-        """Whether ``event`` may be a trigger moment or feedback (cheap, no state read)."""
+    def matters(self, event: Event, summary: Summary) -> bool:
+        """Whether ``event`` may be a trigger moment or feedback that changes something
+        (cheap: no state read but the open fraud alerts)."""
         p = self.policy.params
         if isinstance(event, Transaction):
             return event.direction == "credit" and (event.amount >= p.large_credit
                                                     or event.txn_type in p.maturity_txn_types)
         if isinstance(event, AppEvent):
-            return event.action in self._app_actions or (
-                event.action == "product_view" and (event.duration_ms or 0) >= p.view_ms)
-        return isinstance(event, Feedback)
+            action = event.action
+            if action == "login":  # a trigger only after a long absence
+                return summary.prev_t is None or event.t - summary.prev_t >= p.absence_days * 86400.0
+            return action == p.maturity_app_action or (
+                action == "product_view" and (event.duration_ms or 0) >= p.view_ms)
+        if isinstance(event, Feedback):
+            return event.label in FEEDBACK_LABELS or (
+                event.label == "legit" and event.customer_id in self.fraud_alert_t)
+        return False
 
     def on_event(self, event: Event, summary: Summary, alerted: bool,
                  churn_score: float | None = None) -> Prompt | None:
         """The prompt ``event`` triggers, if any; ``alerted``: it raised a fraud alert;
         ``churn_score``: the customer's churn score as of the event, if it was updated (a rise
         across ``churn_level`` is a trigger when the event itself is not one)."""
-        matters = alerted or self.matters(event)
+        matters = alerted or self.matters(event, summary)
         if not matters and churn_score is None:
             return None
         customer = event.customer_id

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from bytewax.operators import StatefulBatchLogic
 
 from detectors.churn import ChurnModel
-from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, ViewParams
+from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, Summary, ViewParams
 from detectors.fraud import FraudDetector, FraudParams
 from detectors.lifecycle import AlertLifecycle
 from detectors.nba import Action, NBAParams, NextBestActions
@@ -177,9 +177,7 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
                     rm_id=observation.summary.rm_id, event_id=event.event_id,
                     event_ts=event.ts, emitted_at=self._config.clock(event.t),
                     reasons=assessment.reasons, model_version=assessment.model_version)
-            prompt = None
-            if self.nba is not None:
-                prompt = self.nba.on_event(event, observation.summary, alert is not None, churn_score=nba_churn)
+            prompt = self._prompt(event, observation.summary, alert is not None, nba_churn)
             return Scored(event, observation, assessment, alert, item.source_time, read_at=item.read_at,
                           prompt=prompt, churn=churn)
         outcome = None
@@ -187,10 +185,16 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
             is_fraud = event.label == "fraud"
             scored = detector.observe_label(event.ref_event_id, event.t, is_fraud)
             outcome = (scored, is_fraud) if scored is not None else None
-        prompt = None
-        if self.nba is not None and not isinstance(event, Control):
-            prompt = self.nba.on_event(event, observation.summary, False, churn_score=nba_churn)
+        prompt = self._prompt(event, observation.summary, False, nba_churn)
         return Scored(event, observation, None, None, item.source_time, outcome, item.read_at, prompt, churn)
+
+    def _prompt(self, event: Event, summary: Summary, alerted: bool, churn: float | None) -> Prompt | None:
+        """The next-best-action prompt ``event`` triggers, if any. Most events cannot matter
+        to it and are let go here, before any call into its state."""
+        nba = self.nba
+        if nba is None or not (alerted or churn is not None or nba.matters(event, summary)):
+            return None
+        return nba.on_event(event, summary, alerted, churn_score=churn)
 
     def on_eof(self) -> tuple[Iterable[AsOf], bool]:
         """Score every customer's end-of-replay churn evidence with the final model."""
