@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from config.actions import load_actions
 from config.settings import ConfigError
+from detectors.customer import Summary
 from detectors.nba import (
     CATEGORIES,
     N_FEATURES,
@@ -27,6 +28,7 @@ from detectors.nba import (
     NBAParams,
     NBAState,
     NextBestAction,
+    NextBestActions,
     ineligibility,
 )
 from schemas.events import AppEvent, Event, Feedback, Transaction
@@ -283,6 +285,37 @@ def test_churn_trigger_fires_on_crossing_upwards_only() -> None:
     fired = [nba.on_churn(state, facts, s, f"e{i}", "", T0 + i * 3 * DAY, "c1") is not None
              for i, s in enumerate([0.2, 0.75, 0.9, 0.5, 0.8])]
     assert fired == [False, True, False, False, True]
+
+
+def test_the_stream_lets_go_of_what_cannot_matter_and_keeps_the_rules() -> None:
+    """``NextBestActions``, as the engine drives it: events that cannot be a trigger leave no
+    state, yet count as seen for the absence trigger; a churn score prompts only on crossing;
+    a fraud alert holds sales back until a ``legit`` label."""
+    nba = NextBestActions((DEPOSIT, CALL), NBAParams(absence_days=30.0, churn_level=0.7,
+                                                     max_prompts_per_week=10))
+    last: list[float | None] = [None]
+
+    def on(event: Event, alerted: bool = False, churn: float | None = None) -> Prompt | None:
+        summary = Summary("rm1", "mass", 3, False, T0, event.t, last[0], None, 0, 0)
+        last[0] = event.t
+        return nba.on_event(event, summary, alerted, churn_score=churn)
+
+    assert on(credit("d1", T0, 20.0, direction="debit")) is None and not nba.states  # let go
+    assert on(login("l1", T0 + DAY)) is None  # a day after the debit: no absence
+    assert on(credit("d2", T0 + 20 * DAY, 20.0, direction="debit")) is None
+    assert on(login("l2", T0 + 45 * DAY)) is None  # 25 days after the debit that was let go
+    assert on(credit("d3", T0 + 46 * DAY, 20.0, direction="debit"), churn=0.5) is None
+    assert nba.states["c1"].churn_score == 0.5
+    rising = on(credit("d4", T0 + 47 * DAY, 20.0, direction="debit"), churn=0.8)
+    assert rising is not None and rising.trigger == "churn_rising"
+    assert on(credit("d5", T0 + 48 * DAY, 20.0, direction="debit"), churn=0.9) is None  # no new crossing
+    assert on(credit("x1", T0 + 49 * DAY, 900.0, direction="debit"), alerted=True) is None
+    held = on(view("v1", T0 + 50 * DAY))
+    assert held is not None and held.action == "rm_call"  # sales wait for the fraud alert
+    assert on(Feedback("f1", format_ts(T0 + 51 * DAY), T0 + 51 * DAY, "c1", "legit", ref_event_id="x1")) is None
+    assert "c1" not in nba.fraud_alert_t
+    sale = on(view("v2", T0 + 52 * DAY))
+    assert sale is not None and sale.action == "offer_time_deposit"
 
 
 # -- prompts, feedback and learning --------------------------------------------------------------
