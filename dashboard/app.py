@@ -18,7 +18,6 @@ Responses carry security headers (a strict Content-Security-Policy: the pages lo
 their own scripts and styles) and ``Cache-Control: no-store``.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib
