@@ -231,7 +231,8 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await store.r.aclose()
+            with contextlib.suppress(OSError, ConnectionError):  # Redis may be gone already
+                await store.r.aclose()
 
     app = FastAPI(title="CRM stream engine dashboard", version="1",
                   description="Risk view and RM workspace over the engine's Redis outputs. Every `/api` "
