@@ -532,9 +532,9 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
                                       socket_connect_timeout=self._timeout)
         start = resume_state
         if start is None:
-            cursor = client.get(f"{self._key}:cursor")
+            cursor: Any = client.get(f"{self._key}:cursor")
             if cursor is None:
-                last = client.xrevrange(self._key, count=1)
+                last: Any = client.xrevrange(self._key, count=1)
                 cursor = last[0][0] if last else b"0-0"
-            start = StreamPosition(cursor.decode(), 0)
+            start = StreamPosition(bytes(cursor).decode(), 0)
         return _RedisStreamPartition(client, self._key, start, self._stop, self._batch)

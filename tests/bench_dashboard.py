@@ -29,7 +29,8 @@ SEVERITIES = ("low", "medium", "high", "critical")
 
 def alerts(n: int) -> list[Alert]:
     t0 = time.time() - n * 60
-    return [Alert(f"al-{i:06d}", TYPES[i % 4], SEVERITIES[(i // 4) % 4], (i % 100) / 100, f"c{i:06d}",  # type: ignore[arg-type]
+    return [Alert(f"al-{i:06d}", TYPES[i % 4], SEVERITIES[(i // 4) % 4],  # type: ignore[arg-type]
+                  (i % 100) / 100, f"c{i:06d}",
                   f"rm{i % 20:03d}", f"e{i}", format_ts(t0 + i * 60), format_ts(t0 + i * 60),
                   (Reason("large_amount", f"amount {i} is large", float(i), 0.5),), "m1", group_key=f"g{i}")
             for i in range(n)]
@@ -75,7 +76,8 @@ def main() -> None:
                     assert reply.status_code == 200
                     total = reply.json().get("total", 1)
                 times.sort()
-                print(f"{name:34} {statistics.median(times):10.1f} {times[int(0.95 * (len(times) - 1))]:8.1f} {total:6}")
+                p95 = times[int(0.95 * (len(times) - 1))]
+                print(f"{name:34} {statistics.median(times):10.1f} {p95:8.1f} {total:6}")
 
 
 if __name__ == "__main__":
