@@ -16,7 +16,8 @@ run: $(STAMP)
 	$(PY) run.py $(ARGS)
 
 # The operations tests run promtool and a Prometheus server (Debian package `prometheus`);
-# the delivery tests start private redis-server processes.
+# the delivery tests start private redis-server processes; the dashboard's browser tests
+# drive Debian's chromium.
 test-services:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
@@ -24,6 +25,9 @@ test-services:
 	@command -v redis-server >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
 		{ echo "the tests need redis-server: apt-get install -y redis-server" >&2; exit 1; }
+	@command -v chromium >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "the dashboard's browser tests need chromium: apt-get install -y chromium" >&2; exit 1; }
 
 test: $(STAMP) test-services
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -9,6 +9,8 @@
     python run.py produce              send the simulator's stream to the Kafka input topics
     python run.py audit verify ...     check the hash chain of an audit log
     python run.py snooze ...           suppress a customer's alerts of a type until a time
+    python run.py dashboard            the risk dashboard and RM workspace (web, over Redis)
+    python run.py dashboard add-user   add a dashboard user (scrypt-hashed password)
 
 Live modes take ``--metrics-port PORT``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
 
@@ -129,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--create-topics", type=int, default=0, metavar="PARTITIONS",
                          help="first create the missing input and output topics with this many partitions")
 
+    dash = sub.add_parser(
+        "dashboard", help="the risk dashboard and RM workspace (web)",
+        description="Serve the dashboard over the engine's Redis outputs ([redis] url, key_prefix) on "
+        "[dashboard] host:port; users come from [dashboard] users_file. `add-user` adds or replaces a user "
+        "(the password is read from the terminal, or from stdin with --password-stdin).")
+    _common(dash)
+    dash.add_argument("--host", default=None, help="override [dashboard] host")
+    dash.add_argument("--port", type=int, default=None, help="override [dashboard] port")
+    dash_sub = dash.add_subparsers(dest="dashboard_command")
+    add_user = dash_sub.add_parser("add-user", help="add or replace a dashboard user")
+    _common(add_user)
+    add_user.add_argument("username")
+    add_user.add_argument("--role", required=True, choices=("risk_analyst", "rm", "admin"))
+    add_user.add_argument("--rm-id", default="", help="the RM id whose customers an rm user sees")
+    add_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
     audit = sub.add_parser("audit", help="audit log tools",
                            description="Tools for the hash-chained audit log of alerts and lifecycle changes.")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -193,6 +211,80 @@ def _snooze(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"{command['action']} {args.customer} {args.alert_type} until {args.until}: {command['event_id']}")
     return 0
+
+
+def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    if args.dashboard_command == "add-user":
+        import getpass
+
+        from dashboard.auth import add_user
+
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+        if len(password) < 12:
+            print("a password needs at least 12 characters", file=sys.stderr)
+            return 2
+        try:
+            add_user(settings.dashboard.users_file, args.username, args.role, password, args.rm_id)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print(f"user {args.username} ({args.role}) written to {settings.dashboard.users_file}")
+        return 0
+    from dashboard.auth import UserStore
+    from dashboard.server import redis_reachable, server
+
+    users = UserStore.load(settings.dashboard.users_file)
+    if not len(users):
+        print(f"no users in {settings.dashboard.users_file}: add one with `python run.py dashboard add-user`",
+              file=sys.stderr)
+        return 2
+    if not redis_reachable(settings.redis.url):
+        print("Redis is not reachable at [redis] url", file=sys.stderr)
+        return 1
+    d = settings.dashboard
+    print(f"dashboard on http://{args.host or d.host}:{args.port or d.port}/", file=sys.stderr)
+    server(settings, args.host, args.port, users).run()
+    return 0
+
+
+def _demo_dashboard(settings: Settings) -> Settings:
+    """With ``[dashboard] enabled`` and Redis reachable, the demo writes to Redis, reads the
+    dashboard's feedback and serves the dashboard in a thread; otherwise it says why not."""
+    from dataclasses import replace as with_
+
+    d = settings.dashboard
+    if not d.enabled:
+        return settings
+    from dashboard.server import redis_reachable, start_in_thread
+
+    if not redis_reachable(settings.redis.url):
+        print("dashboard off: Redis is not reachable at [redis] url (start redis-server, or set "
+              "CRM__REDIS__URL)", file=sys.stderr)
+        return settings
+    settings = with_(settings, redis=with_(settings.redis, enabled=True, input_stream=d.feedback_stream),
+                     audit=with_(settings.audit, redis=True),
+                     dashboard=with_(d, feedback_time="reference"))  # the simulator keeps its own clock
+    _demo_users(settings)
+    start_in_thread(settings)
+    print(f"dashboard on http://{d.host}:{d.port}/ (users: {d.users_file})", file=sys.stderr)
+    return settings
+
+
+def _demo_users(settings: Settings) -> None:
+    """A first demo run creates an analyst, an admin and two RMs with random passwords,
+    printed once here (only their scrypt hashes are kept)."""
+    import secrets
+
+    from dashboard.auth import UserStore, add_user
+
+    path = settings.dashboard.users_file
+    if len(UserStore.load(path)):
+        return
+    for name, role, rm in (("analyst", "risk_analyst", ""), ("admin", "admin", ""), ("rm001", "rm", "rm001"),
+                           ("rm002", "rm", "rm002")):
+        password = secrets.token_urlsafe(12)
+        add_user(path, name, role, password, rm)
+        print(f"dashboard user {name} ({role}): password {password}", file=sys.stderr)
 
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -275,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "snooze":
         assert settings is not None
         return _snooze(args, settings)
+    if args.command == "dashboard":
+        assert settings is not None
+        return _dashboard(args, settings)
     server = telemetry = None
     try:
         if live:
@@ -293,6 +388,7 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
 
     if args.command is None:
         assert settings is not None
+        settings = _demo_dashboard(settings)
         print("Running the built-in simulator; alerts follow. Ctrl-C stops.", file=sys.stderr)
         modes.run_demo(settings, stop, args.workers, telemetry)
     elif args.command == "replay":

@@ -111,6 +111,9 @@ class RedisSettings:
     retry_budget_s: float = 300.0  # a batch undelivered this long: dead letter
     dead_letter_path: str = "dead_letter_redis.jsonl"
     dead_letter_topic: str = ""  # a Kafka topic instead of the file
+    # Live modes: a stream of input events (any kind of the contract; the dashboard writes its
+    # feedback there) read as one more source partition; "" = none.
+    input_stream: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,24 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The web dashboard (``python run.py dashboard``; with ``enabled``, also ``python run.py``)."""
+
+    enabled: bool = True  # start it with the built-in simulator when Redis is reachable
+    host: str = "127.0.0.1"
+    port: int = 8000
+    users_file: str = "dashboard-users.toml"  # users and their scrypt hashes (run.py dashboard add-user)
+    secret: str = ""  # signs session cookies; "" = a random one per start (sessions end with it)
+    session_ttl_s: float = 8 * 3600.0
+    secure_cookies: bool = False  # set the cookies' Secure flag (behind HTTPS)
+    feedback_stream: str = "feedback:in"  # where actions send feedback (<key_prefix> + this)
+    # The time written on feedback events: "wall" (now; live) or "reference" (the event time of
+    # the alert or prompt answered; the simulator runs its own clock).
+    feedback_time: Literal["wall", "reference"] = "wall"
+    page_size_max: int = 200
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything configurable, validated."""
 
@@ -153,6 +174,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secret values replaced, for logs and ``--help``."""

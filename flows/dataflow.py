@@ -68,10 +68,16 @@ def _write(kind: str, stream: Stream[Any], sinks: dict[str, Sink[Any]]) -> None:
 
 
 def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
-               name: str = "crm_engine", metrics: EngineMetrics | None = None) -> Dataflow:
-    """Wire source -> per-customer -> shared scoring -> per-customer view -> sinks."""
+               name: str = "crm_engine", metrics: EngineMetrics | None = None,
+               side_input: Source[Any] | None = None) -> Dataflow:
+    """Wire source -> per-customer -> shared scoring -> per-customer view -> sinks.
+
+    ``side_input`` (live modes: the Redis input stream the dashboard's feedback arrives on)
+    is merged with the source; its partitions sequence their events on their own."""
     flow = Dataflow(name)
     received = op.input("events_in", flow, source)
+    if side_input is not None:
+        received = op.merge("events_merged", received, op.input("side_in", flow, side_input))
     if metrics is not None:
         received = op.flat_map_batch("observe_input", received, metrics.observe_input)
     # Sequenced | DeadLetter

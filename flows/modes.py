@@ -33,7 +33,14 @@ from config.actions import load_actions
 from config.settings import Settings
 from flows.dataflow import Outputs, build_flow
 from flows.recovery import prepare as prepare_recovery
-from flows.sources import KafkaSource, ReplayInput, ReplaySource, SimulatorSource, load_replay
+from flows.sources import (
+    KafkaSource,
+    RedisStreamSource,
+    ReplayInput,
+    ReplaySource,
+    SimulatorSource,
+    load_replay,
+)
 from flows.steps import Clock, StepConfig
 from schemas.outputs import format_ts
 from sinks.audit import FileAuditSink, RedisAuditSink
@@ -143,10 +150,12 @@ def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = Non
 def live_flow(settings: Settings, source: Source[Any], console: bool = True,
               kafka_out: bool = False, alerts_path: Path | None = None,
               dead_letter_path: Path | None = None, telemetry: Telemetry | None = None,
-              loopback: Loopback | None = None) -> Dataflow:
+              loopback: Loopback | None = None, stop: threading.Event | None = None) -> Dataflow:
     """The dataflow of a live run: console and/or Kafka and/or JSONL outputs; with
     ``telemetry``, every sink is metered under its name and the dataflow observed; with
-    ``loopback``, prompts also go back to the simulation running in this process."""
+    ``loopback``, prompts also go back to the simulation running in this process; with
+    ``[redis] input_stream``, events from that stream (the dashboard's feedback) join the
+    source's until ``stop``."""
     def sink(name: str, factory: Callable[[], Sink]) -> Callable[[], Sink]:
         if telemetry is None:
             return factory
@@ -188,7 +197,17 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
     for name, factory in audit_sinks(settings).items():
         outputs.audit[name] = as_single_writer(sink(name, factory))
     return build_flow(source, outputs, step_config(settings, wall_clock),
-                      metrics=telemetry.metrics if telemetry is not None else None)
+                      metrics=telemetry.metrics if telemetry is not None else None,
+                      side_input=redis_input(settings, stop))
+
+
+def redis_input(settings: Settings, stop: threading.Event | None) -> RedisStreamSource | None:
+    """The Redis input stream of ``[redis] input_stream``, if one is configured."""
+    r = settings.redis
+    if not r.input_stream:
+        return None
+    return RedisStreamSource(r.url, f"{r.key_prefix}{r.input_stream}", stop,
+                             socket_timeout_s=r.socket_timeout_s)
 
 
 def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
@@ -243,7 +262,8 @@ def demo_flow(settings: Settings, stop: threading.Event, telemetry: Telemetry | 
         actions = load_actions(settings.nba.catalogue or None)
         loopback = Loopback(Responder(settings.simulator.seed, {a.action_id: a for a in actions}))
     source = SimulatorSource(settings.simulator, stop, telemetry, loopback)
-    return live_flow(settings, source, console=console, telemetry=telemetry, loopback=loopback), loopback
+    return live_flow(settings, source, console=console, telemetry=telemetry, loopback=loopback,
+                     stop=stop), loopback
 
 
 def run_demo(settings: Settings, stop: threading.Event, workers: int | None = None,
@@ -257,5 +277,5 @@ def run_live(settings: Settings, stop: threading.Event, console: bool, workers: 
              telemetry: Telemetry | None = None) -> None:
     flow = live_flow(settings, KafkaSource(settings.kafka, stop=stop, telemetry=telemetry), console=console,
                      kafka_out=True, alerts_path=alerts_path, dead_letter_path=dead_letter_path,
-                     telemetry=telemetry)
+                     telemetry=telemetry, stop=stop)
     execute(flow, settings, workers)

@@ -153,6 +153,26 @@ class LifecycleChange(_Record):
     schema_version: str = SCHEMA_VERSION
 
 
+@dataclass(frozen=True, slots=True)
+class UserAction(_Record):
+    """What a dashboard user did, for the audit trail: ``login``, ``login_failed``,
+    ``acknowledge``, ``assign``, ``snooze``, ``close``, ``answer_prompt``. ``target`` is the
+    dashboard's ref of the alert group or the prompt id; ``event_id`` the feedback or control
+    event sent to the engine, if any."""
+
+    action_id: str
+    action: str
+    username: str
+    role: str
+    target: str | None
+    customer_id: str | None
+    detail: str | None
+    event_id: str | None
+    at: str
+    kind: str = "user_action"
+    schema_version: str = SCHEMA_VERSION
+
+
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Score(_Record):
     """Per-event scores for an accepted transaction (replay output)."""

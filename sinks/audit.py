@@ -209,6 +209,11 @@ return 1
 """
 
 
+#: For other writers of the same log (the dashboard appends its users' actions).
+APPEND_ONCE = _APPEND_ONCE
+parse_head = _parse_head
+
+
 class RedisAuditSink(BufferedSink):
     """The audit log as the Redis list ``key`` (see the module doc). Delivery: each record
     appended once (by id), in order; held in the delivery buffer while Redis is down."""

@@ -118,8 +118,9 @@ class KafkaDeadLetters:
 
 
 def record_id(record: Record) -> str:
-    """The id a record is de-duplicated by: ``change_id``, ``alert_id``, ``prompt_id`` or ``event_id``."""
-    for name in ("change_id", "alert_id", "prompt_id", "event_id"):
+    """The id a record is de-duplicated by: ``action_id``, ``change_id``, ``alert_id``,
+    ``prompt_id`` or ``event_id``."""
+    for name in ("action_id", "change_id", "alert_id", "prompt_id", "event_id"):
         value = getattr(record, name, None)
         if isinstance(value, str):
             return value

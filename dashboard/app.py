@@ -1,0 +1,472 @@
+"""The dashboard's web application: JSON API, live updates (server-sent events), pages.
+
+Authorization is decided on the server for every request, from the signed session cookie
+(``dashboard.auth``) and the user's entry in the users file (a removed user is refused at
+once):
+
+- ``risk_analyst``: the risk view (every alert, customer details with identifiers);
+  acknowledge, assign, snooze, close as fraud / false positive.
+- ``rm``: the RM view: prompts and churn warnings of the RM's own customers, and those
+  customers' details without fraud data (no tipping-off); accept, dismiss, mark converted.
+- ``admin``: the risk view and plots read-only with customer identifiers masked; the
+  audit trail.
+
+No credentials: 401. A role that may not use an endpoint, or an RM asking about another RM's
+customer (or an unknown one): 403. Every state-changing request needs the session's CSRF
+token in ``X-CSRF-Token``. Every action, login and failed login goes to the audit trail.
+Responses carry security headers (a strict Content-Security-Policy: the pages load only
+their own scripts and styles) and ``Cache-Control: no-store``.
+"""
+
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from dashboard.auth import Session, Signer, UserStore
+from dashboard.store import ALERT_TYPES, ANSWERS, SEVERITIES, STATUSES, Auditor, NotFound, Page, Store
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+COOKIE = "crm_session"
+MASK = "***"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class DashboardConfig:
+    """What the application needs besides Redis (from ``[dashboard]`` and ``[redis]``)."""
+
+    secret: bytes
+    session_ttl_s: float = 8 * 3600.0
+    secure_cookies: bool = False
+    page_size_max: int = 200
+
+
+# -- live updates ---------------------------------------------------------------------------
+
+
+Allow = Callable[[str, dict[str, Any]], dict[str, Any] | None]
+
+
+class Hub:
+    """Fans indexed alerts, prompts and status changes out to the open event streams; each
+    subscriber gets only what its user may see (its ``allow`` function) and is dropped if it
+    falls 1,000 messages behind (the page reconnects and reloads)."""
+
+    def __init__(self) -> None:
+        self._subs: dict[int, tuple[Allow, asyncio.Queue[bytes]]] = {}
+        self._next = 0
+
+    def subscribe(self, allow: Allow) -> tuple[int, asyncio.Queue[bytes]]:
+        self._next += 1
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
+        self._subs[self._next] = (allow, queue)
+        return self._next, queue
+
+    def unsubscribe(self, sid: int) -> None:
+        self._subs.pop(sid, None)
+
+    def publish(self, kind: str, item: dict[str, Any]) -> None:
+        for sid, (allow, queue) in list(self._subs.items()):
+            shown = allow(kind, item)
+            if shown is None:
+                continue
+            try:
+                queue.put_nowait(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(shown) + b"\n\n")
+            except asyncio.QueueFull:
+                self.unsubscribe(sid)  # a client this far behind reconnects and reloads
+
+
+class Indexer:
+    """Follows the engine's alert stream and every RM prompt stream into the store's index
+    and the hub. Its positions are kept in Redis (``dash:cursors``), so a restarted
+    dashboard carries on; indexing is idempotent by alert revision and prompt id."""
+
+    def __init__(self, store: Store, hub: Hub, block_ms: int = 500) -> None:
+        self.store, self.hub, self.block_ms = store, hub, block_ms
+        self.indexed = 0
+
+    async def run(self) -> None:
+        r, p = self.store.r, self.store.p
+        cursors_key = f"{self.store.d}cursors"
+        alerts_key = f"{p}alerts"
+        streams: dict[str, str] = {}
+        rescan_at = 0.0
+        down = False
+        while True:
+            try:
+                if time.monotonic() >= rescan_at:  # new RMs' prompt streams appear as prompts arrive
+                    keys = [k.decode() async for k in r.scan_iter(match=f"{p}rm:*:prompts", count=1000)]
+                    saved = {k.decode(): v.decode() for k, v in (await r.hgetall(cursors_key)).items()}
+                    for key in [alerts_key, *keys]:
+                        streams.setdefault(key, saved.get(key, "0-0"))
+                    rescan_at = time.monotonic() + 2.0
+                reply = await r.xread(streams, count=500, block=self.block_ms)
+                down = False
+            except (OSError, ConnectionError) as exc:
+                if not down:
+                    log.warning("dashboard indexer: Redis unreachable, retrying: %s", type(exc).__name__)
+                down = True
+                await asyncio.sleep(1.0)
+                continue
+            for key, entries in reply or ():
+                name = key.decode()
+                for entry_id, fields in entries:
+                    record = orjson.loads(fields[b"data"])
+                    if name == alerts_key:
+                        summary = await self.store.index_alert(record)
+                        if summary is not None:
+                            self.hub.publish("alert", summary)
+                    else:
+                        prompt = await self.store.index_prompt(record)
+                        if prompt is not None:
+                            self.hub.publish("prompt", prompt)
+                    streams[name] = entry_id.decode()
+                    self.indexed += 1
+                await r.hset(cursors_key, name, streams[name])
+
+
+# -- masking and authorization --------------------------------------------------------------
+
+
+def scrub(value: Any, secrets: set[str]) -> Any:
+    """``value`` with every string that contains one of ``secrets`` masked (deeply)."""
+    if isinstance(value, str):
+        return MASK if any(s and s in value for s in secrets) else value
+    if isinstance(value, dict):
+        return {k: scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v, secrets) for v in value]
+    return value
+
+
+def mask_alert(summary: dict[str, Any]) -> dict[str, Any]:
+    """An alert summary for a role that may not see identifiers: the customer id (and every
+    string holding it: group and dedup keys) masked, and the reasons' free-text values
+    (payees, devices) too."""
+    out = scrub(summary, {summary["customer_id"]})
+    alert = out.get("alert")
+    if isinstance(alert, dict):
+        alert["reasons"] = [{**r, "value": MASK if isinstance(r.get("value"), str) else r.get("value")}
+                            for r in alert.get("reasons", [])]
+    return dict(out)
+
+
+def for_rm(summary: dict[str, Any], rm_id: str) -> dict[str, Any] | None:
+    """What an RM sees of an alert: only churn warnings of their own customers."""
+    if summary.get("rm_id") != rm_id or summary.get("type") != "churn_risk":
+        return None
+    return summary
+
+
+# -- request bodies -------------------------------------------------------------------------
+
+
+class Login(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class Assign(BaseModel):
+    assignee: str = Field(min_length=1, max_length=64)
+
+
+class Snooze(BaseModel):
+    hours: float = Field(gt=0, le=24 * 90)
+
+
+class Close(BaseModel):
+    label: Literal["fraud", "legit"]
+
+
+class Answer(BaseModel):
+    answer: Literal["accepted", "dismissed", "converted"]
+
+
+def page_json(page: Page, shape: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+    items = [shaped for item in page.items if (shaped := shape(item)) is not None]
+    return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
+
+
+# -- the application ------------------------------------------------------------------------
+
+
+def create_app(store: Store, users: UserStore, config: DashboardConfig, index: bool = True) -> FastAPI:
+    """The application; with ``index``, it runs the ``Indexer`` while it serves."""
+    signer = Signer(config.secret)
+    hub = Hub()
+    auditor = Auditor(store.r, store.audit_key)
+    indexer = Indexer(store, hub)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.start()
+        task = asyncio.create_task(indexer.run()) if index else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(OSError, ConnectionError):  # Redis may be gone already
+                await store.r.aclose()
+
+    app = FastAPI(title="CRM stream engine dashboard", version="1",
+                  description="Risk view and RM workspace over the engine's Redis outputs. Every `/api` "
+                              "endpoint except `/api/login` needs a session cookie; state-changing ones "
+                              "also the `X-CSRF-Token` header.",
+                  docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.hub, app.state.indexer, app.state.store = hub, indexer, store
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if config.secure_cookies:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        return response
+
+    def session(request: Request) -> Session:
+        token = request.cookies.get(COOKIE)
+        found = signer.read(token, time.time()) if token else None
+        user = users.get(found.username) if found else None
+        if found is None or user is None or user.role != found.role or user.rm_id != found.rm_id:
+            raise HTTPException(401, "not signed in")
+        return found
+
+    def csrf(request: Request, who: Annotated[Session, Depends(session)]) -> Session:
+        if request.headers.get("x-csrf-token") != signer.csrf(who):
+            raise HTTPException(403, "missing or wrong CSRF token")
+        return who
+
+    def role(*allowed: str, write: bool = False) -> Any:
+        dependency = csrf if write else session
+
+        def check(who: Annotated[Session, Depends(dependency)]) -> Session:
+            if who.role not in allowed:
+                raise HTTPException(403, "not allowed for this role")
+            return who
+        return Depends(check)
+
+    Reader = Annotated[Session, role("risk_analyst", "admin")]
+    Analyst = Annotated[Session, role("risk_analyst", write=True)]
+    RMRead = Annotated[Session, role("rm")]
+    RMWrite = Annotated[Session, role("rm", write=True)]
+    AnyUser = Annotated[Session, Depends(session)]
+    Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+    Limit = Annotated[int, Query(ge=1)]
+
+    def shown_alert(who: Session) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+        if who.role == "admin":
+            return mask_alert
+        if who.role == "rm":
+            return lambda s: for_rm(s, who.rm_id)
+        return lambda s: s
+
+    async def alert_or_404(ref: str) -> dict[str, Any]:
+        try:
+            return await store.alert_summary(ref)
+        except NotFound:
+            raise HTTPException(404, "no such alert") from None
+
+    @app.get("/", include_in_schema=False)
+    async def index_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.post("/api/login", summary="Sign in; sets the session cookie")
+    async def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            raise HTTPException(415, "JSON only")
+        user = await asyncio.to_thread(users.authenticate, body.username, body.password)
+        if user is None:
+            await auditor.record("login_failed", body.username[:64], "-")
+            raise HTTPException(401, "wrong username or password")
+        token = signer.issue(user, config.session_ttl_s, time.time())
+        response.set_cookie(COOKIE, token, max_age=int(config.session_ttl_s), httponly=True, samesite="strict",
+                            secure=config.secure_cookies, path="/")
+        await auditor.record("login", user.username, user.role)
+        found = signer.read(token, time.time())
+        assert found is not None
+        return {"username": user.username, "role": user.role, "rm_id": user.rm_id, "csrf": signer.csrf(found)}
+
+    @app.post("/api/logout", summary="Sign out")
+    async def logout(who: Annotated[Session, Depends(csrf)], response: Response) -> dict[str, str]:
+        response.delete_cookie(COOKIE, path="/")
+        await auditor.record("logout", who.username, who.role)
+        return {"ok": "signed out"}
+
+    @app.get("/api/me", summary="Who is signed in, and the session's CSRF token")
+    async def me(who: AnyUser) -> dict[str, Any]:
+        return {"username": who.username, "role": who.role, "rm_id": who.rm_id, "csrf": signer.csrf(who),
+                "masked": who.role == "admin"}
+
+    @app.get("/api/alerts", summary="The alert queue, newest first, filtered and paginated")
+    async def alerts(who: Reader, offset: Offset = 0, limit: Limit = 50,
+                     status: Annotated[str, Query(pattern="^(active|all|" + "|".join(STATUSES) + ")$")] = "active",
+                     type: Annotated[str | None, Query(pattern="^(" + "|".join(ALERT_TYPES) + ")$")] = None,
+                     severity: Annotated[str | None, Query(pattern="^(" + "|".join(SEVERITIES) + ")$")] = None,
+                     ) -> dict[str, Any]:
+        page = await store.alerts(status, type, severity, None, offset, min(limit, config.page_size_max))
+        return page_json(page, shown_alert(who))
+
+    @app.get("/api/alerts/{ref}", summary="An alert group: latest revision, reasons, scores, the customer's timeline")
+    async def alert(ref: str, who: Reader) -> dict[str, Any]:
+        summary = await alert_or_404(ref)
+        customer = await store.customer(summary["customer_id"])
+        detail = {**summary, "customer": customer}
+        return mask_alert(detail) if who.role == "admin" else detail
+
+    async def act(ref: str, who: Session, action: str, status: str, detail: str | None = None,
+                  event: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
+                  assignee: str | None = None) -> dict[str, Any]:
+        summary = await alert_or_404(ref)
+        event_id = await event(summary) if event is not None else None
+        updated = await store.set_status(ref, status, assignee)
+        await auditor.record(action, who.username, who.role, ref, summary["customer_id"], detail, event_id)
+        hub.publish("alert", updated)
+        return {**updated, "sent_event_id": event_id}
+
+    @app.post("/api/alerts/{ref}/acknowledge", summary="Acknowledge an alert")
+    async def acknowledge(ref: str, who: Analyst) -> dict[str, Any]:
+        return await act(ref, who, "acknowledge", "acknowledged")
+
+    @app.post("/api/alerts/{ref}/assign", summary="Assign an alert to an analyst")
+    async def assign(ref: str, body: Assign, who: Analyst) -> dict[str, Any]:
+        target = users.get(body.assignee)
+        if target is None or target.role != "risk_analyst":
+            raise HTTPException(422, "assign to an existing risk analyst")
+        return await act(ref, who, "assign", "assigned", body.assignee, assignee=body.assignee)
+
+    @app.post("/api/alerts/{ref}/snooze", summary="Snooze the customer's alerts of this type (a control event)")
+    async def snooze(ref: str, body: Snooze, who: Analyst) -> dict[str, Any]:
+        async def send(s: dict[str, Any]) -> str:
+            return await store.snooze(s["customer_id"], s["type"], body.hours, s["event_ts"], who.username)
+        return await act(ref, who, "snooze", "snoozed", f"{body.hours} h", send)
+
+    @app.post("/api/alerts/{ref}/close", summary="Close as fraud or false positive (feedback)")
+    async def close(ref: str, body: Close, who: Analyst) -> dict[str, Any]:
+        async def send(s: dict[str, Any]) -> str:
+            a = s["alert"]
+            return await store.feedback(s["customer_id"], body.label, s["event_ts"], ref_event_id=a["event_id"],
+                                        ref_alert_id=a["alert_id"])
+        return await act(ref, who, "close", f"closed_{body.label}", body.label, send)
+
+    @app.get("/api/customers/{cref}", summary="A customer: scores, alerts, prompts, timeline")
+    async def customer(cref: str, who: AnyUser) -> dict[str, Any]:
+        try:
+            customer_id = await store.customer_of(cref)
+        except NotFound:
+            if who.role == "rm":
+                raise HTTPException(403, "not your customer") from None
+            raise HTTPException(404, "no such customer") from None
+        if who.role == "rm" and await store.owner(customer_id) != who.rm_id:
+            raise HTTPException(403, "not your customer")
+        data = await store.customer(customer_id)
+        if who.role == "rm":  # no fraud data for RMs (no tipping-off)
+            data["alerts"] = [a for a in data["alerts"] if a["type"] == "churn_risk"]
+            data["timeline"] = [t for t in data["timeline"] if t["kind"] == "prompt" or t["alert_type"] == "churn_risk"]
+            for key in ("fraud_score", "fraud_risk", "open_groups"):
+                data.pop(key, None)
+        if who.role == "admin":
+            data["alerts"] = [mask_alert(a) for a in data["alerts"]]
+            data = scrub(data, {customer_id})
+        return data
+
+    @app.get("/api/rm/prompts", summary="The RM's prompts: waiting for an answer (new) or accepted")
+    async def prompts(who: RMRead, offset: Offset = 0, limit: Limit = 50,
+                      which: Annotated[str, Query(pattern="^(new|accepted)$")] = "new") -> dict[str, Any]:
+        page = await store.prompts(who.rm_id, which, offset, min(limit, config.page_size_max))
+        return page_json(page, lambda p: p)
+
+    @app.post("/api/rm/prompts/{prompt_id}/answer", summary="Accept, dismiss or mark converted (feedback)")
+    async def answer(prompt_id: str, body: Answer, who: RMWrite) -> dict[str, Any]:
+        try:
+            prompt = await store.prompt(prompt_id)
+        except NotFound:
+            raise HTTPException(403, "not your prompt") from None
+        if prompt.get("rm_id") != who.rm_id:
+            raise HTTPException(403, "not your prompt")
+        allowed = {"new": ("accepted", "dismissed"), "accepted": ("converted", "dismissed")}.get(prompt["status"], ())
+        if body.answer not in allowed:
+            raise HTTPException(409, f"a prompt that is {prompt['status']} cannot be {body.answer}")
+        event_id = await store.feedback(prompt["customer_id"], ANSWERS[body.answer], prompt["event_ts"],
+                                        ref_prompt_id=prompt_id)
+        updated = await store.answer_prompt(prompt, body.answer)
+        await auditor.record("answer_prompt", who.username, who.role, prompt_id, prompt["customer_id"], body.answer,
+                             event_id)
+        hub.publish("prompt", {**updated, "cref": store.ref("c", prompt["customer_id"])})
+        return {**updated, "sent_event_id": event_id}
+
+    @app.get("/api/rm/churn", summary="Churn warnings about the RM's customers")
+    async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
+        page = await store.alerts("all", "churn_risk", None, who.rm_id, offset, min(limit, config.page_size_max))
+        return page_json(page, lambda s: for_rm(s, who.rm_id))
+
+    @app.get("/api/stats", summary="Plots: alert volume per hour, score distribution, the RM's conversion")
+    async def stats(who: AnyUser) -> dict[str, Any]:
+        if who.role == "rm":
+            return {"rm": (await store.stats(who.rm_id))["rm"]}
+        return await store.stats(None)
+
+    @app.get("/api/audit", summary="The latest audit entries (admin), identifiers masked")
+    async def audit(who: Annotated[Session, role("admin")],
+                    limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+        entries = await auditor.recent(limit)
+        customers = {str(e["record"].get("customer_id")) for e in entries if e["record"].get("customer_id")}
+        return {"items": scrub(entries, customers)}
+
+    @app.get("/api/events", summary="Server-sent events: alerts and prompts as they arrive, as the role may see them")
+    async def events(request: Request, who: AnyUser) -> StreamingResponse:
+        shape = shown_alert(who)
+
+        def allow(kind: str, item: dict[str, Any]) -> dict[str, Any] | None:
+            if kind == "alert":
+                return shape(item)
+            if kind == "prompt":
+                return item if who.role == "rm" and item.get("rm_id") == who.rm_id else None
+            return None
+
+        sid, queue = hub.subscribe(allow)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 1000\n\n"
+                while not await request.is_disconnected():
+                    if signer.read(request.cookies.get(COOKIE, ""), time.time()) is None:
+                        return  # the session expired while the stream was open
+                    try:
+                        yield await asyncio.wait_for(queue.get(), timeout=15.0)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+            finally:
+                hub.unsubscribe(sid)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app

@@ -1,0 +1,56 @@
+"""Starting the dashboard: from the settings, in the foreground (``run.py dashboard``) or
+in a thread beside the engine (``run.py``, the built-in simulator demo)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any
+
+from config.settings import Settings
+from dashboard.app import DashboardConfig, create_app
+from dashboard.auth import UserStore
+from dashboard.store import Store
+
+
+def build_app(settings: Settings, users: UserStore | None = None) -> Any:
+    import redis.asyncio
+
+    d, r = settings.dashboard, settings.redis
+    client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
+                                          socket_connect_timeout=r.socket_timeout_s)
+    store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key)
+    secret = d.secret.encode() if d.secret else secrets.token_bytes(32)
+    return create_app(store, users or UserStore.load(d.users_file),
+                      DashboardConfig(secret, d.session_ttl_s, d.secure_cookies, d.page_size_max))
+
+
+def server(settings: Settings, host: str | None = None, port: int | None = None,
+           users: UserStore | None = None) -> Any:
+    import uvicorn
+
+    d = settings.dashboard
+    config = uvicorn.Config(build_app(settings, users), host=host or d.host, port=port if port is not None else d.port,
+                            log_level="warning", access_log=False, server_header=False)
+    return uvicorn.Server(config)
+
+
+def start_in_thread(settings: Settings, host: str | None = None, port: int | None = None,
+                    users: UserStore | None = None) -> tuple[Any, threading.Thread]:
+    """Serve in a daemon thread; ``server.should_exit = True`` stops it."""
+    srv = server(settings, host, port, users)
+    thread = threading.Thread(target=srv.run, name="dashboard", daemon=True)
+    thread.start()
+    return srv, thread
+
+
+def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -1,0 +1,363 @@
+"""The dashboard's data in Redis: an index of the engine's alerts and prompts, the actions
+on them, the feedback they send to the engine, and the audit of every action.
+
+The engine writes alerts to ``{prefix}alerts`` (every revision of every alert group) and
+prompts to ``{prefix}rm:{rm_id}:prompts``. ``Indexer`` follows those streams (its position
+in ``{prefix}dash:cursor:*``, so a restart neither skips nor repeats) and keeps, under
+``{prefix}dash:``:
+
+- ``a:{ref}``: one hash per alert group (latest revision, workflow status, assignee), where
+  ``ref`` is a keyed hash of the group key: URLs and pages name alerts and customers by refs,
+  never by customer ids (which are personal data and would end up in access logs);
+- sorted sets by event time (ms) for the queue and its filters: ``idx:all``, ``idx:active``
+  (not closed), ``idx:status:{s}``, ``idx:type:{t}``, ``idx:sev:{s}``, ``idx:rm:{rm}``,
+  ``cust:{customer}`` (a customer's alert groups), ``scores`` (alert score per group);
+- ``p:{prompt_id}`` and ``pq:{rm}`` / ``pa:{rm}`` (an RM's prompts waiting for an answer,
+  and accepted ones that may still convert), ``rmstat:{rm}`` (prompts, accepted, dismissed,
+  converted), ``owner:{customer}`` (the customer's RM) and ``cref:{ref}`` (ref -> customer).
+
+A filtered page is a ``ZINTERSTORE`` of the filter's sets (cached 2 s) and a ``ZREVRANGE``:
+its cost grows with the size of the sets, not with the page number; see the README's
+figures for 10,000 open alerts.
+
+Actions write feedback events (``fraud`` / ``legit`` labels on the alert's transaction,
+``nba_*`` answers to prompts) and ``control`` events (snoozes) to the engine's input stream
+``{prefix}{feedback_stream}``, in the input contract, validated by ``schemas.events``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from schemas.events import event_from_obj
+from schemas.events import parse_timestamp as parse_ts
+from schemas.outputs import format_ts
+
+STATUSES: Final = ("open", "acknowledged", "assigned", "snoozed", "closed_fraud", "closed_legit")
+ACTIVE: Final = ("open", "acknowledged", "assigned", "snoozed")
+ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk")
+SEVERITIES: Final = ("low", "medium", "high", "critical")
+ANSWERS: Final = {"accepted": "nba_accepted", "dismissed": "nba_dismissed", "converted": "nba_converted"}
+
+
+def _ms(ts: str) -> int:
+    return int(parse_ts(ts) * 1000)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a filtered list and the size of the whole list."""
+
+    items: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+
+class NotFound(LookupError):
+    """No such alert, prompt or customer."""
+
+
+class Store:
+    """Reads and writes the dashboard's keys; every method is one or two round trips."""
+
+    def __init__(self, client: Any, prefix: str, feedback_stream: str, feedback_time: str = "wall",
+                 audit_key: str = "audit") -> None:
+        self.r = client  # a redis.asyncio.Redis
+        self.p = prefix
+        self.d = f"{prefix}dash:"
+        self.feedback_key = f"{prefix}{feedback_stream}"
+        self.feedback_time = feedback_time
+        self.audit_key = f"{prefix}{audit_key}"
+        self._ref_key = b""
+
+    async def start(self) -> None:
+        """Load (or create once) the key that refs are hashed with."""
+        await self.r.set(f"{self.d}refkey", secrets.token_hex(32), nx=True)
+        self._ref_key = await self.r.get(f"{self.d}refkey")
+
+    def ref(self, kind: str, value: str) -> str:
+        """An opaque, stable reference to an alert group or a customer (keyed: it cannot be
+        inverted by hashing guessed customer ids without the key)."""
+        return kind + hmac.new(self._ref_key, f"{kind}|{value}".encode(), hashlib.sha256).hexdigest()[:20]
+
+    # -- indexing ------------------------------------------------------------------------
+
+    async def index_alert(self, alert: dict[str, Any]) -> dict[str, Any] | None:
+        """Record one alert revision; the summary if it changed the group, else None."""
+        group = alert.get("group_key") or alert.get("dedup_key") or alert["alert_id"]
+        ref = self.ref("a", group)
+        key = f"{self.d}a:{ref}"
+        current = await self.r.hmget(key, "revision", "status", "severity")
+        revision = int(alert.get("revision") or 1)
+        if current[0] is not None and int(current[0]) >= revision:
+            return None
+        customer, rm = alert["customer_id"], alert.get("rm_id") or ""
+        cref = self.ref("c", customer)
+        ts = _ms(alert["event_ts"])
+        status = current[1].decode() if current[1] else "open"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, mapping={"revision": revision, "alert": orjson.dumps(alert), "status": status,
+                                "severity": alert["severity"], "type": alert["type"], "customer": customer,
+                                "cref": cref, "rm": rm, "ts": ts, "score": alert["score"]})
+        if current[0] is None:
+            pipe.hset(key, "first_ts", ts)
+        if current[2] is not None and current[2].decode() != alert["severity"]:
+            pipe.zrem(f"{self.d}idx:sev:{current[2].decode()}", ref)
+        for idx in ("all", f"type:{alert['type']}", f"sev:{alert['severity']}", f"status:{status}"):
+            pipe.zadd(f"{self.d}idx:{idx}", {ref: ts})
+        if status in ACTIVE:
+            pipe.zadd(f"{self.d}idx:active", {ref: ts})
+        if rm:
+            pipe.zadd(f"{self.d}idx:rm:{rm}", {ref: ts})
+            pipe.set(f"{self.d}owner:{customer}", rm)
+        pipe.zadd(f"{self.d}cust:{customer}", {ref: ts})
+        pipe.set(f"{self.d}cref:{cref}", customer)
+        pipe.zadd(f"{self.d}scores", {ref: float(alert["score"])})
+        pipe.hincrby(f"{self.d}volume", str(ts // 3_600_000), 1 if current[0] is None else 0)
+        await pipe.execute()
+        return await self.alert_summary(ref)
+
+    async def index_prompt(self, prompt: dict[str, Any]) -> dict[str, Any] | None:
+        """Record one prompt (once); its summary if new."""
+        pid, rm, customer = prompt["prompt_id"], prompt.get("rm_id") or "", prompt["customer_id"]
+        if not rm or not await self.r.set(f"{self.d}p:{pid}", orjson.dumps({**prompt, "status": "new"}), nx=True):
+            return None
+        cref = self.ref("c", customer)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd(f"{self.d}pq:{rm}", {pid: _ms(prompt["event_ts"])})
+        pipe.set(f"{self.d}owner:{customer}", rm)
+        pipe.set(f"{self.d}cref:{cref}", customer)
+        pipe.zadd(f"{self.d}cprompts:{customer}", {pid: _ms(prompt["event_ts"])})
+        pipe.hincrby(f"{self.d}rmstat:{rm}", "prompts", 1)
+        await pipe.execute()
+        return {**prompt, "status": "new", "cref": cref}
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def alert_summary(self, ref: str) -> dict[str, Any]:
+        data = await self.r.hgetall(f"{self.d}a:{ref}")
+        if not data:
+            raise NotFound(ref)
+        return self._summary(ref, data)
+
+    async def alerts(self, status: str | None, alert_type: str | None, severity: str | None,
+                     rm: str | None, offset: int, limit: int) -> Page:
+        """A page of alert groups, newest first, matching every filter given."""
+        sets = [f"{self.d}idx:active" if status in (None, "active") else
+                f"{self.d}idx:all" if status == "all" else f"{self.d}idx:status:{status}"]
+        if alert_type:
+            sets.append(f"{self.d}idx:type:{alert_type}")
+        if severity:
+            sets.append(f"{self.d}idx:sev:{severity}")
+        if rm:
+            sets.append(f"{self.d}idx:rm:{rm}")
+        key = sets[0]
+        if len(sets) > 1:
+            key = f"{self.d}tmp:{hashlib.sha1('|'.join(sets).encode()).hexdigest()}"
+            if not await self.r.exists(key):
+                pipe = self.r.pipeline(transaction=True)
+                pipe.zinterstore(key, sets, aggregate="MAX")
+                pipe.pexpire(key, 2000)
+                await pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(key)
+        pipe.zrevrange(key, offset, offset + limit - 1)
+        total, refs = await pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        for ref in refs:
+            pipe.hgetall(f"{self.d}a:{ref.decode()}")
+        rows = await pipe.execute()
+        items = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows, strict=True) if row]
+        return Page(items, int(total), offset, limit)
+
+    @staticmethod
+    def _summary(ref: str, data: dict[bytes, bytes]) -> dict[str, Any]:
+        alert = orjson.loads(data[b"alert"])
+        return {"ref": ref, "status": data[b"status"].decode(), "assignee": data.get(b"assignee", b"").decode(),
+                "cref": data[b"cref"].decode(), "customer_id": data[b"customer"].decode(),
+                "rm_id": data[b"rm"].decode(), "type": alert["type"], "severity": alert["severity"],
+                "score": alert["score"], "event_ts": alert["event_ts"], "revision": alert.get("revision", 1),
+                "alert": alert}
+
+    async def owner(self, customer: str) -> str | None:
+        value = await self.r.get(f"{self.d}owner:{customer}")
+        return value.decode() if value else None
+
+    async def customer_of(self, cref: str) -> str:
+        value = await self.r.get(f"{self.d}cref:{cref}")
+        if value is None:
+            raise NotFound(cref)
+        return str(value.decode())
+
+    async def customer(self, customer: str) -> dict[str, Any]:
+        """Scores from the engine's customer hash, the timeline of alert groups (every
+        revision's trigger) and prompts, newest first."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(f"{self.p}customer:{customer}")
+        pipe.zrevrange(f"{self.d}cust:{customer}", 0, 49)
+        pipe.zrevrange(f"{self.d}cprompts:{customer}", 0, 49)
+        pipe.get(f"{self.d}owner:{customer}")
+        engine, refs, pids, owner = await pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        for ref in refs:
+            pipe.hgetall(f"{self.d}a:{ref.decode()}")
+        for pid in pids:
+            pipe.get(f"{self.d}p:{pid.decode()}")
+        rows = await pipe.execute()
+        alerts = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows[:len(refs)], strict=True) if row]
+        prompts = [orjson.loads(raw) for raw in rows[len(refs):] if raw]
+        timeline = [{"ts": a["event_ts"], "kind": "alert", "what": f"{a['type']} ({a['severity']}, score "
+                     f"{a['score']:.2f}), status {a['status']}", "ref": a["ref"], "event_id": a["alert"]["event_id"],
+                     "alert_type": a["type"]} for a in alerts]
+        timeline += [{"ts": p["event_ts"], "kind": "prompt", "what": f"prompt {p['action']} ({p['status']})",
+                      "ref": p["prompt_id"], "event_id": p["event_id"], "alert_type": ""} for p in prompts]
+        timeline.sort(key=lambda item: item["ts"], reverse=True)
+
+        def num(field: bytes) -> float | None:
+            return float(engine[field]) if field in engine else None
+        return {"customer_id": customer, "cref": self.ref("c", customer), "rm_id": owner.decode() if owner else "",
+                "fraud_score": num(b"fraud_score"), "churn_score": num(b"churn_score"),
+                "fraud_risk": num(b"fraud_risk"), "open_groups": sum(1 for k in engine if k.startswith(b"open:")),
+                "alerts": alerts, "prompts": prompts, "timeline": timeline}
+
+    async def prompts(self, rm: str, which: str, offset: int, limit: int) -> Page:
+        """An RM's prompts waiting for an answer (``new``) or accepted (``accepted``)."""
+        key = f"{self.d}{'pq' if which == 'new' else 'pa'}:{rm}"
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(key)
+        pipe.zrevrange(key, offset, offset + limit - 1)
+        total, pids = await pipe.execute()
+        raws = await self.r.mget([f"{self.d}p:{pid.decode()}" for pid in pids]) if pids else []
+        items = [{**orjson.loads(raw), "cref": self.ref("c", orjson.loads(raw)["customer_id"])} for raw in raws if raw]
+        return Page(items, int(total), offset, limit)
+
+    async def prompt(self, pid: str) -> dict[str, Any]:
+        raw = await self.r.get(f"{self.d}p:{pid}")
+        if raw is None:
+            raise NotFound(pid)
+        return dict(orjson.loads(raw))
+
+    async def stats(self, rm: str | None) -> dict[str, Any]:
+        """Alert volume per hour of event time (the last 48 hours with alerts), the score
+        distribution of all alert groups (10 bins), and conversion per RM."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(f"{self.d}volume")
+        for i in range(10):
+            pipe.zcount(f"{self.d}scores", i / 10, f"({(i + 1) / 10}" if i < 9 else 1.0)
+        if rm:
+            pipe.hgetall(f"{self.d}rmstat:{rm}")
+        out = await pipe.execute()
+        volume = sorted((int(k), int(v)) for k, v in out[0].items())[-48:]
+        result: dict[str, Any] = {
+            "volume": [{"hour": format_ts(h * 3600.0), "alerts": n} for h, n in volume],
+            "scores": [{"from": i / 10, "to": (i + 1) / 10, "alerts": int(n)} for i, n in enumerate(out[1:11])]}
+        if rm:
+            stat = {k.decode(): int(v) for k, v in out[11].items()}
+            prompts = stat.get("prompts", 0)
+            result["rm"] = {**{k: stat.get(k, 0) for k in ("prompts", "accepted", "dismissed", "converted")},
+                            "conversion_rate": stat.get("converted", 0) / prompts if prompts else 0.0}
+        return result
+
+    # -- actions -------------------------------------------------------------------------
+
+    async def set_status(self, ref: str, status: str, assignee: str | None = None) -> dict[str, Any]:
+        data = await self.r.hmget(f"{self.d}a:{ref}", "status", "ts")
+        if data[0] is None:
+            raise NotFound(ref)
+        old, ts = data[0].decode(), int(data[1])
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(f"{self.d}a:{ref}", "status", status)
+        if assignee is not None:
+            pipe.hset(f"{self.d}a:{ref}", "assignee", assignee)
+        pipe.zrem(f"{self.d}idx:status:{old}", ref)
+        pipe.zadd(f"{self.d}idx:status:{status}", {ref: ts})
+        if status in ACTIVE:
+            pipe.zadd(f"{self.d}idx:active", {ref: ts})
+        else:
+            pipe.zrem(f"{self.d}idx:active", ref)
+        await pipe.execute()
+        return await self.alert_summary(ref)
+
+    async def answer_prompt(self, prompt: dict[str, Any], answer: str) -> dict[str, Any]:
+        """Move a prompt on (``new`` -> accepted / dismissed, accepted -> converted)."""
+        rm, pid = prompt["rm_id"], prompt["prompt_id"]
+        ts = _ms(prompt["event_ts"])
+        updated = {**prompt, "status": answer}
+        updated.pop("cref", None)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(f"{self.d}p:{pid}", orjson.dumps(updated))
+        pipe.zrem(f"{self.d}pq:{rm}", pid)
+        if answer == "accepted":
+            pipe.zadd(f"{self.d}pa:{rm}", {pid: ts})
+        else:
+            pipe.zrem(f"{self.d}pa:{rm}", pid)
+        pipe.hincrby(f"{self.d}rmstat:{rm}", answer, 1)
+        await pipe.execute()
+        return updated
+
+    def _event_ts(self, reference_ts: str) -> str:
+        return reference_ts if self.feedback_time == "reference" else format_ts(time.time())
+
+    async def send_event(self, event: dict[str, Any]) -> str:
+        """Validate ``event`` against the input contract and add it to the engine's input."""
+        clean = {k: v for k, v in event.items() if v is not None}
+        event_from_obj(clean)  # raises InvalidEvent: a bug here, never sent
+        await self.r.xadd(self.feedback_key, {"data": orjson.dumps(clean)})
+        return str(clean["event_id"])
+
+    async def feedback(self, customer: str, label: str, reference_ts: str, ref_event_id: str | None = None,
+                       ref_alert_id: str | None = None, ref_prompt_id: str | None = None) -> str:
+        return await self.send_event({
+            "kind": "feedback", "event_id": f"fb-{uuid.uuid4().hex}", "ts": self._event_ts(reference_ts),
+            "customer_id": customer, "label": label, "ref_event_id": ref_event_id, "ref_alert_id": ref_alert_id,
+            "ref_prompt_id": ref_prompt_id})
+
+    async def snooze(self, customer: str, alert_type: str, hours: float, reference_ts: str, by: str) -> str:
+        ts = self._event_ts(reference_ts)
+        until = format_ts(parse_ts(ts) + hours * 3600.0)
+        return await self.send_event({
+            "kind": "control", "event_id": f"ctl-{uuid.uuid4().hex}", "ts": ts, "customer_id": customer,
+            "action": "snooze", "alert_type": alert_type, "until": until, "by": by})
+
+
+class Auditor:
+    """Appends users' actions to the engine's hash-chained audit list (``sinks.audit``): the
+    same Lua script as the engine's writer, so both chain into one log in one order."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        from sinks.audit import APPEND_ONCE
+
+        self.r, self.key = client, key
+        self._script = client.register_script(APPEND_ONCE)
+
+    async def record(self, action: str, username: str, role: str, target: str | None = None,
+                     customer_id: str | None = None, detail: str | None = None,
+                     event_id: str | None = None) -> None:
+        from schemas.outputs import UserAction
+        from sinks.audit import GENESIS, entry_for, parse_head
+
+        record = UserAction(f"ua-{uuid.uuid4().hex}", action, username, role, target, customer_id, detail,
+                            event_id, format_ts(time.time()))
+        keys = [self.key, f"{self.key}:head", f"{self.key}:ids"]
+        for _ in range(10):  # another writer moved the head: re-read and re-link
+            head = parse_head(await self.r.get(keys[1]))
+            seq, prev = (head[0] + 1, head[1]) if head else (0, GENESIS)
+            entry = entry_for(record, seq, prev)
+            result = await self._script(keys=keys, args=[
+                entry["id"], f"{head[0]} {head[1]}" if head else "", f"{seq} {entry['hash']}",
+                orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)])
+            if result != -1:
+                return
+        raise ConnectionError(f"audit log {self.key}: head kept moving")
+
+    async def recent(self, limit: int) -> list[dict[str, Any]]:
+        return [orjson.loads(raw) for raw in reversed(await self.r.lrange(self.key, -limit, -1))]

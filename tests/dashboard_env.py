@@ -1,0 +1,51 @@
+"""A dashboard served over a private Redis, with one user per role, for the tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+
+from config.settings import Settings
+from dashboard.auth import UserStore, add_user
+from dashboard.server import start_in_thread
+from tests.brokers import free_port
+
+PASSWORD = "a-long-test-password"
+USERS = (("ana", "risk_analyst", ""), ("root", "admin", ""), ("rm1", "rm", "rm001"), ("rm2", "rm", "rm002"))
+
+
+@dataclass
+class Dashboard:
+    url: str
+    server: object
+
+    def login(self, username: str) -> tuple[httpx.Client, str]:
+        client = httpx.Client(base_url=self.url, timeout=10)
+        reply = client.post("/api/login", json={"username": username, "password": PASSWORD})
+        reply.raise_for_status()
+        return client, reply.json()["csrf"]
+
+
+@contextmanager
+def dashboard(settings: Settings, tmp: Path) -> Iterator[Dashboard]:
+    users_file = tmp / "users.toml"
+    for name, role, rm in USERS:
+        add_user(users_file, name, role, PASSWORD, rm)
+    settings = replace(settings, dashboard=replace(settings.dashboard, users_file=str(users_file),
+                                                   secret="test-secret-of-enough-length"))
+    port = free_port()
+    server, thread = start_in_thread(settings, "127.0.0.1", port, UserStore.load(users_file))
+    deadline = time.monotonic() + 20
+    while not getattr(server, "started", False):
+        assert time.monotonic() < deadline, "the dashboard did not start"
+        time.sleep(0.05)
+    try:
+        yield Dashboard(f"http://127.0.0.1:{port}", server)
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(10)

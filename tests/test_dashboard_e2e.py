@@ -1,0 +1,113 @@
+"""The dashboard end to end in headless Chromium (Debian's, driven by Playwright's bundled
+driver; no browser download): the engine runs live on a private Redis, events are
+injected into its input stream, and people use the pages. Screenshots go to the test's
+temporary directory."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from ops.health import Readiness
+from tests.dashboard_env import PASSWORD, dashboard
+from tests.live_engine import engine_settings, history, inject, takeover, wait_for
+from tests.services import redis_server
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test-services installs it)")
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def sign_in(browser: object, url: str, username: str) -> object:
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()  # type: ignore[attr-defined]
+    page.goto(url)
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#live.on", state="attached")  # the live stream is open
+    return page
+
+
+def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp_path: Path) -> None:
+    import threading
+
+    from bytewax.testing import TestingSource, run_main
+    from prometheus_client import CollectorRegistry
+
+    from flows.modes import live_flow
+    from ops import EngineMetrics, Telemetry
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with redis_server(tmp_path) as srv:
+        client = redis.Redis.from_url(srv.url)
+        settings = engine_settings(srv.url, "e2e:")
+        stop = threading.Event()
+        registry = CollectorRegistry()
+        metrics = EngineMetrics(registry, ("redis",), alert_threshold=settings.fraud.alert_threshold)
+        flow = live_flow(settings, TestingSource([]), console=False, stop=stop,
+                         telemetry=Telemetry(metrics, Readiness(stop)))
+        engine = threading.Thread(target=run_main, args=(flow,), daemon=True)
+        engine.start()
+
+        def feedback(label: str) -> float:
+            return registry.get_sample_value("crm_engine_model_feedback_total", {"label": label}) or 0.0
+        try:
+            with dashboard(settings, tmp_path) as dash:
+                now = time.time()
+                inject(client, settings, *history("c-e2e-1", "rm001", now))
+                analyst = sign_in(browser, dash.url, "ana")
+                # an injected suspicious transaction appears in the risk view within 1 s
+                started = time.monotonic()
+                inject(client, settings, *takeover("c-e2e-1", now))
+                analyst.wait_for_selector('#queue-body tr[data-customer="c-e2e-1"]', timeout=1000)  # type: ignore[attr-defined]
+                seen_after = time.monotonic() - started
+                analyst.screenshot(path=str(shots / "risk-live-alert.png"))  # type: ignore[attr-defined]
+                assert seen_after < 1.0
+                print(f"alert visible {seen_after * 1000:.0f} ms after the transaction was injected")
+                # the analyst opens it and closes it as fraud; the engine receives the label
+                analyst.click('#queue-body tr[data-customer="c-e2e-1"]')  # type: ignore[attr-defined]
+                analyst.wait_for_selector("#act-fraud")  # type: ignore[attr-defined]
+                analyst.screenshot(path=str(shots / "risk-detail.png"))  # type: ignore[attr-defined]
+                analyst.click("#act-fraud")  # type: ignore[attr-defined]
+                analyst.wait_for_selector("#detail-status:text('closed_fraud')")  # type: ignore[attr-defined]
+                wait_for(lambda: feedback("fraud") == 1.0)
+                sent = [orjson.loads(f[b"data"]) for _, f in client.xrange("e2e:feedback:in")]
+                label = [e for e in sent if e.get("label") == "fraud"]
+                assert len(label) == 1 and label[0]["ref_event_id"] == "c-e2e-1-steal"
+                analyst.screenshot(path=str(shots / "risk-closed.png"))  # type: ignore[attr-defined]
+
+                # an RM accepts a prompt (the engine's, on a large credit) and it leaves the queue
+                rm = sign_in(browser, dash.url, "rm1")
+                inject(client, settings, *history("c-e2e-2", "rm001", now),
+                       {"kind": "transaction", "event_id": "c-e2e-2-credit", "ts": takeover("c-e2e-2", now)[1]["ts"],
+                        "customer_id": "c-e2e-2", "amount": 250_000.0, "direction": "credit",
+                        "txn_type": "transfer", "channel": "app"})
+                card = '#prompts li[data-customer="c-e2e-2"]'
+                rm.wait_for_selector(card, timeout=10_000)  # type: ignore[attr-defined]
+                rm.screenshot(path=str(shots / "rm-prompt.png"))  # type: ignore[attr-defined]
+                rm.click(f"{card} button.accept")  # type: ignore[attr-defined]
+                rm.wait_for_selector(card, state="detached")  # type: ignore[attr-defined]
+                rm.wait_for_selector('#accepted li[data-customer="c-e2e-2"]')  # type: ignore[attr-defined]
+                wait_for(lambda: feedback("nba_accepted") == 1.0)
+                rm.screenshot(path=str(shots / "rm-accepted.png"))  # type: ignore[attr-defined]
+                assert {p.name for p in shots.iterdir()} >= {"risk-live-alert.png", "rm-accepted.png"}
+                print(f"screenshots in {shots}")
+        finally:
+            stop.set()
+            engine.join(30)
