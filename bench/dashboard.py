@@ -1,6 +1,6 @@
 """Dashboard pagination with 10,000 open alerts: prints figures (not a timed test).
 
-    .venv/bin/python -m tests.bench_dashboard [--alerts 10000]
+    python -m bench.dashboard [--alerts 10000]
 
 Starts a private redis-server, writes N alerts through the engine's Redis sink, lets the
 dashboard index them, then times pages of the queue (first, middle, last; with and without
