@@ -79,12 +79,12 @@ def takeover(customer: str, now: float) -> list[dict[str, Any]]:
              "device_id": "d-new"}]
 
 
-def wait_for(check: Any, timeout: float = 20.0, every: float = 0.02) -> Any:
-    """Poll until ``check()`` returns something truthy; that value, or fail."""
+def wait_for(check: Any, timeout: float = 20.0, every: float = 0.02, what: str | None = None) -> Any:
+    """Poll until ``check()`` returns something truthy; that value, or fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"not true within {timeout} s: {check}")
+    raise AssertionError(f"not true within {timeout:.0f} s: {what or check}")

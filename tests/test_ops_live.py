@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests import live_engine
 from tests.brokers import _wait_for_port, create_topics, free_port, produce
 from tests.brokers import http_get as get
 from tests.conftest import ROOT
@@ -39,13 +40,7 @@ def require(binary: str) -> str:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return live_engine.wait_for(check, timeout, every, what)
 
 
 def start_engine(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
