@@ -105,8 +105,9 @@ def scalar(base: str, promql: str) -> float | None:
 def test_prometheus_scrapes_events_alerts_and_latency(tmp_path: Path) -> None:
     """The built-in simulator at 1,000 events/s, scraped every second by a real Prometheus."""
     port = free_port()
+    # The demo's dashboard would take the machine's Redis and port 8000: not this test's business.
     engine = start_engine(tmp_path / "engine.log", "--metrics-port", str(port), "--log-format", "json",
-                          env={"CRM__SIMULATOR__RATE_PER_S": "1000"})
+                          env={"CRM__SIMULATOR__RATE_PER_S": "1000", "CRM__DASHBOARD__ENABLED": "false"})
     try:
         with prometheus(tmp_path, port) as prom:
             wait_for("the engine scraped with alerts and alert latencies", lambda: (
