@@ -147,7 +147,7 @@ class ChurnEvidence:
         return out
 
 
-def prior_score(evidence: ChurnEvidence, params: ChurnParams) -> float:
+def prior_score(evidence: ChurnEvidence) -> float:
     """``1 - (1 - quiet) * exp(-hazard)``: the score from the priors and fixed weights."""
     if evidence.churned:
         return 1.0
@@ -294,12 +294,16 @@ class ChurnState:
 
     def score(self, now: float, params: ChurnParams) -> float:
         """The prior's probability in [0, 1] of no activity in the next ``horizon_days``."""
-        return prior_score(self.evidence(now, params), params)
+        return prior_score(self.evidence(now, params))
 
 
 def _logit(p: float) -> float:
     p = min(1.0 - 1e-6, max(1e-6, p))
     return math.log(p / (1.0 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
 
 
 class ChurnModel:
@@ -316,12 +320,12 @@ class ChurnModel:
     >>> model = ChurnModel()
     >>> quiet = ChurnEvidence(0.0, 0.3, NO_SIGNALS, 1.0, 0.0, 10, 3.0, 2.0, 2.0)
     >>> viewed = ChurnEvidence(0.0, 0.3, (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), 1.0, 0.3, 10, 3.0, 2.0, 2.0)
-    >>> model.score(viewed, p) == prior_score(viewed, p)  # nothing learned yet
+    >>> model.score(viewed, p) == prior_score(viewed)  # nothing learned yet
     True
     >>> for _ in range(200):
     ...     model.learn(viewed, True, p)
     ...     model.learn(quiet, False, p)
-    >>> model.score(viewed, p) > prior_score(viewed, p), model.score(quiet, p) < prior_score(quiet, p)
+    >>> model.score(viewed, p) > prior_score(viewed), model.score(quiet, p) < prior_score(quiet)
     (True, True)
     """
 
@@ -335,28 +339,24 @@ class ChurnModel:
         self.n = 0  # labels learned
 
     @staticmethod
-    def _inputs(evidence: ChurnEvidence, params: ChurnParams) -> tuple[float, ...]:
-        return (1.0, _logit(prior_score(evidence, params)), *evidence.exit_signals())
+    def _inputs(evidence: ChurnEvidence) -> tuple[float, ...]:
+        return (1.0, _logit(prior_score(evidence)), *evidence.exit_signals())
 
     def score(self, evidence: ChurnEvidence, params: ChurnParams) -> float:
-        """The churn score in [0, 1]."""
-        prior = prior_score(evidence, params)
+        """The churn score in [0, 1] (``_inputs`` spelled out: this runs for most events)."""
+        prior = prior_score(evidence)
         if self.n < params.min_labels or evidence.churned:
             return prior
         w = self.weights
         z = w[0] + w[1] * _logit(prior)
         if evidence.signals is not NO_SIGNALS:
             z += evidence.decay * sum(wk * sk for wk, sk in zip(w[2:], evidence.signals, strict=True))
-        return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
-
-    def _predict(self, inputs: tuple[float, ...]) -> float:
-        z = sum(w * x for w, x in zip(self.weights, inputs, strict=True))
-        return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
+        return _sigmoid(z)
 
     def learn(self, evidence: ChurnEvidence, churned: bool, params: ChurnParams) -> None:
         """One label: the customer ``churned`` (or was retained), given ``evidence`` from before."""
-        inputs = self._inputs(evidence, params)
-        error = self._predict(inputs) - (1.0 if churned else 0.0)
+        inputs = self._inputs(evidence)
+        error = _sigmoid(sum(w * x for w, x in zip(self.weights, inputs, strict=True))) - float(churned)
         rate, l2 = params.learning_rate, params.l2
         for i, (w, x, w0) in enumerate(zip(self.weights, inputs, self.IDENTITY, strict=True)):
             gradient = error * x + l2 * (w - w0)

@@ -94,7 +94,7 @@ def _alert_due(model: CustomerModel, view: CustomerView, params: ViewParams, raw
         evidence = model.churn_evidence(now)
     if evidence is None:
         return None  # the event changed nothing churn is made of
-    return view.churn_alert_due(prior_score(evidence, params.churn), evidence, params)
+    return view.churn_alert_due(prior_score(evidence), evidence, params)
 
 
 def test_churn_alert_cooldown_and_escalation() -> None:
@@ -167,7 +167,7 @@ def test_the_shared_model_learns_what_labels_say() -> None:
             leaves = bool(i % 3 == 0)
             evidence = _customer(rng, leaves).evidence(120 * DAY, params)
             labels.append(int(leaves))
-            prior.append(prior_score(evidence, params))
+            prior.append(prior_score(evidence))
             learned.append(model.score(evidence, params))  # score before learn
             model.learn(evidence, leaves, params)
         if round_ == 1:
