@@ -247,9 +247,16 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: How many recent events per customer the demo keeps for the dashboard's timelines: enough
+#: to see what led to an alert, a few kilobytes per customer.
+DEMO_RECENT_EVENTS = 20
+
+
 def _demo_dashboard(settings: Settings) -> Settings:
-    """With ``[dashboard] enabled`` and Redis reachable, the demo writes to Redis, reads the
-    dashboard's feedback and serves the dashboard in a thread; otherwise it says why not."""
+    """With ``[dashboard] enabled`` and Redis reachable, the demo writes to Redis (with each
+    customer's latest events for the timelines: ``[redis] recent_events``, 20 unless set),
+    reads the dashboard's feedback and serves the dashboard in a thread; otherwise it says
+    why not."""
     from dataclasses import replace as with_
 
     d = settings.dashboard
@@ -261,7 +268,9 @@ def _demo_dashboard(settings: Settings) -> Settings:
         print("dashboard off: Redis is not reachable at [redis] url (start redis-server, or set "
               "CRM__REDIS__URL)", file=sys.stderr)
         return settings
-    settings = with_(settings, redis=with_(settings.redis, enabled=True, input_stream=d.feedback_stream),
+    recent = settings.redis.recent_events or DEMO_RECENT_EVENTS
+    settings = with_(settings, redis=with_(settings.redis, enabled=True, input_stream=d.feedback_stream,
+                                           recent_events=recent),
                      audit=with_(settings.audit, redis=True),
                      dashboard=with_(d, feedback_time="reference"))  # the simulator keeps its own clock
     _demo_users(settings)

@@ -114,6 +114,13 @@ class RedisSettings:
     # Live modes: a stream of input events (any kind of the contract; the dashboard writes its
     # feedback there) read as one more source partition; "" = none.
     input_stream: str = ""
+    # Live modes: keep each customer's latest N input events (a compact summary of each) in
+    # the capped list <key_prefix>customer:<id>:events for the dashboard's timelines; 0 = none.
+    recent_events: int = 0
+
+    def __post_init__(self) -> None:
+        if self.recent_events < 0:
+            raise ConfigError(f"redis.recent_events: expected 0 (off) or more, got {self.recent_events}")
 
 
 @dataclass(frozen=True)

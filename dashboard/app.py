@@ -8,8 +8,8 @@ once):
   acknowledge, assign, snooze, close as fraud / false positive.
 - ``rm``: the RM view: prompts and churn warnings of the RM's own customers, and those
   customers' details without fraud data (no tipping-off); accept, dismiss, mark converted.
-- ``admin``: the risk view and plots read-only with customer identifiers masked; the
-  audit trail.
+- ``admin``: the risk view and plots read-only with customer identifiers (and the payees
+  and payers in timelines) masked; the audit trail.
 
 No credentials: 401. A role that may not use an endpoint, or an RM asking about another RM's
 customer (or an unknown one): 403. Every state-changing request needs the session's CSRF
@@ -35,7 +35,18 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from dashboard.auth import Session, Signer, UserStore
-from dashboard.store import ALERT_TYPES, ANSWERS, SEVERITIES, STATUSES, Auditor, NotFound, Page, Store
+from dashboard.store import (
+    ALERT_TYPES,
+    ANSWERS,
+    FRAUD_LABELS,
+    SEVERITIES,
+    STATUSES,
+    Auditor,
+    NotFound,
+    Page,
+    Store,
+    describe_event,
+)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -172,6 +183,26 @@ def mask_alert(summary: dict[str, Any]) -> dict[str, Any]:
         alert["reasons"] = [{**r, "value": MASK if isinstance(r.get("value"), str) else r.get("value")}
                             for r in alert.get("reasons", [])]
     return dict(out)
+
+
+def mask_events(customer: dict[str, Any]) -> dict[str, Any]:
+    """A customer's detail for a role that may not see personal fields: the payees and payers
+    of the timeline's events masked (the customer id is scrubbed with the rest)."""
+    def masked(item: dict[str, Any]) -> dict[str, Any]:
+        event = item.get("event")
+        if not isinstance(event, dict) or "counterparty_id" not in event:
+            return item
+        event = {**event, "counterparty_id": MASK}
+        return {**item, "event": event, "what": describe_event(event)}
+    return {**customer, "timeline": [masked(t) for t in customer.get("timeline", [])]}
+
+
+def for_rm_timeline(item: dict[str, Any]) -> bool:
+    """Whether an RM may see a timeline item: prompts, churn warnings and events, but no fraud
+    alert and no fraud / false-positive label (no tipping-off)."""
+    if item["kind"] == "event":
+        return item["event"].get("label") not in FRAUD_LABELS
+    return item["kind"] == "prompt" or item["alert_type"] == "churn_risk"
 
 
 def for_rm(summary: dict[str, Any], rm_id: str) -> dict[str, Any] | None:
@@ -339,8 +370,9 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     async def alert(ref: str, who: Reader) -> dict[str, Any]:
         summary = await alert_or_404(ref)
         customer = await store.customer(summary["customer_id"])
-        detail = {**summary, "customer": customer}
-        return mask_alert(detail) if who.role == "admin" else detail
+        if who.role == "admin":
+            return mask_alert({**summary, "customer": mask_events(customer)})
+        return {**summary, "customer": customer}
 
     async def act(ref: str, who: Session, action: str, status: str, detail: str | None = None,
                   event: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
@@ -390,12 +422,12 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         data = await store.customer(customer_id)
         if who.role == "rm":  # no fraud data for RMs (no tipping-off)
             data["alerts"] = [a for a in data["alerts"] if a["type"] == "churn_risk"]
-            data["timeline"] = [t for t in data["timeline"] if t["kind"] == "prompt" or t["alert_type"] == "churn_risk"]
+            data["timeline"] = [t for t in data["timeline"] if for_rm_timeline(t)]
             for key in ("fraud_score", "fraud_risk", "open_groups"):
                 data.pop(key, None)
         if who.role == "admin":
             data["alerts"] = [mask_alert(a) for a in data["alerts"]]
-            data = scrub(data, {customer_id})
+            data = scrub(mask_events(data), {customer_id})
         return data
 
     @app.get("/api/rm/prompts", summary="The RM's prompts: waiting for an answer (new) or accepted")

@@ -16,6 +16,10 @@ in ``{prefix}dash:cursor:*``, so a restart neither skips nor repeats) and keeps,
   and accepted ones that may still convert), ``rmstat:{rm}`` (prompts, accepted, dismissed,
   converted), ``owner:{customer}`` (the customer's RM) and ``cref:{ref}`` (ref -> customer).
 
+With ``[redis] recent_events``, the engine also keeps each customer's latest input events
+(summaries, newest first) in ``{prefix}customer:{id}:events``; a customer's timeline merges
+them with the customer's alert groups and prompts.
+
 A filtered page is a ``ZINTERSTORE`` of the filter's sets (cached 2 s) and a ``ZREVRANGE``:
 its cost grows with the size of the sets, not with the page number; see the README's
 figures for 10,000 open alerts.
@@ -46,6 +50,43 @@ ACTIVE: Final = ("open", "acknowledged", "assigned", "snoozed")
 ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk")
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 ANSWERS: Final = {"accepted": "nba_accepted", "dismissed": "nba_dismissed", "converted": "nba_converted"}
+FRAUD_LABELS: Final = ("fraud", "legit")  # feedback that is fraud data (never shown to RMs)
+TIMELINE_MAX: Final = 100  # items in a customer's timeline
+RECENT_EVENTS_MAX: Final = 50  # of which at most this many raw events
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line about an event summary (``schemas.outputs.EventSummary`` as JSON) for a
+    timeline.
+
+    >>> describe_event({"kind": "transaction", "amount": 48000.0, "currency": "CNY",
+    ...                 "direction": "debit", "txn_type": "transfer", "channel": "app",
+    ...                 "counterparty_id": "p-1"})
+    'transaction debit 48,000.00 CNY transfer via app to p-1'
+    >>> describe_event({"kind": "feedback", "label": "nba_accepted", "ref_prompt_id": "nb-1"})
+    'feedback nba_accepted on prompt nb-1'
+    """
+    kind = str(event.get("kind", "event"))
+    parts = [kind]
+    if kind == "transaction":
+        parts += [str(event.get("direction", "")), f"{float(event.get('amount', 0.0)):,.2f}",
+                  str(event.get("currency", ""))]
+        parts += [str(event["txn_type"])] if event.get("txn_type") else []
+    elif kind == "app":
+        parts.append(str(event.get("action", "")))
+    elif kind == "feedback":
+        parts.append(str(event.get("label", "")))
+    if event.get("product_id"):
+        parts.append(f"product {event['product_id']}")
+    if event.get("channel"):
+        parts.append(f"via {event['channel']}")
+    if event.get("counterparty_id"):
+        parts.append(("from " if event.get("direction") == "credit" else "to ") + str(event["counterparty_id"]))
+    for ref, name in (("ref_alert_id", "alert"), ("ref_prompt_id", "prompt"), ("ref_event_id", "event")):
+        if event.get(ref):
+            parts.append(f"on {name} {event[ref]}")
+            break
+    return " ".join(p for p in parts if p)
 
 
 def _ms(ts: str) -> int:
@@ -199,14 +240,16 @@ class Store:
         return str(value.decode())
 
     async def customer(self, customer: str) -> dict[str, Any]:
-        """Scores from the engine's customer hash, the timeline of alert groups (every
-        revision's trigger) and prompts, newest first."""
+        """Scores from the engine's customer hash, and the timeline, newest first (at most
+        ``TIMELINE_MAX`` items): alert groups (their latest revision's trigger), prompts and
+        the customer's recent input events (``kind`` ``event``, the summary under ``event``)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(f"{self.p}customer:{customer}")
         pipe.zrevrange(f"{self.d}cust:{customer}", 0, 49)
         pipe.zrevrange(f"{self.d}cprompts:{customer}", 0, 49)
         pipe.get(f"{self.d}owner:{customer}")
-        engine, refs, pids, owner = await pipe.execute()
+        pipe.lrange(f"{self.p}customer:{customer}:events", 0, RECENT_EVENTS_MAX - 1)
+        engine, refs, pids, owner, recent = await pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for ref in refs:
             pipe.hgetall(f"{self.d}a:{ref.decode()}")
@@ -220,7 +263,13 @@ class Store:
                      "alert_type": a["type"]} for a in alerts]
         timeline += [{"ts": p["event_ts"], "kind": "prompt", "what": f"prompt {p['action']} ({p['status']})",
                       "ref": p["prompt_id"], "event_id": p["event_id"], "alert_type": ""} for p in prompts]
-        timeline.sort(key=lambda item: item["ts"], reverse=True)
+        events = [orjson.loads(raw) for raw in recent]
+        timeline += [{"ts": e["ts"], "kind": "event", "what": describe_event(e), "ref": "", "event_id": e["event_id"],
+                      "alert_type": "", "event": e} for e in events]
+        # By event time (offsets differ between producers, so not as strings); at one instant
+        # an alert or prompt above the event that triggered it; events keep the list's order.
+        timeline.sort(key=lambda item: (_ms(item["ts"]), item["kind"] != "event"), reverse=True)
+        del timeline[TIMELINE_MAX:]
 
         def num(field: bytes) -> float | None:
             return float(engine[field]) if field in engine else None

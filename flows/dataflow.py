@@ -1,6 +1,7 @@
 """The engine's one dataflow, for every mode; sources and sinks come from the caller.
 
     source ──► split_dead_letters ──► dead letters ─────────────────────────► sinks
+                      ├─────────────────► event_summaries (if an events sink) ─► sinks
                       │ Sequenced (valid events, seq per source partition)
                       ▼ key: customer_id
                customer_profile      per customer: profile features, rule hits,
@@ -20,6 +21,8 @@
 Step ids are stable: recovery state is keyed by them. With metrics (``ops.metrics``), two
 stateless steps observe the stream (``observe_input`` after the source, ``observe_scored``
 after shared scoring) and each keyed step's logic is timed; without, none of it is wired.
+Likewise ``event_summaries`` (each valid event's ``EventSummary``, for the dashboard's
+timelines) exists only when ``Outputs.events`` has a sink.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 
 from flows.items import AsOf, Scored, Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
-from schemas.outputs import Alert, CustomerState, DeadLetter, LifecycleChange, Prompt, Score
+from schemas.outputs import Alert, CustomerState, DeadLetter, EventSummary, LifecycleChange, Prompt, Score
 
 if TYPE_CHECKING:
     from ops.metrics import EngineMetrics
@@ -52,6 +55,7 @@ class Outputs:
     dead_letters: dict[str, Sink[Any]] = field(default_factory=dict)
     audit: dict[str, Sink[Any]] = field(default_factory=dict)  # alerts and lifecycle changes
     prompts: dict[str, Sink[Any]] = field(default_factory=dict)  # next-best-action prompts
+    events: dict[str, Sink[Any]] = field(default_factory=dict)  # summaries of valid input events
 
 
 def _record_key(record: Any) -> str:
@@ -84,6 +88,9 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
     split = op.branch("split_dead_letters", received, lambda item: isinstance(item, Sequenced))
     _write("dead_letters", split.falses, outputs.dead_letters)
     # DeadLetter
+    if outputs.events:
+        _write("events", op.filter_map("event_summaries", split.trues, _summary), outputs.events)
+        # EventSummary (transactions, app events and feedback; not profiles or controls)
     by_customer = op.key_on("key_customer", split.trues, lambda s: s.event.customer_id)
     # (customer_id, Sequenced)
     observed = op.stateful_batch("customer_profile", by_customer, _customer_step(config, metrics))
@@ -134,6 +141,10 @@ def _timed(step: str, builder: Any, metrics: EngineMetrics | None) -> Any:
 
 def _customer_of(item: Scored | AsOf) -> str:
     return item.customer_id if isinstance(item, AsOf) else item.event.customer_id
+
+
+def _summary(item: Sequenced) -> EventSummary | None:
+    return EventSummary.of(item.event)
 
 
 def _value(pair: tuple[str, Any]) -> Any:

@@ -6,7 +6,8 @@
 - ``run_replay``: a recorded JSONL file in event-time order, everything to JSONL files;
   the clock is the event-time clock, so results depend only on the input and the config.
 - ``run_live``: Kafka topics in, Kafka ``alerts`` / ``dead_letter`` topics out (and the
-  console or files if asked).
+  console or files if asked); with ``[redis] recent_events``, each customer's latest input
+  events go to Redis too (the dashboard's timelines).
 
 The live modes take an optional ``ops.Telemetry`` (``--metrics-port``): the dataflow then
 observes itself, the sources report readiness and lag, and every sink is metered.
@@ -50,7 +51,7 @@ from sinks.delivery import DeadLetterOut, JsonlDeadLetters, KafkaDeadLetters, Re
 from sinks.jsonl import JsonlSink
 from sinks.kafka import KafkaSink, ResumableKafkaSink
 from sinks.loopback import LoopbackSink
-from sinks.redis import RedisLimits, RedisSink
+from sinks.redis import RedisEventsSink, RedisLimits, RedisSink
 from sinks.webhook import WebhookSink
 
 if TYPE_CHECKING:
@@ -194,6 +195,8 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.prompts["loopback"] = as_output(sink("loopback_prompts", lambda: LoopbackSink(target)))
     if settings.redis.enabled:  # prompts to each RM's stream (the webhook carries alerts only)
         outputs.prompts["redis"] = as_single_writer(sink("redis_prompts", delivery_sinks(settings)["redis"]))
+    if settings.redis.enabled and settings.redis.recent_events > 0:
+        outputs.events["redis"] = as_single_writer(sink("redis_events", recent_events_sink(settings)))
     for name, factory in audit_sinks(settings).items():
         outputs.audit[name] = as_single_writer(sink(name, factory))
     return build_flow(source, outputs, step_config(settings, wall_clock),
@@ -233,6 +236,16 @@ def delivery_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
             timeout_s=w.timeout_s, capacity=w.buffer_capacity,
             policy=RetryPolicy(w.backoff_base_s, w.backoff_max_s, w.retry_budget_s))
     return sinks
+
+
+def recent_events_sink(settings: Settings) -> Callable[[], Sink]:
+    """The factory of the sink of ``[redis] recent_events``: each customer's latest input
+    events for the dashboard (a single writer: one order per customer's list)."""
+    r = settings.redis
+    return lambda: RedisEventsSink(
+        r.url, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), r.recent_events,
+        prefix=r.key_prefix, socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
+        policy=RetryPolicy(budget_s=r.retry_budget_s))
 
 
 def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import orjson
 
-from schemas.events import SCHEMA_VERSION
+from schemas.events import SCHEMA_VERSION, AppEvent, Event, Feedback, Transaction
 
 AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -190,6 +190,63 @@ class Score(_Record):
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
+
+
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
+class EventSummary(_Record):
+    """A compact copy of one accepted input event for a customer's recent-event timeline
+    (Redis ``{prefix}customer:{id}:events``, read by the dashboard): what people look at
+    when they review an alert, never the whole event (no devices, accounts, IP countries or
+    free-form properties). Fields that do not apply, or were absent, are left out.
+
+    >>> from schemas.events import parse_event
+    >>> e = parse_event(b'{"kind":"transaction","event_id":"e1","ts":"2026-11-23T09:30:00Z",'
+    ...                 b'"customer_id":"c1","amount":12.5,"channel":"pos","device_id":"d1"}')
+    >>> EventSummary.of(e).to_bytes()
+    b'{"event_id":"e1","customer_id":"c1","kind":"transaction","ts":"2026-11-23T09:30:00Z","amount":12.5,\
+"currency":"CNY","direction":"debit","channel":"pos","schema_version":"1"}'
+    """
+
+    event_id: str
+    customer_id: str
+    kind: str
+    ts: str
+    amount: float | None = None  # transactions
+    currency: str | None = None
+    direction: str | None = None
+    txn_type: str | None = None
+    channel: str | None = None  # transactions and app events
+    counterparty_id: str | None = None
+    action: str | None = None  # app events
+    product_id: str | None = None  # transactions and app events
+    label: str | None = None  # feedback
+    ref_event_id: str | None = None
+    ref_alert_id: str | None = None
+    ref_prompt_id: str | None = None
+    schema_version: str = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, event: Event) -> EventSummary | None:
+        """The summary of a transaction, app event or feedback; ``None`` for reference data
+        (profiles) and the dashboard's own control events, which are not customer activity."""
+        if isinstance(event, Transaction):
+            return cls(event.event_id, event.customer_id, event.kind, event.ts, amount=event.amount,
+                       currency=event.currency, direction=event.direction, txn_type=event.txn_type,
+                       channel=event.channel, counterparty_id=event.counterparty_id, product_id=event.product_id)
+        if isinstance(event, AppEvent):
+            return cls(event.event_id, event.customer_id, event.kind, event.ts, channel=event.channel,
+                       action=event.action, product_id=event.product_id)
+        if isinstance(event, Feedback):
+            return cls(event.event_id, event.customer_id, event.kind, event.ts, label=event.label,
+                       ref_event_id=event.ref_event_id, ref_alert_id=event.ref_alert_id,
+                       ref_prompt_id=event.ref_prompt_id)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
 
 
 @dataclass(frozen=True, slots=True)

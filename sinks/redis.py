@@ -17,6 +17,12 @@ and the writes are one atomic script), so the duplicates that retries and recove
 produce never reach a stream, a hash or a subscriber twice while the id's marker lives
 (``dedup_ttl_s``, a week by default). Back-pressure, retries and the dead letter come from
 ``sinks.delivery.BufferedSink``.
+
+``RedisEventsSink`` (with ``[redis] recent_events``) keeps each customer's latest input
+events, summarised (``schemas.outputs.EventSummary``), in a capped list
+``{prefix}customer:{id}:events``, newest first, for the dashboard's timelines. It is a
+sibling of ``RedisSink`` rather than one more route: an event is far more frequent than an
+alert, and a week-long delivered marker per event would cost more memory than the lists.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.outputs import Alert, CustomerState
+from schemas.outputs import Alert, CustomerState, EventSummary
 from sinks.base import Record
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, record_id
 
@@ -143,6 +149,73 @@ class RedisSink(BufferedSink):
         if calls:
             written = pipe.execute()
             self.duplicates += sum(1 for w in written if w == 0)
+
+    def disconnect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+# KEYS: 1 the customer's list. ARGV: 1 the summary, 2 the list's length.
+# A summary already in the list is not pushed again: the events a restart replays from the
+# last snapshot were written before the crash, and are still there unless more than the
+# list's length of newer events followed them (then they are pushed again, at the head).
+_PUSH_RECENT = """
+local length = tonumber(ARGV[2])
+for _, held in ipairs(redis.call('LRANGE', KEYS[1], 0, length - 1)) do
+  if held == ARGV[1] then
+    return 0
+  end
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, length - 1)
+return 1
+"""
+
+
+class RedisEventsSink(BufferedSink):
+    """Each customer's ``length`` latest events in ``{prefix}customer:{id}:events``, newest
+    first (in the order the engine accepted them), one pipelined round trip per batch.
+
+    Delivery: at least once from the engine; an event still in its customer's list is not
+    pushed twice, so retries and the replay after a restart leave the list as it was (a
+    replayed event that had already been trimmed away comes back once, at the head). Records
+    other than ``EventSummary`` are ignored."""
+
+    def __init__(self, url: str, dead_letters: DeadLetterOut, length: int, prefix: str = "crm:",
+                 socket_timeout_s: float = 5.0, capacity: int = 10_000,
+                 policy: RetryPolicy | None = None, batch_size: int = 500) -> None:
+        if length < 1:
+            raise ValueError(f"recent events: the list length must be at least 1, not {length}")
+        super().__init__("redis_events", dead_letters, capacity=capacity, batch_size=batch_size, policy=policy)
+        self._url = url
+        self.prefix = prefix
+        self.length = length
+        self._socket_timeout_s = socket_timeout_s
+        self._client: Any = None
+        self._script: Any = None
+        self.duplicates = 0  # summaries already in their list (not pushed again)
+
+    def connect(self) -> None:
+        try:
+            import redis
+        except ImportError as exc:  # pragma: no cover - a pinned dependency
+            raise RuntimeError("the Redis sink needs the redis package (requirements.txt)") from exc
+        self._client = redis.Redis.from_url(self._url, socket_timeout=self._socket_timeout_s,
+                                            socket_connect_timeout=self._socket_timeout_s)
+        self._script = self._client.register_script(_PUSH_RECENT)
+
+    def deliver(self, records: list[Record]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        length = str(self.length)
+        calls = 0
+        for record in records:
+            if isinstance(record, EventSummary):
+                self._script(keys=[f"{self.prefix}customer:{record.customer_id}:events"],
+                             args=[record.to_bytes(), length], client=pipe)
+                calls += 1
+        if calls:
+            self.duplicates += sum(1 for pushed in pipe.execute() if pushed == 0)
 
     def disconnect(self) -> None:
         if self._client is not None:

@@ -19,11 +19,12 @@ from flows.modes import live_flow
 from schemas.outputs import format_ts
 
 
-def engine_settings(url: str, prefix: str, audit: bool = True) -> Settings:
-    """Redis delivery, the Redis input stream and (optionally) the Redis audit log on."""
+def engine_settings(url: str, prefix: str, audit: bool = True, recent_events: int = 0) -> Settings:
+    """Redis delivery, the Redis input stream, (optionally) the Redis audit log and each
+    customer's ``recent_events`` latest events on."""
     s = load_settings(environ={})
     return replace(s, redis=replace(s.redis, enabled=True, url=url, key_prefix=prefix,
-                                    input_stream="feedback:in"),
+                                    input_stream="feedback:in", recent_events=recent_events),
                    audit=replace(s.audit, redis=audit))
 
 

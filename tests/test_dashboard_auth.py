@@ -1,6 +1,7 @@
 """Authorization of every dashboard endpoint against a real Redis and the engine's own
 output: no credentials -> 401, a role that may not -> 403, an RM and another RM's customer
--> 403, a missing CSRF token -> 403, and masked identifiers never in an admin's responses."""
+-> 403, a missing CSRF token -> 403, masked identifiers never in an admin's responses, and
+customers' event timelines without fraud labels for RMs."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboard,
     tmp = tmp_path_factory.mktemp("dash-auth")
     with redis_server(tmp) as srv:
         client = redis.Redis.from_url(srv.url)
-        settings = engine_settings(srv.url, "da:")
+        settings = engine_settings(srv.url, "da:", recent_events=20)
         now = time.time()
         with live_engine(settings), dashboard(settings, tmp) as dash:
             inject(client, settings, *history("c-rm1-cust", "rm001", now), *takeover("c-rm1-cust", now),
@@ -36,6 +37,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboard,
             ana, _ = dash.login("ana")
             items = wait_for(lambda: (page := ana.get("/api/alerts").json()["items"]) and len(page) == 2 and page)
             refs = {a["customer_id"]: a for a in items}
+            # a fraud label on rm001's customer: in the analyst's timeline, never in the RM's
+            inject(client, settings, {"kind": "feedback", "event_id": "fb-rm1", "customer_id": "c-rm1-cust",
+                                      "ts": refs["c-rm1-cust"]["event_ts"], "label": "fraud",
+                                      "ref_event_id": "c-rm1-cust-steal"})
+            wait_for(lambda: b"fb-rm1" in (client.lindex("da:customer:c-rm1-cust:events", 0) or b""))
             # a prompt in rm002's stream, as the engine writes one
             client.xadd("da:rm:rm002:prompts", {"id": "nb-x", "data": (
                 b'{"prompt_id":"nb-x","customer_id":"c-rm2-cust","rm_id":"rm002","action":"rm_call","product_id":null,'
@@ -115,6 +121,40 @@ def test_masked_identifiers_never_reach_an_admin(world: tuple[Dashboard, dict[st
     assert "***" in bodies[0]
     # the analyst sees them
     assert "c-rm2-cust" in ana.get("/api/alerts").text
+
+
+def test_timelines_merge_the_customers_events_as_each_role_may_see_them(
+        world: tuple[Dashboard, dict[str, str]]) -> None:
+    dash, ids = world
+    ana, _ = dash.login("ana")
+    timeline = ana.get(f"/api/alerts/{ids['ref']}").json()["customer"]["timeline"]
+    order = [t["event_id"] for t in timeline]
+    # newest first: the alert above the transaction that triggered it, then the reset, the history
+    assert order[:3] == ["c-rm2-cust-steal"] * 2 + ["c-rm2-cust-reset"], order
+    assert [t["kind"] for t in timeline[:2]] == ["alert", "event"]
+    # then the history (the profile is not activity), then the older prompt
+    assert order[3:] == [*(f"c-rm2-cust-h{i}" for i in range(5, -1, -1)), "e-x"], order
+    steal = timeline[1]
+    assert steal["event"]["counterparty_id"] == "p-unknown" and steal["event"]["amount"] == 48_000.0
+    assert "to p-unknown" in steal["what"] and "device_id" not in steal["event"]
+    # an admin sees the same timeline with payees masked
+    root, _ = dash.login("root")
+    for path in (f"/api/alerts/{ids['ref']}", f"/api/customers/{ids['cref']}"):
+        reply = root.get(path)
+        shown = reply.json().get("customer", reply.json())["timeline"]
+        assert [t["kind"] for t in shown] == [t["kind"] for t in timeline], path
+        payees = [t["event"].get("counterparty_id") for t in shown if t["kind"] == "event"]
+        assert set(payees) == {"***", None} and payees.count("***") == 7, path  # the app event has none
+        assert "p-unknown" not in reply.text and "m-grocer" not in reply.text, path
+    # the analyst sees the fraud label on rm001's customer; the RM sees the events, not the label
+    analyst_view = ana.get(f"/api/customers/{ids['cref1']}").json()["timeline"]
+    assert any(t["event_id"] == "fb-rm1" and t["event"]["label"] == "fraud" for t in analyst_view)
+    rm1, _ = dash.login("rm1")
+    reply = rm1.get(f"/api/customers/{ids['cref1']}")
+    rm_view = reply.json()["timeline"]
+    assert {t["event_id"] for t in rm_view} >= {"c-rm1-cust-steal", "c-rm1-cust-reset", "c-rm1-cust-h0"}
+    assert all(t["kind"] == "event" for t in rm_view)  # the takeover alert is fraud data too
+    assert "fb-rm1" not in reply.text and '"fraud"' not in reply.text and "legit" not in reply.text
 
 
 def test_the_openapi_description_lists_every_endpoint(world: tuple[Dashboard, dict[str, str]]) -> None:

@@ -56,7 +56,7 @@ def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp
     shots.mkdir()
     with redis_server(tmp_path) as srv:
         client = redis.Redis.from_url(srv.url)
-        settings = engine_settings(srv.url, "e2e:")
+        settings = engine_settings(srv.url, "e2e:", recent_events=20)
         stop = threading.Event()
         registry = CollectorRegistry()
         metrics = EngineMetrics(registry, ("redis",), alert_threshold=settings.fraud.alert_threshold)
@@ -83,6 +83,9 @@ def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp
                 # the analyst opens it and closes it as fraud; the engine receives the label
                 analyst.click('#queue-body tr[data-customer="c-e2e-1"]')  # type: ignore[attr-defined]
                 analyst.wait_for_selector("#act-fraud")  # type: ignore[attr-defined]
+                # the timeline shows the customer's events around the alert: the takeover's transaction
+                analyst.wait_for_selector('#detail li.tl-event[data-event="c-e2e-1-steal"]')  # type: ignore[attr-defined]
+                analyst.wait_for_selector('#detail li.tl-event[data-event="c-e2e-1-reset"]')  # type: ignore[attr-defined]
                 analyst.screenshot(path=str(shots / "risk-detail.png"))  # type: ignore[attr-defined]
                 analyst.click("#act-fraud")  # type: ignore[attr-defined]
                 analyst.wait_for_selector("#detail-status:text('closed_fraud')")  # type: ignore[attr-defined]

@@ -13,9 +13,10 @@ import orjson
 import pytest
 import redis
 
-from schemas.outputs import Alert, Reason
+from schemas.events import event_from_obj
+from schemas.outputs import Alert, EventSummary, Reason
 from sinks.delivery import JsonlDeadLetters, RetryPolicy
-from sinks.redis import RedisSink
+from sinks.redis import RedisEventsSink, RedisSink
 from sinks.webhook import WebhookSink
 from tests.services import RedisServer, redis_server, wait_until
 
@@ -69,6 +70,45 @@ def test_redis_sink_routes_alerts_once(redis_srv: RedisServer, tmp_path: Path) -
     again.close()
     assert stream_ids(client, "t1:alerts") == [a.alert_id for a in alerts] + ["al-00010"]
     assert again.duplicates == 3
+
+
+def make_summaries(n: int, start: int = 0, customers: int = 2) -> list[EventSummary]:
+    summaries = [EventSummary.of(event_from_obj({
+        "kind": "transaction", "event_id": f"e{i:04d}", "ts": f"2026-01-05T11:{i // 60 % 60:02d}:{i % 60:02d}Z",
+        "customer_id": f"c{i % customers}", "amount": float(i), "counterparty_id": "p1", "device_id": "d1"}))
+        for i in range(start, start + n)]
+    return [s for s in summaries if s is not None]
+
+
+def test_recent_events_are_capped_newest_first_and_replays_are_skipped(redis_srv: RedisServer,
+                                                                       tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_srv.url)
+
+    def listed(customer: str) -> list[str]:
+        return [orjson.loads(raw)["event_id"] for raw in client.lrange(f"t5:customer:{customer}:events", 0, -1)]
+
+    sink = RedisEventsSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), 4, prefix="t5:")
+    sink.open()
+    events = make_summaries(12)
+    sink.write_batch(events[:8])
+    sink.write_batch(events[6:])  # 6 and 7 again: a retry or the replay after recovery
+    sink.close()
+    assert listed("c0") == ["e0010", "e0008", "e0006", "e0004"]
+    assert listed("c1") == ["e0011", "e0009", "e0007", "e0005"]
+    assert sink.duplicates == 2 and sink.dead_lettered == 0
+    # a restart resumes what was undelivered at its snapshot and the replay sends the tail
+    # again: still in the lists, so not pushed twice
+    again = RedisEventsSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), 4, prefix="t5:")
+    again.open(resume=events[10:])
+    again.write_batch([*events[9:], *make_summaries(1, start=12)])
+    again.close()
+    assert listed("c0") == ["e0012", "e0010", "e0008", "e0006"]
+    assert listed("c1") == ["e0011", "e0009", "e0007", "e0005"]
+    assert again.duplicates == 5  # 10 and 11 resumed, then 9, 10 and 11 replayed
+    summary = orjson.loads(client.lindex("t5:customer:c0:events", 0))
+    assert summary == {"event_id": "e0012", "customer_id": "c0", "kind": "transaction", "ts": "2026-01-05T11:00:12Z",
+                       "amount": 12.0, "currency": "CNY", "direction": "debit", "counterparty_id": "p1",
+                       "schema_version": summary["schema_version"]}
 
 
 def test_redis_stream_is_bounded(redis_srv: RedisServer, tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def test_fast_path_agrees_with_the_field_by_field_validation(kind: str, data: st
 def test_every_output_serialises_as_its_dict() -> None:
     """``to_bytes`` lets orjson write the dataclass directly; it must give exactly
     ``to_dict``'s canonical JSON, nested reasons and optional fields included."""
-    from schemas.outputs import Alert, CustomerState, LifecycleChange, Prompt, Reason, Score
+    from schemas.outputs import Alert, CustomerState, EventSummary, LifecycleChange, Prompt, Reason, Score
 
     reasons = (Reason("large_amount", "amount 3 is large", 3.0, 0.5), Reason("t", "viewed", "f1", 1.0))
     records = [
@@ -148,6 +148,7 @@ def test_every_output_serialises_as_its_dict() -> None:
         LifecycleChange("lc-1", "snoozed", "c1", "*", None, None, "e3", "2026-01-05T00:00:00.000Z", None),
         DeadLetter.of(b"\xff{not json", "invalid UTF-8", {"topic": "t", "partition": 0, "offset": 7}),
         Score("e1", "c1", "2026-01-05T00:00:00.000Z", 0.5, {"model_score": 0.25}),
+        EventSummary("e1", "c1", "transaction", "2026-01-05T00:00:00.000Z", amount=1.0, currency="CNY"),
     ]
     for record in records:
         assert record.to_bytes() == orjson.dumps(record.to_dict()), type(record).__name__

@@ -107,7 +107,7 @@ async function openAlert(ref) {
     el("ul", { class: "reasons" }, ...a.alert.reasons.map((r) => el("li", {}, `${r.text} (weight ${r.weight})`))),
     el("p", {}, `customer fraud score ${fmt(c.fraud_score)} · fraud risk ${fmt(c.fraud_risk)} · churn ${fmt(c.churn_score)} · open alert groups ${c.open_groups}`),
     el("h3", {}, "Timeline"),
-    el("ul", {}, ...c.timeline.map((t) => el("li", {}, `${t.ts} ${t.what}`))),
+    timeline(c.timeline),
     analyst ? el("div", { class: "actions" },
       el("button", { id: "act-ack", onclick: act("acknowledge", {}) }, "Acknowledge"),
       el("button", { id: "act-assign", onclick: act("assign", { assignee: state.me.username }) }, "Assign to me"),
@@ -115,6 +115,13 @@ async function openAlert(ref) {
       el("button", { id: "act-fraud", onclick: act("close", { label: "fraud" }) }, "Close: confirmed fraud"),
       el("button", { id: "act-legit", onclick: act("close", { label: "legit" }) }, "Close: false positive"))
       : el("p", {}, "read-only"));
+}
+
+// A customer's timeline, newest first: the events the engine received (with [redis]
+// recent_events) between the alerts and prompts it decided, each kind styled apart.
+function timeline(items) {
+  return el("ul", { class: "timeline" }, ...items.map((t) => el("li", { class: `tl-${t.kind}`, "data-kind": t.kind,
+    "data-event": t.event_id }, el("span", { class: "ts" }, t.ts), " ", t.what)));
 }
 
 const fmt = (x) => (x === null || x === undefined ? "-" : Number(x).toFixed(2));
@@ -153,7 +160,7 @@ async function openCustomer(cref) {
   const c = await api(`/api/customers/${cref}`);
   const d = $("rm-detail"); d.hidden = false;
   d.replaceChildren(el("h2", {}, `customer ${c.customer_id}`), el("p", {}, `churn score ${fmt(c.churn_score)}`),
-    el("ul", {}, ...c.timeline.map((t) => el("li", {}, `${t.ts} ${t.what}`))));
+    timeline(c.timeline));
 }
 
 // -- plots -------------------------------------------------------------------------------
