@@ -55,6 +55,16 @@ return 1
 """
 
 
+def _connect(url: str, timeout_s: float, script: str) -> tuple[Any, Any]:
+    """A client for ``url`` and ``script`` registered on it (no round trip yet)."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - a pinned dependency
+        raise RuntimeError("the Redis sink needs the redis package (requirements.txt)") from exc
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return client, client.register_script(script)
+
+
 @dataclass(frozen=True)
 class RedisRoute:
     """Where one record goes in Redis (keys without the prefix)."""
@@ -121,13 +131,7 @@ class RedisSink(BufferedSink):
         self.duplicates = 0  # records whose id had been delivered before (not written again)
 
     def connect(self) -> None:
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - a pinned dependency
-            raise RuntimeError("the Redis sink needs the redis package (requirements.txt)") from exc
-        self._client = redis.Redis.from_url(self._url, socket_timeout=self._socket_timeout_s,
-                                            socket_connect_timeout=self._socket_timeout_s)
-        self._script = self._client.register_script(_WRITE_ONCE)
+        self._client, self._script = _connect(self._url, self._socket_timeout_s, _WRITE_ONCE)
 
     def deliver(self, records: list[Record]) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -197,13 +201,7 @@ class RedisEventsSink(BufferedSink):
         self.duplicates = 0  # summaries already in their list (not pushed again)
 
     def connect(self) -> None:
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - a pinned dependency
-            raise RuntimeError("the Redis sink needs the redis package (requirements.txt)") from exc
-        self._client = redis.Redis.from_url(self._url, socket_timeout=self._socket_timeout_s,
-                                            socket_connect_timeout=self._socket_timeout_s)
-        self._script = self._client.register_script(_PUSH_RECENT)
+        self._client, self._script = _connect(self._url, self._socket_timeout_s, _PUSH_RECENT)
 
     def deliver(self, records: list[Record]) -> None:
         pipe = self._client.pipeline(transaction=False)
