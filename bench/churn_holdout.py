@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from scipy import optimize, special
 
 from bench.metrics import roc_auc
 from config.settings import Settings, load_settings
+from detectors.bgnbd import BGNBD, fit_bgnbd
 from flows.modes import ReplayPaths, run_replay
 from schemas.events import parse_timestamp
 from schemas.outputs import format_ts
@@ -66,47 +66,6 @@ def cdnow_events(path: Path) -> list[dict]:
                        "customer_id": f"c{customer}", "amount": float(value)})
     events.sort(key=lambda e: (e["ts"], e["event_id"]))
     return events
-
-
-# --- BG/NBD ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BGNBD:
-    """Fitted BG/NBD parameters (time in weeks)."""
-
-    r: float
-    alpha: float
-    a: float
-    b: float
-
-    def expected(self, horizon: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
-        """Expected purchases in the next ``horizon`` weeks given (x, t_x, T) (FHL 2005, eq. 10)."""
-        r, alpha, a, b = self.r, self.alpha, self.a, self.b
-        z = horizon / (alpha + T + horizon)
-        hyp = special.hyp2f1(r + x, b + x, a + b + x - 1.0, z)
-        first = (a + b + x - 1.0) / (a - 1.0) * (1.0 - ((alpha + T) / (alpha + T + horizon)) ** (r + x) * hyp)
-        odds = np.where(x > 0, a / np.maximum(b + x - 1.0, 1e-12) * ((alpha + T) / (alpha + t_x)) ** (r + x), 0.0)
-        return first / (1.0 + odds)
-
-
-def bgnbd_loglik(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> float:
-    """Log-likelihood of BG/NBD at log-parameters ``params`` (FHL 2005, eq. 6)."""
-    r, alpha, a, b = np.exp(params)
-    common = special.gammaln(r + x) - special.gammaln(r) + r * math.log(alpha)
-    alive = special.betaln(a, b + x) - special.betaln(a, b) - (r + x) * np.log(alpha + T)
-    dropped = (special.betaln(a + 1.0, np.maximum(b + x - 1.0, 1e-12)) - special.betaln(a, b)
-               - (r + x) * np.log(alpha + t_x))
-    dropped = np.where(x > 0, dropped, -np.inf)
-    return float(np.sum(common + np.logaddexp(alive, dropped)))
-
-
-def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BGNBD:
-    """Maximum-likelihood BG/NBD parameters for repeat counts ``x``, recency ``t_x``, age ``T``."""
-    result = optimize.minimize(lambda p: -bgnbd_loglik(p, x, t_x, T), np.log([0.5, 5.0, 0.8, 2.5]),
-                               method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6,
-                                                              "fatol": 1e-8})
-    r, alpha, a, b = np.exp(result.x)
-    return BGNBD(float(r), float(alpha), float(a), float(b))
 
 
 def rfm(events: Iterable[dict], now: float) -> dict[str, tuple[int, float, float]]:

@@ -27,6 +27,10 @@ is indicative of churn. A customer who says they are leaving (a look at the clos
 after a complaint) scores high while still active, which is where lead time comes from; the
 rhythm alone only speaks once the silence is long.
 
+At the end of a replay the four priors can be fitted to the whole history by maximum
+likelihood (:func:`fit_priors`, ``detectors.bgnbd``) and the final states scored with them:
+fixed priors suit one business's rhythm and not another's.
+
 What is learned across customers (:class:`ChurnModel`, one for the whole stream, kept by
 the engine's shared step): a logistic correction of that score from ``churned`` / ``retained``
 feedback. Its inputs are the score's log-odds and each exit signal, as they stood one horizon
@@ -55,9 +59,12 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Final
+
+import numpy as np
 
 from schemas.outputs import Reason
 
@@ -101,6 +108,10 @@ class ChurnParams:
     learning_rate: float = 0.05  # ChurnModel: step per label
     l2: float = 0.01  # ChurnModel: pull of the weights back towards the prior's
     min_labels: int = 20  # ChurnModel: the prior's score stands until this many labels
+    # At the end of a replay, fit r, alpha, a and b to every customer's history (BG/NBD,
+    # maximum likelihood) and score the final customer states with them.
+    fit_priors: bool = True
+    fit_min_customers: int = 200
 
 
 @lru_cache(maxsize=8)
@@ -154,6 +165,46 @@ def prior_score(evidence: ChurnEvidence) -> float:
     if evidence.hazard == 0.0:
         return evidence.quiet
     return 1.0 - (1.0 - evidence.quiet) * math.exp(-evidence.hazard)
+
+
+def _quiet(x: int, recency: float, age: float, spend_per_day: float, params: ChurnParams) -> float:
+    """P(no activity in the next ``horizon_days``) from the rhythm alone: the BG/NBD posterior
+    of a customer with ``x`` repeat active days, the last at ``recency`` and now at ``age``
+    (days since the first), its rate scaled by the spend per active day."""
+    alpha = params.alpha_days
+    p_alive = 1.0
+    if x > 0:
+        log_odds = (math.log(params.a / (params.b + x - 1.0))
+                    + (params.r + x) * math.log((alpha + age) / (alpha + recency)))
+        p_alive = 1.0 / (1.0 + math.exp(min(700.0, log_odds)))
+    rate = p_alive * (params.r + x) / (alpha + age)
+    rate *= (1.0 + spend_per_day) ** params.monetary_power
+    return math.exp(-rate * params.horizon_days)
+
+
+@dataclass(frozen=True, slots=True)
+class Rhythm:
+    """A customer's activity in BG/NBD's terms (days), for fitting the population priors."""
+
+    x: int  # repeat active days
+    recency: float  # t_x: from the first active day to the last
+    age: float  # T: from the first active day to now
+    spend_per_day: float
+
+    def requiet(self, evidence: ChurnEvidence, params: ChurnParams) -> ChurnEvidence:
+        """``evidence`` with its rhythm term recomputed under ``params`` (fitted priors)."""
+        return replace(evidence, quiet=_quiet(self.x, self.recency, self.age, self.spend_per_day, params))
+
+
+def fit_priors(rhythms: Sequence[Rhythm], params: ChurnParams) -> ChurnParams:
+    """``params`` with r, alpha, a and b fitted to ``rhythms`` by maximum likelihood (BG/NBD),
+    starting from the configured ones."""
+    from detectors.bgnbd import fit_bgnbd  # scipy: only when fitting
+
+    x = np.array([h.x for h in rhythms], dtype=float)
+    fit = fit_bgnbd(x, np.array([h.recency for h in rhythms]), np.array([h.age for h in rhythms]),
+                    start=(params.r, params.alpha_days, params.a, params.b))
+    return replace(params, r=fit.r, alpha_days=fit.alpha, a=fit.a, b=fit.b)
 
 
 class ChurnState:
@@ -263,18 +314,12 @@ class ChurnState:
         """The evidence as of ``now`` (also kept as a weekly snapshot for the labels)."""
         if self.first_day is None:
             return ChurnEvidence(now, 0.0, NO_SIGNALS, 1.0, 0.0, 0, 0.0, None, None, self.label == "churned")
-        x, alpha = self.x, params.alpha_days
+        x = self.x
         age = max(0.0, now - self.first_day) / DAY  # T
         recency = (self.last_day - self.first_day) / DAY  # t_x
-        p_alive = 1.0
-        if x > 0:
-            log_odds = (math.log(params.a / (params.b + x - 1.0))
-                        + (params.r + x) * math.log((alpha + age) / (alpha + recency)))
-            p_alive = 1.0 / (1.0 + math.exp(min(700.0, log_odds)))
-        rate = p_alive * (params.r + x) / (alpha + age)
-        rate *= (1.0 + self.spend / (x + 1)) ** params.monetary_power
+        quiet = _quiet(x, recency, age, self.spend / (x + 1), params)
         decay = self._decay(now, params) if self.signals is not NO_SIGNALS else 1.0
-        evidence = ChurnEvidence(now, math.exp(-rate * params.horizon_days), self.signals, decay,
+        evidence = ChurnEvidence(now, quiet, self.signals, decay,
                                  self.weighted * decay,
                                  x, (now - self.last_day) / DAY, self.long_gap, self.recent_gap,
                                  self.label == "churned")
@@ -284,6 +329,13 @@ class ChurnState:
             while len(history) > 1 and history[1].t <= now - params.horizon_days * DAY:
                 del history[0]
         return evidence
+
+    def history_summary(self, now: float) -> Rhythm | None:
+        """The customer's rhythm as of ``now`` (for fitting the priors); None before any activity."""
+        if self.first_day is None:
+            return None
+        return Rhythm(self.x, (self.last_day - self.first_day) / DAY, max(0.0, now - self.first_day) / DAY,
+                      self.spend / (self.x + 1))
 
     def evidence_before(self, t: float) -> ChurnEvidence | None:
         """The latest snapshot at or before ``t``, else the oldest kept (None if none)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from detectors.churn import CHURN_LABELS, ChurnEvidence, ChurnParams, ChurnState
+from detectors.churn import CHURN_LABELS, ChurnEvidence, ChurnParams, ChurnState, Rhythm
 from detectors.lifecycle import LifecycleParams
 from detectors.profile import DAY, CustomerProfile, ProfileParams
 from detectors.rules import RuleHit, RuleParams, evaluate_rules
@@ -109,9 +109,10 @@ class CustomerModel:
         return Observation(self._summarise(prev_t), features, hits,
                            churn.evidence(event.t, p) if counted else None, label)
 
-    def churn_evidence(self, now: float) -> ChurnEvidence:
-        """The churn evidence as of event time ``now`` (say, the end of a replay)."""
-        return self.churn.evidence(now, self.churn_params)
+    def churn_evidence(self, now: float) -> tuple[ChurnEvidence, Rhythm | None]:
+        """The churn evidence and the customer's rhythm as of event time ``now`` (say, the end
+        of a replay)."""
+        return self.churn.evidence(now, self.churn_params), self.churn.history_summary(now)
 
     def _summarise(self, prev_t: float | None) -> Summary:
         p = self.profile

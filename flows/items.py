@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from detectors.churn import ChurnEvidence
+from detectors.churn import ChurnEvidence, Rhythm
 from detectors.customer import Observation
 from detectors.fraud import Assessment
 from schemas.events import Event
@@ -67,4 +67,5 @@ class AsOf:
 
     customer_id: str
     evidence: ChurnEvidence
+    rhythm: Rhythm | None = None  # for fitting the population priors (None: no activity)
     churn: float | None = None

@@ -8,13 +8,14 @@ construction): one small object per touched customer, and the shared step's mode
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulBatchLogic
 
-from detectors.churn import ChurnModel
+from detectors.churn import ChurnModel, fit_priors
 from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, Summary, ViewParams
 from detectors.fraud import FraudDetector, FraudParams
 from detectors.lifecycle import AlertLifecycle
@@ -39,6 +40,7 @@ Clock = Callable[[float], str]  # event time -> the "emitted_at" to stamp
 Output = Alert | Prompt | Score | CustomerState
 
 _RETAIN = StatefulBatchLogic.RETAIN
+log = logging.getLogger(__name__)
 CHURN_MODEL_VERSION = "churn-bgnbd-prior-2"
 
 
@@ -90,7 +92,7 @@ class CustomerStep(StatefulBatchLogic[Sequenced, Observed | AsOf, bytes | None])
         """At the end of a replay: the churn evidence as of the stream's last event time."""
         if self._watermark is None or self.customer_id is None:
             return (), _RETAIN
-        return [AsOf(self.customer_id, self.model.churn_evidence(self._watermark))], _RETAIN
+        return [AsOf(self.customer_id, *self.model.churn_evidence(self._watermark))], _RETAIN
 
     def snapshot(self) -> bytes | None:
         return _freeze((self.customer_id, self.model), self._snapshots)
@@ -197,10 +199,21 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
         return nba.on_event(event, summary, alerted, churn_score=churn)
 
     def on_eof(self) -> tuple[Iterable[AsOf], bool]:
-        """Score every customer's end-of-replay churn evidence with the final model."""
+        """Score every customer's end-of-replay churn evidence with the final model; with
+        ``fit_priors``, under BG/NBD priors fitted to the whole replayed history (logged, so
+        that a deployment can take them into its configuration)."""
         final, self.final = sorted(self.final, key=lambda item: item.customer_id), []
+        params = self._config.view.churn
+        rhythms = [item.rhythm for item in final if item.rhythm is not None]
+        if params.fit_priors and len(rhythms) >= params.fit_min_customers:
+            params = fit_priors(rhythms, params)
+            log.info("churn priors fitted to %d customers: r=%.4f alpha_days=%.3f a=%.4f b=%.4f",
+                     len(rhythms), params.r, params.alpha_days, params.a, params.b)
+            for item in final:
+                if item.rhythm is not None:
+                    item.evidence = item.rhythm.requiet(item.evidence, params)
         for item in final:
-            item.churn = self.churn.score(item.evidence, self._config.view.churn)
+            item.churn = self.churn.score(item.evidence, params)
         return final, _RETAIN
 
     def snapshot(self) -> bytes | None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from bench.churn_holdout import BGNBD, bgnbd_loglik, fit_bgnbd
 from bench.metrics import roc_auc
-from detectors.churn import DAY, SIGNALS, ChurnModel, ChurnParams, ChurnState, prior_score
+from detectors.bgnbd import BGNBD, bgnbd_loglik, fit_bgnbd
+from detectors.churn import DAY, SIGNALS, ChurnModel, ChurnParams, ChurnState, fit_priors, prior_score
 from detectors.customer import CustomerModel, CustomerView, ViewParams
 from schemas.events import parse_event
 from simulator import SimulatorConfig, write_jsonl
@@ -91,7 +91,7 @@ def _alert_due(model: CustomerModel, view: CustomerView, params: ViewParams, raw
     """Feed one event (or just move the clock to ``now``) and ask the view for a churn alert."""
     evidence = model.observe(parse_event(raw)).churn if raw is not None else None
     if now is not None:
-        evidence = model.churn_evidence(now)
+        evidence, _ = model.churn_evidence(now)
     if evidence is None:
         return None  # the event changed nothing churn is made of
     return view.churn_alert_due(prior_score(evidence), evidence, params)
@@ -177,6 +177,26 @@ def test_the_shared_model_learns_what_labels_say() -> None:
     assert model.weights[transfer_out] > 0.5 and model.weights[complaint] < 0 and model.n == 1200
     restored = pickle.loads(pickle.dumps(model))
     assert restored.weights == model.weights and restored.n == model.n
+
+
+def test_priors_fitted_to_a_history_and_the_rhythm_rescored_with_them() -> None:
+    rng = np.random.default_rng(4)
+    states, now = [], 200 * DAY
+    for _ in range(1500):  # BG/NBD customers: r = 0.5, alpha = 10 days, a = 1, b = 3
+        state, rate, p_leave, t = ChurnState(), rng.gamma(0.5, 1 / 10.0), rng.beta(1.0, 3.0), 0.0
+        while t < 200:
+            state.observe_activity(t * DAY, 20.0, P)
+            if state.x and rng.random() < p_leave:
+                break
+            t += max(1.0, rng.exponential(1 / rate))
+        states.append(state)
+    rhythms = [s.history_summary(now) for s in states]
+    assert all(r is not None for r in rhythms)
+    fitted = fit_priors(rhythms, P)  # type: ignore[arg-type]
+    assert abs(fitted.r - 0.5) < 0.2 and 5.0 < fitted.alpha_days < 20.0
+    state, rhythm = states[0], rhythms[0]
+    assert rhythm is not None
+    assert rhythm.requiet(state.evidence(now, P), fitted).quiet == state.evidence(now, fitted).quiet
 
 
 def test_bgnbd_fit_recovers_its_parameters() -> None:
