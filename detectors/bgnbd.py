@@ -47,11 +47,13 @@ def bgnbd_loglik(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarr
 
 
 def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray,
-              start: Sequence[float] = (0.5, 5.0, 0.8, 2.5)) -> BGNBD:
+              start: Sequence[float] = (0.5, 5.0, 0.8, 2.5), xatol: float = 1e-6,
+              fatol: float = 1e-8) -> BGNBD:
     """Maximum-likelihood BG/NBD parameters (r, alpha, a, b) for repeat counts ``x``, recency
-    ``t_x`` and age ``T``, searched from ``start`` (Nelder-Mead on the log-parameters)."""
+    ``t_x`` and age ``T``, searched from ``start`` (Nelder-Mead on the log-parameters, to
+    ``xatol`` on them and ``fatol`` on the log-likelihood)."""
     result = optimize.minimize(lambda p: -bgnbd_loglik(p, x, t_x, T), np.log(np.asarray(start, dtype=float)),
-                               method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6,
-                                                              "fatol": 1e-8})
+                               method="Nelder-Mead", options={"maxiter": 4000, "xatol": xatol,
+                                                              "fatol": fatol})
     r, alpha, a, b = np.exp(result.x)
     return BGNBD(float(r), float(alpha), float(a), float(b))
