@@ -10,50 +10,68 @@ throughput is quoted against this loop.
 from __future__ import annotations
 
 from config.settings import Settings
-from flows.items import Observed, Sequenced
+from flows.items import AsOf, Observed, Scored, Sequenced
 from flows.modes import event_clock, step_config
 from flows.sources import ReplayInput, ReplaySource
-from flows.steps import CustomerStep, CustomerViewStep, SharedScoringStep
+from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
+from schemas.outputs import LifecycleChange
+
+
+class EngineSteps:
+    """The dataflow's three stateful steps called directly, one logic object per key as
+    Bytewax keeps them: the per-customer step event by event, the shared step a batch at a
+    time, then the per-customer view."""
+
+    def __init__(self, config: StepConfig) -> None:
+        self.config = config
+        self.customers: dict[str, CustomerStep] = {}
+        self.views: dict[str, CustomerViewStep] = {}
+        self.shared = SharedScoringStep(config, None)
+
+    def score(self, batch: list[Sequenced]) -> list[Scored]:
+        """``batch`` through the per-customer and the shared steps."""
+        observed: list[Observed | AsOf] = []
+        for sequenced in batch:
+            customer = sequenced.event.customer_id
+            step = self.customers.get(customer)
+            if step is None:
+                step = self.customers[customer] = CustomerStep(self.config, None)
+            observed.extend(step.on_batch([sequenced])[0])
+        scored, _ = self.shared.on_batch(observed)
+        return list(scored)
+
+    def view(self, item: Scored | AsOf) -> list[Output | LifecycleChange]:
+        """One item through its customer's view: the records it gives."""
+        customer = item.customer_id if isinstance(item, AsOf) else item.event.customer_id
+        view = self.views.get(customer)
+        if view is None:
+            view = self.views[customer] = CustomerViewStep(self.config, None)
+        return list(view.on_batch([item])[0])
+
+    def end(self) -> list[Output | LifecycleChange]:
+        """The end of a replay: each customer's churn evidence as of the last event time,
+        scored by the shared step, then the customer states."""
+        for step in self.customers.values():
+            self.shared.on_batch(list(step.on_eof()[0]))
+        return [record for final in self.shared.on_eof()[0] for record in self.view(final)]
 
 
 def run_bare(settings: Settings, replay: ReplayInput, emit_scores: bool = True,
              batch_size: int = ReplaySource.BATCH_SIZE) -> dict[str, int]:
     """Process ``replay`` in one loop; return the number of records of each output kind."""
-    config = step_config(settings, event_clock, replay.watermark, emit_scores=emit_scores)
-    customers: dict[str, CustomerStep] = {}
-    views: dict[str, CustomerViewStep] = {}
-    shared = SharedScoringStep(config, None)
+    steps = EngineSteps(step_config(settings, event_clock, replay.watermark, emit_scores=emit_scores))
     counts = {"dead_letters": len(replay.dead_letters), "alerts": 0, "scores": 0, "states": 0, "bytes": 0}
     size = sum(len(d.to_bytes()) for d in replay.dead_letters)
     events = replay.events
     for start in range(0, len(events), batch_size):
-        # As the dataflow does: the per-customer step event by event, the shared step a batch
-        # at a time, then the per-customer view.
-        observed: list[Observed] = []
-        for seq in range(start, min(start + batch_size, len(events))):
-            event = events[seq]
-            step = customers.get(event.customer_id)
-            if step is None:
-                step = customers[event.customer_id] = CustomerStep(config, None)
-            observed.extend(step.on_batch([Sequenced(ReplaySource.PART, seq, event)])[0])
-        scored, _ = shared.on_batch(observed)
-        for item in scored:
-            customer = item.event.customer_id
-            view = views.get(customer)
-            if view is None:
-                view = views[customer] = CustomerViewStep(config, None)
-            records, _ = view.on_batch([item])
-            for record in records:
+        batch = [Sequenced(ReplaySource.PART, seq, events[seq])
+                 for seq in range(start, min(start + batch_size, len(events)))]
+        for item in steps.score(batch):
+            for record in steps.view(item):
                 size += len(record.to_bytes())
                 counts["alerts" if hasattr(record, "alert_id") else "scores"] += 1
-    # The end of the replay: each customer's churn evidence as of the last event time,
-    # scored by the shared step, then the customer state.
-    for step in customers.values():
-        shared.on_batch(list(step.on_eof()[0]))
-    for final in shared.on_eof()[0]:
-        records, _ = views[final.customer_id].on_batch([final])
-        for record in records:
-            size += len(record.to_bytes())
-            counts["states"] += 1
+    for record in steps.end():
+        size += len(record.to_bytes())
+        counts["states"] += 1
     counts["bytes"] = size
     return counts

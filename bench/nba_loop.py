@@ -50,13 +50,13 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from bench.bare_loop import EngineSteps
 from bench.nba_baselines import FixedPolicy, RandomPolicy, RuleCheck
 from config.actions import load_actions
 from config.settings import Settings, load_settings
 from detectors.nba import FEEDBACK_LABELS, Action, CustomerFacts
-from flows.items import AsOf, Observed, Sequenced
+from flows.items import Sequenced
 from flows.modes import event_clock, step_config
-from flows.steps import CustomerStep, CustomerViewStep, SharedScoringStep
 from schemas.events import Feedback, event_from_obj
 from schemas.outputs import Prompt
 from simulator import Simulation, SimulatorConfig
@@ -123,15 +123,13 @@ class _Loop:
         self.catalogue: dict[str, Action] = {a.action_id: a for a in catalogue}
         self.responder = Responder(config.seed, self.catalogue)
         self.simulation = Simulation(config, with_truth=False, responder=self.responder)
-        self.config = step_config(settings, event_clock)
-        self.customers: dict[str, CustomerStep] = {}
-        self.views: dict[str, CustomerViewStep] = {}
-        self.shared = SharedScoringStep(self.config, None)
-        if self.shared.nba is None:
+        self.steps = EngineSteps(step_config(settings, event_clock))
+        nba = self.steps.shared.nba
+        if nba is None:
             raise ValueError("next-best action is disabled in the settings ([nba] enabled)")
         baseline = _policy(policy, config.seed)
         if baseline is not None:
-            self.shared.nba.policy.policy = baseline
+            nba.policy.policy = baseline
         self.check = RuleCheck(settings.nba, self.catalogue)
         self.fraud_alert_t: dict[str, float] = {}  # customer -> their latest fraud alert
         self.start_t = config.start_ms / 1000.0
@@ -164,15 +162,7 @@ class _Loop:
     def _process(self, batch: list[Sequenced]) -> None:
         """The batch through the engine's steps as the dataflow runs them, then every prompt
         to the simulation's customers."""
-        observed: list[Observed | AsOf] = []
-        for sequenced in batch:
-            customer = sequenced.event.customer_id
-            step = self.customers.get(customer)
-            if step is None:
-                step = self.customers[customer] = CustomerStep(self.config, None)
-            observed.extend(step.on_batch([sequenced])[0])
-        scored, _ = self.shared.on_batch(observed)
-        for item in scored:
+        for item in self.steps.score(batch):
             event = item.event
             customer = event.customer_id
             if item.alert is not None:
@@ -182,10 +172,7 @@ class _Loop:
                     self.fraud_alert_t.pop(customer, None)
                 elif event.label in FEEDBACK_LABELS and event.ref_prompt_id:
                     self.check.answer(event.ref_prompt_id, event.label, event.t)
-            view = self.views.get(customer)
-            if view is None:
-                view = self.views[customer] = CustomerViewStep(self.config, None)
-            records, _ = view.on_batch([item])
+            records = self.steps.view(item)
             for record in records:
                 if isinstance(record, Prompt):
                     self._prompted(record, event.t)
