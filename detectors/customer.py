@@ -141,11 +141,11 @@ class ViewParams:
 
 
 class CustomerView:
-    """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts,
-    the latest churn score and the last churn alert."""
+    """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts
+    and the last churn alert."""
 
-    __slots__ = ("churn_alert", "churn_armed", "churn_score", "confirmed_fraud_t", "open_alerts", "risk",
-                 "risk_t", "summary")
+    __slots__ = ("churn_alert", "churn_armed", "confirmed_fraud_t", "open_alerts", "risk", "risk_t",
+                 "summary")
 
     def __init__(self) -> None:
         self.summary: Summary | None = None
@@ -153,7 +153,6 @@ class CustomerView:
         self.risk_t = 0.0
         self.confirmed_fraud_t: float | None = None
         self.open_alerts = 0
-        self.churn_score = 0.0  # as of the customer's latest event that counted for churn
         self.churn_alert: tuple[float, float] | None = None  # (event time, score) of the last churn alert
         self.churn_armed = False  # the score was below the threshold since the last churn alert
 
@@ -191,7 +190,6 @@ class CustomerView:
         ``churn_cooldown_days``, unless the score rose by ``churn_escalation`` since the last
         alert; never before the customer has ``churn_min_active_days`` repeat active days.
         """
-        self.churn_score = score
         if evidence.active_days < params.churn_min_active_days:
             return None
         if score < params.churn_threshold:

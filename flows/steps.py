@@ -191,12 +191,9 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
         return Scored(event, observation, None, None, item.source_time, outcome, item.read_at, prompt, churn)
 
     def _prompt(self, event: Event, summary: Summary, alerted: bool, churn: float | None) -> Prompt | None:
-        """The next-best-action prompt ``event`` triggers, if any. Most events cannot matter
-        to it and are let go here, before any call into its state."""
-        nba = self.nba
-        if nba is None or not (alerted or churn is not None or nba.matters(event, summary)):
-            return None
-        return nba.on_event(event, summary, alerted, churn_score=churn)
+        """The next-best-action prompt ``event`` triggers, if any (most events cannot matter
+        and are let go at once: ``NextBestActions.matters``)."""
+        return self.nba.on_event(event, summary, alerted, churn_score=churn) if self.nba is not None else None
 
     def on_eof(self) -> tuple[Iterable[AsOf], bool]:
         """Score every customer's end-of-replay churn evidence with the final model; with
