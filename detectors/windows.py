@@ -11,13 +11,36 @@ caller's event time in seconds; it never reads the clock, so replay equals live.
 >>> w.advance(7200.0 + 86400.0)   # a day after the last value, every span is empty
 >>> w.count(1), len(w)
 (0, 0)
+>>> w.add(0.0, 1e20); w.add(1.0, 1.0); w.advance(3601.0)   # the sums stay exact
+>>> w.total(0), w.total(1)
+(0.0, 1e+20)
+>>> w.advance(86401.0); w.total(1)
+0.0
+>>> big = SlidingWindows((10.0, 100.0)); big.add(0.0, 1e20); big.add(20.0, 0.5); big.advance(105.0)
+>>> big.total(1)
+0.5
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 INF: Final = float("inf")
+
+
+#: A running sum is recomputed exactly once it has shed this many times its own size: after
+#: a large value leaves a window, what remains may be below the rounding error of the sum
+#: that held it (1e20 + 1 - 1e20 is 0 in floats), or even negative.
+_LOSS: Final = 2.0**20
+
+
+def _settled(total: float, removed: float, values: list[float], start: int, stop: int) -> float:
+    """``total`` (a running sum just reduced by values of magnitude ``removed``), or the exact
+    sum of ``values[start:stop]`` when the reduction may have cost it its precision."""
+    if total >= 0.0 and removed <= _LOSS * total:
+        return total
+    return math.fsum(values[start:stop])
 
 
 class SlidingWindows:
@@ -76,13 +99,15 @@ class SlidingWindows:
         for i, span in enumerate(self.spans):
             start, cutoff = starts[i], now - span
             if start < end and times[start - base] <= cutoff:
-                count, total = counts[i], sums[i]
+                count, total, removed = counts[i], sums[i], 0.0
                 while start < end and times[start - base] <= cutoff:
                     count -= 1
-                    total -= values[start - base]
+                    value = values[start - base]
+                    total -= value
+                    removed += abs(value)
                     start += 1
                 starts[i], counts[i] = start, count
-                sums[i] = total if count else 0.0  # no float drift once empty
+                sums[i] = _settled(total, removed, values, start - base, end - base) if count else 0.0
             if start < end:
                 expiry = times[start - base] + span
                 if expiry < due:
@@ -95,13 +120,14 @@ class SlidingWindows:
             self._base = starts[-1]
 
     def _drop_oldest(self) -> None:
-        oldest = self._starts[-1]
-        value = self._values[oldest - self._base]
+        oldest, base, values = self._starts[-1], self._base, self._values
+        value = values[oldest - base]
+        end = base + len(values)
         for i in range(len(self.spans)):
             if self._starts[i] == oldest:
                 self._starts[i] += 1
                 self.counts[i] -= 1
-                self.sums[i] -= value
+                self.sums[i] = _settled(self.sums[i] - value, abs(value), values, oldest + 1 - base, end - base)
 
     def count(self, i: int) -> int:
         """Number of values in span ``i``."""
