@@ -31,6 +31,7 @@ from detectors.fraud import FraudParams
 from detectors.nba import NBAParams
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
+from engine.admission import InputBounds
 
 DEFAULT_PATH: Final = Path(__file__).with_name("default.toml")
 ENV_PREFIX: Final = "CRM__"
@@ -171,6 +172,7 @@ class Settings:
     """Everything configurable, validated."""
 
     engine: EngineSettings = field(default_factory=EngineSettings)
+    input: InputBounds = field(default_factory=InputBounds)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     profile: ProfileParams = field(default_factory=ProfileParams)
@@ -247,7 +249,12 @@ def _build(cls: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
             raise ConfigError(f"{prefix}{'.' if prefix else ''}{key}: unknown setting")
     kwargs = {key: _coerce(f"{prefix}{'.' if prefix else ''}{key}", hints[key], value)
               for key, value in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a section's own validation (``__post_init__``)
+        raise ConfigError(f"{prefix or 'settings'}: {exc}") from None
 
 
 def _set_path(tree: dict[str, Any], keys: list[str], value: str) -> None:
