@@ -10,7 +10,7 @@ throughput is quoted against this loop.
 from __future__ import annotations
 
 from config.settings import Settings
-from flows.items import AsOf, Observed, Scored, Sequenced
+from flows.items import AsOf, Failed, Observed, Scored, Sequenced
 from flows.modes import event_clock, step_config
 from flows.sources import ReplayInput, ReplaySource
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
@@ -28,9 +28,9 @@ class EngineSteps:
         self.views: dict[str, CustomerViewStep] = {}
         self.shared = SharedScoringStep(config, None)
 
-    def score(self, batch: list[Sequenced]) -> list[Scored]:
+    def score(self, batch: list[Sequenced]) -> list[Scored | Failed]:
         """``batch`` through the per-customer and the shared steps."""
-        observed: list[Observed | AsOf] = []
+        observed: list[Observed | AsOf | Failed] = []
         for sequenced in batch:
             customer = sequenced.event.customer_id
             step = self.customers.get(customer)
@@ -40,9 +40,9 @@ class EngineSteps:
         scored, _ = self.shared.on_batch(observed)
         return list(scored)
 
-    def view(self, item: Scored | AsOf) -> list[Output | LifecycleChange]:
+    def view(self, item: Scored | AsOf | Failed) -> list[Output | LifecycleChange]:
         """One item through its customer's view: the records it gives."""
-        customer = item.customer_id if isinstance(item, AsOf) else item.event.customer_id
+        customer = item.event.customer_id if isinstance(item, Scored) else item.customer_id
         view = self.views.get(customer)
         if view is None:
             view = self.views[customer] = CustomerViewStep(self.config, None)

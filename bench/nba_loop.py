@@ -55,7 +55,7 @@ from bench.nba_baselines import FixedPolicy, RandomPolicy, RuleCheck
 from config.actions import load_actions
 from config.settings import Settings, load_settings
 from detectors.nba import FEEDBACK_LABELS, Action, CustomerFacts
-from flows.items import Sequenced
+from flows.items import Scored, Sequenced
 from flows.modes import event_clock, step_config
 from schemas.events import Feedback, event_from_obj
 from schemas.outputs import Prompt
@@ -163,6 +163,8 @@ class _Loop:
         """The batch through the engine's steps as the dataflow runs them, then every prompt
         to the simulation's customers."""
         for item in self.steps.score(batch):
+            if not isinstance(item, Scored):  # an evaluation stops on a failing event
+                raise RuntimeError(item.dead_letter.reason)
             event = item.event
             customer = event.customer_id
             if item.alert is not None:

@@ -144,7 +144,7 @@ class CustomerView:
     """The customer as risk teams and RMs see it: latest summary, fraud risk, open alerts
     and the last churn alert."""
 
-    __slots__ = ("churn_alert", "churn_armed", "confirmed_fraud_t", "open_alerts", "risk", "risk_t",
+    __slots__ = ("churn_alert", "churn_armed", "confirmed_fraud_t", "last_seen_t", "open_alerts", "risk", "risk_t",
                  "summary")
 
     def __init__(self) -> None:
@@ -155,6 +155,7 @@ class CustomerView:
         self.open_alerts = 0
         self.churn_alert: tuple[float, float] | None = None  # (event time, score) of the last churn alert
         self.churn_armed = False  # the score was below the threshold since the last churn alert
+        self.last_seen_t: float | None = None  # the latest event of any kind (a profile too)
 
     def _decayed(self, now: float, params: ViewParams) -> float:
         halflife = params.fraud_risk_halflife_days * DAY
@@ -164,6 +165,8 @@ class CustomerView:
                 label: str | None, params: ViewParams) -> None:
         """Record one processed event of this customer."""
         self.summary = summary
+        if self.last_seen_t is None or t > self.last_seen_t:
+            self.last_seen_t = t
         if fraud_score is not None:
             decayed = self._decayed(t, params)
             self.risk, self.risk_t = max(decayed, fraud_score), t

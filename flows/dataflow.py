@@ -1,6 +1,6 @@
 """The engine's one dataflow, for every mode; sources and sinks come from the caller.
 
-    source ──► split_dead_letters ──► dead letters ─────────────────────────► sinks
+    source ──► split_dead_letters ──► DeadLetter (bad input) ───────────────► sinks
                       ├─────────────────► event_summaries (if an events sink) ─► sinks
                       │ Sequenced (valid events, seq per source partition)
                       ▼ key: customer_id
@@ -17,6 +17,10 @@
                       │ Alert | Prompt | Score | CustomerState
                       ▼
                    sinks
+
+An event whose processing raises in a keyed step becomes a ``Failed`` item there
+(``engine.isolation``): it keeps its place in the shared step's order and its dead letter
+travels on to the end of the flow, where it joins the bad input on the dead-letter sinks.
 
 Step ids are stable: recovery state is keyed by them. With metrics (``ops.metrics``), two
 stateless steps observe the stream (``observe_input`` after the source, ``observe_scored``
@@ -35,7 +39,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from flows.items import AsOf, Scored, Sequenced
+from flows.items import AsOf, Failed, Scored, Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
 from schemas.outputs import Alert, CustomerState, DeadLetter, EventSummary, LifecycleChange, Prompt, Score
 
@@ -86,30 +90,35 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
         received = op.flat_map_batch("observe_input", received, metrics.observe_input)
     # Sequenced | DeadLetter
     split = op.branch("split_dead_letters", received, lambda item: isinstance(item, Sequenced))
-    _write("dead_letters", split.falses, outputs.dead_letters)
-    # DeadLetter
+    # DeadLetter (bad input)
     if outputs.events:
         _write("events", op.filter_map("event_summaries", split.trues, _summary), outputs.events)
         # EventSummary (transactions, app events and feedback; not profiles or controls)
     by_customer = op.key_on("key_customer", split.trues, lambda s: s.event.customer_id)
     # (customer_id, Sequenced)
     observed = op.stateful_batch("customer_profile", by_customer, _customer_step(config, metrics))
-    # (customer_id, Observed | AsOf: the churn evidence as of the end of a replay)
+    # (customer_id, Observed | AsOf: the churn evidence as of the end of a replay
+    #  | Failed: an event whose processing raised, with its dead letter)
     shared = op.key_on("key_shared", op.map("drop_customer_key", observed, _value),
                        lambda _: SHARED_KEY)
-    # ("shared", Observed | AsOf)
+    # ("shared", Observed | AsOf | Failed)
     scored = op.stateful_batch("shared_scoring", shared, _timed(
         "shared_scoring", lambda resume: SharedScoringStep(config, resume), metrics))
-    # ("shared", Scored)
+    # ("shared", Scored | AsOf | Failed)
     if metrics is not None:
         scored = op.flat_map_batch("observe_scored", scored, metrics.observe_scored)
     rekeyed = op.key_on("key_customer_again", op.map("drop_shared_key", scored, _value), _customer_of)
-    # (customer_id, Scored | AsOf)
+    # (customer_id, Scored | AsOf | Failed)
     viewed = op.stateful_batch("customer_view", rekeyed, _timed(
         "customer_view", lambda resume: CustomerViewStep(config, resume), metrics))
-    # (customer_id, Alert | Prompt | Score | CustomerState)
+    # (customer_id, Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter)
     records = op.map("drop_view_key", viewed, _value)
-    # Alert | Prompt | Score | CustomerState
+    # Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter (an event that failed in a step)
+    failed = op.filter("step_failures", records, _is(DeadLetter))
+    if metrics is not None:
+        failed = op.flat_map_batch("observe_failures", failed, metrics.observe_failures)
+    _write("dead_letters", op.merge("dead_letters", split.falses, failed), outputs.dead_letters)
+    # DeadLetter: bad input, and events that failed in a step
     alerts = op.filter("alerts", records, _is(Alert))
     if metrics is not None:  # the alerts users get, after de-duplication and grouping
         alerts = op.flat_map_batch("observe_alerts", alerts, metrics.observe_alerts)
@@ -139,8 +148,8 @@ def _timed(step: str, builder: Any, metrics: EngineMetrics | None) -> Any:
     return lambda resume: metrics.timed(step, builder(resume))
 
 
-def _customer_of(item: Scored | AsOf) -> str:
-    return item.customer_id if isinstance(item, AsOf) else item.event.customer_id
+def _customer_of(item: Scored | AsOf | Failed) -> str:
+    return item.event.customer_id if type(item) is Scored else item.customer_id  # type: ignore[union-attr]
 
 
 def _summary(item: Sequenced) -> EventSummary | None:

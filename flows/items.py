@@ -8,7 +8,7 @@ from detectors.churn import ChurnEvidence, Rhythm
 from detectors.customer import Observation
 from detectors.fraud import Assessment
 from schemas.events import Event
-from schemas.outputs import Alert, Prompt
+from schemas.outputs import Alert, DeadLetter, Prompt
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -69,3 +69,15 @@ class AsOf:
     evidence: ChurnEvidence
     rhythm: Rhythm | None = None  # for fitting the population priors (None: no activity)
     churn: float | None = None
+
+
+@dataclass(slots=True)
+class Failed:
+    """An event whose processing raised in a step (``engine.isolation``): its place in its
+    source partition (the shared step still counts it, so the events after it are not held
+    back) and its dead letter, which travels on to the dead-letter outputs."""
+
+    part: str
+    seq: int
+    customer_id: str
+    dead_letter: DeadLetter

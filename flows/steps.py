@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulBatchLogic
@@ -22,11 +22,13 @@ from detectors.lifecycle import AlertLifecycle
 from detectors.nba import Action, NBAParams, NextBestActions
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
-from flows.items import AsOf, Observed, Scored, Sequenced
+from engine.isolation import Failures
+from flows.items import AsOf, Failed, Observed, Scored, Sequenced
 from schemas.events import Control, Event, Feedback, Transaction
 from schemas.outputs import (
     Alert,
     CustomerState,
+    DeadLetter,
     LifecycleChange,
     Prompt,
     Reason,
@@ -37,7 +39,7 @@ from schemas.outputs import (
 )
 
 Clock = Callable[[float], str]  # event time -> the "emitted_at" to stamp
-Output = Alert | Prompt | Score | CustomerState
+Output = Alert | Prompt | Score | CustomerState | DeadLetter
 
 _RETAIN = StatefulBatchLogic.RETAIN
 log = logging.getLogger(__name__)
@@ -66,11 +68,13 @@ class StepConfig:
     emit_scores: bool = False
     nba: NBAParams = field(default_factory=lambda: NBAParams(enabled=False))
     actions: tuple[Action, ...] = ()  # the next-best-action catalogue
+    failures: Failures = field(default_factory=Failures)  # per-event exceptions -> dead letters
 
 
-class CustomerStep(StatefulBatchLogic[Sequenced, Observed | AsOf, bytes | None]):
+class CustomerStep(StatefulBatchLogic[Sequenced, Observed | AsOf | Failed, bytes | None]):
     """Per customer: profile features, rule hits and churn evidence
-    (``detectors.customer.CustomerModel``)."""
+    (``detectors.customer.CustomerModel``). An event whose processing raises becomes a
+    ``Failed`` item (``engine.isolation``) and the customer's next events go on."""
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
         restored = _thaw(resume)
@@ -81,38 +85,52 @@ class CustomerStep(StatefulBatchLogic[Sequenced, Observed | AsOf, bytes | None])
             self.model.churn_params = config.view.churn
         self._snapshots = config.snapshots
         self._watermark = config.watermark
+        self._failures = config.failures
 
-    def on_batch(self, values: list[Sequenced]) -> tuple[Iterable[Observed], bool]:
+    def on_batch(self, values: list[Sequenced]) -> tuple[Iterable[Observed | Failed], bool]:
         observe = self.model.observe
         self.customer_id = values[-1].event.customer_id
-        return [Observed(v.part, v.seq, v.event, observe(v.event), v.source_time, v.read_at)
-                for v in values], _RETAIN
+        out: list[Observed | Failed] = []
+        for v in values:
+            try:
+                out.append(Observed(v.part, v.seq, v.event, observe(v.event), v.source_time, v.read_at))
+            except Exception as exc:
+                out.append(Failed(v.part, v.seq, v.event.customer_id, self._failures.record(
+                    "customer_profile", v.event, exc, {"part": v.part, "seq": v.seq})))
+        return out, _RETAIN
 
     def on_eof(self) -> tuple[Iterable[AsOf], bool]:
         """At the end of a replay: the churn evidence as of the stream's last event time."""
         if self._watermark is None or self.customer_id is None:
             return (), _RETAIN
-        return [AsOf(self.customer_id, *self.model.churn_evidence(self._watermark))], _RETAIN
+        try:
+            return [AsOf(self.customer_id, *self.model.churn_evidence(self._watermark))], _RETAIN
+        except Exception:  # no event to dead-letter: the customer's final state is left out
+            log.exception("customer %s: churn evidence at the end of the replay failed; no final state",
+                          self.customer_id, extra={"step": "customer_profile"})
+            return (), _RETAIN
 
     def snapshot(self) -> bytes | None:
         return _freeze((self.customer_id, self.model), self._snapshots)
 
 
-class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes | None]):
+class SharedScoringStep(StatefulBatchLogic[Observed | AsOf | Failed, Scored | AsOf | Failed, bytes | None]):
     """Across customers: counterparty risk, anomaly and supervised models, the churn model
     learned from churn labels, and the next-best-action policy (one key).
 
     Items reach this step from every worker of the per-customer step, interleaved in no
     fixed order; they are put back into source order by their per-partition ``seq`` before
     any model sees them, so results do not depend on the number of workers. The end-of-replay
-    ``AsOf`` items are scored at EOF, after every event, in customer order.
+    ``AsOf`` items are scored at EOF, after every event, in customer order. ``Failed`` items
+    (events whose processing raised upstream, or here) keep their place in the order and pass
+    on to the dead-letter outputs.
     """
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
         restored = _thaw(resume)
         self.detector = FraudDetector(config.fraud)
         self.next_seq: dict[str, int] = {}  # per source partition: the next seq to process
-        self.waiting: dict[str, dict[int, Observed]] = {}  # arrived ahead of their turn
+        self.waiting: dict[str, dict[int, Observed | Failed]] = {}  # arrived ahead of their turn
         self.now = float("-inf")  # the latest event time processed (the watermark)
         self.nba = NextBestActions(config.actions, config.nba) if config.nba.enabled else None
         self.churn = ChurnModel()
@@ -121,8 +139,8 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
         self.final: list[AsOf] = []  # end of replay: scored at EOF
         self._config = config
 
-    def _in_order(self, values: list[Observed | AsOf]) -> list[Observed]:
-        ready: list[Observed] = []
+    def _in_order(self, values: list[Observed | AsOf | Failed]) -> list[Observed | Failed]:
+        ready: list[Observed | Failed] = []
         for item in values:
             if isinstance(item, AsOf):
                 self.final.append(item)
@@ -136,7 +154,7 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
                 ready.extend(self._release(item.part))
         return ready
 
-    def _release(self, part: str) -> list[Observed]:
+    def _release(self, part: str) -> list[Observed | Failed]:
         waiting, seq, released = self.waiting[part], self.next_seq.get(part, 0), []
         while seq in waiting:
             released.append(waiting.pop(seq))
@@ -146,14 +164,44 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
             del self.waiting[part]
         return released
 
-    def on_batch(self, values: list[Observed | AsOf]) -> tuple[Iterable[Scored], bool]:
+    def on_batch(self, values: list[Observed | AsOf | Failed]) -> tuple[Iterable[Scored | Failed], bool]:
         ordered = self._in_order(values)
-        # The anomaly forest scores (and then learns) the batch's transactions at once.
-        anomaly = iter(self.detector.anomaly_scores(
-            [item.observation.features for item in ordered if item.observation.features is not None]))
-        return [self._process(item, anomaly) for item in ordered], _RETAIN
+        anomaly = self._anomaly(ordered)
+        out: list[Scored | Failed] = []
+        for item, score in zip(ordered, anomaly, strict=True):
+            if isinstance(item, Failed):
+                out.append(item)
+                continue
+            try:
+                out.append(self._process(item, score))
+            except Exception as exc:
+                event = item.event
+                out.append(Failed(item.part, item.seq, event.customer_id, self._config.failures.record(
+                    "shared_scoring", event, exc, {"part": item.part, "seq": item.seq})))
+        return out, _RETAIN
 
-    def _process(self, item: Observed, anomaly: Iterator[float]) -> Scored:
+    def _anomaly(self, ordered: list[Observed | Failed]) -> list[float | None]:
+        """The anomaly score of each transaction in ``ordered`` (None for the other items):
+        the forest scores (and then learns) the batch's transactions at once. Should that
+        raise, each row is scored alone, so that only the row at fault goes without a score."""
+        scores: list[float | None] = [None] * len(ordered)
+        rows = [i for i, item in enumerate(ordered)
+                if type(item) is Observed and item.observation.features is not None]
+        features = [ordered[i].observation.features for i in rows]  # type: ignore[union-attr]
+        try:
+            for i, score in zip(rows, self.detector.anomaly_scores(features), strict=True):  # type: ignore[arg-type]
+                scores[i] = score
+        except Exception:
+            log.exception("anomaly scores of a batch failed; scoring its rows one by one",
+                          extra={"step": "shared_scoring"})
+            for i, row in zip(rows, features, strict=True):
+                try:
+                    scores[i] = self.detector.anomaly_scores([row])[0]  # type: ignore[list-item]
+                except Exception:
+                    scores[i] = None  # _process refuses the transaction
+        return scores
+
+    def _process(self, item: Observed, anomaly: float | None) -> Scored:
         event, observation, detector = item.event, item.observation, self.detector
         if event.t > self.now:
             self.now = event.t
@@ -167,9 +215,10 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
             if observation.churn.active_days >= view.churn_min_active_days:
                 nba_churn = churn  # a newcomer's score says nothing yet about leaving
         if isinstance(event, Transaction):
-            assert observation.features is not None and observation.hits is not None
+            if observation.features is None or observation.hits is None or anomaly is None:
+                raise ValueError("a transaction without features, rule hits or an anomaly score")
             assessment = detector.assess(event.event_id, event.t, event.counterparty_id,
-                                         observation.features, observation.hits, next(anomaly))
+                                         observation.features, observation.hits, anomaly)
             alert = None
             if assessment.alert_type is not None:
                 alert = Alert(
@@ -203,24 +252,39 @@ class SharedScoringStep(StatefulBatchLogic[Observed | AsOf, Scored | AsOf, bytes
         params = self._config.view.churn
         rhythms = [item.rhythm for item in final if item.rhythm is not None]
         if params.fit_priors and len(rhythms) >= params.fit_min_customers:
-            params = fit_priors(rhythms, params)
-            log.info("churn priors fitted to %d customers: r=%.4f alpha_days=%.3f a=%.4f b=%.4f",
-                     len(rhythms), params.r, params.alpha_days, params.a, params.b)
-            for item in final:
-                if item.rhythm is not None:
-                    item.evidence = item.rhythm.requiet(item.evidence, params)
+            try:
+                fitted = fit_priors(rhythms, params)
+            except Exception:
+                log.exception("fitting the churn priors failed; the configured ones score the final states",
+                              extra={"step": "shared_scoring"})
+            else:
+                params = fitted
+                log.info("churn priors fitted to %d customers: r=%.4f alpha_days=%.3f a=%.4f b=%.4f",
+                         len(rhythms), params.r, params.alpha_days, params.a, params.b)
+                for item in final:
+                    if item.rhythm is not None:
+                        item.evidence = item.rhythm.requiet(item.evidence, params)
+        scored: list[AsOf] = []
         for item in final:
-            item.churn = self.churn.score(item.evidence, params)
-        return final, _RETAIN
+            try:
+                item.churn = self.churn.score(item.evidence, params)
+            except Exception:
+                log.exception("customer %s: the final churn score failed; no final state", item.customer_id,
+                              extra={"step": "shared_scoring"})
+                continue
+            scored.append(item)
+        return scored, _RETAIN
 
     def snapshot(self) -> bytes | None:
         return _freeze((self.detector, self.next_seq, self.waiting, self.now, self.nba, self.churn),
                        self._config.snapshots)
 
 
-class CustomerViewStep(StatefulBatchLogic[Scored | AsOf, Output | LifecycleChange, bytes | None]):
+class CustomerViewStep(StatefulBatchLogic[Scored | AsOf | Failed, Output | LifecycleChange, bytes | None]):
     """Per customer again: fraud risk, open alerts, the alert lifecycle (dedup, grouping,
-    escalation, snoozes: ``detectors.lifecycle``), churn alerts and the customer-state output."""
+    escalation, snoozes: ``detectors.lifecycle``), churn alerts and the customer-state output.
+    The dead letters of failed events pass through; an event whose processing raises here
+    becomes one too."""
 
     def __init__(self, config: StepConfig, resume: bytes | None) -> None:
         restored = _thaw(resume)
@@ -230,45 +294,61 @@ class CustomerViewStep(StatefulBatchLogic[Scored | AsOf, Output | LifecycleChang
             self.view, self.lifecycle = restored
         self._config = config
 
-    def on_batch(self, values: list[Scored | AsOf]) -> tuple[Iterable[Output | LifecycleChange], bool]:
+    def on_batch(self, values: list[Scored | AsOf | Failed]) -> tuple[Iterable[Output | LifecycleChange], bool]:
         out: list[Output | LifecycleChange] = []
-        params, view, lifecycle = self._config.view, self.view, self.lifecycle
         for item in values:
-            if isinstance(item, AsOf):
-                if view.summary is not None and item.churn is not None:
-                    out.append(self.state(item.customer_id, item.evidence.t, item.churn))
+            if isinstance(item, Failed):
+                out.append(item.dead_letter)
                 continue
-            event, assessment = item.event, item.assessment
-            if isinstance(event, Control):
-                if event.until_t is not None or event.action == "unsnooze":
-                    until = event.until_t if event.action == "snooze" and event.until_t is not None else event.t
-                    out.append(lifecycle.snooze(event.customer_id, event.alert_type, until, event.t,
-                                                event.event_id, event.ts))
-                continue
-            label = event.label if isinstance(event, Feedback) else None
-            score = assessment.fraud_score if assessment is not None else None
-            view.observe(item.observation.summary, event.t, score, item.alert is not None, label, params)
-            alerts = [item.alert] if item.alert is not None else []
-            evidence = item.observation.churn
-            if item.churn is not None and evidence is not None:
-                churn = view.churn_alert_due(item.churn, evidence, params)
-                if churn is not None:
-                    alerts.append(self._churn_alert(event, item.observation.summary.rm_id, *churn))
-            for alert in alerts:
-                if params.lifecycle.enabled:
-                    emitted, changes = lifecycle.on_alert(alert, event.t, params.lifecycle)
-                    if emitted is not None:
-                        out.append(emitted)
-                    out.extend(changes)
-                else:
-                    out.append(alert)
-            if item.prompt is not None:
-                out.append(item.prompt)
-            if assessment is not None and self._config.emit_scores:
-                out.append(Score(event.event_id, event.customer_id, event.ts, assessment.fraud_score, {
-                    "model_score": assessment.model_score, "prior_score": assessment.prior_score,
-                    "anomaly_score": assessment.anomaly_score}))
+            records: list[Output | LifecycleChange] = []
+            try:
+                self._view(item, records)
+                out.extend(records)
+            except Exception as exc:
+                if isinstance(item, AsOf):
+                    log.exception("customer %s: the final state failed", item.customer_id,
+                                  extra={"step": "customer_view"})
+                    continue
+                out.append(self._config.failures.record("customer_view", item.event, exc, {}))
         return out, _RETAIN
+
+    def _view(self, item: Scored | AsOf, out: list[Output | LifecycleChange]) -> None:
+        """The records ``item`` gives, appended to ``out``."""
+        params, view, lifecycle = self._config.view, self.view, self.lifecycle
+        if isinstance(item, AsOf):
+            if view.summary is not None and item.churn is not None:
+                out.append(self.state(item.customer_id, item.evidence.t, item.churn))
+            return
+        event, assessment = item.event, item.assessment
+        if isinstance(event, Control):
+            if event.until_t is not None or event.action == "unsnooze":
+                until = event.until_t if event.action == "snooze" and event.until_t is not None else event.t
+                out.append(lifecycle.snooze(event.customer_id, event.alert_type, until, event.t,
+                                            event.event_id, event.ts))
+            return
+        label = event.label if isinstance(event, Feedback) else None
+        score = assessment.fraud_score if assessment is not None else None
+        view.observe(item.observation.summary, event.t, score, item.alert is not None, label, params)
+        alerts = [item.alert] if item.alert is not None else []
+        evidence = item.observation.churn
+        if item.churn is not None and evidence is not None:
+            churn = view.churn_alert_due(item.churn, evidence, params)
+            if churn is not None:
+                alerts.append(self._churn_alert(event, item.observation.summary.rm_id, *churn))
+        for alert in alerts:
+            if params.lifecycle.enabled:
+                emitted, changes = lifecycle.on_alert(alert, event.t, params.lifecycle)
+                if emitted is not None:
+                    out.append(emitted)
+                out.extend(changes)
+            else:
+                out.append(alert)
+        if item.prompt is not None:
+            out.append(item.prompt)
+        if assessment is not None and self._config.emit_scores:
+            out.append(Score(event.event_id, event.customer_id, event.ts, assessment.fraud_score, {
+                "model_score": assessment.model_score, "prior_score": assessment.prior_score,
+                "anomaly_score": assessment.anomaly_score}))
 
     def _churn_alert(self, event: Event, rm_id: str | None, score: float,
                      reasons: list[Reason]) -> Alert:
@@ -284,12 +364,16 @@ class CustomerViewStep(StatefulBatchLogic[Scored | AsOf, Output | LifecycleChang
         """The customer view as of event time ``now``, with the churn score as of then."""
         view, params = self.view, self._config.view
         summary = view.summary
-        assert summary is not None and summary.last_t is not None
+        # A customer known only from reference data (a profile) has no activity: their last
+        # event is that profile.
+        last_t = summary.last_t if summary is not None and summary.last_t is not None else view.last_seen_t
+        if summary is None or last_t is None:
+            raise ValueError(f"customer {customer_id} has no event to take a state from")
         return CustomerState(
             customer_id=customer_id,
             churn_score=round(churn_score, 6),
             fraud_risk=round(view.fraud_risk(now, params), 6),
-            last_event_ts=format_ts(summary.last_t), as_of=format_ts(now),
+            last_event_ts=format_ts(last_t), as_of=format_ts(now),
             rm_id=summary.rm_id, segment=summary.segment, risk_level=summary.risk_level,
             n_txns=summary.n_txns, n_app_events=summary.n_app, open_alerts=view.open_alerts)
 

@@ -66,6 +66,9 @@ LATENCY_SINCE: Final = ("source", "read", "event")
 
 #: Dead-letter reason codes, in the order they are tried (the first match wins).
 _REASON_RULES: Final = (
+    ("step_failed", ("failed on event",)),
+    ("future_event", ("max_future_skew_s",)),
+    ("out_of_bounds", ("the configured range", "the configured max_amount")),
     ("not_utf8", ("not valid UTF-8",)),
     ("invalid_json", ("invalid JSON",)),
     ("not_an_object", ("expected a JSON object",)),
@@ -321,6 +324,9 @@ class EngineMetrics:
                               ["kind", "source"], namespace=ns, subsystem="source", registry=registry)
         self.dead_letters = Counter("dead_letters", "Inputs rejected to the dead-letter output, by reason.",
                                     ["reason"], namespace=ns, registry=registry)
+        self.step_failures = Counter("failures", "Events whose processing raised in a step (each is "
+                                     "dead-lettered and the engine goes on), by step.", ["step"], namespace=ns,
+                                     subsystem="step", registry=registry)
         self.lag = Gauge("consumer_lag", "Messages in the partition not yet read (high watermark - position).",
                          ["topic", "partition"], namespace=ns, subsystem="source", unit="messages",
                          registry=registry)
@@ -376,6 +382,7 @@ class EngineMetrics:
             self.alert_latency.labels(since)
         for step in STEPS:
             self.step_duration.labels(step)
+            self.step_failures.labels(step)
         self.scores.labels()
         self.scoring_latency.labels()
         for label in FEEDBACK_LABELS:
@@ -406,6 +413,15 @@ class EngineMetrics:
             child.inc(n)
         for code, n in dead.items():
             self._dead_by[code].inc(n)
+        return batch
+
+    def observe_failures(self, batch: list[DeadLetter]) -> list[DeadLetter]:
+        """Count the events that failed in a step (dead letters by reason, failures by step)."""
+        for letter in batch:
+            self._dead_by["step_failed"].inc()
+            step = letter.source.get("step")
+            if step in STEPS:
+                self.step_failures.labels(step).inc()
         return batch
 
     def observe_scored(self, batch: list[tuple[str, Scored]]) -> list[tuple[str, Scored]]:
