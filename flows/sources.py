@@ -26,9 +26,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from config.settings import KafkaSettings, SimulatorSettings
+from engine.admission import InputBounds, WallClockGuard, WatermarkGuard, admit_recording
 from flows.items import Sequenced
 from schemas.events import Event, InvalidEvent, event_from_obj, parse_event
 from schemas.outputs import DeadLetter
@@ -49,9 +51,17 @@ def decode(raw: bytes, origin: dict[str, Any]) -> Event | DeadLetter:
     try:
         return parse_event(raw)
     except InvalidEvent as exc:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("dead letter from %s: %s", origin, exc, extra={"step": "events_in", "reason": str(exc)})
-        return DeadLetter.of(raw, str(exc), origin)
+        return refuse(raw, str(exc), origin)
+    except Exception as exc:  # a parser bug is still this message's problem, never the engine's
+        log.exception("could not parse a message from %s", origin, extra={"step": "events_in"})
+        return refuse(raw, f"could not be parsed: {type(exc).__name__}: {exc}", origin)
+
+
+def refuse(raw: bytes, reason: str, origin: dict[str, Any]) -> DeadLetter:
+    """The dead letter of a message that is not processed."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("dead letter from %s: %s", origin, reason, extra={"step": "events_in", "reason": reason})
+    return DeadLetter.of(raw, reason, origin)
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -76,30 +86,45 @@ class ReplayInput:
     watermark: float | None  # event time of the last event in the whole stream
 
 
-def load_replay(path: Path) -> ReplayInput:
-    """Read and validate ``path``; order valid events by event time (ties keep file order)."""
-    events: list[tuple[float, int, Event]] = []
-    dead: list[DeadLetter] = []
+def load_replay(path: Path, bounds: InputBounds | None = None) -> ReplayInput:
+    """Read and validate ``path``, admit its valid events within ``bounds``
+    (``engine.admission.admit_recording``), and order them by event time (ties keep file
+    order). Dead letters come in file order."""
+    numbers: list[int] = []
+    valid: list[Event] = []
+    dead: list[tuple[int, DeadLetter]] = []
     name = str(path)
     for number, raw in read_lines(path):
         result = decode(raw, {"file": name, "line": number})
         if isinstance(result, DeadLetter):
-            dead.append(result)
+            dead.append((number, result))
         else:
-            events.append((result.t, number, result))
-    events.sort(key=lambda item: (item[0], item[1]))
-    watermark = events[-1][0] if events else None
-    return ReplayInput([e for _, _, e in events], dead, watermark)
+            numbers.append(number)
+            valid.append(result)
+    problems, order = admit_recording(valid, bounds or InputBounds())
+    refused = {numbers[i]: problem for i, problem in enumerate(problems) if problem is not None}
+    if refused:  # few, if any: their payloads are read again, as received
+        dead.extend((number, refuse(raw, refused[number], {"file": name, "line": number}))
+                    for number, raw in read_lines(path) if number in refused)
+        dead.sort(key=lambda item: item[0])
+    events = [valid[i] for i in order]
+    return ReplayInput(events, [d for _, d in dead], events[-1].t if events else None)
 
 
 class _ListPartition(StatefulSourcePartition[SourceItem, int]):
-    def __init__(self, items: list[SourceItem], start: int, batch_size: int) -> None:
-        self._items, self._next, self._batch = items, start, batch_size
+    """``items`` in batches; no batch spans ``boundary`` (so the events' batches are the same
+    whatever the number of dead letters before them, and so is the order of the outputs)."""
+
+    def __init__(self, items: list[SourceItem], start: int, batch_size: int, boundary: int = 0) -> None:
+        self._items, self._next, self._batch, self._boundary = items, start, batch_size, boundary
 
     def next_batch(self) -> list[SourceItem]:
         if self._next >= len(self._items):
             raise StopIteration
-        batch = self._items[self._next:self._next + self._batch]
+        end = self._next + self._batch
+        if self._next < self._boundary < end:
+            end = self._boundary
+        batch = self._items[self._next:end]
         self._next += len(batch)
         return batch
 
@@ -122,22 +147,34 @@ class ReplaySource(FixedPartitionedSource[SourceItem, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ListPartition:
         items: list[SourceItem] = list(self._replay.dead_letters)
         items.extend(Sequenced(self.PART, seq, event) for seq, event in enumerate(self._replay.events))
-        return _ListPartition(items, resume_state or 0, self._batch_size)
+        return _ListPartition(items, resume_state or 0, self._batch_size, len(self._replay.dead_letters))
 
 
 # -- simulator ------------------------------------------------------------------------------
 
 
-class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
-    """Generates the simulator's stream, paced to ``rate_per_s`` without blocking."""
+@dataclass(frozen=True)
+class SimulatorPosition:
+    """Resume state of the simulator: events generated so far, and the next seq."""
 
-    def __init__(self, part: str, events: Iterator[dict[str, Any]], start: int,
-                 rate_per_s: float, stop: threading.Event, telemetry: Telemetry | None = None) -> None:
+    generated: int
+    seq: int
+
+
+class _SimulatorPartition(StatefulSourcePartition[SourceItem, SimulatorPosition]):
+    """Generates the simulator's stream, paced to ``rate_per_s`` without blocking; its events
+    are admitted against the partition's watermark (``engine.admission.WatermarkGuard``)."""
+
+    def __init__(self, part: str, events: Iterator[dict[str, Any]], start: SimulatorPosition,
+                 rate_per_s: float, stop: threading.Event, bounds: InputBounds,
+                 telemetry: Telemetry | None = None) -> None:
         self._part, self._events, self._rate, self._stop = part, events, rate_per_s, stop
         self._telemetry = telemetry
-        for _ in range(start):  # deterministic: regenerating the stream reaches the same place
+        self._guard = WatermarkGuard(bounds)
+        for _ in range(start.generated):  # deterministic: regenerating the stream reaches the same place
             next(self._events, None)
-        self._next = self._emitted_at_start = start
+        self._next = self._emitted_at_start = start.generated
+        self._seq = start.seq
         self._started = time.monotonic()
 
     def _allowed(self) -> int:
@@ -161,11 +198,19 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
                         self._telemetry.readiness.source_finished()
                     raise StopIteration
                 break
-            try:
-                batch.append(Sequenced(self._part, self._next, event_from_obj(obj), now))
-            except InvalidEvent as exc:  # a simulator bug; still never a crash
-                batch.append(DeadLetter.of(repr(obj).encode(), str(exc), {"simulator": self._next}))
+            origin = {"simulator": self._next}
             self._next += 1
+            try:
+                event = event_from_obj(obj)
+            except InvalidEvent as exc:  # a simulator bug; still never a crash
+                batch.append(refuse(repr(obj).encode(), str(exc), origin))
+                continue
+            problem = self._guard.problem(event)
+            if problem is not None:
+                batch.append(refuse(orjson.dumps(obj), problem, origin))
+                continue
+            batch.append(Sequenced(self._part, self._seq, event, now))
+            self._seq += 1
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -173,11 +218,11 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
             return None
         return datetime.now(UTC) + timedelta(milliseconds=5)
 
-    def snapshot(self) -> int:
-        return self._next
+    def snapshot(self) -> SimulatorPosition:
+        return SimulatorPosition(self._next, self._seq)
 
 
-class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
+class SimulatorSource(FixedPartitionedSource[SourceItem, SimulatorPosition]):
     """The built-in simulator as a live source.
 
     With a ``loopback`` (``simulator.loop``), the simulation it builds answers the prompts
@@ -189,8 +234,10 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
     PART = "simulator"
 
     def __init__(self, settings: SimulatorSettings, stop: threading.Event | None = None,
-                 telemetry: Telemetry | None = None, loopback: Loopback | None = None) -> None:
+                 telemetry: Telemetry | None = None, loopback: Loopback | None = None,
+                 bounds: InputBounds | None = None) -> None:
         self._settings = settings
+        self._bounds = bounds or InputBounds()
         self._stop = stop or threading.Event()
         self._telemetry = telemetry
         self._loopback = loopback
@@ -198,7 +245,8 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
     def list_parts(self) -> list[str]:
         return [self.PART]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SimulatorPartition:
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: SimulatorPosition | None) -> _SimulatorPartition:
         from simulator import Simulation, SimulatorConfig, generate
 
         s = self._settings
@@ -210,8 +258,8 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
             simulation = Simulation(config, with_truth=False, responder=self._loopback.responder)
             self._loopback.attach(simulation)
             events = (event for event, _ in simulation.run())
-        return _SimulatorPartition(for_part, events, resume_state or 0, s.rate_per_s, self._stop,
-                                   self._telemetry)
+        return _SimulatorPartition(for_part, events, resume_state or SimulatorPosition(0, 0), s.rate_per_s,
+                                   self._stop, self._bounds, self._telemetry)
 
 
 # -- Kafka ----------------------------------------------------------------------------------
@@ -322,9 +370,10 @@ class _SharedConsumer:
 
 class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
     def __init__(self, source: KafkaSource, shared: _SharedConsumer, topic: str, partition: int,
-                 start: int, resume: KafkaPosition | None, stop: threading.Event,
+                 start: int, resume: KafkaPosition | None, stop: threading.Event, guard: WallClockGuard,
                  telemetry: Telemetry | None = None) -> None:
         self._stop = stop
+        self._guard = guard
         self._telemetry = telemetry
         self._lag_due = 0.0
         self._source, self._shared, self._topic, self._partition = source, shared, topic, partition
@@ -346,9 +395,12 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
             if offset is None:  # only error events lack an offset
                 continue
             raw = msg.value() or b""
-            result = decode(raw, {"topic": self._topic, "partition": self._partition, "offset": offset})
+            origin = {"topic": self._topic, "partition": self._partition, "offset": offset}
+            result = decode(raw, origin)
             if isinstance(result, DeadLetter):
                 batch.append(result)
+            elif (problem := self._guard.problem(result, read_at)) is not None:
+                batch.append(refuse(raw, problem, origin))
             else:
                 kind, stamp = msg.timestamp()
                 source_time = stamp / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else None
@@ -388,8 +440,10 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
     """
 
     def __init__(self, settings: KafkaSettings, topics: Iterable[str] | None = None,
-                 stop: threading.Event | None = None, telemetry: Telemetry | None = None) -> None:
+                 stop: threading.Event | None = None, telemetry: Telemetry | None = None,
+                 bounds: InputBounds | None = None) -> None:
         self._settings = settings
+        self._guard = WallClockGuard(bounds or InputBounds())
         self._stop = stop or threading.Event()
         self._telemetry = telemetry
         # The kinds may share a topic; each topic partition is read once.
@@ -425,7 +479,7 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
             if shared is None or shared.closed:
                 shared = self._consumers[worker] = _SharedConsumer(consumer_config(settings), settings.batch_size)
             return _KafkaPartition(self, shared, topic, int(partition), start, resume_state, self._stop,
-                                   self._telemetry)
+                                   self._guard, self._telemetry)
 
     def release(self, shared: _SharedConsumer, topic: str, partition: int) -> None:
         """A partition is done; the worker's consumer closes with its last partition."""
@@ -457,8 +511,9 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
     RETRY_S = 1.0
 
     def __init__(self, client: Any, key: str, start: StreamPosition, stop: threading.Event,
-                 batch_size: int) -> None:
+                 batch_size: int, guard: WallClockGuard) -> None:
         self._client, self._key, self._stop, self._batch = client, key, stop, batch_size
+        self._guard = guard
         self._part = f"redis:{key}"
         self._last, self._seq = start.last_id, start.seq
         self._cursor = f"{key}:cursor"
@@ -479,14 +534,18 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
             return []
         self._down = False
         batch: list[SourceItem] = []
+        now = time.time()
         for _, entries in reply or ():
             for entry_id, fields in entries:
                 entry = entry_id.decode()
-                result = decode(fields.get(b"data", b""), {"stream": self._key, "id": entry})
+                raw, origin = fields.get(b"data", b""), {"stream": self._key, "id": entry}
+                result = decode(raw, origin)
                 if isinstance(result, DeadLetter):
                     batch.append(result)
+                elif (problem := self._guard.problem(result, now)) is not None:
+                    batch.append(refuse(raw, problem, origin))
                 else:
-                    batch.append(Sequenced(self._part, self._seq, result, time.time(), time.time()))
+                    batch.append(Sequenced(self._part, self._seq, result, now, now))
                     self._seq += 1
                 self._last = entry
         if batch:
@@ -517,9 +576,10 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
     """
 
     def __init__(self, url: str, key: str, stop: threading.Event | None = None,
-                 batch_size: int = 500, socket_timeout_s: float = 5.0) -> None:
+                 batch_size: int = 500, socket_timeout_s: float = 5.0, bounds: InputBounds | None = None) -> None:
         self._url, self._key, self._stop = url, key, stop or threading.Event()
         self._batch, self._timeout = batch_size, socket_timeout_s
+        self._guard = WallClockGuard(bounds or InputBounds())
 
     def list_parts(self) -> list[str]:
         return [f"redis:{self._key}"]
@@ -537,4 +597,4 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
                 last: Any = client.xrevrange(self._key, count=1)
                 cursor = last[0][0] if last else b"0-0"
             start = StreamPosition(bytes(cursor).decode(), 0)
-        return _RedisStreamPartition(client, self._key, start, self._stop, self._batch)
+        return _RedisStreamPartition(client, self._key, start, self._stop, self._batch, self._guard)
