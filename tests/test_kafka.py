@@ -7,12 +7,14 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from schemas.outputs import format_ts
 from tests.brokers import consume_all, create_topics, produce, tansu_broker
 from tests.conftest import ROOT, malformed_line, replay
 
@@ -46,10 +48,12 @@ def without_emitted_at(raw: bytes) -> dict:
 
 
 def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
-    """One topic in event-time order with 10,000 malformed messages mixed in: every bad one
-    reaches the dead-letter topic with its offset and reason, and the live engine emits
-    exactly the replay's alerts and next-best-action prompts (so every valid event was
-    processed as in replay)."""
+    """One topic in event-time order with 10,000 malformed messages mixed in, and three valid
+    but hostile ones (an amount of 1e20, the year 9999, two days ahead of the wall clock):
+    every bad one reaches the dead-letter topic with its offset and reason, and the live
+    engine emits exactly the replay's alerts and next-best-action prompts of the stream
+    without them (so every valid event was processed as in replay, and none of the hostile
+    ones changed what was detected)."""
     events, _ = sim_stream
     lines = [line for line in events.read_bytes().splitlines() if line]
     rng = random.Random(11)
@@ -61,6 +65,18 @@ def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, P
         if not value:
             stream[offset] = malformed_line(rng, lines)
             bad_offsets.add(offset)
+    # Valid by type, hostile by value: none may stop the engine or change what it detects.
+    customer = orjson.loads(lines[-1])["customer_id"]
+    hostile = [{"kind": "transaction", "event_id": "huge", "customer_id": customer, "ts": "2026-01-12T10:00:00Z",
+                "amount": 1e20},
+               {"kind": "transaction", "event_id": "y9999", "customer_id": customer, "ts": "9999-12-31T00:00:00Z",
+                "amount": 10.0},
+               {"kind": "app", "event_id": "ahead", "customer_id": customer, "action": "login",
+                "ts": format_ts(time.time() + 2 * 86_400)}]
+    for event in hostile:
+        offset = rng.randrange(len(stream) // 4, len(stream))
+        stream.insert(offset, orjson.dumps(event))
+        bad_offsets = {o + (o >= offset) for o in bad_offsets} | {offset}
     bad = [stream[offset] for offset in sorted(bad_offsets)]
     create_topics(broker, {"events": 1, "alerts": 1, "nba_prompts": 1, "dead_letter": 1})
     produce(broker, "events", stream)
@@ -78,7 +94,11 @@ def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, P
     assert sorted(map(without_emitted_at, alerts), key=str) == sorted(map(without_emitted_at, expected), key=str)
     assert sorted(prompts) == sorted(expected_prompts)
     letters = [orjson.loads(raw) for raw in dead]
-    assert len(letters) == 10_000
+    assert len(letters) == 10_003
+    by_offset = {letter["source"]["offset"]: letter["reason"] for letter in letters}
+    reasons = {event["event_id"]: by_offset[stream.index(orjson.dumps(event))] for event in hostile}
+    assert "max_amount" in reasons["huge"] and "outside the configured range" in reasons["y9999"]
+    assert "ahead of the wall clock" in reasons["ahead"]
     assert {letter["source"]["offset"] for letter in letters} == bad_offsets
     assert all(letter["source"]["topic"] == "events" and letter["reason"] for letter in letters)
 
