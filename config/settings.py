@@ -31,6 +31,7 @@ from detectors.fraud import FraudParams
 from detectors.nba import NBAParams
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
+from schemas.outputs import DEAD_LETTER_MAX_PAYLOAD
 
 DEFAULT_PATH: Final = Path(__file__).with_name("default.toml")
 ENV_PREFIX: Final = "CRM__"
@@ -53,6 +54,14 @@ class EngineSettings:
     epoch_interval_s: float = 2.0  # how often state is snapshotted (and recovery can resume)
     recovery_dir: str = ""  # a directory of SQLite recovery partitions; empty disables recovery
     backup_interval_s: float = 0.0
+    # A dead letter keeps the whole payload up to this many bytes, beyond it a prefix of this
+    # many (with the whole payload's size and SHA-256); 0 keeps only the size and the hash.
+    dead_letter_max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD
+
+    def __post_init__(self) -> None:
+        if self.dead_letter_max_payload_bytes < 0:
+            raise ConfigError("engine.dead_letter_max_payload_bytes: expected 0 or more, "
+                              f"got {self.dead_letter_max_payload_bytes}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,9 @@ class KafkaSettings:
     alerts_topic: str = "alerts"
     prompts_topic: str = "nba_prompts"
     dead_letter_topic: str = "dead_letter"
+    # Records the broker refuses for good (too large, unknown topic, ...) go to this JSONL
+    # file, as dead letters with the reason, instead of the topic they were meant for.
+    sink_dead_letter_path: str = "dead_letter_kafka.jsonl"
     # Operator commands (`run.py snooze`) as `control` events; empty = none consumed.
     control_topic: str = ""
     starting_offset: Literal["earliest", "latest"] = "earliest"

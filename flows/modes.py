@@ -136,7 +136,7 @@ def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | No
                 metrics: EngineMetrics | None = None) -> Dataflow:
     """The dataflow of a replay (built after reading the input, which fixes the watermark);
     ``replay`` is the input already loaded, if it is; ``metrics`` (benchmarks) observes it."""
-    replay = replay or load_replay(paths.input)
+    replay = replay or load_replay(paths.input, settings.engine.dead_letter_max_payload_bytes)
     outputs = Outputs(alerts=_files(paths.alerts, "file"), scores=_files(paths.scores, "file"),
                       states=_files(paths.state, "file"),
                       dead_letters=_files(paths.dead_letters, "file"), prompts=_files(paths.prompts, "file"))
@@ -210,7 +210,8 @@ def redis_input(settings: Settings, stop: threading.Event | None) -> RedisStream
     if not r.input_stream:
         return None
     return RedisStreamSource(r.url, f"{r.key_prefix}{r.input_stream}", stop,
-                             socket_timeout_s=r.socket_timeout_s)
+                             socket_timeout_s=r.socket_timeout_s,
+                             max_payload_bytes=settings.engine.dead_letter_max_payload_bytes)
 
 
 def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
@@ -274,7 +275,8 @@ def demo_flow(settings: Settings, stop: threading.Event, telemetry: Telemetry | 
 
         actions = load_actions(settings.nba.catalogue or None)
         loopback = Loopback(Responder(settings.simulator.seed, {a.action_id: a for a in actions}))
-    source = SimulatorSource(settings.simulator, stop, telemetry, loopback)
+    source = SimulatorSource(settings.simulator, stop, telemetry, loopback,
+                             max_payload_bytes=settings.engine.dead_letter_max_payload_bytes)
     return live_flow(settings, source, console=console, telemetry=telemetry, loopback=loopback,
                      stop=stop), loopback
 
@@ -288,7 +290,8 @@ def run_demo(settings: Settings, stop: threading.Event, workers: int | None = No
 def run_live(settings: Settings, stop: threading.Event, console: bool, workers: int | None = None,
              alerts_path: Path | None = None, dead_letter_path: Path | None = None,
              telemetry: Telemetry | None = None) -> None:
-    flow = live_flow(settings, KafkaSource(settings.kafka, stop=stop, telemetry=telemetry), console=console,
-                     kafka_out=True, alerts_path=alerts_path, dead_letter_path=dead_letter_path,
-                     telemetry=telemetry, stop=stop)
+    source = KafkaSource(settings.kafka, stop=stop, telemetry=telemetry,
+                         max_payload_bytes=settings.engine.dead_letter_max_payload_bytes)
+    flow = live_flow(settings, source, console=console, kafka_out=True, alerts_path=alerts_path,
+                     dead_letter_path=dead_letter_path, telemetry=telemetry, stop=stop)
     execute(flow, settings, workers)

@@ -10,6 +10,11 @@ The live sources take a ``threading.Event``: once it is set (on SIGINT or SIGTER
 ``run.py``) they end their partitions, so the dataflow drains what is in flight, sinks
 flush and close, and the process exits normally.
 
+A dead letter keeps the whole payload up to ``max_payload_bytes`` (``[engine]
+dead_letter_max_payload_bytes``, given to every source), beyond it a prefix with the whole
+payload's size and SHA-256 (``schemas.outputs.DeadLetter``): a huge message never makes a
+dead letter too large to produce.
+
 Given a ``Telemetry`` (``ops``), the live sources report readiness (connected once their
 partitions are built and polled) and the Kafka source the consumer lag of each partition.
 """
@@ -31,7 +36,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from config.settings import KafkaSettings, SimulatorSettings
 from flows.items import Sequenced
 from schemas.events import Event, InvalidEvent, event_from_obj, parse_event
-from schemas.outputs import DeadLetter
+from schemas.outputs import DEAD_LETTER_MAX_PAYLOAD, DeadLetter
 
 if TYPE_CHECKING:
     from ops import Telemetry
@@ -44,14 +49,16 @@ LAG_INTERVAL_S = 1.0
 SourceItem = Sequenced | DeadLetter
 
 
-def decode(raw: bytes, origin: dict[str, Any]) -> Event | DeadLetter:
-    """The event in ``raw``, or a dead letter saying why there is none."""
+def decode(raw: bytes, origin: dict[str, Any],
+           max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> Event | DeadLetter:
+    """The event in ``raw``, or a dead letter saying why there is none (keeping at most
+    ``max_payload_bytes`` of ``raw``)."""
     try:
         return parse_event(raw)
     except InvalidEvent as exc:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dead letter from %s: %s", origin, exc, extra={"step": "events_in", "reason": str(exc)})
-        return DeadLetter.of(raw, str(exc), origin)
+        return DeadLetter.of(raw, str(exc), origin, max_payload_bytes)
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -76,13 +83,14 @@ class ReplayInput:
     watermark: float | None  # event time of the last event in the whole stream
 
 
-def load_replay(path: Path) -> ReplayInput:
-    """Read and validate ``path``; order valid events by event time (ties keep file order)."""
+def load_replay(path: Path, max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> ReplayInput:
+    """Read and validate ``path``; order valid events by event time (ties keep file order);
+    dead letters keep at most ``max_payload_bytes`` of a bad line."""
     events: list[tuple[float, int, Event]] = []
     dead: list[DeadLetter] = []
     name = str(path)
     for number, raw in read_lines(path):
-        result = decode(raw, {"file": name, "line": number})
+        result = decode(raw, {"file": name, "line": number}, max_payload_bytes)
         if isinstance(result, DeadLetter):
             dead.append(result)
         else:
@@ -132,9 +140,11 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
     """Generates the simulator's stream, paced to ``rate_per_s`` without blocking."""
 
     def __init__(self, part: str, events: Iterator[dict[str, Any]], start: int,
-                 rate_per_s: float, stop: threading.Event, telemetry: Telemetry | None = None) -> None:
+                 rate_per_s: float, stop: threading.Event, telemetry: Telemetry | None = None,
+                 max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> None:
         self._part, self._events, self._rate, self._stop = part, events, rate_per_s, stop
         self._telemetry = telemetry
+        self._max_payload = max_payload_bytes
         for _ in range(start):  # deterministic: regenerating the stream reaches the same place
             next(self._events, None)
         self._next = self._emitted_at_start = start
@@ -164,7 +174,8 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, int]):
             try:
                 batch.append(Sequenced(self._part, self._next, event_from_obj(obj), now))
             except InvalidEvent as exc:  # a simulator bug; still never a crash
-                batch.append(DeadLetter.of(repr(obj).encode(), str(exc), {"simulator": self._next}))
+                batch.append(DeadLetter.of(repr(obj).encode(), str(exc), {"simulator": self._next},
+                                           self._max_payload))
             self._next += 1
         return batch
 
@@ -189,11 +200,13 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
     PART = "simulator"
 
     def __init__(self, settings: SimulatorSettings, stop: threading.Event | None = None,
-                 telemetry: Telemetry | None = None, loopback: Loopback | None = None) -> None:
+                 telemetry: Telemetry | None = None, loopback: Loopback | None = None,
+                 max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> None:
         self._settings = settings
         self._stop = stop or threading.Event()
         self._telemetry = telemetry
         self._loopback = loopback
+        self._max_payload = max_payload_bytes
 
     def list_parts(self) -> list[str]:
         return [self.PART]
@@ -211,7 +224,7 @@ class SimulatorSource(FixedPartitionedSource[SourceItem, int]):
             self._loopback.attach(simulation)
             events = (event for event, _ in simulation.run())
         return _SimulatorPartition(for_part, events, resume_state or 0, s.rate_per_s, self._stop,
-                                   self._telemetry)
+                                   self._telemetry, self._max_payload)
 
 
 # -- Kafka ----------------------------------------------------------------------------------
@@ -323,8 +336,9 @@ class _SharedConsumer:
 class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
     def __init__(self, source: KafkaSource, shared: _SharedConsumer, topic: str, partition: int,
                  start: int, resume: KafkaPosition | None, stop: threading.Event,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> None:
         self._stop = stop
+        self._max_payload = max_payload_bytes
         self._telemetry = telemetry
         self._lag_due = 0.0
         self._source, self._shared, self._topic, self._partition = source, shared, topic, partition
@@ -346,7 +360,8 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
             if offset is None:  # only error events lack an offset
                 continue
             raw = msg.value() or b""
-            result = decode(raw, {"topic": self._topic, "partition": self._partition, "offset": offset})
+            result = decode(raw, {"topic": self._topic, "partition": self._partition, "offset": offset},
+                            self._max_payload)
             if isinstance(result, DeadLetter):
                 batch.append(result)
             else:
@@ -388,8 +403,10 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
     """
 
     def __init__(self, settings: KafkaSettings, topics: Iterable[str] | None = None,
-                 stop: threading.Event | None = None, telemetry: Telemetry | None = None) -> None:
+                 stop: threading.Event | None = None, telemetry: Telemetry | None = None,
+                 max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> None:
         self._settings = settings
+        self._max_payload = max_payload_bytes
         self._stop = stop or threading.Event()
         self._telemetry = telemetry
         # The kinds may share a topic; each topic partition is read once.
@@ -425,7 +442,7 @@ class KafkaSource(FixedPartitionedSource[SourceItem, KafkaPosition]):
             if shared is None or shared.closed:
                 shared = self._consumers[worker] = _SharedConsumer(consumer_config(settings), settings.batch_size)
             return _KafkaPartition(self, shared, topic, int(partition), start, resume_state, self._stop,
-                                   self._telemetry)
+                                   self._telemetry, self._max_payload)
 
     def release(self, shared: _SharedConsumer, topic: str, partition: int) -> None:
         """A partition is done; the worker's consumer closes with its last partition."""
@@ -457,8 +474,9 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
     RETRY_S = 1.0
 
     def __init__(self, client: Any, key: str, start: StreamPosition, stop: threading.Event,
-                 batch_size: int) -> None:
+                 batch_size: int, max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> None:
         self._client, self._key, self._stop, self._batch = client, key, stop, batch_size
+        self._max_payload = max_payload_bytes
         self._part = f"redis:{key}"
         self._last, self._seq = start.last_id, start.seq
         self._cursor = f"{key}:cursor"
@@ -482,7 +500,7 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
         for _, entries in reply or ():
             for entry_id, fields in entries:
                 entry = entry_id.decode()
-                result = decode(fields.get(b"data", b""), {"stream": self._key, "id": entry})
+                result = decode(fields.get(b"data", b""), {"stream": self._key, "id": entry}, self._max_payload)
                 if isinstance(result, DeadLetter):
                     batch.append(result)
                 else:
@@ -517,9 +535,11 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
     """
 
     def __init__(self, url: str, key: str, stop: threading.Event | None = None,
-                 batch_size: int = 500, socket_timeout_s: float = 5.0) -> None:
+                 batch_size: int = 500, socket_timeout_s: float = 5.0,
+                 max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> None:
         self._url, self._key, self._stop = url, key, stop or threading.Event()
         self._batch, self._timeout = batch_size, socket_timeout_s
+        self._max_payload = max_payload_bytes
 
     def list_parts(self) -> list[str]:
         return [f"redis:{self._key}"]
@@ -537,4 +557,4 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
                 last: Any = client.xrevrange(self._key, count=1)
                 cursor = last[0][0] if last else b"0-0"
             start = StreamPosition(bytes(cursor).decode(), 0)
-        return _RedisStreamPartition(client, self._key, start, self._stop, self._batch)
+        return _RedisStreamPartition(client, self._key, start, self._stop, self._batch, self._max_payload)
