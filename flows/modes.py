@@ -215,8 +215,9 @@ def redis_input(settings: Settings, stop: threading.Event | None) -> RedisStream
 
 
 def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
+    """A sink's dead letters: to ``topic`` if set (and to ``path`` what it refuses), else to ``path``."""
     if topic:
-        return KafkaDeadLetters(settings.kafka.client_config(), topic)
+        return KafkaDeadLetters(settings.kafka.client_config(), topic, JsonlDeadLetters(path))
     return JsonlDeadLetters(path)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -372,6 +372,14 @@ class DeadLetter(_Record):
                        payload_truncated=True)
         return cls(reason, source, base64.b64encode(raw[:max_payload_bytes]).decode("ascii"), "base64",
                    payload_size=size, payload_sha256=digest, payload_truncated=True)
+
+    def amended(self, note: str) -> DeadLetter:
+        """This dead letter with ``note`` added to its reason (still cut to the bound).
+
+        >>> DeadLetter.of(b"x", "buffer full", {}).amended("topic t refused it").reason
+        'buffer full; topic t refused it'
+        """
+        return replace(self, reason=_cut_text(f"{self.reason}; {note}"))
 
     def kept(self) -> bytes:
         """The payload bytes this dead letter holds: all of them, or the prefix kept."""
