@@ -179,14 +179,16 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
     if kafka_out:
         k = settings.kafka
         client = k.client_config()
+        # What the broker refuses for good goes to the Kafka sinks' own dead-letter file.
+        refused = k.sink_dead_letter_path
         # One writer that knows what it delivered since the last snapshot, so a restart
         # from a snapshot sends no alert id twice.
         outputs.alerts["kafka"] = as_single_writer(sink("kafka_alerts", lambda: ResumableKafkaSink(
-            client, k.alerts_topic, metrics=sink_metrics("kafka_alerts"))))
+            client, k.alerts_topic, JsonlDeadLetters(refused), metrics=sink_metrics("kafka_alerts"))))
         outputs.prompts["kafka"] = as_single_writer(sink("kafka_prompts", lambda: ResumableKafkaSink(
-            client, k.prompts_topic, metrics=sink_metrics("kafka_prompts"))))
+            client, k.prompts_topic, JsonlDeadLetters(refused), metrics=sink_metrics("kafka_prompts"))))
         outputs.dead_letters["kafka"] = as_output(sink("kafka_dead_letters", lambda: KafkaSink(
-            client, k.dead_letter_topic, metrics=sink_metrics("kafka_dead_letters"))))
+            client, k.dead_letter_topic, JsonlDeadLetters(refused), metrics=sink_metrics("kafka_dead_letters"))))
     for name, factory in delivery_sinks(settings).items():
         outputs.alerts[name] = as_single_writer(sink(name, factory))
     if loopback is not None:

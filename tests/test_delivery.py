@@ -367,21 +367,22 @@ def test_kafka_alerts_survive_a_second_crash_before_the_replay_catches_up(tmp_pa
     with tansu_broker(tmp_path) as broker:
         create_topics(broker, {"alerts": 1})
         config = {"bootstrap.servers": broker}
-        a = ResumableKafkaSink(config, "alerts")
+        a = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(tmp_path / "refused.jsonl"))
         a.open()
         a.write_batch(alerts[:10])
         snapshot_a = a.position()
         a.write_batch(alerts[10:20])
         a.position()  # everything delivered; then run A dies without a snapshot
-        b = ResumableKafkaSink(config, "alerts")
+        b = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(tmp_path / "refused.jsonl"))
         b.open(snapshot_a)
         b.write_batch(alerts[10:15])
         snapshot_b = b.position()
         assert b.skipped == 5
-        c = ResumableKafkaSink(config, "alerts")
+        c = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(tmp_path / "refused.jsonl"))
         c.open(snapshot_b)
         c.write_batch(alerts[15:25])
         c.close()
         ids = [orjson.loads(v)["alert_id"] for v in consume_all(broker, "alerts", expect=25, timeout=30, idle=2)]
     assert c.skipped == 5
     assert sorted(ids) == [a.alert_id for a in alerts]
+    assert not (tmp_path / "refused.jsonl").exists()
