@@ -82,6 +82,9 @@ class KafkaSettings:
     alerts_topic: str = "alerts"
     prompts_topic: str = "nba_prompts"
     dead_letter_topic: str = "dead_letter"
+    # Records the broker refuses for good (too large, unknown topic, ...) go to this JSONL
+    # file, as dead letters with the reason, instead of the topic they were meant for.
+    sink_dead_letter_path: str = "dead_letter_kafka.jsonl"
     # Operator commands (`run.py snooze`) as `control` events; empty = none consumed.
     control_topic: str = ""
     starting_offset: Literal["earliest", "latest"] = "earliest"

@@ -50,7 +50,7 @@ from typing import Final
 import numpy as np
 
 from schemas.events import Event, Transaction, parse_timestamp
-from schemas.outputs import format_ts
+from schemas.outputs import DEAD_LETTER_MAX_PAYLOAD, format_ts
 
 #: A recording's tail (the events after its last pause longer than the skew) is refused as
 #: forged when it has at most TAIL_MAX events, at least BODY_MIN came before the pause, and the
@@ -69,8 +69,14 @@ class InputBounds:
     max_future_skew_s: float = 86_400.0  # 0 disables the event-time guard
     earliest_ts: str = "1970-01-01T00:00:00Z"
     latest_ts: str = "2100-01-01T00:00:00Z"
+    # A dead letter keeps the whole payload up to this many bytes, beyond it a prefix of this
+    # many (with the whole payload's size and SHA-256); 0 keeps only the size and the hash.
+    dead_letter_max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD
 
     def __post_init__(self) -> None:
+        if self.dead_letter_max_payload_bytes < 0:
+            raise ValueError("dead_letter_max_payload_bytes must be 0 or more, "
+                             f"got {self.dead_letter_max_payload_bytes}")
         if not 0 < self.max_amount < 1e300:
             raise ValueError(f"max_amount must be positive and finite, got {self.max_amount}")
         if self.max_future_skew_s < 0:
@@ -112,20 +118,20 @@ def _ahead(event: Event, clock: float, name: str, bounds: InputBounds) -> str:
 class WallClockGuard:
     """Live sources: values within bounds, and no event more than the skew ahead of now."""
 
-    __slots__ = ("_bounds", "_range")
+    __slots__ = ("_range", "bounds")
 
     def __init__(self, bounds: InputBounds) -> None:
-        self._bounds = bounds
+        self.bounds = bounds
         self._range = bounds.time_range()
 
     def problem(self, event: Event, now: float) -> str | None:
         """Why ``event`` is refused at wall-clock time ``now``, or None."""
-        problem = value_problem(event, self._bounds, self._range)
+        problem = value_problem(event, self.bounds, self._range)
         if problem is not None:
             return problem
-        skew = self._bounds.max_future_skew_s
+        skew = self.bounds.max_future_skew_s
         if skew and event.t > now + skew:
-            return _ahead(event, now, "wall clock", self._bounds)
+            return _ahead(event, now, "wall clock", self.bounds)
         return None
 
 
@@ -133,21 +139,21 @@ class WatermarkGuard:
     """A generated stream's partition: values within bounds, and no event more than the skew
     ahead of the latest event time admitted so far (the partition's watermark)."""
 
-    __slots__ = ("_bounds", "_range", "watermark")
+    __slots__ = ("_range", "bounds", "watermark")
 
     def __init__(self, bounds: InputBounds, watermark: float | None = None) -> None:
-        self._bounds = bounds
+        self.bounds = bounds
         self._range = bounds.time_range()
         self.watermark = watermark
 
     def problem(self, event: Event) -> str | None:
         """Why ``event`` is refused, or None (then it is admitted and may move the watermark)."""
-        problem = value_problem(event, self._bounds, self._range)
+        problem = value_problem(event, self.bounds, self._range)
         if problem is not None:
             return problem
-        skew, mark = self._bounds.max_future_skew_s, self.watermark
+        skew, mark = self.bounds.max_future_skew_s, self.watermark
         if mark is not None and skew and event.t > mark + skew:
-            return _ahead(event, mark, "partition's watermark", self._bounds)
+            return _ahead(event, mark, "partition's watermark", self.bounds)
         if mark is None or event.t > mark:
             self.watermark = event.t
         return None

@@ -184,14 +184,16 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
     if kafka_out:
         k = settings.kafka
         client = k.client_config()
+        # What the broker refuses for good goes to the Kafka sinks' own dead-letter file.
+        refused = k.sink_dead_letter_path
         # One writer that knows what it delivered since the last snapshot, so a restart
         # from a snapshot sends no alert id twice.
         outputs.alerts["kafka"] = as_single_writer(sink("kafka_alerts", lambda: ResumableKafkaSink(
-            client, k.alerts_topic, metrics=sink_metrics("kafka_alerts"))))
+            client, k.alerts_topic, JsonlDeadLetters(refused), metrics=sink_metrics("kafka_alerts"))))
         outputs.prompts["kafka"] = as_single_writer(sink("kafka_prompts", lambda: ResumableKafkaSink(
-            client, k.prompts_topic, metrics=sink_metrics("kafka_prompts"))))
+            client, k.prompts_topic, JsonlDeadLetters(refused), metrics=sink_metrics("kafka_prompts"))))
         outputs.dead_letters["kafka"] = as_output(sink("kafka_dead_letters", lambda: KafkaSink(
-            client, k.dead_letter_topic, metrics=sink_metrics("kafka_dead_letters"))))
+            client, k.dead_letter_topic, JsonlDeadLetters(refused), metrics=sink_metrics("kafka_dead_letters"))))
     for name, factory in delivery_sinks(settings).items():
         outputs.alerts[name] = as_single_writer(sink(name, factory))
     if loopback is not None:
@@ -219,8 +221,9 @@ def redis_input(settings: Settings, stop: threading.Event | None) -> RedisStream
 
 
 def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
+    """A sink's dead letters: to ``topic`` if set (and to ``path`` what it refuses), else to ``path``."""
     if topic:
-        return KafkaDeadLetters(settings.kafka.client_config(), topic)
+        return KafkaDeadLetters(settings.kafka.client_config(), topic, JsonlDeadLetters(path))
     return JsonlDeadLetters(path)
 
 

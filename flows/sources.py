@@ -33,7 +33,7 @@ from config.settings import KafkaSettings, SimulatorSettings
 from engine.admission import InputBounds, WallClockGuard, WatermarkGuard, admit_recording
 from flows.items import Sequenced
 from schemas.events import Event, InvalidEvent, event_from_obj, parse_event
-from schemas.outputs import DeadLetter
+from schemas.outputs import DEAD_LETTER_MAX_PAYLOAD, DeadLetter
 
 if TYPE_CHECKING:
     from ops import Telemetry
@@ -46,22 +46,24 @@ LAG_INTERVAL_S = 1.0
 SourceItem = Sequenced | DeadLetter
 
 
-def decode(raw: bytes, origin: dict[str, Any]) -> Event | DeadLetter:
-    """The event in ``raw``, or a dead letter saying why there is none."""
+def decode(raw: bytes, origin: dict[str, Any], max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> Event | DeadLetter:
+    """The event in ``raw``, or a dead letter (keeping at most ``max_payload_bytes`` of it)
+    saying why there is none."""
     try:
         return parse_event(raw)
     except InvalidEvent as exc:
-        return refuse(raw, str(exc), origin)
+        return refuse(raw, str(exc), origin, max_payload_bytes)
     except Exception as exc:  # a parser bug is still this message's problem, never the engine's
         log.exception("could not parse a message from %s", origin, extra={"step": "events_in"})
-        return refuse(raw, f"could not be parsed: {type(exc).__name__}: {exc}", origin)
+        return refuse(raw, f"could not be parsed: {type(exc).__name__}: {exc}", origin, max_payload_bytes)
 
 
-def refuse(raw: bytes, reason: str, origin: dict[str, Any]) -> DeadLetter:
+def refuse(raw: bytes, reason: str, origin: dict[str, Any],
+           max_payload_bytes: int = DEAD_LETTER_MAX_PAYLOAD) -> DeadLetter:
     """The dead letter of a message that is not processed."""
     if log.isEnabledFor(logging.DEBUG):
         log.debug("dead letter from %s: %s", origin, reason, extra={"step": "events_in", "reason": reason})
-    return DeadLetter.of(raw, reason, origin)
+    return DeadLetter.of(raw, reason, origin, max_payload_bytes)
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -90,21 +92,23 @@ def load_replay(path: Path, bounds: InputBounds | None = None) -> ReplayInput:
     """Read and validate ``path``, admit its valid events within ``bounds``
     (``engine.admission.admit_recording``), and order them by event time (ties keep file
     order). Dead letters come in file order."""
+    bounds = bounds or InputBounds()
+    limit = bounds.dead_letter_max_payload_bytes
     numbers: list[int] = []
     valid: list[Event] = []
     dead: list[tuple[int, DeadLetter]] = []
     name = str(path)
     for number, raw in read_lines(path):
-        result = decode(raw, {"file": name, "line": number})
+        result = decode(raw, {"file": name, "line": number}, limit)
         if isinstance(result, DeadLetter):
             dead.append((number, result))
         else:
             numbers.append(number)
             valid.append(result)
-    problems, order = admit_recording(valid, bounds or InputBounds())
+    problems, order = admit_recording(valid, bounds)
     refused = {numbers[i]: problem for i, problem in enumerate(problems) if problem is not None}
     if refused:  # few, if any: their payloads are read again, as received
-        dead.extend((number, refuse(raw, refused[number], {"file": name, "line": number}))
+        dead.extend((number, refuse(raw, refused[number], {"file": name, "line": number}, limit))
                     for number, raw in read_lines(path) if number in refused)
         dead.sort(key=lambda item: item[0])
     events = [valid[i] for i in order]
@@ -171,6 +175,7 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, SimulatorPosition]
         self._part, self._events, self._rate, self._stop = part, events, rate_per_s, stop
         self._telemetry = telemetry
         self._guard = WatermarkGuard(bounds)
+        self._limit = bounds.dead_letter_max_payload_bytes
         for _ in range(start.generated):  # deterministic: regenerating the stream reaches the same place
             next(self._events, None)
         self._next = self._emitted_at_start = start.generated
@@ -203,11 +208,11 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, SimulatorPosition]
             try:
                 event = event_from_obj(obj)
             except InvalidEvent as exc:  # a simulator bug; still never a crash
-                batch.append(refuse(repr(obj).encode(), str(exc), origin))
+                batch.append(refuse(repr(obj).encode(), str(exc), origin, self._limit))
                 continue
             problem = self._guard.problem(event)
             if problem is not None:
-                batch.append(refuse(orjson.dumps(obj), problem, origin))
+                batch.append(refuse(orjson.dumps(obj), problem, origin, self._limit))
                 continue
             batch.append(Sequenced(self._part, self._seq, event, now))
             self._seq += 1
@@ -374,6 +379,7 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
                  telemetry: Telemetry | None = None) -> None:
         self._stop = stop
         self._guard = guard
+        self._limit = guard.bounds.dead_letter_max_payload_bytes
         self._telemetry = telemetry
         self._lag_due = 0.0
         self._source, self._shared, self._topic, self._partition = source, shared, topic, partition
@@ -396,11 +402,11 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
                 continue
             raw = msg.value() or b""
             origin = {"topic": self._topic, "partition": self._partition, "offset": offset}
-            result = decode(raw, origin)
+            result = decode(raw, origin, self._limit)
             if isinstance(result, DeadLetter):
                 batch.append(result)
             elif (problem := self._guard.problem(result, read_at)) is not None:
-                batch.append(refuse(raw, problem, origin))
+                batch.append(refuse(raw, problem, origin, self._limit))
             else:
                 kind, stamp = msg.timestamp()
                 source_time = stamp / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else None
@@ -539,11 +545,12 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
             for entry_id, fields in entries:
                 entry = entry_id.decode()
                 raw, origin = fields.get(b"data", b""), {"stream": self._key, "id": entry}
-                result = decode(raw, origin)
+                limit = self._guard.bounds.dead_letter_max_payload_bytes
+                result = decode(raw, origin, limit)
                 if isinstance(result, DeadLetter):
                     batch.append(result)
                 elif (problem := self._guard.problem(result, now)) is not None:
-                    batch.append(refuse(raw, problem, origin))
+                    batch.append(refuse(raw, problem, origin, limit))
                 else:
                     batch.append(Sequenced(self._part, self._seq, result, now, now))
                     self._seq += 1

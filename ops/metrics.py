@@ -231,15 +231,16 @@ class _Child:
 
 
 class SinkMetrics:
-    """What a sink reports: records written, errors, retries and records buffered.
+    """What a sink reports: records written, errors, retries, records buffered and records lost.
 
     A sink receives one at construction (``EngineMetrics.sink(name)``); ``SinkMetrics.off()``
     is the do-nothing one for sinks built without metrics.
     """
 
     def __init__(self, records: Any = None, errors: Any = None, retries: Any = None,
-                 buffered: Any = None) -> None:
+                 buffered: Any = None, lost: Any = None) -> None:
         self._records, self._errors, self._retries, self._buffered = records, errors, retries, buffered
+        self._lost = lost
 
     @classmethod
     def off(cls) -> SinkMetrics:
@@ -263,6 +264,12 @@ class SinkMetrics:
         """Records accepted by the sink and not yet delivered."""
         if self._buffered is not None:
             self._buffered.set(n)
+
+    def lost(self, n: int = 1) -> None:
+        """Records neither delivered nor stored in the sink's dead letters (their file could
+        not be written)."""
+        if self._lost is not None:
+            self._lost.inc(n)
 
 
 X = TypeVar("X")
@@ -358,7 +365,8 @@ class EngineMetrics:
                                              "Fraud score a labelled transaction had, by label.", SCORE_BUCKETS,
                                              registry, ["label"])
         labels = ("records", "Records handed to a sink."), ("errors", "Records a sink failed to deliver."), \
-            ("retries", "Writes a sink attempted again (back-pressure, transient errors).")
+            ("retries", "Writes a sink attempted again (back-pressure, transient errors)."), \
+            ("lost", "Records a sink could neither deliver nor store in its dead letters.")
         self._sink_counters = {name: Counter(name, text, ["sink"], namespace=ns, subsystem="sink",
                                              registry=registry) for name, text in labels}
         self.sink_buffered = Gauge("buffered", "Records accepted by a sink and not yet delivered.", ["sink"],
@@ -480,4 +488,4 @@ class EngineMetrics:
         """The metrics of the sink called ``name`` (its label), created at zero."""
         c = self._sink_counters
         return SinkMetrics(c["records"].labels(name), c["errors"].labels(name), c["retries"].labels(name),
-                           self.sink_buffered.labels(name))
+                           self.sink_buffered.labels(name), c["lost"].labels(name))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -267,26 +267,129 @@ class CustomerState(_Record):
     schema_version: str = SCHEMA_VERSION
 
 
+#: The most bytes of a payload a dead letter keeps, by default (``[engine]
+#: dead_letter_max_payload_bytes``). Its JSON is then at most 6 x that (every byte of a text
+#: payload a ``\u00XX`` escape; base64 is 4/3) plus the other fields: well within Kafka's
+#: default message size (1 MB), so the dead letter of any input can be produced.
+DEAD_LETTER_MAX_PAYLOAD: Final = 64 * 1024
+#: The most characters of a dead letter's reason, and of each text in its source, kept.
+DEAD_LETTER_MAX_TEXT: Final = 1024
+
+
+class TruncatedPayload(ValueError):
+    """The dead letter kept only a prefix of the payload; the whole is not there to return."""
+
+
+def _cut_text(text: str, limit: int = DEAD_LETTER_MAX_TEXT) -> str:
+    """``text``, or its first ``limit`` characters and how many more there were.
+
+    >>> _cut_text("abcdef", 4)
+    'abcd... [2 more characters]'
+    """
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def _utf8_prefix(raw: bytes, limit: int) -> str | None:
+    """The longest prefix of ``raw`` of at most ``limit`` bytes that ends on a character
+    boundary, as text; ``None`` if that prefix is not UTF-8."""
+    cut = limit
+    # A UTF-8 character is at most 4 bytes: back over at most 3 continuation bytes (10xxxxxx).
+    while cut > 0 and limit - cut < 3 and raw[cut] & 0xC0 == 0x80:
+        cut -= 1
+    try:
+        return raw[:cut].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter(_Record):
-    """An input that was not processed, kept whole with where it came from and why."""
+    """An input (or a record a sink could not deliver) that was not processed: the payload,
+    where it came from and why.
+
+    The payload is kept as text when it is UTF-8, base64 otherwise, and whole when it is at
+    most ``max_payload_bytes`` (``of``); beyond that only a prefix of that many bytes is kept
+    (cut at a character boundary when it is text) and ``payload_truncated`` is true. Every
+    dead letter carries the size in bytes (``payload_size``) and the SHA-256 (hex,
+    ``payload_sha256``) of the whole payload as received, to match it with the original
+    message. The reason and each text of the source are cut to ``DEAD_LETTER_MAX_TEXT``
+    characters.
+
+    >>> small = DeadLetter.of(b'{"kind": "transaction"', "invalid JSON", {"topic": "t", "offset": 7})
+    >>> small.payload, small.payload_size, small.payload_truncated, small.raw()
+    ('{"kind": "transaction"', 22, False, b'{"kind": "transaction"')
+    >>> big = DeadLetter.of("été".encode() * 3, "too long", {}, max_payload_bytes=6)
+    >>> big.payload, big.payload_encoding, big.payload_size, big.payload_truncated
+    ('été', 'utf-8', 15, True)
+    >>> big.payload_sha256 == hashlib.sha256("été".encode() * 3).hexdigest()
+    True
+    >>> big.raw()
+    Traceback (most recent call last):
+    ...
+    schemas.outputs.TruncatedPayload: the dead letter kept 5 of the payload's 15 bytes
+    >>> DeadLetter.of(b"\\xff\\xfe\\x00\\x01", "not UTF-8", {}, max_payload_bytes=2).payload
+    '//4='
+    """
 
     reason: str
     source: dict[str, Any]
     payload: str
     payload_encoding: Literal["utf-8", "base64"]
     schema_version: str = SCHEMA_VERSION
+    # Beyond the first version (additive): the whole payload's size and hash, and whether
+    # ``payload`` is only its prefix. Built without them, a whole payload's are computed.
+    payload_size: int = -1
+    payload_sha256: str = ""
+    payload_truncated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.payload_size >= 0 and self.payload_sha256:
+            return
+        if self.payload_truncated:
+            raise ValueError("a dead letter with a truncated payload needs its payload_size and payload_sha256")
+        raw = self.kept()
+        object.__setattr__(self, "payload_size", len(raw))
+        object.__setattr__(self, "payload_sha256", hashlib.sha256(raw).hexdigest())
 
     @classmethod
-    def of(cls, raw: bytes, reason: str, source: dict[str, Any]) -> DeadLetter:
-        """Keep ``raw`` as text when it is UTF-8, base64 otherwise."""
-        try:
-            return cls(reason, source, raw.decode("utf-8"), "utf-8")
-        except UnicodeDecodeError:
-            return cls(reason, source, base64.b64encode(raw).decode("ascii"), "base64")
+    def of(cls, raw: bytes, reason: str, source: dict[str, Any],
+           max_payload_bytes: int | None = DEAD_LETTER_MAX_PAYLOAD) -> DeadLetter:
+        """The dead letter of ``raw``: whole if it is at most ``max_payload_bytes`` long (or
+        that is None, for the engine's own records, which are bounded by construction), else
+        a prefix of that many bytes; as text when that is UTF-8, base64 otherwise."""
+        reason = _cut_text(reason)
+        source = {k: _cut_text(v) if isinstance(v, str) else v for k, v in source.items()}
+        size, digest = len(raw), hashlib.sha256(raw).hexdigest()
+        if max_payload_bytes is None or size <= max_payload_bytes:
+            try:
+                return cls(reason, source, raw.decode("utf-8"), "utf-8", payload_size=size, payload_sha256=digest)
+            except UnicodeDecodeError:
+                return cls(reason, source, base64.b64encode(raw).decode("ascii"), "base64",
+                           payload_size=size, payload_sha256=digest)
+        text = _utf8_prefix(raw, max_payload_bytes)
+        if text is not None:
+            return cls(reason, source, text, "utf-8", payload_size=size, payload_sha256=digest,
+                       payload_truncated=True)
+        return cls(reason, source, base64.b64encode(raw[:max_payload_bytes]).decode("ascii"), "base64",
+                   payload_size=size, payload_sha256=digest, payload_truncated=True)
 
-    def raw(self) -> bytes:
-        """The payload exactly as received."""
+    def amended(self, note: str) -> DeadLetter:
+        """This dead letter with ``note`` added to its reason (still cut to the bound).
+
+        >>> DeadLetter.of(b"x", "buffer full", {}).amended("topic t refused it").reason
+        'buffer full; topic t refused it'
+        """
+        return replace(self, reason=_cut_text(f"{self.reason}; {note}"))
+
+    def kept(self) -> bytes:
+        """The payload bytes this dead letter holds: all of them, or the prefix kept."""
         if self.payload_encoding == "base64":
             return base64.b64decode(self.payload)
         return self.payload.encode("utf-8")
+
+    def raw(self) -> bytes:
+        """The payload exactly as received; ``TruncatedPayload`` if only a prefix was kept."""
+        kept = self.kept()
+        if self.payload_truncated:
+            raise TruncatedPayload(f"the dead letter kept {len(kept)} of the payload's {self.payload_size} bytes")
+        return kept

@@ -21,10 +21,17 @@ retried), ``failed`` (failed attempts), ``dead_lettered`` and ``buffer_depth``. 
 Prometheus metrics attached (``attach_metrics``, done by ``ops.MeteredSink``), each retry
 counts in ``crm_engine_sink_retries_total``, each dead-lettered record in
 ``crm_engine_sink_errors_total`` and the buffer in ``crm_engine_sink_buffered_records``.
+
+A sink's dead letters (``DeadLetterOut``) keep the whole record: the engine's own records
+are bounded by construction, and whoever re-sends them needs all of it. Writing them never
+raises: what cannot be stored (a read-only or full disk) is logged at CRITICAL level with
+each record's id and counted as lost (``lost``; ``crm_engine_sink_lost_total``), and the
+dataflow goes on. ``KafkaDeadLetters`` sends what its topic refuses to a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -33,11 +40,15 @@ from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from schemas.outputs import DeadLetter
 from sinks.base import Record, Sink
+
+if TYPE_CHECKING:
+    from ops.metrics import SinkMetrics
 
 log = logging.getLogger(__name__)
 
@@ -66,60 +77,165 @@ class RetryPolicy:
 
 
 class DeadLetterOut(Protocol):
-    """Where a sink puts what it could not deliver."""
+    """Where a sink puts what it could not deliver. ``write`` never raises: what it cannot
+    store is logged and counted as lost (on the sink's metrics, once attached)."""
 
     def write(self, letters: list[DeadLetter]) -> None: ...
 
     def close(self) -> None: ...
 
+    def attach_metrics(self, metrics: SinkMetrics) -> None: ...
+
+
+#: The most record ids one log line of lost dead letters names.
+LOST_IDS_LOGGED = 20
+
+
+def _ids_of(letters: list[DeadLetter]) -> str:
+    ids = [str(letter.source.get("id", letter.source)) for letter in letters[:LOST_IDS_LOGGED]]
+    more = len(letters) - len(ids)
+    return ", ".join(ids) + (f" and {more} more" if more else "")
+
 
 class JsonlDeadLetters:
-    """Dead letters appended to a JSONL file (one ``DeadLetter`` per line, flushed)."""
+    """Dead letters appended to a JSONL file (one ``DeadLetter`` per line, flushed).
+
+    If the file cannot be written, the letters are logged (their ids) at CRITICAL level and
+    counted as ``lost``; the next write tries the file again, on a new line.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         self._file: BinaryIO | None = None
+        self._metrics: SinkMetrics | None = None
+        self._lock = threading.Lock()  # a buffered sink writes from its thread and the dataflow's
+        self.lost = 0
+
+    def attach_metrics(self, metrics: SinkMetrics) -> None:
+        self._metrics = metrics
 
     def write(self, letters: list[DeadLetter]) -> None:
-        if self._file is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._path, "ab")  # noqa: SIM115 (held open until close)
-        self._file.write(b"".join(letter.to_bytes() + b"\n" for letter in letters))
-        self._file.flush()
+        if not letters:
+            return
+        lines = b"".join(letter.to_bytes() + b"\n" for letter in letters)
+        try:
+            with self._lock:
+                handle = self._file or self._open()
+                handle.write(lines)
+                handle.flush()
+        except OSError as exc:
+            self._drop_handle()
+            self.lost += len(letters)
+            if self._metrics is not None:
+                self._metrics.lost(len(letters))
+            log.critical("%d dead letters LOST: cannot write %s: %s; record ids: %s", len(letters),
+                         self._path, exc, _ids_of(letters), extra={"reason": letters[0].reason})
+
+    def _open(self) -> BinaryIO:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self._path, "ab")  # noqa: SIM115 (held open until close)
+        self._file = handle
+        if handle.tell() > 0:  # after a failed write the last line may be cut short: start a new one
+            with open(self._path, "rb") as tail:
+                tail.seek(-1, 2)
+                if tail.read(1) != b"\n":
+                    handle.write(b"\n")
+        return handle
+
+    def _drop_handle(self) -> None:
+        with self._lock:
+            handle, self._file = self._file, None
+        if handle is not None:
+            with contextlib.suppress(OSError):  # what it still buffered is in the letters counted as lost
+                handle.close()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            handle, self._file = self._file, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError as exc:
+                log.critical("dead letters to %s may be LOST: closing the file failed: %s", self._path, exc)
+
+
+def kafka_refusal(error: object) -> str:
+    """Why Kafka took no record, from a ``KafkaError`` (a delivery report), a
+    ``KafkaException`` or any other exception ``produce()`` raised: ``NAME: text``."""
+    if isinstance(error, BaseException) and error.args and hasattr(error.args[0], "str"):
+        error = error.args[0]  # a KafkaException wraps its KafkaError
+    name, text = getattr(error, "name", None), getattr(error, "str", None)
+    if callable(name) and callable(text):
+        return f"{name()}: {text()}"
+    return f"{type(error).__name__}: {error}"
 
 
 class KafkaDeadLetters:
-    """Dead letters produced to a Kafka topic (flushed on every write: they are rare)."""
+    """Dead letters produced to a Kafka topic (flushed on every write: they are rare).
 
-    def __init__(self, client_config: dict[str, str | int | float | bool], topic: str) -> None:
+    A letter the broker refuses (too large, unknown topic, ...), whether ``produce()`` raises
+    or its delivery report fails after librdkafka's own retries, goes to ``fallback`` (a
+    JSONL file) with the refusal added to its reason.
+    """
+
+    def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
+                 fallback: DeadLetterOut) -> None:
         self._config = client_config
         self._topic = topic
+        self._fallback = fallback
         self._producer: Any = None
+        self._lock = threading.Lock()  # a buffered sink writes from its thread and the dataflow's
+        self.refused = 0
+
+    def attach_metrics(self, metrics: SinkMetrics) -> None:
+        self._fallback.attach_metrics(metrics)
 
     def write(self, letters: list[DeadLetter]) -> None:
-        if self._producer is None:
-            from confluent_kafka import Producer
+        from confluent_kafka import KafkaException, Producer
 
-            self._producer = Producer(self._config)
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(self._config)
+            producer = self._producer
         for letter in letters:
-            self._producer.produce(self._topic, letter.to_bytes())
-        if self._producer.flush(10):
+            while True:
+                try:
+                    producer.produce(self._topic, letter.to_bytes(), on_delivery=partial(self._on_delivery, letter))
+                    break
+                except BufferError:  # local queue full: wait for deliveries
+                    producer.poll(0.1)
+                except (KafkaException, ValueError, TypeError) as exc:
+                    self._refused(letter, kafka_refusal(exc))
+                    break
+        if producer.flush(10):
             log.error("dead letters to %s not acknowledged within 10 s", self._topic)
+
+    def _on_delivery(self, letter: DeadLetter, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._refused(letter, kafka_refusal(err))
+
+    def _refused(self, letter: DeadLetter, why: str) -> None:
+        self.refused += 1
+        log.error("dead letter of %s refused by topic %s, written to the file instead: %s", letter.source.get("id"),
+                  self._topic, why, extra={"topic": self._topic, "reason": why})
+        self._fallback.write([letter.amended(f"dead-letter topic {self._topic} refused it: {why}")])
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
+        self._fallback.close()
 
 
 def record_id(record: Record) -> str:
     """The id a record is de-duplicated by: ``action_id``, ``change_id``, ``alert_id``,
-    ``prompt_id`` or ``event_id``."""
+    ``prompt_id`` or ``event_id``; for a dead letter, where its payload came from.
+
+    >>> record_id(DeadLetter.of(b"x", "invalid JSON", {"topic": "events", "partition": 0, "offset": 7}))
+    'dead letter of topic=events/partition=0/offset=7'
+    """
+    if isinstance(record, DeadLetter):
+        return "dead letter of " + "/".join(f"{k}={v}" for k, v in record.source.items())
     for name in ("action_id", "change_id", "alert_id", "prompt_id", "event_id"):
         value = getattr(record, name, None)
         if isinstance(value, str):
@@ -174,6 +290,7 @@ class BufferedSink(Sink):
     def attach_metrics(self, metrics: Any) -> None:
         self._metrics = metrics
         metrics.buffer_depth(len(self._buffer))
+        self._dead.attach_metrics(metrics)
 
     def _report_depth(self) -> None:
         if self._metrics is not None:
@@ -276,5 +393,5 @@ class BufferedSink(Sink):
         if self._metrics is not None:
             self._metrics.error(len(records))
         log.error("%s (%d records to the dead letter)", reason, len(records))
-        self._dead.write([DeadLetter.of(r.to_bytes(), reason, {"sink": self.name, "id": record_id(r)})
-                          for r in records])
+        self._dead.write([DeadLetter.of(r.to_bytes(), reason, {"sink": self.name, "id": record_id(r)},
+                                        max_payload_bytes=None) for r in records])

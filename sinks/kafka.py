@@ -1,17 +1,25 @@
 """Kafka sink through confluent-kafka.
 
 Delivery: at least once. Records are produced asynchronously (no flush per record);
-delivery reports are polled after every batch and failures are counted and logged with
-the topic and error; ``close`` flushes what is in flight. Latency: a record is sent as soon
-as it is produced (linger.ms=0: alerts are few, so there is nothing to wait for; under load
-librdkafka still batches what queues up behind requests in flight) and small requests are
-not held back by Nagle's algorithm. Records are keyed by customer
-so one customer's alerts stay in order within a partition; consumers de-duplicate by the
-record's id (``alert_id``), which is deterministic.
+delivery reports are polled after every batch; ``close`` flushes what is in flight.
+Latency: a record is sent as soon as it is produced (linger.ms=0: alerts are few, so there
+is nothing to wait for; under load librdkafka still batches what queues up behind requests
+in flight) and small requests are not held back by Nagle's algorithm. Records are keyed by
+customer so one customer's alerts stay in order within a partition; consumers de-duplicate
+by the record's id (``alert_id``), which is deterministic.
 
-Metrics (``ops.metrics.SinkMetrics``, given at construction): delivery failures as errors,
-writes retried after the local queue was full as retries, and records in flight as the
-buffer depth.
+A record Kafka will not take never stops the sink: whether ``produce()`` refuses it
+(``MSG_SIZE_TOO_LARGE`` above ``message.max.bytes``, an unknown partition, an invalid
+argument) or its delivery report fails (the broker refused it, or librdkafka gave up after
+its own retries within ``message.timeout.ms``), it goes to the sink's own dead letters (a
+JSONL file, ``[kafka] sink_dead_letter_path``) as a ``DeadLetter`` holding the whole record,
+the Kafka error's name and text, the topic and the record's id; it is counted as a sink
+error and logged once with its id (never the record), and the sink goes on with the next
+record. Only a full local queue (``BufferError``) is waited out and retried.
+
+Metrics (``ops.metrics.SinkMetrics``, given at construction): records refused or not
+delivered as errors, writes retried after the local queue was full as retries, records in
+flight as the buffer depth, and records whose dead letter could not be written as lost.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from schemas.outputs import DeadLetter
 from sinks.base import Record, Sink
+from sinks.delivery import DeadLetterOut, kafka_refusal, record_id
 
 if TYPE_CHECKING:
     from ops.metrics import SinkMetrics
@@ -48,15 +59,14 @@ def _flush_at_exit(producer: Any, topic: str) -> None:
         log.error("%d records to %s undelivered at exit", remaining, topic)
 
 
-def _ids(msg: Any, topic: str) -> dict[str, Any]:
-    """Log fields of a failed message: its topic and, for alerts, the alert and event ids."""
-    fields: dict[str, Any] = {"sink": "kafka", "topic": topic}
-    try:
-        record = orjson.loads(msg.value() or b"{}")
-    except orjson.JSONDecodeError:
-        return fields
-    if isinstance(record, dict):
-        fields.update({k: record[k] for k in ("alert_id", "event_id") if isinstance(record.get(k), str)})
+def _log_fields(record: Record, topic: str, reason: str) -> dict[str, Any]:
+    """Log fields of a refused record: the topic, the reason and, for alerts, the alert and
+    event ids."""
+    fields: dict[str, Any] = {"sink": "kafka", "topic": topic, "reason": reason}
+    for name in ("alert_id", "event_id"):
+        value = getattr(record, name, None)
+        if isinstance(value, str):
+            fields[name] = value
     return fields
 
 
@@ -67,18 +77,22 @@ def record_key(record: Record) -> bytes | None:
 
 
 class KafkaSink(Sink):
-    """Produce every record to ``topic``."""
+    """Produce every record to ``topic``; what Kafka refuses goes to ``dead_letters``."""
 
     def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
-                 key: Callable[[Record], bytes | None] = record_key, metrics: SinkMetrics | None = None) -> None:
+                 dead_letters: DeadLetterOut, key: Callable[[Record], bytes | None] = record_key,
+                 metrics: SinkMetrics | None = None) -> None:
         self._config: dict[str, str | int | float | bool] = {
             "linger.ms": 0, "socket.nagle.disable": True, "enable.idempotence": True, **client_config}
         self._topic = topic
+        self._dead = dead_letters
         self._key = key
         self._producer: Any = None
         self.delivered = 0
-        self.failed = 0
+        self.failed = 0  # records refused by produce() or whose delivery failed: in the dead letters
         self._metrics = metrics
+        if metrics is not None:
+            dead_letters.attach_metrics(metrics)
 
     def open(self, resume: object = None) -> None:
         from confluent_kafka import Producer
@@ -87,27 +101,46 @@ class KafkaSink(Sink):
         # Bytewax does not close sinks when it is interrupted; deliver what is in flight at exit.
         weakref.finalize(self, _flush_at_exit, self._producer, self._topic)
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
+    def _on_delivery(self, record: Record, err: Any, msg: Any) -> None:
         if err is None:
             self.delivered += 1
+            self._delivered(record, msg)
         else:
-            self.failed += 1
-            if self._metrics is not None:
-                self._metrics.error()
-            log.error("kafka delivery to %s failed: %s", self._topic, err, extra=_ids(msg, self._topic))
+            self._refuse(record, msg.value() or record.to_bytes(), f"delivery failed: {kafka_refusal(err)}")
+
+    def _delivered(self, record: Record, msg: Any) -> None:
+        """A record acknowledged by the broker (for subclasses' bookkeeping)."""
+
+    def _refuse(self, record: Record, value: bytes, why: str) -> None:
+        """``record`` will never be on the topic: count it, log it once, dead-letter it whole."""
+        self.failed += 1
+        if self._metrics is not None:
+            self._metrics.error()
+        rid = record_id(record)
+        reason = f"kafka topic {self._topic}: {why}"
+        log.error("%s; record %s goes to the sink's dead letters", reason, rid,
+                  extra=_log_fields(record, self._topic, why))
+        self._dead.write([DeadLetter.of(value, reason, {"sink": "kafka", "topic": self._topic, "id": rid},
+                                        max_payload_bytes=None)])
 
     def write_batch(self, records: list[Record]) -> None:
+        from confluent_kafka import KafkaException
+
         producer = self._producer
         for record in records:
+            value = record.to_bytes()
             while True:
                 try:
-                    producer.produce(self._topic, record.to_bytes(), self._key(record),
-                                     on_delivery=self._on_delivery)
+                    producer.produce(self._topic, value, self._key(record),
+                                     on_delivery=partial(self._on_delivery, record))
                     break
                 except BufferError:  # local queue full: wait for deliveries, never drop
                     if self._metrics is not None:
                         self._metrics.retry()
                     producer.poll(0.1)
+                except (KafkaException, ValueError, TypeError) as exc:  # this record only
+                    self._refuse(record, value, f"refused: {kafka_refusal(exc)}")
+                    break
         producer.poll(0)
         if self._metrics is not None:
             self._metrics.buffer_depth(len(producer))
@@ -118,6 +151,7 @@ class KafkaSink(Sink):
             if remaining:
                 log.error("%d records to %s undelivered at close", remaining, self._topic)
             self._producer = None
+        self._dead.close()
 
 
 def value_id(value: bytes) -> str | None:
@@ -152,12 +186,15 @@ class ResumableKafkaSink(KafkaSink):
     would otherwise, on the second restart, read back only from its own offsets and send
     those others a second time. So every id is dropped from the set when it is skipped,
     and the set goes into the snapshot.
+
+    A record Kafka refuses (see the module doc) leaves the records in flight when it goes to
+    the dead letters: no snapshot lists it, so no restart produces it again.
     """
 
     def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
-                 key: Callable[[Record], bytes | None] = record_key, flush_timeout_s: float = 5.0,
-                 metrics: SinkMetrics | None = None) -> None:
-        super().__init__(client_config, topic, key, metrics)
+                 dead_letters: DeadLetterOut, key: Callable[[Record], bytes | None] = record_key,
+                 flush_timeout_s: float = 5.0, metrics: SinkMetrics | None = None) -> None:
+        super().__init__(client_config, topic, dead_letters, key, metrics)
         self._flush_timeout_s = flush_timeout_s
         self._next: dict[int, int] = {}  # partition -> next offset after our acknowledged writes
         self._in_flight: dict[str, Record] = {}
@@ -174,6 +211,8 @@ class ResumableKafkaSink(KafkaSink):
             pending = [r for r in resume["pending"] if _id(r) not in self._seen]
             # Produced before the snapshot, so the replay will not produce them again.
             self._seen.difference_update(_id(r) for r in resume["pending"])
+            # In flight again until acknowledged, so the next snapshot keeps what is not.
+            self._in_flight.update((_id(r), r) for r in pending)
             if pending:
                 super().write_batch(pending)
         else:
@@ -229,13 +268,13 @@ class ResumableKafkaSink(KafkaSink):
                  self._topic, len(seen))
         return seen
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        super()._on_delivery(err, msg)
-        if err is None:
-            self._next[msg.partition()] = max(self._next.get(msg.partition(), 0), msg.offset() + 1)
-            rid = value_id(msg.value())
-            if rid is not None:
-                self._in_flight.pop(rid, None)
+    def _delivered(self, record: Record, msg: Any) -> None:
+        self._next[msg.partition()] = max(self._next.get(msg.partition(), 0), msg.offset() + 1)
+        self._in_flight.pop(_id(record), None)
+
+    def _refuse(self, record: Record, value: bytes, why: str) -> None:
+        self._in_flight.pop(_id(record), None)  # in the dead letters: never to be produced again
+        super()._refuse(record, value, why)
 
     def write_batch(self, records: list[Record]) -> None:
         fresh = []

@@ -285,6 +285,50 @@ def test_wecom_error_code_is_refused(tmp_path: Path) -> None:
     assert "errcode 93000" in dead_letters(dead)[0]["reason"]
 
 
+def test_a_refused_record_whose_dead_letter_cannot_be_written_is_logged_counted_and_the_sink_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The dead-letter file's directory cannot be created (read-only disk, or as here a file
+    in the way): the webhook's refused alert is logged at CRITICAL level with its id and
+    counted as lost, and the delivery thread goes on with the next alert."""
+    from prometheus_client import CollectorRegistry
+
+    from ops import Readiness, Telemetry
+    from ops.metrics import EngineMetrics
+
+    (tmp_path / "in-the-way").write_text("")
+    out = JsonlDeadLetters(tmp_path / "in-the-way" / "dead.jsonl")
+    registry = CollectorRegistry()
+    telemetry = Telemetry(EngineMetrics(registry), Readiness(threading.Event()))
+    with Receiver(fail=1, status=400) as receiver:
+        sink = telemetry.metered("webhook", lambda: WebhookSink(receiver.url, out, policy=RetryPolicy(budget_s=60)))()
+        sink.open()
+        sink.write_batch(make_alerts(2))
+        assert wait_until(lambda: "al-00001" in receiver.received, 10)
+        sink.close()
+    assert out.lost == 1
+    assert registry.get_sample_value("crm_engine_sink_lost_total", {"sink": "webhook"}) == 1
+    critical = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
+    assert len(critical) == 1 and "1 dead letters LOST" in critical[0] and "al-00000" in critical[0]
+
+
+def test_dead_letters_after_a_cut_line_start_on_a_new_line(tmp_path: Path) -> None:
+    """A write that failed half-way (a full disk) may leave a cut line: the next letters
+    start on a line of their own, so every whole line still parses."""
+    from schemas.outputs import DeadLetter
+
+    path = tmp_path / "dead.jsonl"
+    path.write_bytes(b'{"reason":"cut sh')
+    out = JsonlDeadLetters(path)
+    out.write([DeadLetter.of(b"x", "r", {"id": f"al-{i}"}) for i in range(2)])
+    out.close()
+    lines = path.read_bytes().splitlines()
+    assert lines[0] == b'{"reason":"cut sh' and [orjson.loads(line)["source"]["id"] for line in lines[1:]] == [
+        "al-0", "al-1"]
+    many = JsonlDeadLetters("/dev/full")  # every write fails: no space left on the device
+    many.write([DeadLetter.of(b"x", "r", {"id": f"al-{i}"}) for i in range(30)])
+    assert many.lost == 30
+
+
 def test_retries_dead_letters_and_buffer_reach_the_sink_metrics(tmp_path: Path) -> None:
     """Through ``ops.MeteredSink`` (as the live modes build sinks): the webhook's retried
     attempts, its dead-lettered records and its buffer depth are Prometheus samples."""
@@ -323,21 +367,22 @@ def test_kafka_alerts_survive_a_second_crash_before_the_replay_catches_up(tmp_pa
     with tansu_broker(tmp_path) as broker:
         create_topics(broker, {"alerts": 1})
         config = {"bootstrap.servers": broker}
-        a = ResumableKafkaSink(config, "alerts")
+        a = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(tmp_path / "refused.jsonl"))
         a.open()
         a.write_batch(alerts[:10])
         snapshot_a = a.position()
         a.write_batch(alerts[10:20])
         a.position()  # everything delivered; then run A dies without a snapshot
-        b = ResumableKafkaSink(config, "alerts")
+        b = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(tmp_path / "refused.jsonl"))
         b.open(snapshot_a)
         b.write_batch(alerts[10:15])
         snapshot_b = b.position()
         assert b.skipped == 5
-        c = ResumableKafkaSink(config, "alerts")
+        c = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(tmp_path / "refused.jsonl"))
         c.open(snapshot_b)
         c.write_batch(alerts[15:25])
         c.close()
         ids = [orjson.loads(v)["alert_id"] for v in consume_all(broker, "alerts", expect=25, timeout=30, idle=2)]
     assert c.skipped == 5
     assert sorted(ids) == [a.alert_id for a in alerts]
+    assert not (tmp_path / "refused.jsonl").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import signal
@@ -9,14 +10,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 
-from schemas.outputs import format_ts
-from tests.brokers import consume_all, create_topics, produce, tansu_broker
+from schemas.outputs import DeadLetter, format_ts
+from tests.brokers import consume_all, create_topics, produce, tansu_broker, tansu_process
 from tests.conftest import ROOT, malformed_line, replay
+
+#: The Kafka sinks' own dead letters (records the broker refused), beside the engine's log.
+REFUSED = "kafka_refused.jsonl"
 
 
 @pytest.fixture
@@ -26,7 +31,8 @@ def broker(tmp_path: Path) -> Iterator[str]:
 
 
 def start_engine(bootstrap: str, log: Path, *args: str, **topics: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap, "CRM__ENGINE__EPOCH_INTERVAL_S": "0.5"}
+    env = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap, "CRM__ENGINE__EPOCH_INTERVAL_S": "0.5",
+           "CRM__KAFKA__SINK_DEAD_LETTER_PATH": str(log.parent / REFUSED)}
     env.update({f"CRM__KAFKA__{name.upper()}": value for name, value in topics.items()})
     return subprocess.Popen([sys.executable, "run.py", "live", "--quiet", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
@@ -136,3 +142,177 @@ def test_a_missing_input_topic_is_a_clear_error(broker: str, tmp_path: Path) -> 
     assert engine.wait(60) != 0
     log = (tmp_path / "engine.log").read_text()
     assert "Kafka topic 'app_events' is not available" in log, log[-2000:]
+
+
+def test_a_10_mb_malformed_message_gives_a_bounded_dead_letter_and_the_engine_goes_on(
+        broker: str, tmp_path: Path) -> None:
+    """Two 10 MB malformed messages (binary, and UTF-8 text of 3-byte characters), then a
+    customer's valid events: the engine keeps running, each dead letter on the topic holds a
+    prefix of the payload with its size and SHA-256, and the valid events raise their alert."""
+    import hashlib
+    import time
+
+    from confluent_kafka import Producer
+
+    from tests.live_engine import history, takeover
+
+    size = 10 * 2**20
+    binary = b"\xff" + random.Random(5).randbytes(size - 1)  # not UTF-8: base64 grows it by a third
+    text = ("\u4e2d" * (size // 3 + 1)).encode()  # UTF-8, a character every 3 bytes
+    create_topics(broker, {"events": 1, "alerts": 1, "nba_prompts": 1, "dead_letter": 1})
+    producer = Producer({"bootstrap.servers": broker, "message.max.bytes": 2 * size})
+    reports: list[object] = []
+    for value in (binary, text):
+        producer.produce("events", value, on_delivery=lambda err, _: reports.append(err))
+    assert producer.flush(60) == 0 and reports == [None, None], reports  # the broker takes 10 MB
+    now = time.time()
+    valid = [orjson.dumps(e) for e in (*history("c-big", "rm-big", now), *takeover("c-big", now))]
+    log = tmp_path / "engine.log"
+    engine = start_engine(broker, log, transactions_topic="events", app_topic="events",
+                          feedback_topic="events", profile_topic="events")
+    try:
+        produce(broker, "events", valid)
+        dead = consume_all(broker, "dead_letter", expect=2, timeout=60)
+        alerts = consume_all(broker, "alerts", expect=1, timeout=60)
+        assert engine.poll() is None, log.read_text()[-3000:]
+    finally:
+        code = stop(engine)
+    assert code == 0, log.read_text()[-3000:]
+    assert len(dead) == 2, log.read_text()[-3000:]
+    assert [orjson.loads(a)["customer_id"] for a in alerts] == ["c-big"]
+    bound = 64 * 1024
+    letters = [orjson.loads(raw) for raw in dead]
+    for raw, letter, original in zip(dead, letters, (binary, text), strict=True):
+        assert len(raw) < bound * 4 // 3 + 1024, len(raw)
+        assert letter["payload_truncated"] is True
+        assert letter["payload_size"] == size if original is binary else len(text)
+        assert letter["payload_sha256"] == hashlib.sha256(original).hexdigest()
+        assert letter["source"] == {"topic": "events", "partition": 0, "offset": letter["source"]["offset"]}
+    assert letters[0]["payload_encoding"] == "base64"
+    assert base64.b64decode(letters[0]["payload"]) == binary[:bound]
+    assert letters[1]["payload_encoding"] == "utf-8"
+    assert letters[1]["payload"].encode() == text[:bound - bound % 3]  # cut at a character boundary
+    assert not (tmp_path / REFUSED).exists()  # Kafka took every dead letter
+
+
+def _letters(path: Path) -> list[DeadLetter]:
+    return [DeadLetter(**orjson.loads(line)) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def test_a_record_the_producer_refuses_goes_to_the_sinks_dead_letters_and_the_sink_goes_on(
+        broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With ``message.max.bytes`` at 2,000, ``produce()`` raises MSG_SIZE_TOO_LARGE for a
+    5 KB alert: the alert goes whole to the sink's dead-letter file (counted, logged once
+    with its id), the alerts before and after it reach the topic, and it is not left in
+    flight, so a restart from the snapshot does not produce it again."""
+    from prometheus_client import CollectorRegistry
+
+    from ops.metrics import EngineMetrics
+    from schemas.outputs import Reason
+    from sinks.delivery import JsonlDeadLetters
+    from sinks.kafka import ResumableKafkaSink
+    from tests.test_delivery import make_alerts
+
+    create_topics(broker, {"alerts": 1})
+    alerts = make_alerts(6)
+    huge = replace(alerts[2], reasons=(Reason("long", "x" * 5000, 1.0, 1.0),))
+    alerts[2] = huge
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry, sinks=("kafka_alerts",)).sink("kafka_alerts")
+    config = {"bootstrap.servers": broker, "message.max.bytes": 2000}
+    refused = tmp_path / "refused.jsonl"
+    sink = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(refused), metrics=metrics)
+    sink.open()
+    sink.write_batch(alerts[:4])
+    sink.write_batch(alerts[4:])
+    snapshot = sink.position()
+    assert snapshot["pending"] == []
+    sink.close()
+    again = ResumableKafkaSink(config, "alerts", JsonlDeadLetters(refused))
+    again.open(snapshot)
+    again.close()
+    on_topic = [orjson.loads(v)["alert_id"] for v in consume_all(broker, "alerts", expect=5, timeout=30)]
+    assert on_topic == [a.alert_id for a in alerts if a is not huge]
+    (letter,) = _letters(refused)
+    assert letter.raw() == huge.to_bytes()
+    assert letter.source == {"sink": "kafka", "topic": "alerts", "id": huge.alert_id}
+    assert "MSG_SIZE_TOO_LARGE" in letter.reason and letter.reason.startswith("kafka topic alerts: refused")
+    assert (sink.delivered, sink.failed, again.failed) == (5, 1, 0)
+    assert registry.get_sample_value("crm_engine_sink_errors_total", {"sink": "kafka_alerts"}) == 1
+    logged = [r for r in caplog.records if r.name == "sinks.kafka" and r.levelname == "ERROR"]
+    assert len(logged) == 1 and getattr(logged[0], "alert_id", None) == huge.alert_id
+    assert "x" * 100 not in logged[0].getMessage()  # the id, never the record
+
+
+def test_a_failed_delivery_report_goes_to_the_dead_letters_and_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    """The broker frozen past ``message.timeout.ms``: librdkafka gives up on the records and
+    their delivery reports fail; they go to the file and the snapshot holds none of them."""
+    from sinks.delivery import JsonlDeadLetters
+    from sinks.kafka import ResumableKafkaSink
+    from tests.test_delivery import make_alerts
+
+    refused = tmp_path / "refused.jsonl"
+    with tansu_process(tmp_path) as (bootstrap, proc):
+        create_topics(bootstrap, {"alerts": 1})
+        sink = ResumableKafkaSink({"bootstrap.servers": bootstrap, "message.timeout.ms": 1000}, "alerts",
+                                  JsonlDeadLetters(refused), flush_timeout_s=10)
+        sink.open()
+        alerts = make_alerts(3)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            sink.write_batch(alerts)
+            snapshot = sink.position()
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        sink.close()
+    assert snapshot["pending"] == [] and sink.failed == 3
+    letters = _letters(refused)
+    assert sorted(letter.source["id"] for letter in letters) == [a.alert_id for a in alerts]
+    assert all("delivery failed: _MSG_TIMED_OUT" in letter.reason for letter in letters)
+
+
+def test_a_sink_whose_dead_letter_file_cannot_be_written_logs_counts_and_goes_on(
+        broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The dead-letter file on a full disk (``/dev/full``): the refused record is logged at
+    CRITICAL level and counted as lost, and the sink delivers the next records."""
+    from prometheus_client import CollectorRegistry
+
+    from ops.metrics import EngineMetrics
+    from sinks.delivery import JsonlDeadLetters
+    from sinks.kafka import KafkaSink
+
+    create_topics(broker, {"dead_letter": 1})
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry, sinks=("kafka_dead_letters",)).sink("kafka_dead_letters")
+    full = JsonlDeadLetters("/dev/full")
+    sink = KafkaSink({"bootstrap.servers": broker, "message.max.bytes": 1000}, "dead_letter", full, metrics=metrics)
+    sink.open()
+    small = DeadLetter.of(b"not json", "invalid JSON", {"topic": "events", "partition": 0, "offset": 1})
+    large = DeadLetter.of(b"y" * 3000, "invalid JSON", {"topic": "events", "partition": 0, "offset": 2})
+    sink.write_batch([small, large, small])
+    sink.close()
+    assert len(consume_all(broker, "dead_letter", expect=2, timeout=30)) == 2
+    assert full.lost == 1
+    assert registry.get_sample_value("crm_engine_sink_lost_total", {"sink": "kafka_dead_letters"}) == 1
+    assert registry.get_sample_value("crm_engine_sink_errors_total", {"sink": "kafka_dead_letters"}) == 1
+    critical = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert len(critical) == 1 and "dead letter of topic=events/partition=0/offset=2" in critical[0].getMessage()
+
+
+def test_the_dead_letter_topic_sends_what_it_refuses_to_its_file(broker: str, tmp_path: Path) -> None:
+    """A Redis or webhook sink's dead letters on a Kafka topic: a letter the producer refuses
+    goes to the file, its reason saying why, and the others reach the topic."""
+    from sinks.delivery import JsonlDeadLetters, KafkaDeadLetters
+
+    create_topics(broker, {"sink_dead": 1})
+    path = tmp_path / "fallback.jsonl"
+    out = KafkaDeadLetters({"bootstrap.servers": broker, "message.max.bytes": 1000}, "sink_dead",
+                           JsonlDeadLetters(path))
+    letters = [DeadLetter.of(payload, "redis: buffer full", {"sink": "redis", "id": f"al-{i}"}, None)
+               for i, payload in enumerate((b"{}", b"z" * 3000, b"{}"))]
+    out.write(letters)
+    out.close()
+    assert [orjson.loads(v)["source"]["id"] for v in consume_all(broker, "sink_dead", expect=2)] == ["al-0", "al-2"]
+    (kept,) = _letters(path)
+    assert kept.source["id"] == "al-1" and kept.raw() == b"z" * 3000 and out.refused == 1
+    assert kept.reason.startswith("redis: buffer full; dead-letter topic sink_dead refused it: MSG_SIZE_TOO_LARGE")

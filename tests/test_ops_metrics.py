@@ -7,7 +7,9 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -16,6 +18,7 @@ from ops.health import OpsServer
 from ops.metrics import ALERT_TYPES, DEAD_LETTER_REASONS, SEVERITIES, classify_reason
 from schemas.events import Event, Feedback, InvalidEvent, Transaction, event_from_obj, parse_event
 from schemas.outputs import Alert, CustomerState, DeadLetter
+from sinks.delivery import JsonlDeadLetters
 from sinks.jsonl import JsonlSink
 from sinks.kafka import KafkaSink
 from tests.brokers import http_get as get
@@ -131,21 +134,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_kafka_sink_reports_failed_deliveries_and_its_buffer(caplog: pytest.LogCaptureFixture) -> None:
-    """Nothing listens on the port: every record times out, is counted as an error and logged
-    with its topic."""
+def test_kafka_sink_reports_failed_deliveries_and_its_buffer(caplog: pytest.LogCaptureFixture,
+                                                             tmp_path: Path) -> None:
+    """Nothing listens on the port: every record times out, is counted as an error, logged
+    with its topic and kept whole in the sink's dead letters."""
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, sinks=("kafka_alerts",))
+    refused = tmp_path / "refused.jsonl"
     sink = KafkaSink({"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.timeout.ms": 300,
-                      "enable.idempotence": False}, "alerts", metrics=metrics.sink("kafka_alerts"))
+                      "enable.idempotence": False}, "alerts", JsonlDeadLetters(refused),
+                     metrics=metrics.sink("kafka_alerts"))
     sink.open()
     records = [DeadLetter.of(b"x", "test", {"n": i}) for i in range(3)]
     sink.write_batch(records)
     assert registry.get_sample_value("crm_engine_sink_buffered_records", {"sink": "kafka_alerts"}) == 3
     sink.close()
     assert registry.get_sample_value("crm_engine_sink_errors_total", {"sink": "kafka_alerts"}) == 3
+    assert registry.get_sample_value("crm_engine_sink_lost_total", {"sink": "kafka_alerts"}) == 0
     failures = [r for r in caplog.records if r.name == "sinks.kafka" and "failed" in r.getMessage()]
     assert len(failures) == 3 and all(getattr(r, "topic", None) == "alerts" for r in failures)
+    letters = [DeadLetter(**orjson.loads(line)) for line in refused.read_bytes().splitlines()]
+    assert sorted(letter.raw() for letter in letters) == sorted(r.to_bytes() for r in records)
+    assert all("_MSG_TIMED_OUT" in letter.reason and letter.source["topic"] == "alerts" for letter in letters)
 
 
 def test_metered_sink_counts_records_and_holds_readiness_until_open(tmp_path) -> None:  # type: ignore[no-untyped-def]

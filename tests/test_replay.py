@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 
+from config.settings import load_settings
 from schemas.outputs import DeadLetter
 from tests.conftest import ROOT, malformed_line, replay
 
@@ -83,6 +86,38 @@ def test_ten_thousand_malformed_lines_go_to_dead_letters(
     scored = {orjson.loads(line)["event_id"] for line in (out / "s.jsonl").read_bytes().splitlines()}
     valid_txns = {orjson.loads(line)["event_id"] for line in good if b'"kind":"transaction"' in line}
     assert scored == valid_txns
+
+
+def test_oversized_malformed_lines_leave_bounded_dead_letters_and_replays_stay_identical(
+        sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
+    """Bad lines far longer than ``[input] dead_letter_max_payload_bytes`` (set to 1,000):
+    each dead letter keeps a 1,000-byte prefix with the line's size and SHA-256, every valid
+    transaction is scored, and two replays are byte-identical."""
+    events, _ = sim_stream
+    good = [line for line in events.read_bytes().splitlines() if line]
+    rng = random.Random(8)
+    bad = [b"\xff" + rng.randbytes(300_000).replace(b"\n", b"").replace(b"\r", b""),
+           ("\u4e2d" * 100_000).encode(), b'{"kind": "transaction", "note": "' + b"x" * 200_000]
+    lines = list(good)
+    for line in bad:
+        lines.insert(rng.randrange(len(lines) + 1), line)
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    defaults = load_settings()
+    settings = replace(defaults, input=replace(defaults.input, dead_letter_max_payload_bytes=1000))
+    first = replay(path, tmp_path / "one", settings)
+    second = replay(path, tmp_path / "two", settings)
+    for name in ("alerts", "scores", "state", "dead_letters", "prompts"):
+        assert first.raw(name) == second.raw(name), name
+    letters = {letter["source"]["line"]: letter for letter in first.records("dead_letters")}
+    assert len(letters) == len(bad)
+    for number, letter in letters.items():
+        original = lines[number - 1]
+        assert letter["payload_truncated"] and letter["payload_size"] == len(original)
+        assert letter["payload_sha256"] == hashlib.sha256(original).hexdigest()
+        assert original.startswith(DeadLetter(**letter).kept()) and 996 < len(DeadLetter(**letter).kept()) <= 1000
+    scored = {record["event_id"] for record in first.records("scores")}
+    assert scored == {orjson.loads(line)["event_id"] for line in good if b'"kind":"transaction"' in line}
 
 
 def test_replay_of_a_gzipped_file_matches_the_plain_one(sim_stream: tuple[Path, Path], tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from schemas.events import (
     json_schema,
     parse_event,
 )
-from schemas.outputs import DeadLetter
+from schemas.outputs import DEAD_LETTER_MAX_TEXT, DeadLetter, TruncatedPayload
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "jsonschema"
 BASE = {"event_id": "e1", "ts": "2026-11-23T09:30:00.125Z", "customer_id": "c1"}
@@ -90,6 +92,80 @@ def test_dead_letter_keeps_the_payload_exactly() -> None:
         back = orjson.loads(letter.to_bytes())
         assert back["reason"] == "why" and back["source"]["offset"] == 7
     assert DeadLetter.of(b"\xff", "r", {}).payload_encoding == "base64"
+
+
+def test_dead_letter_carries_the_size_and_hash_of_every_payload() -> None:
+    raw = b'{"kind": "transaction", "amount": NaN}'
+    back = orjson.loads(DeadLetter.of(raw, "why", {}).to_bytes())
+    assert back["payload_size"] == len(raw) and back["payload_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert back["payload_truncated"] is False and back["schema_version"] == "1"
+    # a dead letter written before these fields existed gets them from its (whole) payload
+    old = {"reason": "r", "source": {"file": "f", "line": 3}, "payload": "x\u00e9", "payload_encoding": "utf-8",
+           "schema_version": "1"}
+    letter = DeadLetter(**old)  # type: ignore[arg-type]
+    assert (letter.payload_size, letter.payload_sha256) == (3, hashlib.sha256("x\u00e9".encode()).hexdigest())
+    with pytest.raises(ValueError, match="needs its payload_size"):
+        DeadLetter("r", {}, "abc", "utf-8", payload_truncated=True)
+
+
+@pytest.mark.parametrize("char", ["a", "\u00e9", "\u4e2d", "\U0001f600"])  # 1, 2, 3 and 4 bytes in UTF-8
+def test_a_truncated_text_payload_ends_on_a_character_boundary(char: str) -> None:
+    raw = (char * 50).encode()
+    width = len(char.encode())
+    for limit in range(0, len(raw)):
+        letter = DeadLetter.of(raw, "too long", {}, max_payload_bytes=limit)
+        assert letter.payload_truncated and letter.payload_encoding == "utf-8"
+        assert letter.payload == char * (limit // width)
+        assert (letter.payload_size, letter.payload_sha256) == (len(raw), hashlib.sha256(raw).hexdigest())
+    assert not DeadLetter.of(raw, "fits", {}, max_payload_bytes=len(raw)).payload_truncated
+
+
+def test_a_truncated_binary_payload_is_a_base64_prefix() -> None:
+    raw = b"\xff\xfe" + bytes(range(256)) * 40
+    letter = DeadLetter.of(raw, "not UTF-8", {"topic": "t"}, max_payload_bytes=1000)
+    assert letter.payload_encoding == "base64" and letter.payload_truncated
+    assert base64.b64decode(letter.payload) == letter.kept() == raw[:1000]
+    assert letter.payload_size == len(raw) and letter.payload_sha256 == hashlib.sha256(raw).hexdigest()
+    with pytest.raises(TruncatedPayload, match="kept 1000 of the payload's 10242 bytes"):
+        letter.raw()
+    # text up to the cut but not after it: the prefix kept is text
+    mixed = b"x" * 2000 + b"\xff"
+    assert DeadLetter.of(mixed, "r", {}, max_payload_bytes=1000).payload == "x" * 1000
+    # a bound of 0 keeps only the size and the hash
+    empty = DeadLetter.of(mixed, "r", {}, max_payload_bytes=0)
+    assert (empty.payload, empty.payload_size, empty.payload_truncated) == ("", 2001, True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | st.text(max_size=40).map(str.encode), st.integers(0, 70))
+def test_a_dead_letter_keeps_a_prefix_within_the_bound_and_reads_back(raw: bytes, limit: int) -> None:
+    letter = DeadLetter.of(raw, "r", {"line": 1}, max_payload_bytes=limit)
+    kept = letter.kept()
+    assert (raw.startswith(kept) and len(kept) <= limit) or kept == raw
+    assert letter.payload_truncated == (len(raw) > limit)
+    if not letter.payload_truncated:
+        assert letter.raw() == raw
+    elif letter.payload_encoding == "base64":
+        assert kept == raw[:limit]
+    else:
+        assert len(kept) > limit - 4  # at most a partial character was left out
+    assert DeadLetter(**orjson.loads(letter.to_bytes())) == letter
+
+
+def test_dead_letter_reason_and_source_are_bounded() -> None:
+    letter = DeadLetter.of(b"x", "because " * 1000, {"file": "/" + "d/" * 2000, "line": 12})
+    assert len(letter.reason) < DEAD_LETTER_MAX_TEXT + 40 and letter.reason.endswith("more characters]")
+    assert letter.reason.startswith("because because")
+    assert len(letter.source["file"]) < DEAD_LETTER_MAX_TEXT + 40 and letter.source["line"] == 12
+
+
+def test_the_largest_dead_letter_fits_a_default_kafka_message() -> None:
+    """The default bound with the worst payloads: control characters (each a 6-byte JSON
+    escape) and binary (base64), and the longest reason and source."""
+    long_text = "\u4e2d" * 5000
+    for raw in (bytes(range(32)) * 10_000, b"\xff" * 1_000_000):
+        letter = DeadLetter.of(raw, long_text, {"file": long_text, "line": 1})
+        assert len(letter.to_bytes()) < 1_000_000
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_FIELDS))
