@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser(
         "verify", help="check an audit log's signed chain and head",
         description="Check every entry's MAC (with the key file), its sequence number and its link to the "
-        "entry before, then the log's end against its signed head. Prints one line per log; "
+        "entry before, then the log's end against its signed head and, when a file and a Redis log are both "
+        "given (or configured), against its head anchored in the other store. Prints one line per log; "
         "exits 0 if every log verifies, 1 naming the first bad or missing entry otherwise, 2 if a log "
         "cannot be read. Default: the logs configured in [audit].")
     _common(verify)
@@ -347,14 +348,25 @@ def _audit_ready(settings: Settings) -> bool:
     if not (a.file or a.redis):
         return True
     from schemas.audit import AuditKeyError, AuditKeys, BrokenLog
-    from sinks.audit import check_file_log, check_redis_log
+    from sinks.audit import (
+        FileHeadAnchor,
+        RedisHeadAnchor,
+        check_file_log,
+        check_redis_log,
+        file_anchor_key,
+        redis_anchor_path,
+    )
 
+    key = f"{r.key_prefix}{a.redis_key}"
+    both = bool(a.file and a.redis)
     try:
         keys = AuditKeys.load(a.key_file)
         if a.file:
-            check_file_log(a.file, keys)
+            check_file_log(a.file, keys, RedisHeadAnchor(r.url, file_anchor_key(key), r.socket_timeout_s)
+                           if both else None)
         if a.redis:
-            check_redis_log(r.url, f"{r.key_prefix}{a.redis_key}", keys, r.socket_timeout_s)
+            check_redis_log(r.url, key, keys, r.socket_timeout_s,
+                            FileHeadAnchor(redis_anchor_path(a.file)) if both else None)
     except AuditKeyError as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return False
@@ -421,7 +433,15 @@ def _audit_keygen(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     from schemas.audit import AuditKeyError, AuditKeys, Verdict
-    from sinks.audit import CannotVerify, verify_file, verify_redis
+    from sinks.audit import (
+        CannotVerify,
+        FileHeadAnchor,
+        RedisHeadAnchor,
+        file_anchor_key,
+        redis_anchor_path,
+        verify_file,
+        verify_redis,
+    )
 
     a, r = settings.audit, settings.redis
     given = args.file is not None or args.redis is not None or args.key is not None
@@ -436,25 +456,35 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     except AuditKeyError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    results: list[tuple[str, Verdict | CannotVerify]] = []
+    both = file is not None and redis_url is not None
+    results: list[tuple[str, Verdict | CannotVerify, str]] = []
     if file is not None:
+        anchor, where = None, ""
+        if both and redis_url is not None:
+            where = f"Redis key {file_anchor_key(redis_key)}"
+            anchor = RedisHeadAnchor(redis_url, file_anchor_key(redis_key), 10.0).get()
         try:
-            results.append((str(file), verify_file(file, keys)))
+            results.append((str(file), verify_file(file, keys, anchor, where), where if anchor else ""))
         except CannotVerify as exc:
-            results.append((str(file), exc))
+            results.append((str(file), exc, ""))
     if redis_url is not None:
+        anchor, where = None, ""
+        if both and file is not None:
+            where = str(redis_anchor_path(file))
+            anchor = FileHeadAnchor(where).get()
         name = f"Redis key {redis_key}"  # never the URL: it may hold a password
         try:
-            results.append((name, verify_redis(redis_url, redis_key, keys)))
+            results.append((name, verify_redis(redis_url, redis_key, keys, anchor, where), where if anchor else ""))
         except CannotVerify as exc:
-            results.append((name, exc))
+            results.append((name, exc, ""))
     broken = unread = False
-    for name, result in results:
+    for name, result, anchored in results:
         if isinstance(result, CannotVerify):
             print(f"audit log {name} NOT VERIFIED: {result}")
             unread = True
         elif result.ok:
-            print(f"audit log {name} OK: {result.message}")
+            note = f" (and its head anchored in {anchored})" if anchored else ""
+            print(f"audit log {name} OK: {result.message}{note}")
         else:
             print(f"audit log {name} BROKEN: {result.message}")
             broken = True

@@ -16,17 +16,23 @@ entry only if its id was never appended, the head is the one the entry links to 
 list's length agrees with the head, so replays after recovery are skipped and a trimmed
 list is refused; a head that is not signed, or that went back, is refused too. Refused
 records go to the dead letter with the reason. Back-pressure as in ``sinks.delivery``.
+
+With both stores, each log's signed head is also anchored in the other store (the file
+log's in ``KEY:file-head``, the Redis log's in ``FILE.redis-head``): a checkpoint, written
+after the log, that an insider who can rewrite one store cannot roll back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -44,6 +50,7 @@ from schemas.audit import (
     Verdict,
     checked_head,
     link,
+    not_behind,
     redis_keys,
     verify_log,
 )
@@ -65,10 +72,134 @@ def head_path(path: str | Path) -> Path:
     return Path(f"{path}.head")
 
 
+def redis_anchor_path(path: str | Path) -> Path:
+    """Where the Redis log's head is anchored beside the file log ``path``."""
+    return Path(f"{path}.redis-head")
+
+
+def file_anchor_key(key: str) -> str:
+    """Where the file log's head is anchored beside the Redis log ``key``."""
+    return f"{key}:file-head"
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+# -- anchors ---------------------------------------------------------------------------------
+
+
+class HeadAnchor(Protocol):
+    """Where a log's signed head is also kept (the other store): best effort, never ahead
+    of the log."""
+
+    where: str
+
+    def get(self) -> bytes | None:
+        """The head kept there, if any (``None`` also if the store cannot be read)."""
+
+    def put(self, head: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileHeadAnchor:
+    """A log's head in a file (the Redis log's head beside the file log)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+
+    def get(self) -> bytes | None:
+        with contextlib.suppress(OSError):
+            return self.path.read_bytes()
+        return None
+
+    def put(self, head: bytes) -> None:
+        try:
+            _write_atomically(self.path, head + b"\n")
+        except OSError as exc:
+            log.warning("audit anchor %s not written: %s", self.where, exc)
+
+    def close(self) -> None:
+        pass
+
+
+class RedisHeadAnchor:
+    """A log's head in a Redis key (the file log's head beside the Redis log), set by a
+    background thread so the dataflow never waits for Redis: the latest head put is set,
+    retried every second while Redis is down; a close waits ``close_timeout_s`` for it."""
+
+    def __init__(self, url: str, key: str, socket_timeout_s: float = 5.0, close_timeout_s: float = 5.0) -> None:
+        self._url, self.key, self._timeout_s, self._close_timeout_s = url, key, socket_timeout_s, close_timeout_s
+        self.where = f"Redis key {key}"
+        self._pending: bytes | None = None
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def get(self) -> bytes | None:
+        import redis
+
+        client = redis.Redis.from_url(self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s)
+        try:
+            value = client.get(self.key)
+            return value if isinstance(value, bytes) else None
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def put(self, head: bytes) -> None:
+        with self._cond:
+            self._pending = head
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-anchor", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self._url, socket_timeout=self._timeout_s,
+                                      socket_connect_timeout=self._timeout_s)
+        failing = False
+        try:
+            while True:
+                with self._cond:
+                    while self._pending is None and not self._closing:
+                        self._cond.wait()
+                    head = self._pending
+                    if head is None:
+                        return
+                try:
+                    client.set(self.key, head)
+                except redis.RedisError as exc:
+                    if not failing:
+                        log.warning("audit anchor %s not set, retrying: %s", self.where, exc)
+                    failing = True
+                    with self._cond:
+                        self._cond.wait(1.0)
+                        if self._closing:
+                            return
+                    continue
+                failing = False
+                with self._cond:
+                    if self._pending is head:
+                        self._pending = None
+                    self._cond.notify_all()
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending is None or self._thread is None, self._close_timeout_s)
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(self._close_timeout_s)
 
 
 # -- the file log ----------------------------------------------------------------------------
@@ -141,17 +272,21 @@ def _continuation(handle: BinaryIO, stored_head: bytes | None, keys: AuditKeys, 
     return _Continuation(seq + 1, prev, size)
 
 
-def check_file_log(path: str | Path, keys: AuditKeys) -> None:
+def check_file_log(path: str | Path, keys: AuditKeys, anchor: HeadAnchor | None = None) -> None:
     """``BrokenLog`` if the engine could not continue the file log at ``path``: it does not
-    agree with its signed head (a start-up check; a log that does not exist yet is fine)."""
+    agree with its signed head, or ends before its head anchored in the other store (a
+    start-up check; a log that does not exist yet is fine unless its anchor says otherwise)."""
     path = Path(path)
+    last = EMPTY_SEQ
     if path.exists():
         try:
             stored = head_path(path).read_bytes()
         except FileNotFoundError:
             stored = None
         with open(path, "rb") as handle:
-            _continuation(handle, stored, keys, str(path))
+            last = _continuation(handle, stored, keys, str(path)).seq - 1
+    if anchor is not None:
+        not_behind(keys, anchor.get(), last, str(path), anchor.where)
 
 
 class FileAuditSink(Sink):
@@ -159,10 +294,11 @@ class FileAuditSink(Sink):
     exactly once into the file with recovery (truncated to the snapshot on resume); without
     recovery a restart continues the chain."""
 
-    def __init__(self, path: str | Path, keys: AuditKeys) -> None:
+    def __init__(self, path: str | Path, keys: AuditKeys, anchor: HeadAnchor | None = None) -> None:
         self._path = Path(path)
         self._head_path = head_path(self._path)
         self._keys = keys
+        self._anchor = anchor
         self._file: BinaryIO | None = None
         self._seq, self._prev = 0, GENESIS
 
@@ -180,6 +316,8 @@ class FileAuditSink(Sink):
                 except FileNotFoundError:
                     stored = None
                 going_on = _continuation(self._file, stored, self._keys, str(self._path))
+                if self._anchor is not None:
+                    not_behind(self._keys, self._anchor.get(), going_on.seq - 1, str(self._path), self._anchor.where)
                 if going_on.size < self._file.seek(0, os.SEEK_END):
                     log.warning("audit log %s: a torn last line (a crash mid-write) cut off", self._path)
                     self._file.truncate(going_on.size)
@@ -222,6 +360,8 @@ class FileAuditSink(Sink):
     def _write_head(self) -> None:
         head = Head.sign(self._keys, self._seq - 1, self._prev).to_bytes()
         _write_atomically(self._head_path, head + b"\n")
+        if self._anchor is not None:
+            self._anchor.put(head)
 
     def position(self) -> tuple[int, int, str]:
         assert self._file is not None
@@ -231,15 +371,18 @@ class FileAuditSink(Sink):
         if self._file is not None:
             close_durably(self._file)
             self._file = None
+        if self._anchor is not None:
+            self._anchor.close()
 
 
 # -- the Redis log ---------------------------------------------------------------------------
 
 
-def check_redis_log(url: str, key: str, keys: AuditKeys, socket_timeout_s: float = 5.0) -> None:
+def check_redis_log(url: str, key: str, keys: AuditKeys, socket_timeout_s: float = 5.0,
+                    anchor: HeadAnchor | None = None) -> None:
     """``BrokenLog`` if the Redis log ``key`` does not agree with its signed head (its
-    length and last entry): a start-up check. An unreachable Redis passes (the writers
-    check every append)."""
+    length and last entry) or ends before its head anchored in the other store: a start-up
+    check. An unreachable Redis passes (the writers check every append)."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
@@ -256,6 +399,8 @@ def check_redis_log(url: str, key: str, keys: AuditKeys, socket_timeout_s: float
     finally:
         client.close()
     head = checked_head(keys, stored, f"Redis key {key}:head")
+    if anchor is not None:
+        not_behind(keys, anchor.get(), EMPTY_SEQ if head is None else head.seq, f"Redis key {key}", anchor.where)
     if head is None:
         if length:
             raise BrokenLog(f"Redis key {key}: {length} entries but no signed head")
@@ -277,11 +422,13 @@ class RedisAuditSink(BufferedSink):
     refused (to the dead letter, with the reason) if the log does not verify."""
 
     def __init__(self, url: str, key: str, keys: AuditKeys, dead_letters: DeadLetterOut,
-                 socket_timeout_s: float = 5.0, capacity: int = 10_000, policy: RetryPolicy | None = None) -> None:
+                 socket_timeout_s: float = 5.0, capacity: int = 10_000, policy: RetryPolicy | None = None,
+                 anchor: HeadAnchor | None = None) -> None:
         # One record per batch: a refused record goes to the dead letter alone.
         super().__init__("audit", dead_letters, capacity=capacity, batch_size=1, policy=policy)
         self._url, self.key, self._socket_timeout_s = url, key, socket_timeout_s
         self._appender = Appender(keys, f"Redis key {key}")
+        self._anchor = anchor
         self._client: Any = None
         self._script: Any = None
         self.duplicates = 0
@@ -292,6 +439,14 @@ class RedisAuditSink(BufferedSink):
         self._client = redis.Redis.from_url(self._url, socket_timeout=self._socket_timeout_s,
                                             socket_connect_timeout=self._socket_timeout_s)
         self._script = self._client.register_script(REDIS_APPEND_ONCE)
+        if self._anchor is not None:  # the log must not go back from its anchored head either
+            try:
+                anchored = checked_head(self._appender.keys, self._anchor.get(), f"anchored in {self._anchor.where}")
+            except BrokenLog as exc:
+                log.error("audit log %s: %s", self.key, exc)
+                anchored = None
+            if anchored is not None:
+                self._appender.appended(anchored)
 
     def deliver(self, records: list[Record]) -> None:
         keys = redis_keys(self.key)
@@ -308,6 +463,8 @@ class RedisAuditSink(BufferedSink):
                 result = self._script(keys=keys, args=self._appender.script_args(entry, stored, head))
                 if result == 1:
                     self._appender.appended(head)
+                    if self._anchor is not None:
+                        self._anchor.put(head.to_bytes())
                 elif result == 0:
                     self.duplicates += 1
                 elif result == -2:
@@ -322,6 +479,8 @@ class RedisAuditSink(BufferedSink):
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._anchor is not None:
+            self._anchor.close()
 
 
 # -- verification ----------------------------------------------------------------------------
@@ -331,9 +490,10 @@ class CannotVerify(Exception):
     """The log cannot be read (not found, its store unreachable): no verdict either way."""
 
 
-def verify_file(path: str | Path, keys: AuditKeys) -> Verdict:
-    """Verify a JSONL audit log and its signed ``.head``. ``CannotVerify`` if there is no
-    such log or it cannot be read."""
+def verify_file(path: str | Path, keys: AuditKeys, anchor: bytes | None = None,
+                anchor_name: str = "the other store") -> Verdict:
+    """Verify a JSONL audit log, its signed ``.head`` and, if given, its head anchored in
+    the other store. ``CannotVerify`` if there is no such log or it cannot be read."""
     path = Path(path)
     try:
         try:
@@ -341,12 +501,12 @@ def verify_file(path: str | Path, keys: AuditKeys) -> Verdict:
         except FileNotFoundError:
             stored = None
         if not path.exists():
-            if stored is None:
+            if stored is None and anchor is None:
                 raise CannotVerify("not found")
-            return verify_log([], stored, keys, head_name=str(head_path(path)))
+            return verify_log([], stored, keys, anchor, str(head_path(path)), anchor_name)
         with open(path, "rb") as handle:
-            return verify_log((line for line in handle if line.strip()), stored, keys,
-                              head_name=str(head_path(path)))
+            return verify_log((line for line in handle if line.strip()), stored, keys, anchor,
+                              str(head_path(path)), anchor_name)
     except OSError as exc:
         raise CannotVerify(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
 
@@ -361,17 +521,19 @@ def _lrange_all(client: Any, key: str, chunk: int = 1000) -> Iterator[bytes]:
         start += chunk
 
 
-def verify_redis(url: str, key: str, keys: AuditKeys) -> Verdict:
-    """Verify an audit log kept in the Redis list ``key`` and its signed ``key:head``.
-    ``CannotVerify`` if there is no such log or Redis cannot be read."""
+def verify_redis(url: str, key: str, keys: AuditKeys, anchor: bytes | None = None,
+                 anchor_name: str = "the other store") -> Verdict:
+    """Verify an audit log kept in the Redis list ``key``, its signed ``key:head`` and, if
+    given, its head anchored in the other store. ``CannotVerify`` if there is no such log
+    or Redis cannot be read."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=10.0)
     try:
         stored = client.get(f"{key}:head")
-        if stored is None and not client.exists(key):
+        if stored is None and anchor is None and not client.exists(key):
             raise CannotVerify("no such list in Redis, nor its head")
-        return verify_log(_lrange_all(client, key), stored, keys, head_name=f"Redis key {key}:head")
+        return verify_log(_lrange_all(client, key), stored, keys, anchor, f"Redis key {key}:head", anchor_name)
     except redis.ResponseError as exc:
         if "WRONGTYPE" not in str(exc):
             raise CannotVerify(f"Redis refused to read the audit log: {exc}") from None

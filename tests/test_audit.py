@@ -1,7 +1,8 @@
 """The signed audit log against an insider who can write its store but does not hold the key:
 every edit, removal, reordering, re-chaining, cut tail and head reset is found and the first
 bad or missing entry named, in a file and in a private Redis (through ``run.py audit
-verify``); the writers refuse to continue such a log; never a traceback."""
+verify``); the writers refuse to continue such a log; a rollback to an older copy of log and
+head is found through the head anchored in the other store; never a traceback."""
 
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ import redis
 import run
 from config.settings import ConfigError, load_settings
 from schemas.audit import GENESIS, AuditKeys, BrokenLog
-from sinks.audit import FileAuditSink, RedisAuditSink, verify_file, verify_redis
+from sinks.audit import (
+    FileAuditSink,
+    FileHeadAnchor,
+    RedisAuditSink,
+    RedisHeadAnchor,
+    verify_file,
+    verify_redis,
+)
 from sinks.delivery import JsonlDeadLetters
 from tests.conftest import ROOT, audit_key_file
 from tests.services import RedisServer, redis_server, wait_until
@@ -319,8 +327,9 @@ def test_live_engine_does_not_start_on_a_tampered_log_or_without_a_key(tmp_path:
 # -- the Redis log ---------------------------------------------------------------------------
 
 
-def redis_log(server: RedisServer, keys: AuditKeys, key: str, tmp_path: Path, n: int = 10) -> RedisAuditSink:
-    sink = RedisAuditSink(server.url, key, keys, JsonlDeadLetters(tmp_path / f"dead-{key}.jsonl"))
+def redis_log(server: RedisServer, keys: AuditKeys, key: str, tmp_path: Path, n: int = 10,
+              anchor: FileHeadAnchor | None = None) -> RedisAuditSink:
+    sink = RedisAuditSink(server.url, key, keys, JsonlDeadLetters(tmp_path / f"dead-{key}.jsonl"), anchor=anchor)
     sink.open()
     sink.write_batch(make_alerts(n))
     assert wait_until(lambda: sink.buffer_depth == 0, 10)
@@ -466,6 +475,57 @@ def test_ids_marked_in_advance_do_not_keep_entries_out(redis_srv: RedisServer, t
     client.sadd("t:audit:ids", "al-00000", "al-00001")  # alert ids are deterministic: guessable
     redis_log(redis_srv, keys, "t:audit", tmp_path, n=3).close()
     assert [orjson.loads(e)["id"] for e in client.lrange("t:audit", 0, -1)] == ["al-00000", "al-00001", "al-00002"]
+
+
+# -- both stores: heads anchored in the other one --------------------------------------------
+
+
+def test_rollback_to_an_older_copy_is_found_through_the_other_store(redis_srv: RedisServer, tmp_path: Path,
+                                                                    keys: AuditKeys, key_file: Path) -> None:
+    """An insider who kept an older copy of a log and its genuine signed head and puts both
+    back: the log alone verifies (nothing in it is wrong), its head anchored in the other
+    store says it went back."""
+    path = tmp_path / "audit.jsonl"
+    file_sink = FileAuditSink(path, keys, anchor=RedisHeadAnchor(redis_srv.url, "t:audit:file-head"))
+    file_sink.open()
+    redis_sink = redis_log(redis_srv, keys, "t:audit", tmp_path, n=6, anchor=FileHeadAnchor(f"{path}.redis-head"))
+    file_sink.write_batch(make_alerts(6))
+    client = redis.Redis.from_url(redis_srv.url)
+    older = (client.lrange("t:audit", 0, -1), client.get("t:audit:head"), path.read_bytes(),
+             Path(f"{path}.head").read_bytes())
+    file_sink.write_batch(make_alerts(4, start=6))
+    redis_sink.write_batch(make_alerts(4, start=6))
+    assert wait_until(lambda: redis_sink.buffer_depth == 0, 10)
+    redis_sink.close()
+    file_sink.close()
+    both = ("--file", str(path), "--redis", redis_srv.url, "--key", "t:audit", "--key-file", str(key_file))
+    assert verify(*both) == (0, f"audit log {path} OK: 10 entries verified (and its head anchored in Redis key "
+                                f"t:audit:file-head)\naudit log Redis key t:audit OK: 10 entries verified (and its "
+                                f"head anchored in {path}.redis-head)\n")
+    client.delete("t:audit")
+    client.rpush("t:audit", *older[0])
+    client.set("t:audit:head", older[1])
+    assert verify("--redis", redis_srv.url, "--key", "t:audit", "--key-file", str(key_file))[0] == 0  # alone
+    code, out = verify(*both)
+    assert code == 1 and (f"audit log Redis key t:audit BROKEN: the log ends at entry 5 but its head anchored in "
+                          f"{path}.redis-head says 9: entries 6..9 were removed") in out, out
+    # nor does the writer go on from there (and overwrite the anchor)
+    writer = redis_log(redis_srv, keys, "t:audit", tmp_path, n=1, anchor=FileHeadAnchor(f"{path}.redis-head"))
+    assert wait_until(lambda: writer.dead_lettered == 1, 10)
+    writer.close()
+    assert "went back from entry 9 to 5" in (tmp_path / "dead-t:audit.jsonl").read_text()
+    path.write_bytes(older[2])
+    Path(f"{path}.head").write_bytes(older[3])
+    assert verify_file(path, keys)[0]  # alone
+    code, out = verify(*both)
+    assert code == 1 and (f"audit log {path} BROKEN: the log ends at entry 5 but its head anchored in Redis key "
+                          f"t:audit:file-head says 9: entries 6..9 were removed") in out, out
+    with pytest.raises(BrokenLog, match="it ends at entry 5 but its head anchored in Redis key t:audit:file-head"):
+        FileAuditSink(path, keys, anchor=RedisHeadAnchor(redis_srv.url, "t:audit:file-head")).open()
+    path.unlink()  # the whole log and its head deleted: the anchor still says what there was
+    Path(f"{path}.head").unlink()
+    code, out = verify(*both)
+    assert code == 1 and "the log is empty but its head anchored in Redis key t:audit:file-head says 9" in out, out
 
 
 # -- keys, configuration, layering -----------------------------------------------------------
