@@ -7,7 +7,8 @@
     python run.py evaluate             simulate, replay, and report detection quality
     python run.py evaluate --nba       next-best action in closed loop against baselines
     python run.py produce              send the simulator's stream to the Kafka input topics
-    python run.py audit verify ...     check the hash chain of an audit log
+    python run.py audit verify ...     check an audit log's signed chain and head
+    python run.py audit keygen ...     create (or rotate) the audit log's HMAC key file
     python run.py snooze ...           suppress a customer's alerts of a type until a time
     python run.py dashboard            the risk dashboard and RM workspace (web, over Redis)
     python run.py dashboard add-user   add a dashboard user (scrypt-hashed password)
@@ -34,6 +35,7 @@ from config.settings import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from ops import Telemetry
     from ops.health import OpsServer
+    from schemas.audit import AuditKeys
 
 T = TypeVar("T")
 
@@ -148,17 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
 
     audit = sub.add_parser("audit", help="audit log tools",
-                           description="Tools for the hash-chained audit log of alerts and lifecycle changes.")
+                           description="Tools for the signed, chained audit log of alerts, lifecycle changes "
+                           "and dashboard users' actions.")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(
-        "verify", help="check an audit log's hash chain",
-        description="Check every entry's hash, its link to the entry before and the sequence, and "
-        "the log's head. Exits 0 if the log is intact, 1 naming the first bad entry otherwise. "
-        "Default: the log configured in [audit] (its file, else its Redis list).")
+        "verify", help="check an audit log's signed chain and head",
+        description="Check every entry's MAC (with the key file), its sequence number and its link to the "
+        "entry before, then the log's end against its signed head and, when a file and a Redis log are both "
+        "given (or configured), against its head anchored in the other store. Prints one line per log; "
+        "exits 0 if every log verifies, 1 naming the first bad or missing entry otherwise, 2 if a log "
+        "cannot be read. Default: the logs configured in [audit].")
     _common(verify)
-    verify.add_argument("--file", type=Path, help="a JSONL audit log")
-    verify.add_argument("--redis", metavar="URL", help="a Redis server holding the log (with --key)")
+    verify.add_argument("--file", type=Path, help="a JSONL audit log (its signed head is FILE.head)")
+    verify.add_argument("--redis", metavar="URL", help="a Redis server holding the log (see --key)")
     verify.add_argument("--key", help="the Redis list of the log (default: <key_prefix><redis_key>)")
+    verify.add_argument("--key-file", type=Path, help="the HMAC key file (default: [audit] key_file)")
+    keygen = audit_sub.add_parser(
+        "keygen", help="create the audit log's HMAC key file, or add a new active key to it",
+        description="Write a new key file (TOML, mode 0600) with one random 32-byte key, or with --add put a "
+        "new key into an existing file and make it the active one (key rotation: older keys stay to verify "
+        "what they signed). Give the file to the engine and the dashboard ([audit] key_file), never to the "
+        "log's stores.")
+    keygen.add_argument("--out", type=Path, required=True, help="the key file to write")
+    keygen.add_argument("--add", action="store_true", help="add a new active key to the existing --out file")
+    keygen.add_argument("--id", dest="key_id", default=None,
+                        help="the new key's id (letters, digits, _ and -; default: k-<8 random hex digits>)")
 
     snooze = sub.add_parser(
         "snooze", help="suppress one customer's alerts of a type until a time",
@@ -232,6 +248,8 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from dashboard.auth import UserStore
     from dashboard.server import redis_reachable, server
+    from schemas.audit import AuditKeyError, AuditKeys, BrokenLog
+    from sinks.audit import check_redis_log
 
     users = UserStore.load(settings.dashboard.users_file)
     if not len(users):
@@ -241,6 +259,17 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     if not redis_reachable(settings.redis.url):
         print("Redis is not reachable at [redis] url", file=sys.stderr)
         return 1
+    key = f"{settings.redis.key_prefix}{settings.audit.redis_key}"
+    try:  # users' actions are appended to the audit log: its key, and a log that verifies
+        check_redis_log(settings.redis.url, key, AuditKeys.load(settings.audit.key_file),
+                        settings.redis.socket_timeout_s)
+    except AuditKeyError as exc:
+        print(f"the dashboard audits its users' actions: {exc}", file=sys.stderr)
+        return 2
+    except BrokenLog as exc:
+        print(f"audit log broken, not appending to it: {exc}. Check it with `python run.py audit verify --key "
+              f"{key}`", file=sys.stderr)
+        return 2
     d = settings.dashboard
     print(f"dashboard on http://{args.host or d.host}:{args.port or d.port}/", file=sys.stderr)
     server(settings, args.host, args.port, users).run()
@@ -250,6 +279,9 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
 #: How many recent events per customer the demo keeps for the dashboard's timelines: enough
 #: to see what led to an alert, a few kilobytes per customer.
 DEMO_RECENT_EVENTS = 20
+#: The key file that signs the demo's audit log unless [audit] key_file names one; the first
+#: demo run creates it.
+DEMO_AUDIT_KEY_FILE = "audit-key.toml"
 
 
 def _demo_dashboard(settings: Settings) -> Settings:
@@ -268,15 +300,84 @@ def _demo_dashboard(settings: Settings) -> Settings:
         print("dashboard off: Redis is not reachable at [redis] url (start redis-server, or set "
               "CRM__REDIS__URL)", file=sys.stderr)
         return settings
+    key_file = settings.audit.key_file or DEMO_AUDIT_KEY_FILE
+    problem = _demo_audit(settings, Path(key_file))
+    if problem:
+        print(f"dashboard off: {problem}", file=sys.stderr)
+        return settings
     recent = settings.redis.recent_events or DEMO_RECENT_EVENTS
     settings = with_(settings, redis=with_(settings.redis, enabled=True, input_stream=d.feedback_stream,
                                            recent_events=recent),
-                     audit=with_(settings.audit, redis=True),
+                     audit=with_(settings.audit, redis=True, key_file=key_file),
                      dashboard=with_(d, feedback_time="reference"))  # the simulator keeps its own clock
     _demo_users(settings)
     start_in_thread(settings)
     print(f"dashboard on http://{d.host}:{d.port}/ (users: {d.users_file})", file=sys.stderr)
     return settings
+
+
+def _demo_audit(settings: Settings, key_file: Path) -> str:
+    """The demo's audit log in Redis, signed with ``key_file`` (created on the first run):
+    why it cannot be used, or ``""``."""
+    from schemas.audit import AuditKeyError, AuditKeys, BrokenLog
+    from sinks.audit import check_redis_log
+
+    try:
+        if not key_file.exists():
+            _write_key_file(key_file, AuditKeys.generate())
+            print(f"audit key created: {key_file} (it signs the audit log; keep it to verify the log)",
+                  file=sys.stderr)
+        keys = AuditKeys.load(key_file)
+        key = f"{settings.redis.key_prefix}{settings.audit.redis_key}"
+        check_redis_log(settings.redis.url, key, keys, settings.redis.socket_timeout_s)
+    except AuditKeyError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot write the audit key file {key_file}: {exc.strerror or exc}"
+    except BrokenLog as exc:
+        return (f"the audit log in Redis cannot be continued with the key in {key_file}: {exc}. Check it with "
+                f"`python run.py audit verify --key {key} --key-file {key_file}`, or delete the keys {key}, "
+                f"{key}:head and {key}:ids to start a new log")
+    return ""
+
+
+def _audit_ready(settings: Settings) -> bool:
+    """Start-up check of the audit logs that are on: the key file loads and each log agrees
+    with its signed head (an engine that went on would re-sign a cut log); says why not."""
+    a, r = settings.audit, settings.redis
+    if not (a.file or a.redis):
+        return True
+    from schemas.audit import AuditKeyError, AuditKeys, BrokenLog
+    from sinks.audit import (
+        FileHeadAnchor,
+        RedisHeadAnchor,
+        check_file_log,
+        check_redis_log,
+        file_anchor_key,
+        redis_anchor_path,
+    )
+
+    key = f"{r.key_prefix}{a.redis_key}"
+    both = bool(a.file and a.redis)
+    try:
+        keys = AuditKeys.load(a.key_file)
+        if a.file:
+            check_file_log(a.file, keys, RedisHeadAnchor(r.url, file_anchor_key(key), r.socket_timeout_s)
+                           if both else None)
+        if a.redis:
+            check_redis_log(r.url, key, keys, r.socket_timeout_s,
+                            FileHeadAnchor(redis_anchor_path(a.file)) if both else None)
+    except AuditKeyError as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return False
+    except OSError as exc:
+        print(f"audit: cannot read {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    except BrokenLog as exc:
+        print(f"audit log broken, not appending to it: {exc}. Check it with `python run.py audit verify`; "
+              f"move the log (and its head) aside to start a new one", file=sys.stderr)
+        return False
+    return True
 
 
 def _demo_users(settings: Settings) -> None:
@@ -296,24 +397,98 @@ def _demo_users(settings: Settings) -> None:
         print(f"dashboard user {name} ({role}): password {password}", file=sys.stderr)
 
 
-def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from sinks.audit import verify_file, verify_redis
+def _write_key_file(path: Path, keys: AuditKeys) -> None:
+    """Write a key file readable by its owner only (created 0600, then moved into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(keys.to_text())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
-    if args.file is not None:
-        if not args.file.exists():
-            print(f"audit log not found: {args.file}", file=sys.stderr)
+
+def _audit_keygen(args: argparse.Namespace) -> int:
+    from schemas.audit import AuditKeyError, AuditKeys
+
+    out: Path = args.out
+    try:
+        if args.add:
+            keys = AuditKeys.load(out).rotated(args.key_id)
+        elif out.exists():
+            print(f"{out} exists: its keys verify the logs they signed; add a key with --add, or choose "
+                  f"another file", file=sys.stderr)
             return 2
-        ok, message = verify_file(args.file)
-    elif args.redis or settings.audit.redis:
-        key = args.key or f"{settings.redis.key_prefix}{settings.audit.redis_key}"
-        ok, message = verify_redis(args.redis or settings.redis.url, key)
-    elif settings.audit.file:
-        ok, message = verify_file(settings.audit.file)
-    else:
-        print("no audit log given: --file F or --redis URL --key K", file=sys.stderr)
+        else:
+            keys = AuditKeys.generate(args.key_id)
+        _write_key_file(out, keys)
+    except AuditKeyError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
-    print(f"audit log {'OK' if ok else 'BROKEN'}: {message}")
-    return 0 if ok else 1
+    except OSError as exc:
+        print(f"cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"audit key {keys.active} {'added to' if args.add else 'written to'} {out} (mode 0600; active)")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.audit import AuditKeyError, AuditKeys, Verdict
+    from sinks.audit import (
+        CannotVerify,
+        FileHeadAnchor,
+        RedisHeadAnchor,
+        file_anchor_key,
+        redis_anchor_path,
+        verify_file,
+        verify_redis,
+    )
+
+    a, r = settings.audit, settings.redis
+    given = args.file is not None or args.redis is not None or args.key is not None
+    file: Path | None = args.file if given else (Path(a.file) if a.file else None)
+    redis_url: str | None = (args.redis or (r.url if args.key else None)) if given else (r.url if a.redis else None)
+    redis_key = args.key or f"{r.key_prefix}{a.redis_key}"
+    if file is None and redis_url is None:
+        print("no audit log given: --file F or --redis URL --key K (or configure [audit])", file=sys.stderr)
+        return 2
+    try:
+        keys = AuditKeys.load(args.key_file if args.key_file is not None else a.key_file)
+    except AuditKeyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    both = file is not None and redis_url is not None
+    results: list[tuple[str, Verdict | CannotVerify, str]] = []
+    if file is not None:
+        anchor, where = None, ""
+        if both and redis_url is not None:
+            where = f"Redis key {file_anchor_key(redis_key)}"
+            anchor = RedisHeadAnchor(redis_url, file_anchor_key(redis_key), 10.0).get()
+        try:
+            results.append((str(file), verify_file(file, keys, anchor, where), where if anchor else ""))
+        except CannotVerify as exc:
+            results.append((str(file), exc, ""))
+    if redis_url is not None:
+        anchor, where = None, ""
+        if both and file is not None:
+            where = str(redis_anchor_path(file))
+            anchor = FileHeadAnchor(where).get()
+        name = f"Redis key {redis_key}"  # never the URL: it may hold a password
+        try:
+            results.append((name, verify_redis(redis_url, redis_key, keys, anchor, where), where if anchor else ""))
+        except CannotVerify as exc:
+            results.append((name, exc, ""))
+    broken = unread = False
+    for name, result, anchored in results:
+        if isinstance(result, CannotVerify):
+            print(f"audit log {name} NOT VERIFIED: {result}")
+            unread = True
+        elif result.ok:
+            note = f" (and its head anchored in {anchored})" if anchored else ""
+            print(f"audit log {name} OK: {result.message}{note}")
+        else:
+            print(f"audit log {name} BROKEN: {result.message}")
+            broken = True
+    return 1 if broken else 2 if unread else 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -363,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log_format = getattr(args, "log_format", None) or ("json" if args.command == "live" else "text")
     configure_logging(getattr(args, "log_level", "INFO"), log_format)
+    if args.command == "audit" and args.audit_command == "keygen":  # needs no configuration
+        return _audit_keygen(args)
     try:
         settings = _settings(args) if args.command != "simulate" else None
     except ConfigError as exc:
@@ -398,6 +575,8 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
     if args.command is None:
         assert settings is not None
         settings = _demo_dashboard(settings)
+        if not _audit_ready(settings):
+            return 2
         print("Running the built-in simulator; alerts follow. Ctrl-C stops.", file=sys.stderr)
         modes.run_demo(settings, stop, args.workers, telemetry)
     elif args.command == "replay":
@@ -411,6 +590,8 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
             args.workers)
     elif args.command == "live":
         assert settings is not None
+        if not _audit_ready(settings):
+            return 2
         modes.run_live(settings, stop, console=not args.quiet, workers=args.workers,
                        alerts_path=args.alerts_out, dead_letter_path=args.dead_letter_out, telemetry=telemetry)
     elif args.command == "simulate":

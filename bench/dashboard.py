@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as srv:
-        settings = engine_settings(srv.url, "bench:")
+        settings = engine_settings(srv.url, "bench:", Path(tmp))
         sink = RedisSink(srv.url, JsonlDeadLetters(Path(tmp) / "dead.jsonl"), prefix="bench:")
         sink.open()
         sink.write_batch(alerts(args.alerts))  # type: ignore[arg-type]

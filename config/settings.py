@@ -145,11 +145,21 @@ class WebhookSettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """The hash-chained audit log of alerts and lifecycle changes (live modes)."""
+    """The signed, chained audit log of alerts and lifecycle changes (live modes), and of
+    the dashboard users' actions."""
 
     file: str = ""  # a JSONL log; empty = none
     redis: bool = False  # also a Redis list at [redis] url, key "<key_prefix><redis_key>"
     redis_key: str = "audit"
+    # The HMAC key file (`run.py audit keygen`), never kept with the log; needed by any audit
+    # log and by the dashboard.
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.file or self.redis) and not self.key_file:
+            raise ConfigError("audit.key_file: an audit log is on ([audit] file or redis) but no HMAC key file "
+                              "is set: create one with `python run.py audit keygen --out FILE` and set "
+                              "[audit] key_file (CRM__AUDIT__KEY_FILE)")
 
 
 @dataclass(frozen=True)

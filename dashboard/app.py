@@ -47,6 +47,7 @@ from dashboard.store import (
     Store,
     describe_event,
 )
+from schemas.audit import AuditKeys
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -70,6 +71,7 @@ class DashboardConfig:
     """What the application needs besides Redis (from ``[dashboard]`` and ``[redis]``)."""
 
     secret: bytes
+    audit_keys: AuditKeys  # the audit log's key file (users' actions are appended to it)
     session_ttl_s: float = 8 * 3600.0
     secure_cookies: bool = False
     page_size_max: int = 200
@@ -248,7 +250,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     """The application; with ``index``, it runs the ``Indexer`` while it serves."""
     signer = Signer(config.secret)
     hub = Hub()
-    auditor = Auditor(store.r, store.audit_key)
+    auditor = Auditor(store.r, store.audit_key, config.audit_keys)
     indexer = Indexer(store, hub)
 
     @contextlib.asynccontextmanager

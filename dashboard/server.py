@@ -11,18 +11,22 @@ from config.settings import Settings
 from dashboard.app import DashboardConfig, create_app
 from dashboard.auth import UserStore
 from dashboard.store import Store
+from schemas.audit import AuditKeys
 
 
 def build_app(settings: Settings, users: UserStore | None = None) -> Any:
+    """The application over ``[redis]``; users' actions are audited with the key file of
+    ``[audit] key_file`` (``schemas.audit.AuditKeyError`` if it is not set or not valid)."""
     import redis.asyncio
 
     d, r = settings.dashboard, settings.redis
+    keys = AuditKeys.load(settings.audit.key_file)
     client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
                                           socket_connect_timeout=r.socket_timeout_s)
     store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key)
     secret = d.secret.encode() if d.secret else secrets.token_bytes(32)
     return create_app(store, users or UserStore.load(d.users_file),
-                      DashboardConfig(secret, d.session_ttl_s, d.secure_cookies, d.page_size_max))
+                      DashboardConfig(secret, keys, d.session_ttl_s, d.secure_cookies, d.page_size_max))
 
 
 def server(settings: Settings, host: str | None = None, port: int | None = None,

@@ -41,9 +41,10 @@ from typing import Any, Final
 
 import orjson
 
+from schemas.audit import REDIS_APPEND_ONCE, Appender, AuditKeys, BrokenLog, redis_keys
 from schemas.events import event_from_obj
 from schemas.events import parse_timestamp as parse_ts
-from schemas.outputs import format_ts
+from schemas.outputs import UserAction, format_ts
 
 STATUSES: Final = ("open", "acknowledged", "assigned", "snoozed", "closed_fraud", "closed_legit")
 ACTIVE: Final = ("open", "acknowledged", "assigned", "snoozed")
@@ -379,31 +380,30 @@ class Store:
 
 
 class Auditor:
-    """Appends users' actions to the engine's hash-chained audit list (``sinks.audit``): the
-    same Lua script as the engine's writer, so both chain into one log in one order."""
+    """Appends users' actions to the engine's signed, chained audit list: the format, the
+    key file's active key and the append-once script of ``schemas.audit``, as the engine's
+    writer uses them, so both chain into one log in one order. A log that does not verify
+    (a head not signed, or gone back) is refused with ``schemas.audit.BrokenLog``."""
 
-    def __init__(self, client: Any, key: str) -> None:
-        from sinks.audit import APPEND_ONCE
-
+    def __init__(self, client: Any, key: str, keys: AuditKeys) -> None:
         self.r, self.key = client, key
-        self._script = client.register_script(APPEND_ONCE)
+        self._appender = Appender(keys, f"Redis key {key}")
+        self._script = client.register_script(REDIS_APPEND_ONCE)
 
     async def record(self, action: str, username: str, role: str, target: str | None = None,
                      customer_id: str | None = None, detail: str | None = None,
                      event_id: str | None = None) -> None:
-        from schemas.outputs import UserAction
-        from sinks.audit import GENESIS, entry_for, parse_head
-
         record = UserAction(f"ua-{uuid.uuid4().hex}", action, username, role, target, customer_id, detail,
                             event_id, format_ts(time.time()))
-        keys = [self.key, f"{self.key}:head", f"{self.key}:ids"]
+        keys = redis_keys(self.key)
         for _ in range(10):  # another writer moved the head: re-read and re-link
-            head = parse_head(await self.r.get(keys[1]))
-            seq, prev = (head[0] + 1, head[1]) if head else (0, GENESIS)
-            entry = entry_for(record, seq, prev)
-            result = await self._script(keys=keys, args=[
-                entry["id"], f"{head[0]} {head[1]}" if head else "", f"{seq} {entry['hash']}",
-                orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)])
+            stored = await self.r.get(keys[1])
+            entry, head = self._appender.next(stored, record.kind, record.action_id, orjson.loads(record.to_bytes()))
+            result = await self._script(keys=keys, args=self._appender.script_args(entry, stored, head))
+            if result == -2:
+                raise BrokenLog(f"audit log {self.key}: the list's length does not agree with its signed head")
+            if result == 1:
+                self._appender.appended(head)
             if result != -1:
                 return
         raise ConnectionError(f"audit log {self.key}: head kept moving")

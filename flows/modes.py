@@ -43,8 +43,16 @@ from flows.sources import (
     load_replay,
 )
 from flows.steps import Clock, StepConfig
+from schemas.audit import AuditKeys
 from schemas.outputs import format_ts
-from sinks.audit import FileAuditSink, RedisAuditSink
+from sinks.audit import (
+    FileAuditSink,
+    FileHeadAnchor,
+    RedisAuditSink,
+    RedisHeadAnchor,
+    file_anchor_key,
+    redis_anchor_path,
+)
 from sinks.base import Sink, as_output, as_single_writer
 from sinks.console import ConsoleSink
 from sinks.delivery import DeadLetterOut, JsonlDeadLetters, KafkaDeadLetters, RetryPolicy
@@ -258,16 +266,26 @@ def recent_events_sink(settings: Settings) -> Callable[[], Sink]:
 
 def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
     """Factories of the audit logs enabled in the settings (to be single writers, so the
-    chain has one order)."""
+    chain has one order), signing with the key file's active key (read here, once: a
+    missing or malformed key file is an ``AuditKeyError`` before anything runs). With both
+    a file and a Redis log, each anchors its signed head in the other store."""
     sinks: dict[str, Callable[[], Sink]] = {}
     a, r = settings.audit, settings.redis
+    if not (a.file or a.redis):
+        return sinks
+    keys = AuditKeys.load(a.key_file)
+    redis_key = f"{r.key_prefix}{a.redis_key}"
+    both = bool(a.file and a.redis)
     if a.file:
-        sinks["audit_file"] = lambda: FileAuditSink(a.file)
+        sinks["audit_file"] = lambda: FileAuditSink(
+            a.file, keys, anchor=RedisHeadAnchor(r.url, file_anchor_key(redis_key), r.socket_timeout_s) if both
+            else None)
     if a.redis:
         sinks["audit_redis"] = lambda: RedisAuditSink(
-            r.url, f"{r.key_prefix}{a.redis_key}", _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic),
+            r.url, redis_key, keys, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic),
             socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
-            policy=RetryPolicy(budget_s=r.retry_budget_s))
+            policy=RetryPolicy(budget_s=r.retry_budget_s),
+            anchor=FileHeadAnchor(redis_anchor_path(a.file)) if both else None)
     return sinks
 
 

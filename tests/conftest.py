@@ -11,9 +11,19 @@ import pytest
 
 from config.settings import Settings, load_settings
 from flows.modes import ReplayPaths, run_replay
+from schemas.audit import AuditKeys
 from simulator import SimulatorConfig, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def audit_key_file(directory: Path, name: str = "audit-key.toml") -> Path:
+    """A key file for the audit log in ``directory`` (made once, like `run.py audit keygen`)."""
+    path = directory / name
+    if not path.exists():
+        path.write_text(AuditKeys.generate("k-test").to_text())
+        path.chmod(0o600)
+    return path
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,15 +18,17 @@ from bytewax.testing import TestingSource, run_main
 from config.settings import Settings, load_settings
 from flows.modes import live_flow
 from schemas.outputs import format_ts
+from tests.conftest import audit_key_file
 
 
-def engine_settings(url: str, prefix: str, audit: bool = True, recent_events: int = 0) -> Settings:
+def engine_settings(url: str, prefix: str, key_dir: Path, audit: bool = True, recent_events: int = 0) -> Settings:
     """Redis delivery, the Redis input stream, (optionally) the Redis audit log and each
-    customer's ``recent_events`` latest events on."""
+    customer's ``recent_events`` latest events on; the audit key file (which the dashboard
+    needs too) in ``key_dir``."""
     s = load_settings(environ={})
     return replace(s, redis=replace(s.redis, enabled=True, url=url, key_prefix=prefix,
                                     input_stream="feedback:in", recent_events=recent_events),
-                   audit=replace(s.audit, redis=audit))
+                   audit=replace(s.audit, redis=audit, key_file=str(audit_key_file(key_dir))))
 
 
 @contextmanager

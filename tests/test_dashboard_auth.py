@@ -29,7 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboard,
     tmp = tmp_path_factory.mktemp("dash-auth")
     with redis_server(tmp) as srv:
         client = redis.Redis.from_url(srv.url)
-        settings = engine_settings(srv.url, "da:", recent_events=20)
+        settings = engine_settings(srv.url, "da:", tmp, recent_events=20)
         now = time.time()
         with live_engine(settings), dashboard(settings, tmp) as dash:
             inject(client, settings, *history("c-rm1-cust", "rm001", now), *takeover("c-rm1-cust", now),

@@ -56,7 +56,7 @@ def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp
     shots.mkdir()
     with redis_server(tmp_path) as srv:
         client = redis.Redis.from_url(srv.url)
-        settings = engine_settings(srv.url, "e2e:", recent_events=20)
+        settings = engine_settings(srv.url, "e2e:", tmp_path, recent_events=20)
         stop = threading.Event()
         registry = CollectorRegistry()
         metrics = EngineMetrics(registry, ("redis",), alert_threshold=settings.fraud.alert_threshold)

@@ -17,12 +17,13 @@ from detectors.lifecycle import AlertLifecycle, LifecycleParams
 from flows.dataflow import Outputs, build_flow
 from flows.modes import event_clock, execute, step_config
 from flows.sources import ReplaySource, load_replay
+from schemas.audit import AuditKeys
 from schemas.outputs import Alert, Reason, format_ts
 from sinks.audit import RedisAuditSink, verify_redis
 from sinks.base import as_single_writer
 from sinks.delivery import JsonlDeadLetters
 from sinks.redis import RedisSink
-from tests.conftest import replay
+from tests.conftest import audit_key_file, replay
 from tests.services import redis_server
 
 PARAMS = LifecycleParams(dedup_bucket_minutes=60, group_window_minutes=15)
@@ -150,8 +151,9 @@ def test_snoozes_dedup_and_grouping_reach_redis(sim_stream: tuple[Path, Path], t
                    for a in expected)
     with redis_server(tmp_path) as server:
         dead = JsonlDeadLetters(tmp_path / "dead.jsonl")
+        keys = AuditKeys.load(audit_key_file(tmp_path))
         outputs = Outputs(alerts={"redis": as_single_writer(lambda: RedisSink(server.url, dead, prefix="lc:"))},
-                          audit={"audit": as_single_writer(lambda: RedisAuditSink(server.url, "lc:audit", dead))})
+                          audit={"audit": as_single_writer(lambda: RedisAuditSink(server.url, "lc:audit", keys, dead))})
         execute(build_flow(ReplaySource(load_replay(path)), outputs, step_config(settings, event_clock)), settings, 1)
         client = redis.Redis.from_url(server.url)
         stream = [orjson.loads(f[b"data"]) for _, f in client.xrange("lc:alerts")]
@@ -175,7 +177,7 @@ def test_snoozes_dedup_and_grouping_reach_redis(sim_stream: tuple[Path, Path], t
         assert {r["customer_id"] for r in actions["suppressed"]} == {muted, partly}
         assert len(actions["alert"]) == len(expected)
         assert actions["deduplicated"] and (actions["grouped"] or actions["escalated"])
-        assert verify_redis(server.url, "lc:audit") == (True, f"{len(audit)} entries verified")
+        assert verify_redis(server.url, "lc:audit", keys) == (True, f"{len(audit)} entries verified")
 
 
 def test_snooze_command_produces_a_control_event(tmp_path: Path) -> None:

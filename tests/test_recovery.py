@@ -17,10 +17,11 @@ import orjson
 import pytest
 import redis
 
+from schemas.audit import AuditKeys
 from simulator import SimulatorConfig, write_jsonl
 from sinks.audit import verify_file
 from tests.brokers import consume_all, create_topics, produce, tansu_broker, tansu_process
-from tests.conftest import ROOT, replay
+from tests.conftest import ROOT, audit_key_file, replay
 from tests.services import RedisServer, redis_server
 from tests.test_delivery import Receiver
 
@@ -142,7 +143,7 @@ def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], 
     expected = {a["alert_id"] for a in replay(events, tmp_path / "replay").records("alerts")}
     lines = [line for line in events.read_bytes().splitlines() if line]
     log = tmp_path / "engine.log"
-    audit = tmp_path / "audit.jsonl"
+    audit, key_file = tmp_path / "audit.jsonl", audit_key_file(tmp_path)
     with tansu_process(tmp_path) as (broker, broker_proc), redis_server(tmp_path, persistent=True) as server, \
             Receiver(fail=20, stall_every=9, stall_s=1.5) as receiver:
         create_topics(broker, {"events": 1, "alerts": 1, "nba_prompts": 1, "dead_letter": 1})
@@ -151,7 +152,7 @@ def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], 
                          CRM__WEBHOOK__TIMEOUT_S="0.5", CRM__WEBHOOK__BACKOFF_BASE_S="0.05",
                          CRM__WEBHOOK__BACKOFF_MAX_S="1", CRM__WEBHOOK__FORMAT="wecom",
                          CRM__WEBHOOK__DEAD_LETTER_PATH=str(tmp_path / "dead_webhook.jsonl"),
-                         CRM__AUDIT__FILE=str(audit))
+                         CRM__AUDIT__FILE=str(audit), CRM__AUDIT__KEY_FILE=str(key_file))
         engine = start(env, log)
         try:
             wait_for(lambda: redis_count(server) >= 10, engine, log, 120)
@@ -180,6 +181,7 @@ def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], 
     assert set(receiver.received) == expected and len(receiver.order) == len(expected)
     assert receiver.requests > len(expected)  # the failures and time-outs were retried
     assert not (tmp_path / "dead_redis.jsonl").exists() and not (tmp_path / "dead_webhook.jsonl").exists()
-    assert verify_file(audit)[0], verify_file(audit)
+    keys = AuditKeys.load(key_file)
+    assert verify_file(audit, keys)[0], verify_file(audit, keys)
     assert "delivery failed, retrying" in log.read_text()
 

@@ -29,7 +29,7 @@ def alerts(client: redis.Redis, prefix: str) -> list[dict]:
 
 def test_injected_events_reach_the_engine_and_alert(redis_srv: RedisServer, tmp_path: Path) -> None:
     client = redis.Redis.from_url(redis_srv.url)
-    settings = engine_settings(redis_srv.url, "ri:", recent_events=3)
+    settings = engine_settings(redis_srv.url, "ri:", tmp_path, recent_events=3)
     now = time.time()
     client.xadd("ri:feedback:in", {"data": b'{"kind":"transaction"}'})  # before the start: not read
     with live_engine(settings):
