@@ -112,7 +112,7 @@ class Hub:
 
 class Indexer:
     """Follows the engine's alert stream and every RM prompt stream into the store's index
-    and the hub. Its positions are kept in Redis (``dash:cursors``), so a restarted
+    and the hub. Its positions are kept in Redis (``{prefix}dash:cursors``), so a restarted
     dashboard carries on; indexing is idempotent by alert revision and prompt id."""
 
     def __init__(self, store: Store, hub: Hub, block_ms: int = 500) -> None:
@@ -120,16 +120,16 @@ class Indexer:
         self.indexed = 0
 
     async def run(self) -> None:
-        r, p = self.store.r, self.store.p
-        cursors_key = f"{self.store.d}cursors"
-        alerts_key = f"{p}alerts"
+        r, layout = self.store.r, self.store.k
+        cursors_key = layout.cursors()
+        alerts_key = layout.alerts()
         streams: dict[str, str] = {}
         rescan_at = 0.0
         down = False
         while True:
             try:
                 if time.monotonic() >= rescan_at:  # new RMs' prompt streams appear as prompts arrive
-                    keys = [k.decode() async for k in r.scan_iter(match=f"{p}rm:*:prompts", count=1000)]
+                    keys = [k.decode() async for k in r.scan_iter(match=layout.rm_prompts_pattern(), count=1000)]
                     saved = {k.decode(): v.decode() for k, v in (await r.hgetall(cursors_key)).items()}
                     for key in [alerts_key, *keys]:
                         streams.setdefault(key, saved.get(key, "0-0"))

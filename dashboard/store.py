@@ -1,10 +1,11 @@
 """The dashboard's data in Redis: an index of the engine's alerts and prompts, the actions
 on them, the feedback they send to the engine, and the audit of every action.
 
-The engine writes alerts to ``{prefix}alerts`` (every revision of every alert group) and
-prompts to ``{prefix}rm:{rm_id}:prompts``. ``Indexer`` follows those streams (its position
-in ``{prefix}dash:cursor:*``, so a restart neither skips nor repeats) and keeps, under
-``{prefix}dash:``:
+Every key comes from ``schemas.redis_keys`` (the layout the engine's sinks share; ids are
+percent-encoded in keys). The engine writes alerts to ``{prefix}alerts`` (every revision of
+every alert group) and prompts to ``{prefix}rm:{rm_id}:prompts``. ``Indexer`` follows those
+streams (its positions in ``{prefix}dash:cursors``, so a restart neither skips nor repeats)
+and keeps, under ``{prefix}dash:``:
 
 - ``a:{ref}``: one hash per alert group (latest revision, workflow status, assignee), where
   ``ref`` is a keyed hash of the group key: URLs and pages name alerts and customers by refs,
@@ -44,6 +45,7 @@ import orjson
 from schemas.events import event_from_obj
 from schemas.events import parse_timestamp as parse_ts
 from schemas.outputs import format_ts
+from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
 
 STATUSES: Final = ("open", "acknowledged", "assigned", "snoozed", "closed_fraud", "closed_legit")
 ACTIVE: Final = ("open", "acknowledged", "assigned", "snoozed")
@@ -113,17 +115,22 @@ class Store:
     def __init__(self, client: Any, prefix: str, feedback_stream: str, feedback_time: str = "wall",
                  audit_key: str = "audit") -> None:
         self.r = client  # a redis.asyncio.Redis
-        self.p = prefix
-        self.d = f"{prefix}dash:"
+        self.k = RedisKeys(prefix)
         self.feedback_key = f"{prefix}{feedback_stream}"
         self.feedback_time = feedback_time
         self.audit_key = f"{prefix}{audit_key}"
         self._ref_key = b""
 
     async def start(self) -> None:
-        """Load (or create once) the key that refs are hashed with."""
-        await self.r.set(f"{self.d}refkey", secrets.token_hex(32), nx=True)
-        self._ref_key = await self.r.get(f"{self.d}refkey")
+        """Check the Redis key layout (the first writer sets it) and load (or create once)
+        the key that refs are hashed with."""
+        await self.r.set(self.k.layout(), LAYOUT_VERSION, nx=True)
+        layout = (await self.r.get(self.k.layout()) or b"").decode()
+        if layout != LAYOUT_VERSION:
+            raise RuntimeError(f"the Redis keys under {self.k.prefix!r} follow key layout {layout}, this dashboard "
+                               f"reads layout {LAYOUT_VERSION} (see the README's Redis key layout)")
+        await self.r.set(self.k.ref_key(), secrets.token_hex(32), nx=True)
+        self._ref_key = await self.r.get(self.k.ref_key())
 
     def ref(self, kind: str, value: str) -> str:
         """An opaque, stable reference to an alert group or a customer (keyed: it cannot be
@@ -136,7 +143,7 @@ class Store:
         """Record one alert revision; the summary if it changed the group, else None."""
         group = alert.get("group_key") or alert.get("dedup_key") or alert["alert_id"]
         ref = self.ref("a", group)
-        key = f"{self.d}a:{ref}"
+        key = self.k.alert(ref)
         current = await self.r.hmget(key, "revision", "status", "severity")
         revision = int(alert.get("revision") or 1)
         if current[0] is not None and int(current[0]) >= revision:
@@ -152,40 +159,41 @@ class Store:
         if current[0] is None:
             pipe.hset(key, "first_ts", ts)
         if current[2] is not None and current[2].decode() != alert["severity"]:
-            pipe.zrem(f"{self.d}idx:sev:{current[2].decode()}", ref)
-        for idx in ("all", f"type:{alert['type']}", f"sev:{alert['severity']}", f"status:{status}"):
-            pipe.zadd(f"{self.d}idx:{idx}", {ref: ts})
+            pipe.zrem(self.k.queue_by("sev", current[2].decode()), ref)
+        for idx in (self.k.queue("all"), self.k.queue_by("type", alert["type"]),
+                    self.k.queue_by("sev", alert["severity"]), self.k.queue_by("status", status)):
+            pipe.zadd(idx, {ref: ts})
         if status in ACTIVE:
-            pipe.zadd(f"{self.d}idx:active", {ref: ts})
+            pipe.zadd(self.k.queue("active"), {ref: ts})
         if rm:
-            pipe.zadd(f"{self.d}idx:rm:{rm}", {ref: ts})
-            pipe.set(f"{self.d}owner:{customer}", rm)
-        pipe.zadd(f"{self.d}cust:{customer}", {ref: ts})
-        pipe.set(f"{self.d}cref:{cref}", customer)
-        pipe.zadd(f"{self.d}scores", {ref: float(alert["score"])})
-        pipe.hincrby(f"{self.d}volume", str(ts // 3_600_000), 1 if current[0] is None else 0)
+            pipe.zadd(self.k.queue_by("rm", rm), {ref: ts})
+            pipe.set(self.k.owner(customer), rm)
+        pipe.zadd(self.k.customer_alerts(customer), {ref: ts})
+        pipe.set(self.k.customer_ref(cref), customer)
+        pipe.zadd(self.k.scores(), {ref: float(alert["score"])})
+        pipe.hincrby(self.k.volume(), str(ts // 3_600_000), 1 if current[0] is None else 0)
         await pipe.execute()
         return await self.alert_summary(ref)
 
     async def index_prompt(self, prompt: dict[str, Any]) -> dict[str, Any] | None:
         """Record one prompt (once); its summary if new."""
         pid, rm, customer = prompt["prompt_id"], prompt.get("rm_id") or "", prompt["customer_id"]
-        if not rm or not await self.r.set(f"{self.d}p:{pid}", orjson.dumps({**prompt, "status": "new"}), nx=True):
+        if not rm or not await self.r.set(self.k.prompt(pid), orjson.dumps({**prompt, "status": "new"}), nx=True):
             return None
         cref = self.ref("c", customer)
         pipe = self.r.pipeline(transaction=True)
-        pipe.zadd(f"{self.d}pq:{rm}", {pid: _ms(prompt["event_ts"])})
-        pipe.set(f"{self.d}owner:{customer}", rm)
-        pipe.set(f"{self.d}cref:{cref}", customer)
-        pipe.zadd(f"{self.d}cprompts:{customer}", {pid: _ms(prompt["event_ts"])})
-        pipe.hincrby(f"{self.d}rmstat:{rm}", "prompts", 1)
+        pipe.zadd(self.k.rm_queue(rm), {pid: _ms(prompt["event_ts"])})
+        pipe.set(self.k.owner(customer), rm)
+        pipe.set(self.k.customer_ref(cref), customer)
+        pipe.zadd(self.k.customer_prompts(customer), {pid: _ms(prompt["event_ts"])})
+        pipe.hincrby(self.k.rm_stats(rm), "prompts", 1)
         await pipe.execute()
         return {**prompt, "status": "new", "cref": cref}
 
     # -- reading -------------------------------------------------------------------------
 
     async def alert_summary(self, ref: str) -> dict[str, Any]:
-        data = await self.r.hgetall(f"{self.d}a:{ref}")
+        data = await self.r.hgetall(self.k.alert(ref))
         if not data:
             raise NotFound(ref)
         return self._summary(ref, data)
@@ -193,17 +201,17 @@ class Store:
     async def alerts(self, status: str | None, alert_type: str | None, severity: str | None,
                      rm: str | None, offset: int, limit: int) -> Page:
         """A page of alert groups, newest first, matching every filter given."""
-        sets = [f"{self.d}idx:active" if status in (None, "active") else
-                f"{self.d}idx:all" if status == "all" else f"{self.d}idx:status:{status}"]
+        sets = [self.k.queue("active") if status in (None, "active") else
+                self.k.queue("all") if status == "all" else self.k.queue_by("status", status)]
         if alert_type:
-            sets.append(f"{self.d}idx:type:{alert_type}")
+            sets.append(self.k.queue_by("type", alert_type))
         if severity:
-            sets.append(f"{self.d}idx:sev:{severity}")
+            sets.append(self.k.queue_by("sev", severity))
         if rm:
-            sets.append(f"{self.d}idx:rm:{rm}")
+            sets.append(self.k.queue_by("rm", rm))
         key = sets[0]
         if len(sets) > 1:
-            key = f"{self.d}tmp:{hashlib.sha1('|'.join(sets).encode()).hexdigest()}"
+            key = self.k.queue_cache(hashlib.sha1("|".join(sets).encode()).hexdigest())
             if not await self.r.exists(key):
                 pipe = self.r.pipeline(transaction=True)
                 pipe.zinterstore(key, sets, aggregate="MAX")
@@ -215,7 +223,7 @@ class Store:
         total, refs = await pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for ref in refs:
-            pipe.hgetall(f"{self.d}a:{ref.decode()}")
+            pipe.hgetall(self.k.alert(ref.decode()))
         rows = await pipe.execute()
         items = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows, strict=True) if row]
         return Page(items, int(total), offset, limit)
@@ -230,11 +238,11 @@ class Store:
                 "alert": alert}
 
     async def owner(self, customer: str) -> str | None:
-        value = await self.r.get(f"{self.d}owner:{customer}")
+        value = await self.r.get(self.k.owner(customer))
         return value.decode() if value else None
 
     async def customer_of(self, cref: str) -> str:
-        value = await self.r.get(f"{self.d}cref:{cref}")
+        value = await self.r.get(self.k.customer_ref(cref))
         if value is None:
             raise NotFound(cref)
         return str(value.decode())
@@ -244,17 +252,17 @@ class Store:
         ``TIMELINE_MAX`` items): alert groups (their latest revision's trigger), prompts and
         the customer's recent input events (``kind`` ``event``, the summary under ``event``)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(f"{self.p}customer:{customer}")
-        pipe.zrevrange(f"{self.d}cust:{customer}", 0, 49)
-        pipe.zrevrange(f"{self.d}cprompts:{customer}", 0, 49)
-        pipe.get(f"{self.d}owner:{customer}")
-        pipe.lrange(f"{self.p}customer:{customer}:events", 0, RECENT_EVENTS_MAX - 1)
+        pipe.hgetall(self.k.customer(customer))
+        pipe.zrevrange(self.k.customer_alerts(customer), 0, 49)
+        pipe.zrevrange(self.k.customer_prompts(customer), 0, 49)
+        pipe.get(self.k.owner(customer))
+        pipe.lrange(self.k.customer_events(customer), 0, RECENT_EVENTS_MAX - 1)
         engine, refs, pids, owner, recent = await pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for ref in refs:
-            pipe.hgetall(f"{self.d}a:{ref.decode()}")
+            pipe.hgetall(self.k.alert(ref.decode()))
         for pid in pids:
-            pipe.get(f"{self.d}p:{pid.decode()}")
+            pipe.get(self.k.prompt(pid.decode()))
         rows = await pipe.execute()
         alerts = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows[:len(refs)], strict=True) if row]
         prompts = [orjson.loads(raw) for raw in rows[len(refs):] if raw]
@@ -280,17 +288,17 @@ class Store:
 
     async def prompts(self, rm: str, which: str, offset: int, limit: int) -> Page:
         """An RM's prompts waiting for an answer (``new``) or accepted (``accepted``)."""
-        key = f"{self.d}{'pq' if which == 'new' else 'pa'}:{rm}"
+        key = self.k.rm_queue(rm) if which == "new" else self.k.rm_accepted(rm)
         pipe = self.r.pipeline(transaction=False)
         pipe.zcard(key)
         pipe.zrevrange(key, offset, offset + limit - 1)
         total, pids = await pipe.execute()
-        raws = await self.r.mget([f"{self.d}p:{pid.decode()}" for pid in pids]) if pids else []
+        raws = await self.r.mget([self.k.prompt(pid.decode()) for pid in pids]) if pids else []
         items = [{**orjson.loads(raw), "cref": self.ref("c", orjson.loads(raw)["customer_id"])} for raw in raws if raw]
         return Page(items, int(total), offset, limit)
 
     async def prompt(self, pid: str) -> dict[str, Any]:
-        raw = await self.r.get(f"{self.d}p:{pid}")
+        raw = await self.r.get(self.k.prompt(pid))
         if raw is None:
             raise NotFound(pid)
         return dict(orjson.loads(raw))
@@ -299,11 +307,11 @@ class Store:
         """Alert volume per hour of event time (the last 48 hours with alerts), the score
         distribution of all alert groups (10 bins), and conversion per RM."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(f"{self.d}volume")
+        pipe.hgetall(self.k.volume())
         for i in range(10):
-            pipe.zcount(f"{self.d}scores", i / 10, f"({(i + 1) / 10}" if i < 9 else 1.0)
+            pipe.zcount(self.k.scores(), i / 10, f"({(i + 1) / 10}" if i < 9 else 1.0)
         if rm:
-            pipe.hgetall(f"{self.d}rmstat:{rm}")
+            pipe.hgetall(self.k.rm_stats(rm))
         out = await pipe.execute()
         volume = sorted((int(k), int(v)) for k, v in out[0].items())[-48:]
         result: dict[str, Any] = {
@@ -319,20 +327,20 @@ class Store:
     # -- actions -------------------------------------------------------------------------
 
     async def set_status(self, ref: str, status: str, assignee: str | None = None) -> dict[str, Any]:
-        data = await self.r.hmget(f"{self.d}a:{ref}", "status", "ts")
+        data = await self.r.hmget(self.k.alert(ref), "status", "ts")
         if data[0] is None:
             raise NotFound(ref)
         old, ts = data[0].decode(), int(data[1])
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(f"{self.d}a:{ref}", "status", status)
+        pipe.hset(self.k.alert(ref), "status", status)
         if assignee is not None:
-            pipe.hset(f"{self.d}a:{ref}", "assignee", assignee)
-        pipe.zrem(f"{self.d}idx:status:{old}", ref)
-        pipe.zadd(f"{self.d}idx:status:{status}", {ref: ts})
+            pipe.hset(self.k.alert(ref), "assignee", assignee)
+        pipe.zrem(self.k.queue_by("status", old), ref)
+        pipe.zadd(self.k.queue_by("status", status), {ref: ts})
         if status in ACTIVE:
-            pipe.zadd(f"{self.d}idx:active", {ref: ts})
+            pipe.zadd(self.k.queue("active"), {ref: ts})
         else:
-            pipe.zrem(f"{self.d}idx:active", ref)
+            pipe.zrem(self.k.queue("active"), ref)
         await pipe.execute()
         return await self.alert_summary(ref)
 
@@ -343,13 +351,13 @@ class Store:
         updated = {**prompt, "status": answer}
         updated.pop("cref", None)
         pipe = self.r.pipeline(transaction=True)
-        pipe.set(f"{self.d}p:{pid}", orjson.dumps(updated))
-        pipe.zrem(f"{self.d}pq:{rm}", pid)
+        pipe.set(self.k.prompt(pid), orjson.dumps(updated))
+        pipe.zrem(self.k.rm_queue(rm), pid)
         if answer == "accepted":
-            pipe.zadd(f"{self.d}pa:{rm}", {pid: ts})
+            pipe.zadd(self.k.rm_accepted(rm), {pid: ts})
         else:
-            pipe.zrem(f"{self.d}pa:{rm}", pid)
-        pipe.hincrby(f"{self.d}rmstat:{rm}", answer, 1)
+            pipe.zrem(self.k.rm_accepted(rm), pid)
+        pipe.hincrby(self.k.rm_stats(rm), answer, 1)
         await pipe.execute()
         return updated
 

@@ -42,7 +42,7 @@ def dashboard(settings: Settings, tmp: Path) -> Iterator[Dashboard]:
     server, thread = start_in_thread(settings, "127.0.0.1", port, UserStore.load(users_file))
     deadline = time.monotonic() + 20
     while not getattr(server, "started", False):
-        assert time.monotonic() < deadline, "the dashboard did not start"
+        assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
         time.sleep(0.05)
     try:
         yield Dashboard(f"http://127.0.0.1:{port}", server)
