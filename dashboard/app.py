@@ -45,7 +45,9 @@ from dashboard.store import (
     NotFound,
     Page,
     Store,
+    alert_verdict,
     describe_event,
+    prompt_verdict,
 )
 
 log = logging.getLogger(__name__)
@@ -375,14 +377,27 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         return {**summary, "customer": customer}
 
     async def act(ref: str, who: Session, action: str, status: str, detail: str | None = None,
-                  event: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
+                  event: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                   assignee: str | None = None) -> dict[str, Any]:
-        summary = await alert_or_404(ref)
-        event_id = await event(summary) if event is not None else None
-        updated = await store.set_status(ref, status, assignee)
+        """Apply an action once: a repeat of what the group already is returns its state with
+        ``changed: false`` and sends nothing; an action a closed group cannot take is a 409."""
+        for _ in range(10):  # the group changed between reading and applying: read it again
+            summary = await alert_or_404(ref)
+            verdict = alert_verdict(summary["status"], summary["assignee"], status, assignee)
+            if verdict == "repeat":
+                return {**summary, "changed": False, "sent_event_id": None}
+            if verdict == "conflict":
+                raise HTTPException(409, f"the alert is {summary['status']} and cannot become {status}")
+            sent = event(summary) if event is not None else None
+            if await store.change_status(summary, status, assignee, sent):
+                break
+        else:
+            raise HTTPException(409, "the alert kept changing; try again")
+        event_id = sent["event_id"] if sent is not None else None
         await auditor.record(action, who.username, who.role, ref, summary["customer_id"], detail, event_id)
+        updated = await alert_or_404(ref)
         hub.publish("alert", updated)
-        return {**updated, "sent_event_id": event_id}
+        return {**updated, "changed": True, "sent_event_id": event_id}
 
     @app.post("/api/alerts/{ref}/acknowledge", summary="Acknowledge an alert")
     async def acknowledge(ref: str, who: Analyst) -> dict[str, Any]:
@@ -397,17 +412,17 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     @app.post("/api/alerts/{ref}/snooze", summary="Snooze the customer's alerts of this type (a control event)")
     async def snooze(ref: str, body: Snooze, who: Analyst) -> dict[str, Any]:
-        async def send(s: dict[str, Any]) -> str:
-            return await store.snooze(s["customer_id"], s["type"], body.hours, s["event_ts"], who.username)
-        return await act(ref, who, "snooze", "snoozed", f"{body.hours} h", send)
+        def control(s: dict[str, Any]) -> dict[str, Any]:
+            return store.snooze_event(s["customer_id"], s["type"], body.hours, s["event_ts"], who.username)
+        return await act(ref, who, "snooze", "snoozed", f"{body.hours} h", control)
 
     @app.post("/api/alerts/{ref}/close", summary="Close as fraud or false positive (feedback)")
     async def close(ref: str, body: Close, who: Analyst) -> dict[str, Any]:
-        async def send(s: dict[str, Any]) -> str:
+        def label(s: dict[str, Any]) -> dict[str, Any]:
             a = s["alert"]
-            return await store.feedback(s["customer_id"], body.label, s["event_ts"], ref_event_id=a["event_id"],
+            return store.feedback_event(s["customer_id"], body.label, s["event_ts"], ref_event_id=a["event_id"],
                                         ref_alert_id=a["alert_id"])
-        return await act(ref, who, "close", f"closed_{body.label}", body.label, send)
+        return await act(ref, who, "close", f"closed_{body.label}", body.label, label)
 
     @app.get("/api/customers/{cref}", summary="A customer: scores, alerts, prompts, timeline")
     async def customer(cref: str, who: AnyUser) -> dict[str, Any]:
@@ -438,22 +453,29 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     @app.post("/api/rm/prompts/{prompt_id}/answer", summary="Accept, dismiss or mark converted (feedback)")
     async def answer(prompt_id: str, body: Answer, who: RMWrite) -> dict[str, Any]:
-        try:
-            prompt = await store.prompt(prompt_id)
-        except NotFound:
-            raise HTTPException(403, "not your prompt") from None
-        if prompt.get("rm_id") != who.rm_id:
-            raise HTTPException(403, "not your prompt")
-        allowed = {"new": ("accepted", "dismissed"), "accepted": ("converted", "dismissed")}.get(prompt["status"], ())
-        if body.answer not in allowed:
-            raise HTTPException(409, f"a prompt that is {prompt['status']} cannot be {body.answer}")
-        event_id = await store.feedback(prompt["customer_id"], ANSWERS[body.answer], prompt["event_ts"],
+        for _ in range(10):  # the prompt changed between reading and answering: read it again
+            try:
+                prompt, stored = await store.prompt_stored(prompt_id)
+            except NotFound:
+                raise HTTPException(403, "not your prompt") from None
+            if prompt.get("rm_id") != who.rm_id:
+                raise HTTPException(403, "not your prompt")
+            verdict = prompt_verdict(prompt["status"], body.answer)
+            if verdict == "repeat":
+                return {**prompt, "changed": False, "sent_event_id": None}
+            if verdict == "conflict":
+                raise HTTPException(409, f"a prompt that is {prompt['status']} cannot be {body.answer}")
+            sent = store.feedback_event(prompt["customer_id"], ANSWERS[body.answer], prompt["event_ts"],
                                         ref_prompt_id=prompt_id)
-        updated = await store.answer_prompt(prompt, body.answer)
+            updated = await store.answer(prompt_id, body.answer, sent, stored)
+            if updated is not None:
+                break
+        else:
+            raise HTTPException(409, "the prompt kept changing; try again")
         await auditor.record("answer_prompt", who.username, who.role, prompt_id, prompt["customer_id"], body.answer,
-                             event_id)
+                             sent["event_id"])
         hub.publish("prompt", {**updated, "cref": store.ref("c", prompt["customer_id"])})
-        return {**updated, "sent_event_id": event_id}
+        return {**updated, "changed": True, "sent_event_id": sent["event_id"]}
 
     @app.get("/api/rm/churn", summary="Churn warnings about the RM's customers")
     async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
