@@ -11,6 +11,7 @@
     python run.py snooze ...           suppress a customer's alerts of a type until a time
     python run.py dashboard            the risk dashboard and RM workspace (web, over Redis)
     python run.py dashboard add-user   add a dashboard user (scrypt-hashed password)
+    python run.py dashboard disable-user   disable a dashboard user, ending their sessions
 
 Live modes take ``--metrics-port PORT``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
 
@@ -135,17 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard", help="the risk dashboard and RM workspace (web)",
         description="Serve the dashboard over the engine's Redis outputs ([redis] url, key_prefix) on "
         "[dashboard] host:port; users come from [dashboard] users_file. `add-user` adds or replaces a user "
-        "(the password is read from the terminal, or from stdin with --password-stdin).")
+        "(the password is read from the terminal, or from stdin with --password-stdin; replacing a user signs "
+        "their sessions out); `disable-user` disables one.")
     _common(dash)
     dash.add_argument("--host", default=None, help="override [dashboard] host")
     dash.add_argument("--port", type=int, default=None, help="override [dashboard] port")
     dash_sub = dash.add_subparsers(dest="dashboard_command")
-    add_user = dash_sub.add_parser("add-user", help="add or replace a dashboard user")
+    add_user = dash_sub.add_parser(
+        "add-user", help="add or replace a dashboard user",
+        description="Add a user to [dashboard] users_file, or replace one (a new role or password); a replaced "
+        "user's sessions are revoked in Redis ([redis] url, key_prefix) and the change is audited.")
     _common(add_user)
     add_user.add_argument("username")
     add_user.add_argument("--role", required=True, choices=("risk_analyst", "rm", "admin"))
     add_user.add_argument("--rm-id", default="", help="the RM id whose customers an rm user sees")
     add_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add_user.add_argument("--by", default="cli", help="who asks (kept in the audit trail)")
+    disable = dash_sub.add_parser(
+        "disable-user", help="disable a dashboard user and sign their sessions out",
+        description="Mark the user disabled in [dashboard] users_file (they can no longer sign in; "
+        "`add-user` enables them again with a new password) and revoke their sessions in Redis.")
+    _common(disable)
+    disable.add_argument("username")
+    disable.add_argument("--by", default="cli", help="who asks (kept in the audit trail)")
 
     audit = sub.add_parser("audit", help="audit log tools",
                            description="Tools for the hash-chained audit log of alerts and lifecycle changes.")
@@ -224,11 +237,24 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
             print("a password needs at least 12 characters", file=sys.stderr)
             return 2
         try:
-            add_user(settings.dashboard.users_file, args.username, args.role, password, args.rm_id)
+            replaced = add_user(settings.dashboard.users_file, args.username, args.role, password, args.rm_id)
         except ValueError as exc:
             print(str(exc), file=sys.stderr)
             return 2
         print(f"user {args.username} ({args.role}) written to {settings.dashboard.users_file}")
+        if replaced:  # a new role or password: the sessions opened under the old entry end
+            _revoked(settings, args.username, "user_changed", f"role {args.role}", args.by)
+        return 0
+    if args.dashboard_command == "disable-user":
+        from dashboard.auth import disable_user
+
+        try:
+            disable_user(settings.dashboard.users_file, args.username)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print(f"user {args.username} disabled in {settings.dashboard.users_file}")
+        _revoked(settings, args.username, "user_disabled", "disabled", args.by)
         return 0
     from dashboard.auth import UserStore
     from dashboard.server import redis_reachable, server
@@ -245,6 +271,17 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     print(f"dashboard on http://{args.host or d.host}:{args.port or d.port}/", file=sys.stderr)
     server(settings, args.host, args.port, users).run()
     return 0
+
+
+def _revoked(settings: Settings, username: str, action: str, detail: str, by: str) -> None:
+    from dashboard.server import revoke_sessions
+
+    count = revoke_sessions(settings, username, action, detail, by)
+    if count is None:
+        print("Redis is not reachable at [redis] url: running dashboards end the user's sessions when they "
+              "read the changed users file (within a second)", file=sys.stderr)
+    else:
+        print(f"{count} sessions of {username} revoked")
 
 
 #: How many recent events per customer the demo keeps for the dashboard's timelines: enough

@@ -1,8 +1,9 @@
 """The dashboard's web application: JSON API, live updates (server-sent events), pages.
 
 Authorization is decided on the server for every request, from the signed session cookie
-(``dashboard.auth``) and the user's entry in the users file (a removed user is refused at
-once):
+(``dashboard.auth``), the session it names in Redis (``dashboard.sessions``: signed out or
+revoked, it is refused) and the user's entry in the users file as it is now (a removed or
+disabled user, or a changed role or password, ends the user's sessions):
 
 - ``risk_analyst``: the risk view (every alert, customer details with identifiers);
   acknowledge, assign, snooze, close as fraud / false positive.
@@ -35,6 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from dashboard.auth import Session, Signer, UserStore
+from dashboard.sessions import SessionStore
 from dashboard.store import (
     ALERT_TYPES,
     ANSWERS,
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 COOKIE = "crm_session"
 MASK = "***"
+KEEP_ALIVE_S = 15.0  # an idle event stream gets a comment this often (proxies close silent ones)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -75,6 +78,7 @@ class DashboardConfig:
     session_ttl_s: float = 8 * 3600.0
     secure_cookies: bool = False
     page_size_max: int = 200
+    session_check_s: float = 1.0  # how often an open event stream checks that its session is still open
 
 
 # -- live updates ---------------------------------------------------------------------------
@@ -238,6 +242,12 @@ class Answer(BaseModel):
     answer: Literal["accepted", "dismissed", "converted"]
 
 
+def client_ip(request: Request) -> str:
+    """The client's address (uvicorn takes it from ``X-Forwarded-For`` only when the
+    connection comes from a trusted proxy, by default 127.0.0.1)."""
+    return request.client.host if request.client is not None else "-"
+
+
 def page_json(page: Page, shape: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
     items = [shaped for item in page.items if (shaped := shape(item)) is not None]
     return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
@@ -249,6 +259,7 @@ def page_json(page: Page, shape: Callable[[dict[str, Any]], dict[str, Any] | Non
 def create_app(store: Store, users: UserStore, config: DashboardConfig, index: bool = True) -> FastAPI:
     """The application; with ``index``, it runs the ``Indexer`` while it serves."""
     signer = Signer(config.secret)
+    sessions = SessionStore(store.r, store.k, config.session_ttl_s)
     hub = Hub()
     auditor = Auditor(store.r, store.audit_key)
     indexer = Indexer(store, hub)
@@ -283,11 +294,19 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
-    def session(request: Request) -> Session:
+    async def signed_in(request: Request) -> Session | None:
+        """The request's session if its cookie is valid and its server-side session is open
+        and still matches the user's entry in the users file."""
         token = request.cookies.get(COOKIE)
         found = signer.read(token, time.time()) if token else None
-        user = users.get(found.username) if found else None
-        if found is None or user is None or user.role != found.role or user.rm_id != found.rm_id:
+        if found is None:
+            return None
+        users.refresh()
+        return found if await sessions.valid(found, users.get(found.username)) else None
+
+    async def session(request: Request) -> Session:
+        found = await signed_in(request)
+        if found is None:
             raise HTTPException(401, "not signed in")
         return found
 
@@ -340,7 +359,8 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         if user is None:
             await auditor.record("login_failed", body.username[:64], "-")
             raise HTTPException(401, "wrong username or password")
-        token = signer.issue(user, config.session_ttl_s, time.time())
+        sid = await sessions.create(user, client_ip(request))
+        token = signer.issue(user, config.session_ttl_s, time.time(), sid)
         response.set_cookie(COOKIE, token, max_age=int(config.session_ttl_s), httponly=True, samesite="strict",
                             secure=config.secure_cookies, path="/")
         await auditor.record("login", user.username, user.role)
@@ -350,6 +370,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     @app.post("/api/logout", summary="Sign out")
     async def logout(who: Annotated[Session, Depends(csrf)], response: Response) -> dict[str, str]:
+        await sessions.revoke(who)
         response.delete_cookie(COOKIE, path="/")
         await auditor.record("logout", who.username, who.role)
         return {"ok": "signed out"}
@@ -511,13 +532,19 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         async def stream() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 1000\n\n"
+                checked = quiet = time.monotonic()
                 while not await request.is_disconnected():
-                    if signer.read(request.cookies.get(COOKIE, ""), time.time()) is None:
-                        return  # the session expired while the stream was open
+                    if time.monotonic() - checked >= config.session_check_s:
+                        if await signed_in(request) is None:
+                            return  # signed out, revoked or expired: the stream ends
+                        checked = time.monotonic()
                     try:
-                        yield await asyncio.wait_for(queue.get(), timeout=15.0)
+                        yield await asyncio.wait_for(queue.get(), timeout=config.session_check_s)
+                        quiet = time.monotonic()
                     except TimeoutError:
-                        yield b": keep-alive\n\n"
+                        if time.monotonic() - quiet >= KEEP_ALIVE_S:
+                            yield b": keep-alive\n\n"
+                            quiet = time.monotonic()
             finally:
                 hub.unsubscribe(sid)
 

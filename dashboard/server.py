@@ -3,6 +3,7 @@ in a thread beside the engine (``run.py``, the built-in simulator demo)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 from typing import Any
@@ -42,6 +43,36 @@ def start_in_thread(settings: Settings, host: str | None = None, port: int | Non
     thread = threading.Thread(target=srv.run, name="dashboard", daemon=True)
     thread.start()
     return srv, thread
+
+
+def revoke_sessions(settings: Settings, username: str, action: str, detail: str, by: str) -> int | None:
+    """Sign every session of ``username`` out, in Redis, and audit it (``action``, by the
+    operator ``by``); how many sessions there were, or None if Redis is unreachable."""
+    import redis
+    import redis.asyncio
+
+    from dashboard.sessions import SessionStore
+    from dashboard.store import Auditor
+    from schemas.redis_keys import RedisKeys
+
+    r = settings.redis
+
+    async def revoke() -> int:
+        client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
+                                              socket_connect_timeout=min(r.socket_timeout_s, 2.0))
+        try:
+            count = await SessionStore(client, RedisKeys(r.key_prefix), settings.dashboard.session_ttl_s
+                                       ).revoke_user(username)
+            await Auditor(client, f"{r.key_prefix}{settings.audit.redis_key}").record(
+                action, by, "operator", username, None, f"{detail}; {count} sessions revoked")
+            return count
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(revoke())
+    except (redis.RedisError, OSError):
+        return None
 
 
 def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:

@@ -23,6 +23,7 @@ USERS = (("ana", "risk_analyst", ""), ("root", "admin", ""), ("rm1", "rm", "rm00
 class Dashboard:
     url: str
     server: object
+    users_file: Path
 
     def login(self, username: str) -> tuple[httpx.Client, str]:
         client = httpx.Client(base_url=self.url, timeout=10)
@@ -45,7 +46,7 @@ def dashboard(settings: Settings, tmp: Path) -> Iterator[Dashboard]:
         assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
         time.sleep(0.05)
     try:
-        yield Dashboard(f"http://127.0.0.1:{port}", server)
+        yield Dashboard(f"http://127.0.0.1:{port}", server, users_file)
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(10)

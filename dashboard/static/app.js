@@ -196,7 +196,12 @@ function listen() {
   const source = new EventSource("/api/events");
   state.source = source;
   source.onopen = () => $("live").classList.add("on");
-  source.onerror = () => $("live").classList.remove("on");
+  source.onerror = () => {
+    $("live").classList.remove("on");
+    // The server ends the stream when the session ends; the reconnection then gets a 401 and
+    // the browser gives up: ask who is signed in, which shows the sign-in form on a 401.
+    if (source.readyState === EventSource.CLOSED && state.source === source) api("/api/me").catch(() => {});
+  };
   let plotDue = 0;
   const plotsSoon = () => { if (Date.now() > plotDue) { plotDue = Date.now() + 2000; setTimeout(loadPlots, 2000); } };
   source.addEventListener("alert", (e) => {
