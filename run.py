@@ -12,6 +12,7 @@
     python run.py dashboard            the risk dashboard and RM workspace (web, over Redis)
     python run.py dashboard add-user   add a dashboard user (scrypt-hashed password)
     python run.py dashboard disable-user   disable a dashboard user, ending their sessions
+    python run.py dashboard unlock     lift the lock of a username after failed sign-ins
 
 Live modes take ``--metrics-port PORT``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
 
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the dashboard over the engine's Redis outputs ([redis] url, key_prefix) on "
         "[dashboard] host:port; users come from [dashboard] users_file. `add-user` adds or replaces a user "
         "(the password is read from the terminal, or from stdin with --password-stdin; replacing a user signs "
-        "their sessions out); `disable-user` disables one.")
+        "their sessions out); `disable-user` disables one; `unlock` lifts the lock of a username after failed "
+        "sign-ins.")
     _common(dash)
     dash.add_argument("--host", default=None, help="override [dashboard] host")
     dash.add_argument("--port", type=int, default=None, help="override [dashboard] port")
@@ -159,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(disable)
     disable.add_argument("username")
     disable.add_argument("--by", default="cli", help="who asks (kept in the audit trail)")
+    unlock = dash_sub.add_parser(
+        "unlock", help="lift the lock of a dashboard username after failed sign-ins",
+        description="Lift the lock a username got after [dashboard] lockout_failures failed sign-ins (and clear "
+        "its count of failures), in Redis ([redis] url, key_prefix); audited.")
+    _common(unlock)
+    unlock.add_argument("username")
+    unlock.add_argument("--by", default="cli", help="who asks (kept in the audit trail)")
 
     audit = sub.add_parser("audit", help="audit log tools",
                            description="Tools for the hash-chained audit log of alerts and lifecycle changes.")
@@ -255,6 +264,18 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         print(f"user {args.username} disabled in {settings.dashboard.users_file}")
         _revoked(settings, args.username, "user_disabled", "disabled", args.by)
+        return 0
+    if args.dashboard_command == "unlock":
+        import redis
+
+        from dashboard.server import unlock_user
+
+        try:
+            held = unlock_user(settings, args.username, args.by)
+        except (redis.RedisError, OSError) as exc:
+            print(f"Redis is not reachable at [redis] url: {type(exc).__name__}", file=sys.stderr)
+            return 1
+        print(f"{args.username} unlocked" if held is not None else f"{args.username} was not locked")
         return 0
     from dashboard.auth import UserStore
     from dashboard.server import redis_reachable, server

@@ -164,6 +164,23 @@ class DashboardSettings:
     # the alert or prompt answered; the simulator runs its own clock).
     feedback_time: Literal["wall", "reference"] = "wall"
     page_size_max: int = 200
+    # Failed sign-ins, counted per username and per client address in Redis (README: Dashboard).
+    login_window_s: float = 900.0  # failures are counted for this long from the first one
+    login_free_failures: int = 3  # failures of a username before each next attempt must wait ...
+    login_ip_free_failures: int = 10  # ... and of a client address
+    login_backoff_s: float = 1.0  # the first wait, doubled with every further failure ...
+    login_backoff_max_s: float = 60.0  # ... up to this
+    lockout_failures: int = 10  # failures in the window that lock the username (0: never)
+    lockout_s: float = 1800.0  # how long a lock lasts unless an administrator lifts it sooner
+
+    def __post_init__(self) -> None:
+        for name in ("login_free_failures", "login_ip_free_failures", "lockout_failures", "login_backoff_s",
+                     "login_backoff_max_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"dashboard.{name}: expected 0 or more, got {getattr(self, name)}")
+        for name in ("login_window_s", "lockout_s", "session_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"dashboard.{name}: expected more than 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

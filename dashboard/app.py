@@ -14,7 +14,10 @@ disabled user, or a changed role or password, ends the user's sessions):
 
 No credentials: 401. A role that may not use an endpoint, or an RM asking about another RM's
 customer (or an unknown one): 403. Every state-changing request needs the session's CSRF
-token in ``X-CSRF-Token``. Every action, login and failed login goes to the audit trail.
+token in ``X-CSRF-Token``. Failed sign-ins are throttled and lock a username
+(``dashboard.logins``); an admin lifts locks. Every action and sign-in goes to the audit
+trail; failed sign-ins are summarised there (the first of a burst, the lockout, the count in
+the next sign-in), so failing to sign in cannot grow it.
 Responses carry security headers (a strict Content-Security-Policy: the pages load only
 their own scripts and styles) and ``Cache-Control: no-store``.
 """
@@ -23,9 +26,10 @@ their own scripts and styles) and ``Cache-Control: no-store``.
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from dashboard.auth import Session, Signer, UserStore
+from dashboard.logins import Attempt, LoginGuard, LoginPolicy
 from dashboard.sessions import SessionStore
 from dashboard.store import (
     ALERT_TYPES,
@@ -51,6 +56,7 @@ from dashboard.store import (
     describe_event,
     prompt_verdict,
 )
+from schemas.outputs import format_ts
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -79,6 +85,7 @@ class DashboardConfig:
     secure_cookies: bool = False
     page_size_max: int = 200
     session_check_s: float = 1.0  # how often an open event stream checks that its session is still open
+    login: LoginPolicy = field(default_factory=LoginPolicy)
 
 
 # -- live updates ---------------------------------------------------------------------------
@@ -226,6 +233,10 @@ class Login(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
+class Unlock(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+
+
 class Assign(BaseModel):
     assignee: str = Field(min_length=1, max_length=64)
 
@@ -248,6 +259,11 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client is not None else "-"
 
 
+def retry_after(seconds: float | None) -> dict[str, str]:
+    """A ``Retry-After`` header (whole seconds, rounded up), or none."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds else {}
+
+
 def page_json(page: Page, shape: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
     items = [shaped for item in page.items if (shaped := shape(item)) is not None]
     return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
@@ -260,6 +276,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     """The application; with ``index``, it runs the ``Indexer`` while it serves."""
     signer = Signer(config.secret)
     sessions = SessionStore(store.r, store.k, config.session_ttl_s)
+    guard = LoginGuard(store.r, store.k, config.login)
     hub = Hub()
     auditor = Auditor(store.r, store.audit_key)
     indexer = Indexer(store, hub)
@@ -351,22 +368,51 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.post("/api/login", summary="Sign in; sets the session cookie")
+    @app.post("/api/login", summary="Sign in; sets the session cookie",
+              description="401: wrong username or password. 429 (with `Retry-After`): too many failed sign-ins "
+                          "for this username or from this address, try later. 423: the username is locked after "
+                          "too many failed sign-ins; an administrator can unlock it.")
     async def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
         if not request.headers.get("content-type", "").startswith("application/json"):
             raise HTTPException(415, "JSON only")
+        ip = client_ip(request)
+        attempt = await guard.attempt(body.username, ip)
+        if attempt.outcome == "locked":
+            raise HTTPException(423, "this account is locked after too many failed sign-ins; an administrator "
+                                     "can unlock it", headers=retry_after(attempt.retry_after_s))
+        if attempt.outcome == "throttled":
+            wait = retry_after(attempt.retry_after_s)
+            raise HTTPException(429, f"too many failed sign-ins: try again in {wait['Retry-After']} s", headers=wait)
+        users.refresh()
         user = await asyncio.to_thread(users.authenticate, body.username, body.password)
         if user is None:
-            await auditor.record("login_failed", body.username[:64], "-")
-            raise HTTPException(401, "wrong username or password")
-        sid = await sessions.create(user, client_ip(request))
+            await failed_login(body.username, ip, attempt)
+            raise HTTPException(401, "wrong username or password",
+                                headers=retry_after(await guard.retry_after_s(body.username, ip)))
+        failures, throttled = await guard.succeeded(user.username, ip)
+        sid = await sessions.create(user, ip)
         token = signer.issue(user, config.session_ttl_s, time.time(), sid)
         response.set_cookie(COOKIE, token, max_age=int(config.session_ttl_s), httponly=True, samesite="strict",
                             secure=config.secure_cookies, path="/")
-        await auditor.record("login", user.username, user.role)
+        await auditor.record("login", user.username, user.role, detail=(
+            f"after {failures} failed sign-ins and {throttled} throttled attempts" if failures or throttled else None))
         found = signer.read(token, time.time())
         assert found is not None
         return {"username": user.username, "role": user.role, "rm_id": user.rm_id, "csrf": signer.csrf(found)}
+
+    async def failed_login(username: str, ip: str, attempt: Attempt) -> None:
+        """Count a failure; audit only the first of a burst and the one that locks, so that
+        no one can grow the audit log by failing to sign in."""
+        failure = await guard.failed(username, ip, attempt)
+        p = config.login
+        if failure.locked:
+            await auditor.record("login_locked", username[:64], "-", username[:64], detail=(
+                f"{failure.failures} failed sign-ins since {format_ts(failure.since_ms / 1000)}, the last from "
+                f"{ip}; locked for {p.lockout_s:g} s unless an administrator unlocks it"))
+        elif failure.first:
+            await auditor.record("login_failed", username[:64], "-", username[:64], detail=(
+                f"from {ip}; the failures that follow within {p.window_s:g} s are counted and summarised by "
+                f"the lockout or the next sign-in"))
 
     @app.post("/api/logout", summary="Sign out")
     async def logout(who: Annotated[Session, Depends(csrf)], response: Response) -> dict[str, str]:
@@ -374,6 +420,19 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         response.delete_cookie(COOKIE, path="/")
         await auditor.record("logout", who.username, who.role)
         return {"ok": "signed out"}
+
+    @app.get("/api/admin/locks", summary="Usernames locked after failed sign-ins (admin)")
+    async def locks(who: Annotated[Session, role("admin")]) -> dict[str, Any]:
+        return {"items": await guard.locks()}
+
+    @app.post("/api/admin/unlock", summary="Lift the lock of a username (admin)")
+    async def unlock(body: Unlock, who: Annotated[Session, role("admin", write=True)]) -> dict[str, Any]:
+        held = await guard.unlock(body.username)
+        if held is not None:
+            await auditor.record("login_unlocked", who.username, who.role, body.username, detail=(
+                f"locked after {held.get('failures', '?')} failed sign-ins; {held.get('refused', '0')} attempts "
+                f"refused while locked"))
+        return {"username": body.username, "was_locked": held is not None}
 
     @app.get("/api/me", summary="Who is signed in, and the session's CSRF token")
     async def me(who: AnyUser) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 from config.settings import Settings
 from dashboard.app import DashboardConfig, create_app
 from dashboard.auth import UserStore
+from dashboard.logins import LoginPolicy
 from dashboard.store import Store
 
 
@@ -23,7 +24,14 @@ def build_app(settings: Settings, users: UserStore | None = None) -> Any:
     store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key)
     secret = d.secret.encode() if d.secret else secrets.token_bytes(32)
     return create_app(store, users or UserStore.load(d.users_file),
-                      DashboardConfig(secret, d.session_ttl_s, d.secure_cookies, d.page_size_max))
+                      DashboardConfig(secret, d.session_ttl_s, d.secure_cookies, d.page_size_max,
+                                      login=login_policy(settings)))
+
+
+def login_policy(settings: Settings) -> LoginPolicy:
+    d = settings.dashboard
+    return LoginPolicy(d.login_window_s, d.login_free_failures, d.login_ip_free_failures, d.login_backoff_s,
+                       d.login_backoff_max_s, d.lockout_failures, d.lockout_s)
 
 
 def server(settings: Settings, host: str | None = None, port: int | None = None,
@@ -73,6 +81,35 @@ def revoke_sessions(settings: Settings, username: str, action: str, detail: str,
         return asyncio.run(revoke())
     except (redis.RedisError, OSError):
         return None
+
+
+def unlock_user(settings: Settings, username: str, by: str) -> dict[str, str] | None:
+    """Lift the lock of ``username`` (and clear its failures) and audit it; what the lock
+    held, or None if it was not locked. Raises ``redis.RedisError`` or ``OSError`` if Redis
+    is unreachable."""
+    import redis.asyncio
+
+    from dashboard.logins import LoginGuard
+    from dashboard.store import Auditor
+    from schemas.redis_keys import RedisKeys
+
+    r = settings.redis
+
+    async def unlock() -> dict[str, str] | None:
+        client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
+                                              socket_connect_timeout=min(r.socket_timeout_s, 2.0))
+        try:
+            held = await LoginGuard(client, RedisKeys(r.key_prefix), login_policy(settings)).unlock(username)
+            if held is not None:
+                await Auditor(client, f"{r.key_prefix}{settings.audit.redis_key}").record(
+                    "login_unlocked", by, "operator", username, None,
+                    f"locked after {held.get('failures', '?')} failed sign-ins; {held.get('refused', '0')} "
+                    f"attempts refused while locked")
+            return held
+        finally:
+            await client.aclose()
+
+    return asyncio.run(unlock())
 
 
 def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
