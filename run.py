@@ -289,7 +289,13 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
         print("Redis is not reachable at [redis] url", file=sys.stderr)
         return 1
     d = settings.dashboard
-    print(f"dashboard on http://{args.host or d.host}:{args.port or d.port}/", file=sys.stderr)
+    where = f"http://{args.host or d.host}:{args.port or d.port}/"
+    if d.insecure_http:
+        print(f"dashboard on {where} (plain HTTP: [dashboard] insecure_http = true, cookies without Secure; "
+              "for development only)", file=sys.stderr)
+    else:
+        print(f"dashboard on {where} (cookies are Secure: serve it behind an HTTPS reverse proxy, or set "
+              "[dashboard] insecure_http = true for plain-HTTP development)", file=sys.stderr)
     server(settings, args.host, args.port, users).run()
     return 0
 
@@ -313,8 +319,8 @@ DEMO_RECENT_EVENTS = 20
 def _demo_dashboard(settings: Settings) -> Settings:
     """With ``[dashboard] enabled`` and Redis reachable, the demo writes to Redis (with each
     customer's latest events for the timelines: ``[redis] recent_events``, 20 unless set),
-    reads the dashboard's feedback and serves the dashboard in a thread; otherwise it says
-    why not."""
+    reads the dashboard's feedback and serves the dashboard in a thread, over plain HTTP
+    (``[dashboard] insecure_http``: cookies without Secure); otherwise it says why not."""
     from dataclasses import replace as with_
 
     d = settings.dashboard
@@ -327,13 +333,16 @@ def _demo_dashboard(settings: Settings) -> Settings:
               "CRM__REDIS__URL)", file=sys.stderr)
         return settings
     recent = settings.redis.recent_events or DEMO_RECENT_EVENTS
+    # The simulator keeps its own clock; the local demo serves plain HTTP, so its cookies
+    # cannot be Secure: it sets the development flag, and says so.
     settings = with_(settings, redis=with_(settings.redis, enabled=True, input_stream=d.feedback_stream,
                                            recent_events=recent),
                      audit=with_(settings.audit, redis=True),
-                     dashboard=with_(d, feedback_time="reference"))  # the simulator keeps its own clock
+                     dashboard=with_(d, feedback_time="reference", insecure_http=True))
     _demo_users(settings)
     start_in_thread(settings)
-    print(f"dashboard on http://{d.host}:{d.port}/ (users: {d.users_file})", file=sys.stderr)
+    print(f"dashboard on http://{d.host}:{d.port}/ (plain HTTP for the local demo: [dashboard] insecure_http = "
+          f"true, cookies without Secure; users: {d.users_file})", file=sys.stderr)
     return settings
 
 

@@ -158,7 +158,9 @@ class DashboardSettings:
     users_file: str = "dashboard-users.toml"  # users and their scrypt hashes (run.py dashboard add-user)
     secret: str = ""  # signs session cookies; "" = a random one per start (sessions end with it)
     session_ttl_s: float = 8 * 3600.0
-    secure_cookies: bool = False  # set the cookies' Secure flag (behind HTTPS)
+    # Cookies are Secure (sent over HTTPS only) and responses carry HSTS; true drops both, for
+    # plain-HTTP development only (`make run`'s local demo sets it and says so).
+    insecure_http: bool = False
     feedback_stream: str = "feedback:in"  # where actions send feedback (<key_prefix> + this)
     # The time written on feedback events: "wall" (now; live) or "reference" (the event time of
     # the alert or prompt answered; the simulator runs its own clock).

@@ -82,7 +82,7 @@ class DashboardConfig:
 
     secret: bytes
     session_ttl_s: float = 8 * 3600.0
-    secure_cookies: bool = False
+    secure_cookies: bool = True  # Secure cookies and HSTS; False only for plain-HTTP development
     page_size_max: int = 200
     session_check_s: float = 1.0  # how often an open event stream checks that its session is still open
     login: LoginPolicy = field(default_factory=LoginPolicy)

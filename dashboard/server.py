@@ -24,7 +24,7 @@ def build_app(settings: Settings, users: UserStore | None = None) -> Any:
     store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key)
     secret = d.secret.encode() if d.secret else secrets.token_bytes(32)
     return create_app(store, users or UserStore.load(d.users_file),
-                      DashboardConfig(secret, d.session_ttl_s, d.secure_cookies, d.page_size_max,
+                      DashboardConfig(secret, d.session_ttl_s, not d.insecure_http, d.page_size_max,
                                       login=login_policy(settings)))
 
 

@@ -33,12 +33,13 @@ class Dashboard:
 
 
 @contextmanager
-def dashboard(settings: Settings, tmp: Path) -> Iterator[Dashboard]:
+def dashboard(settings: Settings, tmp: Path, insecure_http: bool = True) -> Iterator[Dashboard]:
+    """Served over plain HTTP, so with ``insecure_http`` (cookies without Secure) unless told."""
     users_file = tmp / "users.toml"
     for name, role, rm in USERS:
         add_user(users_file, name, role, PASSWORD, rm)
     settings = replace(settings, dashboard=replace(settings.dashboard, users_file=str(users_file),
-                                                   secret="test-secret-of-enough-length"))
+                                                   secret="test-secret-of-enough-length", insecure_http=insecure_http))
     port = free_port()
     server, thread = start_in_thread(settings, "127.0.0.1", port, UserStore.load(users_file))
     deadline = time.monotonic() + 20

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -251,3 +252,23 @@ def test_a_sign_in_clears_the_count_and_the_cli_unlocks(strict: tuple[Dashboard,
     assert result.returncode == 0 and result.stdout.strip() == "rm1 unlocked", result.stderr
     assert sign_in(dash, "rm1", PASSWORD, ip).status_code == 200
     assert [r["username"] for r in audited(dash, "rm1") if r["action"] == "login_unlocked"] == ["ops"]
+
+
+def test_cookies_are_secure_unless_plain_http_is_asked_for(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as srv:
+        settings = engine_settings(srv.url, PREFIX)
+        assert settings.dashboard.insecure_http is False  # the default
+        (tmp_path / "secure").mkdir()
+        with dashboard(settings, tmp_path / "secure", insecure_http=False) as dash:
+            client = httpx.Client(base_url=dash.url, timeout=10)
+            reply = client.post("/api/login", json={"username": "ana", "password": PASSWORD})
+            assert reply.status_code == 200
+            cookie = reply.headers["set-cookie"].lower()
+            assert "; secure" in cookie and "; httponly" in cookie and "samesite=strict" in cookie
+            assert reply.headers["strict-transport-security"] == "max-age=31536000"
+            assert client.get("/api/me").status_code == 401  # a Secure cookie never travels over plain HTTP
+        (tmp_path / "dev").mkdir()
+        with dashboard(settings, tmp_path / "dev", insecure_http=True) as dash:
+            reply = httpx.post(f"{dash.url}/api/login", json={"username": "ana", "password": PASSWORD})
+            assert reply.status_code == 200 and "secure" not in reply.headers["set-cookie"].lower()
+            assert "strict-transport-security" not in reply.headers
