@@ -12,6 +12,8 @@
     python run.py snooze ...           suppress a customer's alerts of a type until a time
     python run.py dashboard            the risk dashboard and RM workspace (web, over Redis)
     python run.py dashboard add-user   add a dashboard user (scrypt-hashed password)
+    python run.py dashboard disable-user   disable a dashboard user, ending their sessions
+    python run.py dashboard unlock     lift the lock of a username after failed sign-ins
 
 Live modes take ``--metrics-port PORT``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
 
@@ -137,17 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard", help="the risk dashboard and RM workspace (web)",
         description="Serve the dashboard over the engine's Redis outputs ([redis] url, key_prefix) on "
         "[dashboard] host:port; users come from [dashboard] users_file. `add-user` adds or replaces a user "
-        "(the password is read from the terminal, or from stdin with --password-stdin).")
+        "(the password is read from the terminal, or from stdin with --password-stdin; replacing a user signs "
+        "their sessions out); `disable-user` disables one; `unlock` lifts the lock of a username after failed "
+        "sign-ins.")
     _common(dash)
     dash.add_argument("--host", default=None, help="override [dashboard] host")
     dash.add_argument("--port", type=int, default=None, help="override [dashboard] port")
     dash_sub = dash.add_subparsers(dest="dashboard_command")
-    add_user = dash_sub.add_parser("add-user", help="add or replace a dashboard user")
+    add_user = dash_sub.add_parser(
+        "add-user", help="add or replace a dashboard user",
+        description="Add a user to [dashboard] users_file, or replace one (a new role or password); a replaced "
+        "user's sessions are revoked in Redis ([redis] url, key_prefix) and the change is audited.")
     _common(add_user)
     add_user.add_argument("username")
     add_user.add_argument("--role", required=True, choices=("risk_analyst", "rm", "admin"))
     add_user.add_argument("--rm-id", default="", help="the RM id whose customers an rm user sees")
     add_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add_user.add_argument("--by", default="cli", help="who asks (kept in the audit trail)")
+    disable = dash_sub.add_parser(
+        "disable-user", help="disable a dashboard user and sign their sessions out",
+        description="Mark the user disabled in [dashboard] users_file (they can no longer sign in; "
+        "`add-user` enables them again with a new password) and revoke their sessions in Redis.")
+    _common(disable)
+    disable.add_argument("username")
+    disable.add_argument("--by", default="cli", help="who asks (kept in the audit trail)")
+    unlock = dash_sub.add_parser(
+        "unlock", help="lift the lock of a dashboard username after failed sign-ins",
+        description="Lift the lock a username got after [dashboard] lockout_failures failed sign-ins (and clear "
+        "its count of failures), in Redis ([redis] url, key_prefix); audited.")
+    _common(unlock)
+    unlock.add_argument("username")
+    unlock.add_argument("--by", default="cli", help="who asks (kept in the audit trail)")
 
     audit = sub.add_parser("audit", help="audit log tools",
                            description="Tools for the signed, chained audit log of alerts, lifecycle changes "
@@ -240,11 +262,40 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
             print("a password needs at least 12 characters", file=sys.stderr)
             return 2
         try:
-            add_user(settings.dashboard.users_file, args.username, args.role, password, args.rm_id)
+            replaced = add_user(settings.dashboard.users_file, args.username, args.role, password, args.rm_id)
         except ValueError as exc:
             print(str(exc), file=sys.stderr)
             return 2
         print(f"user {args.username} ({args.role}) written to {settings.dashboard.users_file}")
+        if replaced:  # a new role or password: the sessions opened under the old entry end
+            _revoked(settings, args.username, "user_changed", f"role {args.role}", args.by)
+        return 0
+    if args.dashboard_command == "disable-user":
+        from dashboard.auth import disable_user
+
+        try:
+            disable_user(settings.dashboard.users_file, args.username)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print(f"user {args.username} disabled in {settings.dashboard.users_file}")
+        _revoked(settings, args.username, "user_disabled", "disabled", args.by)
+        return 0
+    if args.dashboard_command == "unlock":
+        import redis
+
+        from dashboard.server import unlock_user
+        from schemas.audit import AuditKeyError
+
+        try:
+            held = unlock_user(settings, args.username, args.by)
+        except (redis.RedisError, OSError) as exc:
+            print(f"Redis is not reachable at [redis] url: {type(exc).__name__}", file=sys.stderr)
+            return 1
+        except AuditKeyError as exc:
+            print(f"unlocking is audited: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.username} unlocked" if held is not None else f"{args.username} was not locked")
         return 0
     from dashboard.auth import UserStore
     from dashboard.server import redis_reachable, server
@@ -271,9 +322,31 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
               f"{key}`", file=sys.stderr)
         return 2
     d = settings.dashboard
-    print(f"dashboard on http://{args.host or d.host}:{args.port or d.port}/", file=sys.stderr)
+    where = f"http://{args.host or d.host}:{args.port or d.port}/"
+    if d.insecure_http:
+        print(f"dashboard on {where} (plain HTTP: [dashboard] insecure_http = true, cookies without Secure; "
+              "for development only)", file=sys.stderr)
+    else:
+        print(f"dashboard on {where} (cookies are Secure: serve it behind an HTTPS reverse proxy, or set "
+              "[dashboard] insecure_http = true for plain-HTTP development)", file=sys.stderr)
     server(settings, args.host, args.port, users).run()
     return 0
+
+
+def _revoked(settings: Settings, username: str, action: str, detail: str, by: str) -> None:
+    from dashboard.server import revoke_sessions
+    from schemas.audit import AuditKeyError
+
+    try:
+        count = revoke_sessions(settings, username, action, detail, by)
+    except AuditKeyError as exc:
+        print(f"the user's sessions were not revoked (revoking is audited): {exc}", file=sys.stderr)
+        return
+    if count is None:
+        print("Redis is not reachable at [redis] url: running dashboards end the user's sessions when they "
+              "read the changed users file (within a second)", file=sys.stderr)
+    else:
+        print(f"{count} sessions of {username} revoked")
 
 
 #: How many recent events per customer the demo keeps for the dashboard's timelines: enough
@@ -287,8 +360,8 @@ DEMO_AUDIT_KEY_FILE = "audit-key.toml"
 def _demo_dashboard(settings: Settings) -> Settings:
     """With ``[dashboard] enabled`` and Redis reachable, the demo writes to Redis (with each
     customer's latest events for the timelines: ``[redis] recent_events``, 20 unless set),
-    reads the dashboard's feedback and serves the dashboard in a thread; otherwise it says
-    why not."""
+    reads the dashboard's feedback and serves the dashboard in a thread, over plain HTTP
+    (``[dashboard] insecure_http``: cookies without Secure); otherwise it says why not."""
     from dataclasses import replace as with_
 
     d = settings.dashboard
@@ -306,13 +379,16 @@ def _demo_dashboard(settings: Settings) -> Settings:
         print(f"dashboard off: {problem}", file=sys.stderr)
         return settings
     recent = settings.redis.recent_events or DEMO_RECENT_EVENTS
+    # The simulator keeps its own clock; the local demo serves plain HTTP, so its cookies
+    # cannot be Secure: it sets the development flag, and says so.
     settings = with_(settings, redis=with_(settings.redis, enabled=True, input_stream=d.feedback_stream,
                                            recent_events=recent),
                      audit=with_(settings.audit, redis=True, key_file=key_file),
-                     dashboard=with_(d, feedback_time="reference"))  # the simulator keeps its own clock
+                     dashboard=with_(d, feedback_time="reference", insecure_http=True))
     _demo_users(settings)
     start_in_thread(settings)
-    print(f"dashboard on http://{d.host}:{d.port}/ (users: {d.users_file})", file=sys.stderr)
+    print(f"dashboard on http://{d.host}:{d.port}/ (plain HTTP for the local demo: [dashboard] insecure_http = "
+          f"true, cookies without Secure; users: {d.users_file})", file=sys.stderr)
     return settings
 
 

@@ -172,12 +172,31 @@ class DashboardSettings:
     users_file: str = "dashboard-users.toml"  # users and their scrypt hashes (run.py dashboard add-user)
     secret: str = ""  # signs session cookies; "" = a random one per start (sessions end with it)
     session_ttl_s: float = 8 * 3600.0
-    secure_cookies: bool = False  # set the cookies' Secure flag (behind HTTPS)
+    # Cookies are Secure (sent over HTTPS only) and responses carry HSTS; true drops both, for
+    # plain-HTTP development only (`make run`'s local demo sets it and says so).
+    insecure_http: bool = False
     feedback_stream: str = "feedback:in"  # where actions send feedback (<key_prefix> + this)
     # The time written on feedback events: "wall" (now; live) or "reference" (the event time of
     # the alert or prompt answered; the simulator runs its own clock).
     feedback_time: Literal["wall", "reference"] = "wall"
     page_size_max: int = 200
+    # Failed sign-ins, counted per username and per client address in Redis (README: Dashboard).
+    login_window_s: float = 900.0  # failures are counted for this long from the first one
+    login_free_failures: int = 3  # failures of a username before each next attempt must wait ...
+    login_ip_free_failures: int = 10  # ... and of a client address
+    login_backoff_s: float = 1.0  # the first wait, doubled with every further failure ...
+    login_backoff_max_s: float = 60.0  # ... up to this
+    lockout_failures: int = 10  # failures in the window that lock the username (0: never)
+    lockout_s: float = 1800.0  # how long a lock lasts unless an administrator lifts it sooner
+
+    def __post_init__(self) -> None:
+        for name in ("login_free_failures", "login_ip_free_failures", "lockout_failures", "login_backoff_s",
+                     "login_backoff_max_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"dashboard.{name}: expected 0 or more, got {getattr(self, name)}")
+        for name in ("login_window_s", "lockout_s", "session_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"dashboard.{name}: expected more than 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

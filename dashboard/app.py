@@ -1,8 +1,9 @@
 """The dashboard's web application: JSON API, live updates (server-sent events), pages.
 
 Authorization is decided on the server for every request, from the signed session cookie
-(``dashboard.auth``) and the user's entry in the users file (a removed user is refused at
-once):
+(``dashboard.auth``), the session it names in Redis (``dashboard.sessions``: signed out or
+revoked, it is refused) and the user's entry in the users file as it is now (a removed or
+disabled user, or a changed role or password, ends the user's sessions):
 
 - ``risk_analyst``: the risk view (every alert, customer details with identifiers);
   acknowledge, assign, snooze, close as fraud / false positive.
@@ -13,7 +14,10 @@ once):
 
 No credentials: 401. A role that may not use an endpoint, or an RM asking about another RM's
 customer (or an unknown one): 403. Every state-changing request needs the session's CSRF
-token in ``X-CSRF-Token``. Every action, login and failed login goes to the audit trail.
+token in ``X-CSRF-Token``. Failed sign-ins are throttled and lock a username
+(``dashboard.logins``); an admin lifts locks. Every action and sign-in goes to the audit
+trail; failed sign-ins are summarised there (the first of a burst, the lockout, the count in
+the next sign-in), so failing to sign in cannot grow it.
 Responses carry security headers (a strict Content-Security-Policy: the pages load only
 their own scripts and styles) and ``Cache-Control: no-store``.
 """
@@ -22,9 +26,10 @@ their own scripts and styles) and ``Cache-Control: no-store``.
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +40,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from dashboard.auth import Session, Signer, UserStore
+from dashboard.logins import Attempt, LoginGuard, LoginPolicy
+from dashboard.sessions import SessionStore
 from dashboard.store import (
     ALERT_TYPES,
     ANSWERS,
@@ -45,14 +52,18 @@ from dashboard.store import (
     NotFound,
     Page,
     Store,
+    alert_verdict,
     describe_event,
+    prompt_verdict,
 )
 from schemas.audit import AuditKeys
+from schemas.outputs import format_ts
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 COOKIE = "crm_session"
 MASK = "***"
+KEEP_ALIVE_S = 15.0  # an idle event stream gets a comment this often (proxies close silent ones)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -73,8 +84,10 @@ class DashboardConfig:
     secret: bytes
     audit_keys: AuditKeys  # the audit log's key file (users' actions are appended to it)
     session_ttl_s: float = 8 * 3600.0
-    secure_cookies: bool = False
+    secure_cookies: bool = True  # Secure cookies and HSTS; False only for plain-HTTP development
     page_size_max: int = 200
+    session_check_s: float = 1.0  # how often an open event stream checks that its session is still open
+    login: LoginPolicy = field(default_factory=LoginPolicy)
 
 
 # -- live updates ---------------------------------------------------------------------------
@@ -114,7 +127,7 @@ class Hub:
 
 class Indexer:
     """Follows the engine's alert stream and every RM prompt stream into the store's index
-    and the hub. Its positions are kept in Redis (``dash:cursors``), so a restarted
+    and the hub. Its positions are kept in Redis (``{prefix}dash:cursors``), so a restarted
     dashboard carries on; indexing is idempotent by alert revision and prompt id."""
 
     def __init__(self, store: Store, hub: Hub, block_ms: int = 500) -> None:
@@ -122,16 +135,16 @@ class Indexer:
         self.indexed = 0
 
     async def run(self) -> None:
-        r, p = self.store.r, self.store.p
-        cursors_key = f"{self.store.d}cursors"
-        alerts_key = f"{p}alerts"
+        r, layout = self.store.r, self.store.k
+        cursors_key = layout.cursors()
+        alerts_key = layout.alerts()
         streams: dict[str, str] = {}
         rescan_at = 0.0
         down = False
         while True:
             try:
                 if time.monotonic() >= rescan_at:  # new RMs' prompt streams appear as prompts arrive
-                    keys = [k.decode() async for k in r.scan_iter(match=f"{p}rm:*:prompts", count=1000)]
+                    keys = [k.decode() async for k in r.scan_iter(match=layout.rm_prompts_pattern(), count=1000)]
                     saved = {k.decode(): v.decode() for k, v in (await r.hgetall(cursors_key)).items()}
                     for key in [alerts_key, *keys]:
                         streams.setdefault(key, saved.get(key, "0-0"))
@@ -222,6 +235,10 @@ class Login(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
+class Unlock(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+
+
 class Assign(BaseModel):
     assignee: str = Field(min_length=1, max_length=64)
 
@@ -238,6 +255,17 @@ class Answer(BaseModel):
     answer: Literal["accepted", "dismissed", "converted"]
 
 
+def client_ip(request: Request) -> str:
+    """The client's address (uvicorn takes it from ``X-Forwarded-For`` only when the
+    connection comes from a trusted proxy, by default 127.0.0.1)."""
+    return request.client.host if request.client is not None else "-"
+
+
+def retry_after(seconds: float | None) -> dict[str, str]:
+    """A ``Retry-After`` header (whole seconds, rounded up), or none."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds else {}
+
+
 def page_json(page: Page, shape: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
     items = [shaped for item in page.items if (shaped := shape(item)) is not None]
     return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
@@ -249,6 +277,8 @@ def page_json(page: Page, shape: Callable[[dict[str, Any]], dict[str, Any] | Non
 def create_app(store: Store, users: UserStore, config: DashboardConfig, index: bool = True) -> FastAPI:
     """The application; with ``index``, it runs the ``Indexer`` while it serves."""
     signer = Signer(config.secret)
+    sessions = SessionStore(store.r, store.k, config.session_ttl_s)
+    guard = LoginGuard(store.r, store.k, config.login)
     hub = Hub()
     auditor = Auditor(store.r, store.audit_key, config.audit_keys)
     indexer = Indexer(store, hub)
@@ -283,11 +313,19 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
-    def session(request: Request) -> Session:
+    async def signed_in(request: Request) -> Session | None:
+        """The request's session if its cookie is valid and its server-side session is open
+        and still matches the user's entry in the users file."""
         token = request.cookies.get(COOKIE)
         found = signer.read(token, time.time()) if token else None
-        user = users.get(found.username) if found else None
-        if found is None or user is None or user.role != found.role or user.rm_id != found.rm_id:
+        if found is None:
+            return None
+        users.refresh()
+        return found if await sessions.valid(found, users.get(found.username)) else None
+
+    async def session(request: Request) -> Session:
+        found = await signed_in(request)
+        if found is None:
             raise HTTPException(401, "not signed in")
         return found
 
@@ -332,27 +370,71 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.post("/api/login", summary="Sign in; sets the session cookie")
+    @app.post("/api/login", summary="Sign in; sets the session cookie",
+              description="401: wrong username or password. 429 (with `Retry-After`): too many failed sign-ins "
+                          "for this username or from this address, try later. 423: the username is locked after "
+                          "too many failed sign-ins; an administrator can unlock it.")
     async def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
         if not request.headers.get("content-type", "").startswith("application/json"):
             raise HTTPException(415, "JSON only")
+        ip = client_ip(request)
+        attempt = await guard.attempt(body.username, ip)
+        if attempt.outcome == "locked":
+            raise HTTPException(423, "this account is locked after too many failed sign-ins; an administrator "
+                                     "can unlock it", headers=retry_after(attempt.retry_after_s))
+        if attempt.outcome == "throttled":
+            wait = retry_after(attempt.retry_after_s)
+            raise HTTPException(429, f"too many failed sign-ins: try again in {wait['Retry-After']} s", headers=wait)
+        users.refresh()
         user = await asyncio.to_thread(users.authenticate, body.username, body.password)
         if user is None:
-            await auditor.record("login_failed", body.username[:64], "-")
-            raise HTTPException(401, "wrong username or password")
-        token = signer.issue(user, config.session_ttl_s, time.time())
+            await failed_login(body.username, ip, attempt)
+            raise HTTPException(401, "wrong username or password",
+                                headers=retry_after(await guard.retry_after_s(body.username, ip)))
+        failures, throttled = await guard.succeeded(user.username, ip)
+        sid = await sessions.create(user, ip)
+        token = signer.issue(user, config.session_ttl_s, time.time(), sid)
         response.set_cookie(COOKIE, token, max_age=int(config.session_ttl_s), httponly=True, samesite="strict",
                             secure=config.secure_cookies, path="/")
-        await auditor.record("login", user.username, user.role)
+        await auditor.record("login", user.username, user.role, detail=(
+            f"after {failures} failed sign-ins and {throttled} throttled attempts" if failures or throttled else None))
         found = signer.read(token, time.time())
         assert found is not None
         return {"username": user.username, "role": user.role, "rm_id": user.rm_id, "csrf": signer.csrf(found)}
 
+    async def failed_login(username: str, ip: str, attempt: Attempt) -> None:
+        """Count a failure; audit only the first of a burst and the one that locks, so that
+        no one can grow the audit log by failing to sign in."""
+        failure = await guard.failed(username, ip, attempt)
+        p = config.login
+        if failure.locked:
+            await auditor.record("login_locked", username[:64], "-", username[:64], detail=(
+                f"{failure.failures} failed sign-ins since {format_ts(failure.since_ms / 1000)}, the last from "
+                f"{ip}; locked for {p.lockout_s:g} s unless an administrator unlocks it"))
+        elif failure.first:
+            await auditor.record("login_failed", username[:64], "-", username[:64], detail=(
+                f"from {ip}; the failures that follow within {p.window_s:g} s are counted and summarised by "
+                f"the lockout or the next sign-in"))
+
     @app.post("/api/logout", summary="Sign out")
     async def logout(who: Annotated[Session, Depends(csrf)], response: Response) -> dict[str, str]:
+        await sessions.revoke(who)
         response.delete_cookie(COOKIE, path="/")
         await auditor.record("logout", who.username, who.role)
         return {"ok": "signed out"}
+
+    @app.get("/api/admin/locks", summary="Usernames locked after failed sign-ins (admin)")
+    async def locks(who: Annotated[Session, role("admin")]) -> dict[str, Any]:
+        return {"items": await guard.locks()}
+
+    @app.post("/api/admin/unlock", summary="Lift the lock of a username (admin)")
+    async def unlock(body: Unlock, who: Annotated[Session, role("admin", write=True)]) -> dict[str, Any]:
+        held = await guard.unlock(body.username)
+        if held is not None:
+            await auditor.record("login_unlocked", who.username, who.role, body.username, detail=(
+                f"locked after {held.get('failures', '?')} failed sign-ins; {held.get('refused', '0')} attempts "
+                f"refused while locked"))
+        return {"username": body.username, "was_locked": held is not None}
 
     @app.get("/api/me", summary="Who is signed in, and the session's CSRF token")
     async def me(who: AnyUser) -> dict[str, Any]:
@@ -377,14 +459,27 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         return {**summary, "customer": customer}
 
     async def act(ref: str, who: Session, action: str, status: str, detail: str | None = None,
-                  event: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
+                  event: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                   assignee: str | None = None) -> dict[str, Any]:
-        summary = await alert_or_404(ref)
-        event_id = await event(summary) if event is not None else None
-        updated = await store.set_status(ref, status, assignee)
+        """Apply an action once: a repeat of what the group already is returns its state with
+        ``changed: false`` and sends nothing; an action a closed group cannot take is a 409."""
+        for _ in range(10):  # the group changed between reading and applying: read it again
+            summary = await alert_or_404(ref)
+            verdict = alert_verdict(summary["status"], summary["assignee"], status, assignee)
+            if verdict == "repeat":
+                return {**summary, "changed": False, "sent_event_id": None}
+            if verdict == "conflict":
+                raise HTTPException(409, f"the alert is {summary['status']} and cannot become {status}")
+            sent = event(summary) if event is not None else None
+            if await store.change_status(summary, status, assignee, sent):
+                break
+        else:
+            raise HTTPException(409, "the alert kept changing; try again")
+        event_id = sent["event_id"] if sent is not None else None
         await auditor.record(action, who.username, who.role, ref, summary["customer_id"], detail, event_id)
+        updated = await alert_or_404(ref)
         hub.publish("alert", updated)
-        return {**updated, "sent_event_id": event_id}
+        return {**updated, "changed": True, "sent_event_id": event_id}
 
     @app.post("/api/alerts/{ref}/acknowledge", summary="Acknowledge an alert")
     async def acknowledge(ref: str, who: Analyst) -> dict[str, Any]:
@@ -399,17 +494,17 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     @app.post("/api/alerts/{ref}/snooze", summary="Snooze the customer's alerts of this type (a control event)")
     async def snooze(ref: str, body: Snooze, who: Analyst) -> dict[str, Any]:
-        async def send(s: dict[str, Any]) -> str:
-            return await store.snooze(s["customer_id"], s["type"], body.hours, s["event_ts"], who.username)
-        return await act(ref, who, "snooze", "snoozed", f"{body.hours} h", send)
+        def control(s: dict[str, Any]) -> dict[str, Any]:
+            return store.snooze_event(s["customer_id"], s["type"], body.hours, s["event_ts"], who.username)
+        return await act(ref, who, "snooze", "snoozed", f"{body.hours} h", control)
 
     @app.post("/api/alerts/{ref}/close", summary="Close as fraud or false positive (feedback)")
     async def close(ref: str, body: Close, who: Analyst) -> dict[str, Any]:
-        async def send(s: dict[str, Any]) -> str:
+        def label(s: dict[str, Any]) -> dict[str, Any]:
             a = s["alert"]
-            return await store.feedback(s["customer_id"], body.label, s["event_ts"], ref_event_id=a["event_id"],
+            return store.feedback_event(s["customer_id"], body.label, s["event_ts"], ref_event_id=a["event_id"],
                                         ref_alert_id=a["alert_id"])
-        return await act(ref, who, "close", f"closed_{body.label}", body.label, send)
+        return await act(ref, who, "close", f"closed_{body.label}", body.label, label)
 
     @app.get("/api/customers/{cref}", summary="A customer: scores, alerts, prompts, timeline")
     async def customer(cref: str, who: AnyUser) -> dict[str, Any]:
@@ -440,22 +535,29 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     @app.post("/api/rm/prompts/{prompt_id}/answer", summary="Accept, dismiss or mark converted (feedback)")
     async def answer(prompt_id: str, body: Answer, who: RMWrite) -> dict[str, Any]:
-        try:
-            prompt = await store.prompt(prompt_id)
-        except NotFound:
-            raise HTTPException(403, "not your prompt") from None
-        if prompt.get("rm_id") != who.rm_id:
-            raise HTTPException(403, "not your prompt")
-        allowed = {"new": ("accepted", "dismissed"), "accepted": ("converted", "dismissed")}.get(prompt["status"], ())
-        if body.answer not in allowed:
-            raise HTTPException(409, f"a prompt that is {prompt['status']} cannot be {body.answer}")
-        event_id = await store.feedback(prompt["customer_id"], ANSWERS[body.answer], prompt["event_ts"],
+        for _ in range(10):  # the prompt changed between reading and answering: read it again
+            try:
+                prompt, stored = await store.prompt_stored(prompt_id)
+            except NotFound:
+                raise HTTPException(403, "not your prompt") from None
+            if prompt.get("rm_id") != who.rm_id:
+                raise HTTPException(403, "not your prompt")
+            verdict = prompt_verdict(prompt["status"], body.answer)
+            if verdict == "repeat":
+                return {**prompt, "changed": False, "sent_event_id": None}
+            if verdict == "conflict":
+                raise HTTPException(409, f"a prompt that is {prompt['status']} cannot be {body.answer}")
+            sent = store.feedback_event(prompt["customer_id"], ANSWERS[body.answer], prompt["event_ts"],
                                         ref_prompt_id=prompt_id)
-        updated = await store.answer_prompt(prompt, body.answer)
+            updated = await store.answer(prompt_id, body.answer, sent, stored)
+            if updated is not None:
+                break
+        else:
+            raise HTTPException(409, "the prompt kept changing; try again")
         await auditor.record("answer_prompt", who.username, who.role, prompt_id, prompt["customer_id"], body.answer,
-                             event_id)
+                             sent["event_id"])
         hub.publish("prompt", {**updated, "cref": store.ref("c", prompt["customer_id"])})
-        return {**updated, "sent_event_id": event_id}
+        return {**updated, "changed": True, "sent_event_id": sent["event_id"]}
 
     @app.get("/api/rm/churn", summary="Churn warnings about the RM's customers")
     async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
@@ -491,13 +593,19 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         async def stream() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 1000\n\n"
+                checked = quiet = time.monotonic()
                 while not await request.is_disconnected():
-                    if signer.read(request.cookies.get(COOKIE, ""), time.time()) is None:
-                        return  # the session expired while the stream was open
+                    if time.monotonic() - checked >= config.session_check_s:
+                        if await signed_in(request) is None:
+                            return  # signed out, revoked or expired: the stream ends
+                        checked = time.monotonic()
                     try:
-                        yield await asyncio.wait_for(queue.get(), timeout=15.0)
+                        yield await asyncio.wait_for(queue.get(), timeout=config.session_check_s)
+                        quiet = time.monotonic()
                     except TimeoutError:
-                        yield b": keep-alive\n\n"
+                        if time.monotonic() - quiet >= KEEP_ALIVE_S:
+                            yield b": keep-alive\n\n"
+                            quiet = time.monotonic()
             finally:
                 hub.unsubscribe(sid)
 

@@ -3,6 +3,7 @@ in a thread beside the engine (``run.py``, the built-in simulator demo)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 from config.settings import Settings
 from dashboard.app import DashboardConfig, create_app
 from dashboard.auth import UserStore
-from dashboard.store import Store
+from dashboard.logins import LoginPolicy
+from dashboard.store import Auditor, Store
 from schemas.audit import AuditKeys
 
 
@@ -26,7 +28,14 @@ def build_app(settings: Settings, users: UserStore | None = None) -> Any:
     store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key)
     secret = d.secret.encode() if d.secret else secrets.token_bytes(32)
     return create_app(store, users or UserStore.load(d.users_file),
-                      DashboardConfig(secret, keys, d.session_ttl_s, d.secure_cookies, d.page_size_max))
+                      DashboardConfig(secret, keys, d.session_ttl_s, not d.insecure_http, d.page_size_max,
+                                      login=login_policy(settings)))
+
+
+def login_policy(settings: Settings) -> LoginPolicy:
+    d = settings.dashboard
+    return LoginPolicy(d.login_window_s, d.login_free_failures, d.login_ip_free_failures, d.login_backoff_s,
+                       d.login_backoff_max_s, d.lockout_failures, d.lockout_s)
 
 
 def server(settings: Settings, host: str | None = None, port: int | None = None,
@@ -46,6 +55,70 @@ def start_in_thread(settings: Settings, host: str | None = None, port: int | Non
     thread = threading.Thread(target=srv.run, name="dashboard", daemon=True)
     thread.start()
     return srv, thread
+
+
+def operator_auditor(client: Any, settings: Settings) -> Auditor:
+    """The audit writer of an operator's command (``run.py dashboard ...``), with the key file of
+    ``[audit] key_file`` (``schemas.audit.AuditKeyError`` if it is not set or not valid)."""
+    return Auditor(client, f"{settings.redis.key_prefix}{settings.audit.redis_key}",
+                   AuditKeys.load(settings.audit.key_file))
+
+
+def revoke_sessions(settings: Settings, username: str, action: str, detail: str, by: str) -> int | None:
+    """Sign every session of ``username`` out, in Redis, and audit it (``action``, by the
+    operator ``by``); how many sessions there were, or None if Redis is unreachable."""
+    import redis
+    import redis.asyncio
+
+    from dashboard.sessions import SessionStore
+    from schemas.redis_keys import RedisKeys
+
+    r = settings.redis
+
+    async def revoke() -> int:
+        client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
+                                              socket_connect_timeout=min(r.socket_timeout_s, 2.0))
+        try:
+            count = await SessionStore(client, RedisKeys(r.key_prefix), settings.dashboard.session_ttl_s
+                                       ).revoke_user(username)
+            await operator_auditor(client, settings).record(
+                action, by, "operator", username, None, f"{detail}; {count} sessions revoked")
+            return count
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(revoke())
+    except (redis.RedisError, OSError):
+        return None
+
+
+def unlock_user(settings: Settings, username: str, by: str) -> dict[str, str] | None:
+    """Lift the lock of ``username`` (and clear its failures) and audit it; what the lock
+    held, or None if it was not locked. Raises ``redis.RedisError`` or ``OSError`` if Redis
+    is unreachable."""
+    import redis.asyncio
+
+    from dashboard.logins import LoginGuard
+    from schemas.redis_keys import RedisKeys
+
+    r = settings.redis
+
+    async def unlock() -> dict[str, str] | None:
+        client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
+                                              socket_connect_timeout=min(r.socket_timeout_s, 2.0))
+        try:
+            held = await LoginGuard(client, RedisKeys(r.key_prefix), login_policy(settings)).unlock(username)
+            if held is not None:
+                await operator_auditor(client, settings).record(
+                    "login_unlocked", by, "operator", username, None,
+                    f"locked after {held.get('failures', '?')} failed sign-ins; {held.get('refused', '0')} "
+                    f"attempts refused while locked")
+            return held
+        finally:
+            await client.aclose()
+
+    return asyncio.run(unlock())
 
 
 def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:

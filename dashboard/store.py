@@ -1,10 +1,11 @@
 """The dashboard's data in Redis: an index of the engine's alerts and prompts, the actions
 on them, the feedback they send to the engine, and the audit of every action.
 
-The engine writes alerts to ``{prefix}alerts`` (every revision of every alert group) and
-prompts to ``{prefix}rm:{rm_id}:prompts``. ``Indexer`` follows those streams (its position
-in ``{prefix}dash:cursor:*``, so a restart neither skips nor repeats) and keeps, under
-``{prefix}dash:``:
+Every key comes from ``schemas.redis_keys`` (the layout the engine's sinks share; ids are
+percent-encoded in keys). The engine writes alerts to ``{prefix}alerts`` (every revision of
+every alert group) and prompts to ``{prefix}rm:{rm_id}:prompts``. ``Indexer`` follows those
+streams (its positions in ``{prefix}dash:cursors``, so a restart neither skips nor repeats)
+and keeps, under ``{prefix}dash:``:
 
 - ``a:{ref}``: one hash per alert group (latest revision, workflow status, assignee), where
   ``ref`` is a keyed hash of the group key: URLs and pages name alerts and customers by refs,
@@ -37,17 +38,21 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
+from redis.exceptions import WatchError
 
 from schemas.audit import REDIS_APPEND_ONCE, Appender, AuditKeys, BrokenLog, redis_keys
 from schemas.events import event_from_obj
 from schemas.events import parse_timestamp as parse_ts
 from schemas.outputs import UserAction, format_ts
+from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
 
 STATUSES: Final = ("open", "acknowledged", "assigned", "snoozed", "closed_fraud", "closed_legit")
 ACTIVE: Final = ("open", "acknowledged", "assigned", "snoozed")
+CLOSED: Final = ("closed_fraud", "closed_legit")
+PROMPT_MOVES: Final = {"new": ("accepted", "dismissed"), "accepted": ("converted", "dismissed")}
 ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk")
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 ANSWERS: Final = {"accepted": "nba_accepted", "dismissed": "nba_dismissed", "converted": "nba_converted"}
@@ -114,17 +119,24 @@ class Store:
     def __init__(self, client: Any, prefix: str, feedback_stream: str, feedback_time: str = "wall",
                  audit_key: str = "audit") -> None:
         self.r = client  # a redis.asyncio.Redis
-        self.p = prefix
-        self.d = f"{prefix}dash:"
+        self.k = RedisKeys(prefix)
         self.feedback_key = f"{prefix}{feedback_stream}"
         self.feedback_time = feedback_time
         self.audit_key = f"{prefix}{audit_key}"
         self._ref_key = b""
+        self._change_status = client.register_script(_CHANGE_STATUS)
+        self._answer = client.register_script(_ANSWER)
 
     async def start(self) -> None:
-        """Load (or create once) the key that refs are hashed with."""
-        await self.r.set(f"{self.d}refkey", secrets.token_hex(32), nx=True)
-        self._ref_key = await self.r.get(f"{self.d}refkey")
+        """Check the Redis key layout (the first writer sets it) and load (or create once)
+        the key that refs are hashed with."""
+        await self.r.set(self.k.layout(), LAYOUT_VERSION, nx=True)
+        layout = (await self.r.get(self.k.layout()) or b"").decode()
+        if layout != LAYOUT_VERSION:
+            raise RuntimeError(f"the Redis keys under {self.k.prefix!r} follow key layout {layout}, this dashboard "
+                               f"reads layout {LAYOUT_VERSION} (see the README's Redis key layout)")
+        await self.r.set(self.k.ref_key(), secrets.token_hex(32), nx=True)
+        self._ref_key = await self.r.get(self.k.ref_key())
 
     def ref(self, kind: str, value: str) -> str:
         """An opaque, stable reference to an alert group or a customer (keyed: it cannot be
@@ -134,59 +146,73 @@ class Store:
     # -- indexing ------------------------------------------------------------------------
 
     async def index_alert(self, alert: dict[str, Any]) -> dict[str, Any] | None:
-        """Record one alert revision; the summary if it changed the group, else None."""
+        """Record one alert revision; the summary if it changed the group, else None. The
+        group is read and written under ``WATCH``, so an action that changes its status
+        meanwhile is never undone."""
         group = alert.get("group_key") or alert.get("dedup_key") or alert["alert_id"]
         ref = self.ref("a", group)
-        key = f"{self.d}a:{ref}"
-        current = await self.r.hmget(key, "revision", "status", "severity")
+        key = self.k.alert(ref)
         revision = int(alert.get("revision") or 1)
-        if current[0] is not None and int(current[0]) >= revision:
-            return None
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    current = await pipe.hmget(key, "revision", "status", "severity")
+                    if current[0] is not None and int(current[0]) >= revision:
+                        return None
+                    pipe.multi()
+                    self._index_alert(pipe, alert, ref, current)
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue  # an action changed the group: read it again
+        return await self.alert_summary(ref)
+
+    def _index_alert(self, pipe: Any, alert: dict[str, Any], ref: str, current: list[bytes | None]) -> None:
         customer, rm = alert["customer_id"], alert.get("rm_id") or ""
         cref = self.ref("c", customer)
         ts = _ms(alert["event_ts"])
         status = current[1].decode() if current[1] else "open"
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(key, mapping={"revision": revision, "alert": orjson.dumps(alert), "status": status,
-                                "severity": alert["severity"], "type": alert["type"], "customer": customer,
-                                "cref": cref, "rm": rm, "ts": ts, "score": alert["score"]})
+        key = self.k.alert(ref)
+        pipe.hset(key, mapping={"revision": int(alert.get("revision") or 1), "alert": orjson.dumps(alert),
+                                "status": status, "severity": alert["severity"], "type": alert["type"],
+                                "customer": customer, "cref": cref, "rm": rm, "ts": ts, "score": alert["score"]})
         if current[0] is None:
             pipe.hset(key, "first_ts", ts)
         if current[2] is not None and current[2].decode() != alert["severity"]:
-            pipe.zrem(f"{self.d}idx:sev:{current[2].decode()}", ref)
-        for idx in ("all", f"type:{alert['type']}", f"sev:{alert['severity']}", f"status:{status}"):
-            pipe.zadd(f"{self.d}idx:{idx}", {ref: ts})
+            pipe.zrem(self.k.queue_by("sev", current[2].decode()), ref)
+        for idx in (self.k.queue("all"), self.k.queue_by("type", alert["type"]),
+                    self.k.queue_by("sev", alert["severity"]), self.k.queue_by("status", status)):
+            pipe.zadd(idx, {ref: ts})
         if status in ACTIVE:
-            pipe.zadd(f"{self.d}idx:active", {ref: ts})
+            pipe.zadd(self.k.queue("active"), {ref: ts})
         if rm:
-            pipe.zadd(f"{self.d}idx:rm:{rm}", {ref: ts})
-            pipe.set(f"{self.d}owner:{customer}", rm)
-        pipe.zadd(f"{self.d}cust:{customer}", {ref: ts})
-        pipe.set(f"{self.d}cref:{cref}", customer)
-        pipe.zadd(f"{self.d}scores", {ref: float(alert["score"])})
-        pipe.hincrby(f"{self.d}volume", str(ts // 3_600_000), 1 if current[0] is None else 0)
-        await pipe.execute()
-        return await self.alert_summary(ref)
+            pipe.zadd(self.k.queue_by("rm", rm), {ref: ts})
+            pipe.set(self.k.owner(customer), rm)
+        pipe.zadd(self.k.customer_alerts(customer), {ref: ts})
+        pipe.set(self.k.customer_ref(cref), customer)
+        pipe.zadd(self.k.scores(), {ref: float(alert["score"])})
+        pipe.hincrby(self.k.volume(), str(ts // 3_600_000), 1 if current[0] is None else 0)
 
     async def index_prompt(self, prompt: dict[str, Any]) -> dict[str, Any] | None:
         """Record one prompt (once); its summary if new."""
         pid, rm, customer = prompt["prompt_id"], prompt.get("rm_id") or "", prompt["customer_id"]
-        if not rm or not await self.r.set(f"{self.d}p:{pid}", orjson.dumps({**prompt, "status": "new"}), nx=True):
+        if not rm or not await self.r.set(self.k.prompt(pid), orjson.dumps({**prompt, "status": "new"}), nx=True):
             return None
         cref = self.ref("c", customer)
         pipe = self.r.pipeline(transaction=True)
-        pipe.zadd(f"{self.d}pq:{rm}", {pid: _ms(prompt["event_ts"])})
-        pipe.set(f"{self.d}owner:{customer}", rm)
-        pipe.set(f"{self.d}cref:{cref}", customer)
-        pipe.zadd(f"{self.d}cprompts:{customer}", {pid: _ms(prompt["event_ts"])})
-        pipe.hincrby(f"{self.d}rmstat:{rm}", "prompts", 1)
+        pipe.zadd(self.k.rm_queue(rm), {pid: _ms(prompt["event_ts"])})
+        pipe.set(self.k.owner(customer), rm)
+        pipe.set(self.k.customer_ref(cref), customer)
+        pipe.zadd(self.k.customer_prompts(customer), {pid: _ms(prompt["event_ts"])})
+        pipe.hincrby(self.k.rm_stats(rm), "prompts", 1)
         await pipe.execute()
         return {**prompt, "status": "new", "cref": cref}
 
     # -- reading -------------------------------------------------------------------------
 
     async def alert_summary(self, ref: str) -> dict[str, Any]:
-        data = await self.r.hgetall(f"{self.d}a:{ref}")
+        data = await self.r.hgetall(self.k.alert(ref))
         if not data:
             raise NotFound(ref)
         return self._summary(ref, data)
@@ -194,17 +220,17 @@ class Store:
     async def alerts(self, status: str | None, alert_type: str | None, severity: str | None,
                      rm: str | None, offset: int, limit: int) -> Page:
         """A page of alert groups, newest first, matching every filter given."""
-        sets = [f"{self.d}idx:active" if status in (None, "active") else
-                f"{self.d}idx:all" if status == "all" else f"{self.d}idx:status:{status}"]
+        sets = [self.k.queue("active") if status in (None, "active") else
+                self.k.queue("all") if status == "all" else self.k.queue_by("status", status)]
         if alert_type:
-            sets.append(f"{self.d}idx:type:{alert_type}")
+            sets.append(self.k.queue_by("type", alert_type))
         if severity:
-            sets.append(f"{self.d}idx:sev:{severity}")
+            sets.append(self.k.queue_by("sev", severity))
         if rm:
-            sets.append(f"{self.d}idx:rm:{rm}")
+            sets.append(self.k.queue_by("rm", rm))
         key = sets[0]
         if len(sets) > 1:
-            key = f"{self.d}tmp:{hashlib.sha1('|'.join(sets).encode()).hexdigest()}"
+            key = self.k.queue_cache(hashlib.sha1("|".join(sets).encode()).hexdigest())
             if not await self.r.exists(key):
                 pipe = self.r.pipeline(transaction=True)
                 pipe.zinterstore(key, sets, aggregate="MAX")
@@ -216,7 +242,7 @@ class Store:
         total, refs = await pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for ref in refs:
-            pipe.hgetall(f"{self.d}a:{ref.decode()}")
+            pipe.hgetall(self.k.alert(ref.decode()))
         rows = await pipe.execute()
         items = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows, strict=True) if row]
         return Page(items, int(total), offset, limit)
@@ -231,11 +257,11 @@ class Store:
                 "alert": alert}
 
     async def owner(self, customer: str) -> str | None:
-        value = await self.r.get(f"{self.d}owner:{customer}")
+        value = await self.r.get(self.k.owner(customer))
         return value.decode() if value else None
 
     async def customer_of(self, cref: str) -> str:
-        value = await self.r.get(f"{self.d}cref:{cref}")
+        value = await self.r.get(self.k.customer_ref(cref))
         if value is None:
             raise NotFound(cref)
         return str(value.decode())
@@ -245,17 +271,17 @@ class Store:
         ``TIMELINE_MAX`` items): alert groups (their latest revision's trigger), prompts and
         the customer's recent input events (``kind`` ``event``, the summary under ``event``)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(f"{self.p}customer:{customer}")
-        pipe.zrevrange(f"{self.d}cust:{customer}", 0, 49)
-        pipe.zrevrange(f"{self.d}cprompts:{customer}", 0, 49)
-        pipe.get(f"{self.d}owner:{customer}")
-        pipe.lrange(f"{self.p}customer:{customer}:events", 0, RECENT_EVENTS_MAX - 1)
+        pipe.hgetall(self.k.customer(customer))
+        pipe.zrevrange(self.k.customer_alerts(customer), 0, 49)
+        pipe.zrevrange(self.k.customer_prompts(customer), 0, 49)
+        pipe.get(self.k.owner(customer))
+        pipe.lrange(self.k.customer_events(customer), 0, RECENT_EVENTS_MAX - 1)
         engine, refs, pids, owner, recent = await pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for ref in refs:
-            pipe.hgetall(f"{self.d}a:{ref.decode()}")
+            pipe.hgetall(self.k.alert(ref.decode()))
         for pid in pids:
-            pipe.get(f"{self.d}p:{pid.decode()}")
+            pipe.get(self.k.prompt(pid.decode()))
         rows = await pipe.execute()
         alerts = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows[:len(refs)], strict=True) if row]
         prompts = [orjson.loads(raw) for raw in rows[len(refs):] if raw]
@@ -281,30 +307,34 @@ class Store:
 
     async def prompts(self, rm: str, which: str, offset: int, limit: int) -> Page:
         """An RM's prompts waiting for an answer (``new``) or accepted (``accepted``)."""
-        key = f"{self.d}{'pq' if which == 'new' else 'pa'}:{rm}"
+        key = self.k.rm_queue(rm) if which == "new" else self.k.rm_accepted(rm)
         pipe = self.r.pipeline(transaction=False)
         pipe.zcard(key)
         pipe.zrevrange(key, offset, offset + limit - 1)
         total, pids = await pipe.execute()
-        raws = await self.r.mget([f"{self.d}p:{pid.decode()}" for pid in pids]) if pids else []
+        raws = await self.r.mget([self.k.prompt(pid.decode()) for pid in pids]) if pids else []
         items = [{**orjson.loads(raw), "cref": self.ref("c", orjson.loads(raw)["customer_id"])} for raw in raws if raw]
         return Page(items, int(total), offset, limit)
 
     async def prompt(self, pid: str) -> dict[str, Any]:
-        raw = await self.r.get(f"{self.d}p:{pid}")
+        return (await self.prompt_stored(pid))[0]
+
+    async def prompt_stored(self, pid: str) -> tuple[dict[str, Any], bytes]:
+        """The prompt and its stored bytes (what an answer is conditional on)."""
+        raw = await self.r.get(self.k.prompt(pid))
         if raw is None:
             raise NotFound(pid)
-        return dict(orjson.loads(raw))
+        return dict(orjson.loads(raw)), bytes(raw)
 
     async def stats(self, rm: str | None) -> dict[str, Any]:
         """Alert volume per hour of event time (the last 48 hours with alerts), the score
         distribution of all alert groups (10 bins), and conversion per RM."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(f"{self.d}volume")
+        pipe.hgetall(self.k.volume())
         for i in range(10):
-            pipe.zcount(f"{self.d}scores", i / 10, f"({(i + 1) / 10}" if i < 9 else 1.0)
+            pipe.zcount(self.k.scores(), i / 10, f"({(i + 1) / 10}" if i < 9 else 1.0)
         if rm:
-            pipe.hgetall(f"{self.d}rmstat:{rm}")
+            pipe.hgetall(self.k.rm_stats(rm))
         out = await pipe.execute()
         volume = sorted((int(k), int(v)) for k, v in out[0].items())[-48:]
         result: dict[str, Any] = {
@@ -318,65 +348,148 @@ class Store:
         return result
 
     # -- actions -------------------------------------------------------------------------
+    #
+    # An action reads the state, decides (``alert_verdict``, ``prompt_verdict``), builds the
+    # event it sends (validated, not sent yet) and then applies the change and adds the event
+    # to the engine's input in one script, only if the state is still the one it read. Two
+    # concurrent closes: one applies and sends its label; the other finds the group closed,
+    # reads it again and is a repeat that sends nothing.
 
-    async def set_status(self, ref: str, status: str, assignee: str | None = None) -> dict[str, Any]:
-        data = await self.r.hmget(f"{self.d}a:{ref}", "status", "ts")
-        if data[0] is None:
+    async def change_status(self, summary: dict[str, Any], status: str, assignee: str | None,
+                            event: dict[str, Any] | None) -> bool:
+        """Move the alert group from the status and assignee in ``summary`` to ``status``
+        (and ``assignee``) and add ``event`` to the engine's input, atomically; False (and
+        nothing done) if the group is no longer as ``summary`` says."""
+        ref, old = summary["ref"], summary["status"]
+        done = await self._change_status(
+            keys=[self.k.alert(ref), self.k.queue_by("status", old), self.k.queue_by("status", status),
+                  self.k.queue("active"), self.feedback_key],
+            args=[old, summary["assignee"], status, assignee or "", ref, "1" if status in ACTIVE else "0",
+                  orjson.dumps(event) if event is not None else ""])
+        if done == -1:
             raise NotFound(ref)
-        old, ts = data[0].decode(), int(data[1])
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(f"{self.d}a:{ref}", "status", status)
-        if assignee is not None:
-            pipe.hset(f"{self.d}a:{ref}", "assignee", assignee)
-        pipe.zrem(f"{self.d}idx:status:{old}", ref)
-        pipe.zadd(f"{self.d}idx:status:{status}", {ref: ts})
-        if status in ACTIVE:
-            pipe.zadd(f"{self.d}idx:active", {ref: ts})
-        else:
-            pipe.zrem(f"{self.d}idx:active", ref)
-        await pipe.execute()
-        return await self.alert_summary(ref)
+        return bool(done)
 
-    async def answer_prompt(self, prompt: dict[str, Any], answer: str) -> dict[str, Any]:
-        """Move a prompt on (``new`` -> accepted / dismissed, accepted -> converted)."""
-        rm, pid = prompt["rm_id"], prompt["prompt_id"]
-        ts = _ms(prompt["event_ts"])
+    async def answer(self, pid: str, answer: str, event: dict[str, Any], stored: bytes) -> dict[str, Any] | None:
+        """Move a prompt on (``new`` -> accepted / dismissed, accepted -> converted) and add
+        ``event`` to the engine's input, atomically; None (and nothing done) if the prompt is
+        no longer ``stored``."""
+        prompt = orjson.loads(stored)
+        rm = prompt["rm_id"]
         updated = {**prompt, "status": answer}
-        updated.pop("cref", None)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(f"{self.d}p:{pid}", orjson.dumps(updated))
-        pipe.zrem(f"{self.d}pq:{rm}", pid)
-        if answer == "accepted":
-            pipe.zadd(f"{self.d}pa:{rm}", {pid: ts})
-        else:
-            pipe.zrem(f"{self.d}pa:{rm}", pid)
-        pipe.hincrby(f"{self.d}rmstat:{rm}", answer, 1)
-        await pipe.execute()
-        return updated
+        done = await self._answer(
+            keys=[self.k.prompt(pid), self.k.rm_queue(rm), self.k.rm_accepted(rm), self.k.rm_stats(rm),
+                  self.feedback_key],
+            args=[stored, orjson.dumps(updated), pid, answer, _ms(prompt["event_ts"]), orjson.dumps(event)])
+        return dict(updated) if done else None
 
     def _event_ts(self, reference_ts: str) -> str:
         return reference_ts if self.feedback_time == "reference" else format_ts(time.time())
 
-    async def send_event(self, event: dict[str, Any]) -> str:
-        """Validate ``event`` against the input contract and add it to the engine's input."""
+    @staticmethod
+    def _valid(event: dict[str, Any]) -> dict[str, Any]:
+        """``event`` without its empty fields, validated against the input contract."""
         clean = {k: v for k, v in event.items() if v is not None}
         event_from_obj(clean)  # raises InvalidEvent: a bug here, never sent
-        await self.r.xadd(self.feedback_key, {"data": orjson.dumps(clean)})
-        return str(clean["event_id"])
+        return clean
 
-    async def feedback(self, customer: str, label: str, reference_ts: str, ref_event_id: str | None = None,
-                       ref_alert_id: str | None = None, ref_prompt_id: str | None = None) -> str:
-        return await self.send_event({
+    def feedback_event(self, customer: str, label: str, reference_ts: str, ref_event_id: str | None = None,
+                       ref_alert_id: str | None = None, ref_prompt_id: str | None = None) -> dict[str, Any]:
+        return self._valid({
             "kind": "feedback", "event_id": f"fb-{uuid.uuid4().hex}", "ts": self._event_ts(reference_ts),
             "customer_id": customer, "label": label, "ref_event_id": ref_event_id, "ref_alert_id": ref_alert_id,
             "ref_prompt_id": ref_prompt_id})
 
-    async def snooze(self, customer: str, alert_type: str, hours: float, reference_ts: str, by: str) -> str:
+    def snooze_event(self, customer: str, alert_type: str, hours: float, reference_ts: str,
+                     by: str) -> dict[str, Any]:
         ts = self._event_ts(reference_ts)
         until = format_ts(parse_ts(ts) + hours * 3600.0)
-        return await self.send_event({
+        return self._valid({
             "kind": "control", "event_id": f"ctl-{uuid.uuid4().hex}", "ts": ts, "customer_id": customer,
             "action": "snooze", "alert_type": alert_type, "until": until, "by": by})
+
+
+Verdict = Literal["apply", "repeat", "conflict"]
+
+
+def alert_verdict(status: str, assignee: str, target: str, new_assignee: str | None = None) -> Verdict:
+    """What an action that moves an alert group in ``status`` to ``target`` does: ``apply``,
+    ``repeat`` (the group is already so: nothing to do, nothing sent) or ``conflict`` (a
+    closed group takes no other action).
+
+    >>> alert_verdict("open", "", "closed_fraud"), alert_verdict("closed_fraud", "", "closed_fraud")
+    ('apply', 'repeat')
+    >>> alert_verdict("closed_fraud", "", "snoozed"), alert_verdict("closed_legit", "", "closed_fraud")
+    ('conflict', 'conflict')
+    >>> alert_verdict("assigned", "ana", "assigned", "ana"), alert_verdict("assigned", "ana", "assigned", "bob")
+    ('repeat', 'apply')
+    """
+    if status == target and (new_assignee is None or new_assignee == assignee):
+        return "repeat"
+    return "conflict" if status in CLOSED else "apply"
+
+
+def prompt_verdict(status: str, answer: str) -> Verdict:
+    """What an answer to a prompt in ``status`` does.
+
+    >>> prompt_verdict("new", "accepted"), prompt_verdict("accepted", "accepted")
+    ('apply', 'repeat')
+    >>> prompt_verdict("dismissed", "accepted"), prompt_verdict("new", "converted")
+    ('conflict', 'conflict')
+    """
+    if status == answer:
+        return "repeat"
+    return "apply" if answer in PROMPT_MOVES.get(status, ()) else "conflict"
+
+
+# KEYS: 1 the alert group, 2 its status set now, 3 the new status set, 4 the active set,
+#       5 the engine's input stream
+# ARGV: 1 the status read, 2 the assignee read, 3 the new status, 4 the new assignee ("" keeps
+#       it), 5 ref, 6 "1" if the new status is active, 7 the event to send ("" for none)
+_CHANGE_STATUS = """
+local current = redis.call('HMGET', KEYS[1], 'status', 'assignee', 'ts')
+if not current[1] then
+  return -1
+end
+if current[1] ~= ARGV[1] or (current[2] or '') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'assignee', ARGV[4])
+end
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], current[3], ARGV[5])
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[4], current[3], ARGV[5])
+else
+  redis.call('ZREM', KEYS[4], ARGV[5])
+end
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[5], '*', 'data', ARGV[7])
+end
+return 1
+"""
+
+# KEYS: 1 the prompt, 2 the RM's queue, 3 the RM's accepted prompts, 4 the RM's counts,
+#       5 the engine's input stream
+# ARGV: 1 the prompt as read, 2 the prompt answered, 3 prompt id, 4 the answer, 5 its event
+#       time (ms), 6 the event to send
+_ANSWER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[3])
+if ARGV[4] == 'accepted' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+else
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
+redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+redis.call('XADD', KEYS[5], '*', 'data', ARGV[6])
+return 1
+"""
 
 
 class Auditor:

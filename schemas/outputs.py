@@ -155,9 +155,12 @@ class LifecycleChange(_Record):
 
 @dataclass(frozen=True, slots=True)
 class UserAction(_Record):
-    """What a dashboard user did, for the audit trail: ``login``, ``login_failed``,
-    ``acknowledge``, ``assign``, ``snooze``, ``close``, ``answer_prompt``. ``target`` is the
-    dashboard's ref of the alert group or the prompt id; ``event_id`` the feedback or control
+    """What a dashboard user did, for the audit trail: ``login``, ``logout``,
+    ``acknowledge``, ``assign``, ``snooze``, ``close``, ``answer_prompt``; failed sign-ins
+    summarised (``login_failed`` for the first of a burst, ``login_locked``) and
+    ``login_unlocked``; and what an operator did to a user (``user_changed``,
+    ``user_disabled``, ``username`` the operator). ``target`` is the dashboard's ref of the
+    alert group, the prompt id or the username concerned; ``event_id`` the feedback or control
     event sent to the engine, if any."""
 
     action_id: str

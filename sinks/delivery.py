@@ -8,8 +8,10 @@ delivers the buffer in order, in batches of at most ``batch_size``; a failed bat
 retried after ``policy.delay(attempt)`` until it succeeds or its retry budget
 (``policy.budget_s``) is spent, and then goes to the dead letter with the reason. What
 arrives while the buffer is full goes straight to the dead letter ("buffer full"): nothing
-is dropped silently. A subclass raises ``Undeliverable`` for a permanent refusal (an HTTP
-400, say), which skips the retries.
+is dropped silently. A subclass raises ``Undeliverable`` for a permanent refusal of a batch
+(an HTTP 400, say), which skips the retries, or returns the records refused one by one (a
+Redis key of the wrong type), which go to the dead letter while the rest of the batch counts
+as delivered.
 
 Delivery: at least once. ``position()`` (the sink's recovery snapshot) is the list of
 records not yet delivered, so a crash loses nothing that was handed to the sink: a
@@ -275,8 +277,10 @@ class BufferedSink(Sink):
         """Create the transport's client (called in ``open``)."""
 
     @abstractmethod
-    def deliver(self, records: list[Record]) -> None:
-        """Deliver ``records`` idempotently, or raise (``Undeliverable`` if retrying cannot help)."""
+    def deliver(self, records: list[Record]) -> list[tuple[Record, str]] | None:
+        """Deliver ``records`` idempotently, or raise (``Undeliverable`` if retrying cannot help).
+        A transport that can refuse single records for good returns them with the reason:
+        they go to the dead letter and the rest of the batch counts as delivered."""
 
     def disconnect(self) -> None:
         """Release the transport's client."""
@@ -354,10 +358,7 @@ class BufferedSink(Sink):
         started, attempt = self._monotonic(), 0
         while True:
             try:
-                self.deliver(batch)
-                self._done(batch)
-                self.delivered += len(batch)
-                return
+                refused = self.deliver(batch) or []
             except Undeliverable as exc:
                 self.failed += 1
                 self._done(batch)
@@ -380,6 +381,21 @@ class BufferedSink(Sink):
                     log.warning("%s: delivery failed, retrying: %s", self.name, exc)
                 self._closing.wait(self.policy.delay(attempt, self._rng))
                 attempt += 1
+            else:
+                self._done(batch)
+                self.delivered += len(batch) - len(refused)
+                if refused:
+                    self.failed += 1
+                    self._refuse(refused)
+                return
+
+    def _refuse(self, refused: list[tuple[Record, str]]) -> None:
+        """Dead-letter records refused one by one, one letter call per reason."""
+        by_reason: dict[str, list[Record]] = {}
+        for record, reason in refused:
+            by_reason.setdefault(reason, []).append(record)
+        for reason, records in by_reason.items():
+            self._dead_letter(records, f"{self.name}: refused: {reason}")
 
     def _done(self, batch: list[Record]) -> None:
         with self._cond:

@@ -23,6 +23,7 @@ USERS = (("ana", "risk_analyst", ""), ("root", "admin", ""), ("rm1", "rm", "rm00
 class Dashboard:
     url: str
     server: object
+    users_file: Path
 
     def login(self, username: str) -> tuple[httpx.Client, str]:
         client = httpx.Client(base_url=self.url, timeout=10)
@@ -32,20 +33,21 @@ class Dashboard:
 
 
 @contextmanager
-def dashboard(settings: Settings, tmp: Path) -> Iterator[Dashboard]:
+def dashboard(settings: Settings, tmp: Path, insecure_http: bool = True) -> Iterator[Dashboard]:
+    """Served over plain HTTP, so with ``insecure_http`` (cookies without Secure) unless told."""
     users_file = tmp / "users.toml"
     for name, role, rm in USERS:
         add_user(users_file, name, role, PASSWORD, rm)
     settings = replace(settings, dashboard=replace(settings.dashboard, users_file=str(users_file),
-                                                   secret="test-secret-of-enough-length"))
+                                                   secret="test-secret-of-enough-length", insecure_http=insecure_http))
     port = free_port()
     server, thread = start_in_thread(settings, "127.0.0.1", port, UserStore.load(users_file))
     deadline = time.monotonic() + 20
     while not getattr(server, "started", False):
-        assert time.monotonic() < deadline, "the dashboard did not start"
+        assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
         time.sleep(0.05)
     try:
-        yield Dashboard(f"http://127.0.0.1:{port}", server)
+        yield Dashboard(f"http://127.0.0.1:{port}", server, users_file)
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(10)

@@ -18,10 +18,11 @@ from tests.live_engine import engine_settings, history, inject, live_engine, tak
 from tests.services import redis_server
 
 READS = ["/api/me", "/api/alerts", "/api/alerts/{ref}", "/api/customers/{cref}", "/api/rm/prompts", "/api/rm/churn",
-         "/api/stats", "/api/audit", "/api/events"]
+         "/api/stats", "/api/audit", "/api/events", "/api/admin/locks"]
 WRITES = [("/api/alerts/{ref}/acknowledge", {}), ("/api/alerts/{ref}/assign", {"assignee": "ana"}),
           ("/api/alerts/{ref}/snooze", {"hours": 1}), ("/api/alerts/{ref}/close", {"label": "legit"}),
-          ("/api/rm/prompts/{pid}/answer", {"answer": "dismissed"}), ("/api/logout", {})]
+          ("/api/rm/prompts/{pid}/answer", {"answer": "dismissed"}), ("/api/logout", {}),
+          ("/api/admin/unlock", {"username": "ana"})]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,8 @@ def test_roles_and_ownership_are_enforced(world: tuple[Dashboard, dict[str, str]
     # analysts cannot use the RM view; admins cannot act; only admins read the audit
     ana, csrf = dash.login("ana")
     assert ana.get("/api/rm/prompts").status_code == 403 and ana.get("/api/audit").status_code == 403
+    assert ana.get("/api/admin/locks").status_code == 403
+    assert ana.post("/api/admin/unlock", json={"username": "rm1"}, headers={"X-CSRF-Token": csrf}).status_code == 403
     root, csrf_root = dash.login("root")
     for path, body in WRITES[:4]:
         assert root.post(fill(path, ids), json=body, headers={"X-CSRF-Token": csrf_root}).status_code == 403, path

@@ -150,6 +150,56 @@ def test_redis_outage_delays_but_loses_nothing(redis_srv: RedisServer, tmp_path:
     assert dead_letters(dead) == []
 
 
+def test_a_redis_error_is_never_taken_for_a_duplicate(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """A key of the wrong type where a customer's hash goes (another writer's, or an older key
+    layout's): the record is refused with the reason, nothing of it is written (no delivered
+    marker, no stream entry), the rest of the batch is delivered, and once the key is gone the
+    same record is written, not skipped as already delivered."""
+    from schemas.redis_keys import RedisKeys
+
+    client = redis.Redis.from_url(redis_srv.url)
+    keys = RedisKeys("t6:")
+    client.rpush(keys.customer("c1"), "a list where the customer's hash goes")
+    dead = tmp_path / "dead.jsonl"
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(dead), prefix="t6:", policy=RetryPolicy(base_s=0.01, max_s=0.05))
+    sink.open()
+    alerts = make_alerts(6)
+    sink.write_batch(alerts)
+    sink.close()
+    refused = {a.alert_id for a in alerts if a.customer_id == "c1"}
+    assert sink.duplicates == 0 and sink.dead_lettered == len(refused) == 2
+    assert sink.delivered == 4
+    letters = dead_letters(dead)
+    assert {letter["source"]["id"] for letter in letters} == refused
+    assert all("WRONGTYPE" in letter["reason"] for letter in letters)
+    assert stream_ids(client, "t6:alerts") == [a.alert_id for a in alerts if a.alert_id not in refused]
+    assert not any(client.exists(keys.delivered(rid)) for rid in refused)
+    client.delete(keys.customer("c1"))
+    again = RedisSink(redis_srv.url, JsonlDeadLetters(dead), prefix="t6:")
+    again.open()
+    again.write_batch(alerts)
+    again.close()
+    assert again.duplicates == 4 and again.dead_lettered == 0
+    assert float(client.hget(keys.customer("c1"), "fraud_score")) == 0.9
+    assert sorted(stream_ids(client, "t6:alerts")) == sorted(a.alert_id for a in alerts)
+
+
+def test_a_redis_prefix_of_another_key_layout_is_refused(redis_srv: RedisServer, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_srv.url)
+    client.set("t7:layout", "1")
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), prefix="t7:")
+    events = RedisEventsSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead-events.jsonl"), 4, prefix="t7:")
+    sink.open()
+    events.open()
+    sink.write_batch(make_alerts(3))
+    events.write_batch(make_summaries(3))
+    sink.close()
+    events.close()
+    assert sink.dead_lettered == 3 and events.dead_lettered == 3
+    assert "layout 1" in dead_letters(tmp_path / "dead.jsonl")[0]["reason"]
+    assert client.keys("t7:*") == [b"t7:layout"]
+
+
 def test_buffer_overflow_goes_to_the_dead_letter(redis_srv: RedisServer, tmp_path: Path) -> None:
     dead = tmp_path / "dead.jsonl"
     sink = RedisSink(redis_srv.url, JsonlDeadLetters(dead), prefix="t4:", socket_timeout_s=0.3,

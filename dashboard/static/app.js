@@ -98,6 +98,7 @@ async function openAlert(ref) {
     catch (e) { d.prepend(el("p", { class: "error" }, e.message)); }
   };
   const analyst = state.me.role === "risk_analyst";
+  const closed = a.status.startsWith("closed");  // a closed alert takes no further action
   const c = a.customer;
   d.replaceChildren(
     el("h2", {}, `${a.type} — ${a.severity} — score ${a.score.toFixed(2)}`),
@@ -108,13 +109,13 @@ async function openAlert(ref) {
     el("p", {}, `customer fraud score ${fmt(c.fraud_score)} · fraud risk ${fmt(c.fraud_risk)} · churn ${fmt(c.churn_score)} · open alert groups ${c.open_groups}`),
     el("h3", {}, "Timeline"),
     timeline(c.timeline),
-    analyst ? el("div", { class: "actions" },
+    analyst && !closed ? el("div", { class: "actions" },
       el("button", { id: "act-ack", onclick: act("acknowledge", {}) }, "Acknowledge"),
       el("button", { id: "act-assign", onclick: act("assign", { assignee: state.me.username }) }, "Assign to me"),
       el("button", { id: "act-snooze", onclick: act("snooze", { hours: 24 }) }, "Snooze 24 h"),
       el("button", { id: "act-fraud", onclick: act("close", { label: "fraud" }) }, "Close: confirmed fraud"),
       el("button", { id: "act-legit", onclick: act("close", { label: "legit" }) }, "Close: false positive"))
-      : el("p", {}, "read-only"));
+      : el("p", {}, closed ? "closed" : "read-only"));
 }
 
 // A customer's timeline, newest first: the events the engine received (with [redis]
@@ -195,7 +196,12 @@ function listen() {
   const source = new EventSource("/api/events");
   state.source = source;
   source.onopen = () => $("live").classList.add("on");
-  source.onerror = () => $("live").classList.remove("on");
+  source.onerror = () => {
+    $("live").classList.remove("on");
+    // The server ends the stream when the session ends; the reconnection then gets a 401 and
+    // the browser gives up: ask who is signed in, which shows the sign-in form on a 401.
+    if (source.readyState === EventSource.CLOSED && state.source === source) api("/api/me").catch(() => {});
+  };
   let plotDue = 0;
   const plotsSoon = () => { if (Date.now() > plotDue) { plotDue = Date.now() + 2000; setTimeout(loadPlots, 2000); } };
   source.addEventListener("alert", (e) => {
