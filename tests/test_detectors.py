@@ -16,6 +16,7 @@ from detectors.customer import CustomerModel
 from detectors.fraud import FraudDetector, FraudParams
 from detectors.profile import FEATURES, CustomerProfile, named
 from detectors.rules import RuleParams, evaluate_rules
+from detectors.supervised import FraudClassifier, SupervisedParams
 from detectors.windows import SlidingWindows
 from schemas.events import Event, parse_event
 
@@ -184,3 +185,30 @@ def test_a_transaction_older_than_the_last_one_is_scored_not_a_crash() -> None:
     model.observe(event(kind="transaction", amount=100, ts=at(10 * 3600.0)))
     late = model.observe(event(kind="transaction", amount=100, ts=at(0.0)))
     assert late.features is not None and named(late.features)["hours_since_prev"] == 0.0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_classifier_learns_exactly_as_rivers_logistic_regression(optimizer: str) -> None:
+    """The numpy classifier takes River's steps (log loss, fraud weight, L2, intercept rate,
+    SGD or Adam) on the same standardised inputs: the same weights, label by label."""
+    from river import linear_model, optim
+
+    names = tuple(f"f{i}" for i in range(12))
+    params = SupervisedParams(optimizer=optimizer, learning_rate=0.05, l2=1e-3, fraud_weight=3.0)  # type: ignore[arg-type]
+    ours = FraudClassifier(names, params)
+    river = linear_model.LogisticRegression(
+        optimizer=optim.Adam(0.05) if optimizer == "adam" else optim.SGD(0.05),
+        loss=optim.losses.Log(weight_pos=3.0), l2=1e-3, intercept_init=ours.intercept, intercept_lr=0.05)
+    rng = random.Random(4)
+    for i in range(400):
+        v = ours.vector({name: rng.gauss(j % 3, 1 + j % 2) for j, name in enumerate(names)})
+        fraud, weight = rng.random() < 0.2, rng.choice([1.0, 4.0])
+        ours.learn_one(v, fraud, weight)
+        z = dict(zip(names, ours._standardised(v).tolist(), strict=True))  # the inputs it learned on
+        river.learn_one(z, fraud, weight)
+        if i % 50 == 0:
+            np.testing.assert_allclose(ours.weights, [river.weights.get(n, 0.0) for n in names], rtol=1e-9, atol=1e-12)
+            assert ours.intercept == pytest.approx(river.intercept, rel=1e-9)
+    x = ours.vector(dict.fromkeys(names, 1.5))
+    assert ours.predict_proba_one(x) == pytest.approx(river.predict_proba_one(
+        dict(zip(names, ours._standardised(x).tolist(), strict=True)))[True], rel=1e-9)
