@@ -20,6 +20,7 @@ unlabelled transactions older than the label horizon as legitimate.
 
 from __future__ import annotations
 
+import math
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -162,6 +163,8 @@ class FraudDetector:
             flags[_RULE_INDEX[hit.code]] = 1.0
             not_hit *= 1.0 - hit.weight
         x.extend(flags)
+        if not math.isfinite(sum(x)):  # a non-finite value would poison every shared model
+            raise ValueError("a transaction whose features are not all finite")
         vector = array("d", x)
         clf = self.classifier
         model_score = clf.predict_proba_one(vector) if clf.n_frauds else 0.0

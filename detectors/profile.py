@@ -32,6 +32,8 @@ HOUR: Final = 3600.0
 DAY: Final = 86400.0
 #: The spans of every windowed count and sum, in this order: 1 h, 1 d, 7 d, 30 d.
 SPANS: Final = (HOUR, DAY, 7 * DAY, 30 * DAY)
+#: A ratio feature is capped here: a denominator of a cent's fraction must not make it infinite.
+RATIO_CAP: Final = 1e9
 SECURITY_ACTIONS: Final = frozenset({"contact_change", "password_reset", "device_bind"})
 CASH_DEPOSIT: Final = "cash_deposit"
 
@@ -222,7 +224,7 @@ class CustomerProfile:
             1.0 if last_txn_t is not None and t - last_txn_t >= p.dormant_days * DAY else 0.0,  # dormant
             float(cash_near_3d.counts[0] + self._near_threshold(txn)),  # near_threshold_cash_3d
             log1p(inflow_24h),  # log_inflow_24h
-            outflow_24h / inflow_24h if debit and inflow_24h > 0 else 0.0,  # outflow_of_inflow_24h
+            min(RATIO_CAP, outflow_24h / inflow_24h) if debit and inflow_24h > 0 else 0.0,  # outflow_of_inflow_24h
             frauds_recent,  # cust_frauds_14d
             # A card with confirmed recent fraud is still in danger; what gives the next fraud
             # away is an amount unlike the customer's own (a linear model needs the product).

@@ -17,16 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.bare_loop import EngineSteps
 from config.settings import load_settings
 from detectors.customer import CustomerModel
 from detectors.fraud import FraudDetector
 from detectors.profile import CustomerProfile
 from detectors.windows import SlidingWindows
 from engine.admission import InputBounds
-from flows.items import Sequenced
-from flows.modes import event_clock, step_config
-from flows.steps import CustomerViewStep
+from engine.shard import Shard
+from flows.modes import engine_config, event_clock
 from schemas.events import parse_event
 from schemas.outputs import DeadLetter, format_ts
 from tests.conftest import ROOT, replay
@@ -149,7 +147,7 @@ def test_a_sparse_recording_keeps_its_long_gaps(tmp_path: Path) -> None:
 STEPS: dict[str, tuple[type, str]] = {
     "customer_profile": (CustomerModel, "observe"),
     "shared_scoring": (FraudDetector, "assess"),
-    "customer_view": (CustomerViewStep, "_view"),
+    "customer_view": (Shard, "_view"),
 }
 
 
@@ -271,6 +269,7 @@ def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
     return [draw(contract_events(i)) for i in range(size)]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow or a NaN in numpy would poison the models
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(streams())
 def test_fuzz_no_exception_escapes_the_steps(stream: list[dict[str, Any]]) -> None:
@@ -278,10 +277,9 @@ def test_fuzz_no_exception_escapes_the_steps(stream: list[dict[str, Any]]) -> No
     three steps in event-time order: every one is processed (no step fails on any), every
     score and record is well-formed."""
     events = sorted((parse_event(orjson.dumps(e)) for e in stream), key=lambda e: e.t)
-    config = step_config(load_settings(), event_clock, events[-1].t, emit_scores=True)
-    steps = EngineSteps(config)
-    batch = [Sequenced("fuzz", seq, event) for seq, event in enumerate(events)]
-    out = [record for item in steps.score(batch) for record in steps.view(item)] + steps.end()
+    config = engine_config(load_settings(), event_clock, events[-1].t, emit_scores=True)
+    shard = Shard(config)
+    out = shard.process(events) + shard.finish(events[-1].t)
     assert not [r for r in out if isinstance(r, DeadLetter)], config.failures.counts
     for record in out:
         data = orjson.loads(record.to_bytes())
