@@ -17,7 +17,7 @@ prompts of a batch are answered before the simulation reaches their answers' tim
 (``late_answers`` counts the exceptions, moved forward to the simulation's time: an item due
 in the batch may emit nothing and the next event come hours later); the run is deterministic.
 
-Policies, each swapped into the shared step's bandit (``SharedScoringStep.nba.policy.policy``)
+Policies, each swapped into the engine's bandit (``Shard.nba.policy.policy``)
 on the same simulation (the customers' own events are identical in every run; only the answers
 differ with the prompts):
 
@@ -50,15 +50,15 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from bench.bare_loop import EngineSteps
 from bench.nba_baselines import FixedPolicy, RandomPolicy, RuleCheck
 from config.actions import load_actions
 from config.settings import Settings, load_settings
 from detectors.nba import FEEDBACK_LABELS, Action, CustomerFacts
-from flows.items import Scored, Sequenced
-from flows.modes import event_clock, step_config
+from engine.shard import Shard
+from flows.items import Sequenced
+from flows.modes import engine_config, event_clock
 from schemas.events import Feedback, event_from_obj
-from schemas.outputs import Prompt
+from schemas.outputs import Alert, DeadLetter, LifecycleChange, Prompt
 from simulator import Simulation, SimulatorConfig
 from simulator.population import Customer
 from simulator.responder import Responder
@@ -104,6 +104,12 @@ class LoopResult:
         return sum((self.oracle_blind if blind else self.oracle)[since:]) / p if p else 0.0
 
 
+def _fraud_type(record: Alert | LifecycleChange) -> bool:
+    kind = record.type if isinstance(record, Alert) else record.alert_type
+    return kind != "churn_risk" and (isinstance(record, Alert) or record.action in ("deduplicated", "grouped",
+                                                                                  "escalated", "suppressed"))
+
+
 def _policy(name: str, seed: int) -> RandomPolicy | None:
     if name == "bandit":
         return None
@@ -115,7 +121,7 @@ def _policy(name: str, seed: int) -> RandomPolicy | None:
 
 
 class _Loop:
-    """One closed-loop run: the simulation, the engine's three steps and the records."""
+    """One closed-loop run: the simulation, the engine and the records."""
 
     def __init__(self, settings: Settings, config: SimulatorConfig, policy: str) -> None:
         self.settings = settings
@@ -123,8 +129,8 @@ class _Loop:
         self.catalogue: dict[str, Action] = {a.action_id: a for a in catalogue}
         self.responder = Responder(config.seed, self.catalogue)
         self.simulation = Simulation(config, with_truth=False, responder=self.responder)
-        self.steps = EngineSteps(step_config(settings, event_clock))
-        nba = self.steps.shared.nba
+        self.shard = Shard(engine_config(settings, event_clock))
+        nba = self.shard.nba
         if nba is None:
             raise ValueError("next-best action is disabled in the settings ([nba] enabled)")
         baseline = _policy(policy, config.seed)
@@ -160,21 +166,22 @@ class _Loop:
         return result
 
     def _process(self, batch: list[Sequenced]) -> None:
-        """The batch through the engine's steps as the dataflow runs them, then every prompt
-        to the simulation's customers."""
-        for item in self.steps.score(batch):
-            if not isinstance(item, Scored):  # an evaluation stops on a failing event
-                raise RuntimeError(item.dead_letter.reason)
+        """The batch through the engine, event by event (the same records as a batch at a
+        time), then every prompt to the simulation's customers."""
+        for item in batch:
             event = item.event
             customer = event.customer_id
-            if item.alert is not None:
-                self.fraud_alert_t[customer] = event.t
-            elif isinstance(event, Feedback):
+            records = self.shard.process([event])
+            for record in records:
+                if isinstance(record, DeadLetter):  # an evaluation stops on a failing event
+                    raise RuntimeError(record.reason)
+                if isinstance(record, Alert | LifecycleChange) and _fraud_type(record):
+                    self.fraud_alert_t[customer] = event.t  # a fraud alert decided, emitted or merged
+            if isinstance(event, Feedback):
                 if event.label == "legit":
                     self.fraud_alert_t.pop(customer, None)
                 elif event.label in FEEDBACK_LABELS and event.ref_prompt_id:
                     self.check.answer(event.ref_prompt_id, event.label, event.t)
-            records = self.steps.view(item)
             for record in records:
                 if isinstance(record, Prompt):
                     self._prompted(record, event.t)

@@ -2,31 +2,26 @@
 
     source ──► split_dead_letters ──► DeadLetter (bad input) ───────────────► sinks
                       ├─────────────────► event_summaries (if an events sink) ─► sinks
-                      │ Sequenced (valid events, seq per source partition)
-                      ▼ key: customer_id
-               customer_profile      per customer: profile features, rule hits,
-                      │ Observed     churn evidence
-                      ▼ key: "shared"
-               shared_scoring        re-sequenced; counterparty risk, anomaly and
-                      │ Scored       supervised models; fraud_score, alert; churn model
-                      │              (learns from churn labels): churn_score; the
-                      │              next-best-action bandit and contact rules: prompt
-                      ▼ key: customer_id
-               customer_view         fraud risk, open alerts, churn alerts; customer
-                                     state at the end of a replay
-                      │ Alert | Prompt | Score | CustomerState
+                      │ Sequenced (valid events, in source order)
+                      ▼ key: the customer's shard
+                    engine           engine.shard.Shard: per customer the profile, rules,
+                      │              churn evidence, view and alert lifecycle; shared by
+                      │              the shard's customers the fraud models, the churn
+                      │              model and the next-best-action policy
+                      │ Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter
                       ▼
-                   sinks
+                   sinks (by record kind; dead letters: bad input and failed events)
 
-An event whose processing raises in a keyed step becomes a ``Failed`` item there
-(``engine.isolation``): it keeps its place in the shared step's order and its dead letter
-travels on to the end of the flow, where it joins the bad input on the dead-letter sinks.
+The per-event logic is ``engine.shard.Shard``, plain Python; the one keyed step here only
+hands it each batch of its shard's events (``flows.steps.EngineStep``). An event whose
+processing raises becomes a dead letter there (``engine.isolation``), and joins the bad input
+on the dead-letter sinks.
 
-Step ids are stable: recovery state is keyed by them. With metrics (``ops.metrics``), two
-stateless steps observe the stream (``observe_input`` after the source, ``observe_scored``
-after shared scoring) and each keyed step's logic is timed; without, none of it is wired.
-Likewise ``event_summaries`` (each valid event's ``EventSummary``, for the dashboard's
-timelines) exists only when ``Outputs.events`` has a sink.
+Step ids are stable: recovery state is keyed by them. With metrics (``ops.metrics``), the
+source's batches are counted (``observe_input``), the engine reports its stage times, scores
+and labels to the metrics, and the alerts leaving it are counted (``observe_alerts``); without,
+none of it is wired. Likewise ``event_summaries`` (each valid event's ``EventSummary``, for
+the dashboard's timelines) exists only when ``Outputs.events`` has a sink.
 """
 
 from __future__ import annotations
@@ -39,14 +34,16 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
-from flows.items import AsOf, Failed, Scored, Sequenced
-from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
+from engine.config import EngineConfig
+from engine.shard import Record
+from flows.items import Sequenced
+from flows.steps import EngineStep
 from schemas.outputs import Alert, CustomerState, DeadLetter, EventSummary, LifecycleChange, Prompt, Score
 
 if TYPE_CHECKING:
     from ops.metrics import EngineMetrics
 
-SHARED_KEY = "shared"
+SHARD_KEY = "shard-0"
 
 
 @dataclass
@@ -75,13 +72,14 @@ def _write(kind: str, stream: Stream[Any], sinks: dict[str, Sink[Any]]) -> None:
             op.output(step, stream, sink)
 
 
-def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
+def build_flow(source: Source[Any], outputs: Outputs, config: EngineConfig,
                name: str = "crm_engine", metrics: EngineMetrics | None = None,
-               side_input: Source[Any] | None = None) -> Dataflow:
-    """Wire source -> per-customer -> shared scoring -> per-customer view -> sinks.
+               side_input: Source[Any] | None = None, snapshots: bool = False) -> Dataflow:
+    """Wire source -> engine (one key per shard) -> sinks.
 
     ``side_input`` (live modes: the Redis input stream the dashboard's feedback arrives on)
-    is merged with the source; its partitions sequence their events on their own."""
+    is merged with the source. ``snapshots``: recovery is on, so the engine's state is
+    snapshotted at every epoch."""
     flow = Dataflow(name)
     received = op.input("events_in", flow, source)
     if side_input is not None:
@@ -94,31 +92,17 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
     if outputs.events:
         _write("events", op.filter_map("event_summaries", split.trues, _summary), outputs.events)
         # EventSummary (transactions, app events and feedback; not profiles or controls)
-    by_customer = op.key_on("key_customer", split.trues, lambda s: s.event.customer_id)
-    # (customer_id, Sequenced)
-    observed = op.stateful_batch("customer_profile", by_customer, _customer_step(config, metrics))
-    # (customer_id, Observed | AsOf: the churn evidence as of the end of a replay
-    #  | Failed: an event whose processing raised, with its dead letter)
-    shared = op.key_on("key_shared", op.map("drop_customer_key", observed, _value),
-                       lambda _: SHARED_KEY)
-    # ("shared", Observed | AsOf | Failed)
-    scored = op.stateful_batch("shared_scoring", shared, _timed(
-        "shared_scoring", lambda resume: SharedScoringStep(config, resume), metrics))
-    # ("shared", Scored | AsOf | Failed)
-    if metrics is not None:
-        scored = op.flat_map_batch("observe_scored", scored, metrics.observe_scored)
-    rekeyed = op.key_on("key_customer_again", op.map("drop_shared_key", scored, _value), _customer_of)
-    # (customer_id, Scored | AsOf | Failed)
-    viewed = op.stateful_batch("customer_view", rekeyed, _timed(
-        "customer_view", lambda resume: CustomerViewStep(config, resume), metrics))
-    # (customer_id, Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter)
-    records = op.map("drop_view_key", viewed, _value)
-    # Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter (an event that failed in a step)
+    by_shard = op.key_on("key_shard", split.trues, _shard_of)
+    # (shard key, Sequenced)
+    processed = op.stateful_batch("engine", by_shard,
+                                  lambda resume: EngineStep(config, resume, snapshots, metrics))
+    # (shard key, Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter)
+    records = op.map("drop_shard_key", processed, _value)
     failed = op.filter("step_failures", records, _is(DeadLetter))
     if metrics is not None:
         failed = op.flat_map_batch("observe_failures", failed, metrics.observe_failures)
     _write("dead_letters", op.merge("dead_letters", split.falses, failed), outputs.dead_letters)
-    # DeadLetter: bad input, and events that failed in a step
+    # DeadLetter: bad input, and events that failed in the engine
     alerts = op.filter("alerts", records, _is(Alert))
     if metrics is not None:  # the alerts users get, after de-duplication and grouping
         alerts = op.flat_map_batch("observe_alerts", alerts, metrics.observe_alerts)
@@ -131,25 +115,9 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
     return flow
 
 
-def _customer_step(config: StepConfig, metrics: EngineMetrics | None) -> Any:
-    """Builds a customer's profile logic; with metrics, timed and counted as a tracked customer."""
-    if metrics is None:
-        return lambda resume: CustomerStep(config, resume)
-
-    def build(resume: bytes | None) -> Any:
-        metrics.customer_built()
-        return metrics.timed("customer_profile", CustomerStep(config, resume))
-    return build
-
-
-def _timed(step: str, builder: Any, metrics: EngineMetrics | None) -> Any:
-    if metrics is None:
-        return builder
-    return lambda resume: metrics.timed(step, builder(resume))
-
-
-def _customer_of(item: Scored | AsOf | Failed) -> str:
-    return item.event.customer_id if type(item) is Scored else item.customer_id  # type: ignore[union-attr]
+def _shard_of(item: Sequenced) -> str:
+    """The key of the shard an event's customer belongs to (one shard for now)."""
+    return SHARD_KEY
 
 
 def _summary(item: Sequenced) -> EventSummary | None:
@@ -165,9 +133,9 @@ def _is_audited(item: Any) -> bool:
 
 
 def _is(cls: type) -> Any:
-    def check(item: Output | DeadLetter) -> bool:
+    def check(item: Record) -> bool:
         return isinstance(item, cls)
     return check
 
 
-__all__ = ["Outputs", "StepConfig", "build_flow"]
+__all__ = ["Outputs", "build_flow"]

@@ -32,6 +32,7 @@ from bytewax.run import cli_main
 
 from config.actions import load_actions
 from config.settings import Settings
+from engine.config import Clock, EngineConfig
 from flows.dataflow import Outputs, build_flow
 from flows.recovery import prepare as prepare_recovery
 from flows.sources import (
@@ -42,7 +43,6 @@ from flows.sources import (
     SimulatorSource,
     load_replay,
 )
-from flows.steps import Clock, StepConfig
 from schemas.audit import AuditKeys
 from schemas.outputs import format_ts
 from sinks.audit import (
@@ -78,13 +78,14 @@ def event_clock(event_t: float) -> str:
     return format_ts(event_t)
 
 
-def step_config(settings: Settings, clock: Clock, watermark: float | None = None,
-                emit_scores: bool = False) -> StepConfig:
+def engine_config(settings: Settings, clock: Clock, watermark: float | None = None,
+                  emit_scores: bool = False) -> EngineConfig:
+    """What the engine's per-event logic needs from the settings, clocked by ``clock``."""
     nba = settings.nba
     actions = load_actions(nba.catalogue or None) if nba.enabled else ()
-    return StepConfig(profile=settings.profile, rules=settings.rules, fraud=settings.fraud,
-                      view=settings.view, clock=clock, snapshots=bool(settings.engine.recovery_dir),
-                      watermark=watermark, emit_scores=emit_scores, nba=nba, actions=actions)
+    return EngineConfig(profile=settings.profile, rules=settings.rules, fraud=settings.fraud,
+                        view=settings.view, clock=clock, watermark=watermark, emit_scores=emit_scores, nba=nba,
+                        actions=actions)
 
 
 #: Garbage-collector thresholds for the engine (Python's default: 700, 10, 10). The engine
@@ -148,8 +149,9 @@ def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | No
     outputs = Outputs(alerts=_files(paths.alerts, "file"), scores=_files(paths.scores, "file"),
                       states=_files(paths.state, "file"),
                       dead_letters=_files(paths.dead_letters, "file"), prompts=_files(paths.prompts, "file"))
-    config = step_config(settings, event_clock, replay.watermark, emit_scores=paths.scores is not None)
-    return build_flow(ReplaySource(replay), outputs, config, metrics=metrics)
+    config = engine_config(settings, event_clock, replay.watermark, emit_scores=paths.scores is not None)
+    return build_flow(ReplaySource(replay), outputs, config, metrics=metrics,
+                      snapshots=bool(settings.engine.recovery_dir))
 
 
 def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = None) -> None:
@@ -214,9 +216,9 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.events["redis"] = as_single_writer(sink("redis_events", recent_events_sink(settings)))
     for name, factory in audit_sinks(settings).items():
         outputs.audit[name] = as_single_writer(sink(name, factory))
-    return build_flow(source, outputs, step_config(settings, wall_clock),
+    return build_flow(source, outputs, engine_config(settings, wall_clock),
                       metrics=telemetry.metrics if telemetry is not None else None,
-                      side_input=redis_input(settings, stop))
+                      side_input=redis_input(settings, stop), snapshots=bool(settings.engine.recovery_dir))
 
 
 def redis_input(settings: Settings, stop: threading.Event | None) -> RedisStreamSource | None:

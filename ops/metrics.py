@@ -31,19 +31,16 @@ import tomllib
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from platform import python_version
-from time import perf_counter
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
-from bytewax.operators import StatefulBatchLogic
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from flows.items import Scored, Sequenced
+from flows.items import Sequenced
 from schemas.events import KIND_FIELDS
 from schemas.outputs import Alert, DeadLetter
 
@@ -272,46 +269,6 @@ class SinkMetrics:
             self._lost.inc(n)
 
 
-X = TypeVar("X")
-Y = TypeVar("Y")
-S = TypeVar("S")
-
-
-class TimedLogic(StatefulBatchLogic[X, Y, S], Generic[X, Y, S]):
-    """A step's logic, unchanged, with the time of each ``on_batch`` observed.
-
-    Bytewax builds a key's logic on the worker thread that owns the key and calls it only
-    there, so the timer adds to that thread's tally directly (no lock, no lookup).
-    """
-
-    def __init__(self, logic: StatefulBatchLogic[X, Y, S], timer: _Child) -> None:
-        self.logic = logic
-        self._tally = timer.tally()
-        self._bounds = timer.bounds
-
-    def on_batch(self, values: list[X]) -> tuple[Iterable[Y], bool]:
-        start = perf_counter()
-        out = self.logic.on_batch(values)
-        elapsed = perf_counter() - start
-        tally = self._tally
-        tally.counts[bisect_left(self._bounds, elapsed)] += 1
-        tally.sum += elapsed
-        tally.items += len(values)
-        return out
-
-    def on_notify(self) -> tuple[Iterable[Y], bool]:
-        return self.logic.on_notify()
-
-    def on_eof(self) -> tuple[Iterable[Y], bool]:
-        return self.logic.on_eof()
-
-    def notify_at(self) -> datetime | None:
-        return self.logic.notify_at()
-
-    def snapshot(self) -> S:
-        return self.logic.snapshot()
-
-
 class EngineMetrics:
     """Every metric the engine exports, registered on ``registry`` (never the global one).
 
@@ -349,8 +306,8 @@ class EngineMetrics:
             f"{ns}_scoring_latency_seconds", "From a transaction's Kafka timestamp to its score.",
             LATENCY_BUCKETS, registry)
         self.step_duration = FastHistogram(
-            f"{ns}_step_batch_duration_seconds", "Time a step spends on one batch of one key.", STEP_BUCKETS,
-            registry, ["step"], items_name=f"{ns}_step_items", items_doc="Items processed by a step.")
+            f"{ns}_step_batch_duration_seconds", "Time one batch of one shard spends in a stage of the engine.",
+            STEP_BUCKETS, registry, ["step"], items_name=f"{ns}_step_items", items_doc="Events processed by a stage.")
         self.customers = Gauge("customers_tracked", "Customers with state in this process.", namespace=ns,
                                registry=registry)
         self.scores = FastHistogram(f"{ns}_model_fraud_score", "Fraud score of every scored transaction.",
@@ -379,6 +336,7 @@ class EngineMetrics:
         self._latency_read = self.alert_latency.labels("read")
         self._latency_event = self.alert_latency.labels("event")
         self._feedback_by = {label: self.feedback.labels(label) for label in FEEDBACK_LABELS}
+        self._stage_timers = {stage: self.step_duration.labels(stage) for stage in STEPS}
 
     def _init_labels(self, sources: tuple[str, ...], sinks: tuple[str, ...]) -> None:
         for kind in KINDS:
@@ -432,52 +390,50 @@ class EngineMetrics:
                 self.step_failures.labels(step).inc()
         return batch
 
-    def observe_scored(self, batch: list[tuple[str, Scored]]) -> list[tuple[str, Scored]]:
-        """Alerts, latency and model health from a batch leaving the shared scoring step."""
+    def scored_batch(self, scored: list[tuple[float, bool, float, float | None, float | None]],
+                     feedback: list[tuple[str, float | None, bool]]) -> None:
+        """Alerts, latency and model health from a batch the engine processed (the
+        ``engine.shard.Observer`` protocol): each scored transaction ``(fraud_score,
+        alerted, event time, source time, read time)``, each feedback event ``(label, the
+        score its transaction had or None, whether the label says fraud)``."""
         now = time.time()
         threshold = self.alert_threshold
         observe_score = self.scores.labels().observer()
         scoring_latency = self.scoring_latency.labels().observer()
-        for _, item in batch:
-            if not isinstance(item, Scored):
-                continue  # the end of a replay (flows.items.AsOf)
-            assessment = item.assessment
-            if assessment is not None:
-                observe_score(assessment.fraud_score)
-                if item.source_time is not None:
-                    scoring_latency(max(0.0, now - item.source_time))
-                if item.alert is not None:  # an alert decided (the lifecycle may still merge it)
-                    if item.source_time is not None:
-                        self._latency_source.observe(max(0.0, now - item.source_time))
-                    if item.read_at is not None:
-                        self._latency_read.observe(max(0.0, now - item.read_at))
-                    self._latency_event.observe(max(0.0, now - item.event.t))
-            elif item.event.kind == "feedback":
-                label = getattr(item.event, "label", "")
-                child = self._feedback_by.get(label)
-                if child is not None:
-                    child.inc()
-                if item.label_outcome is not None:
-                    labelled_score, is_fraud = item.label_outcome
-                    positive = labelled_score >= threshold
-                    outcome = ("true_" if positive == is_fraud else "false_") + \
-                        ("positive" if positive else "negative")
-                    self.outcomes.labels(outcome).inc()
-                    self.labelled_scores.labels("fraud" if is_fraud else "legit").observe(labelled_score)
-        return batch
+        for fraud_score, alerted, event_t, source_time, read_at in scored:
+            observe_score(fraud_score)
+            if source_time is not None:
+                scoring_latency(max(0.0, now - source_time))
+            if alerted:  # an alert decided (the lifecycle may still merge it)
+                if source_time is not None:
+                    self._latency_source.observe(max(0.0, now - source_time))
+                if read_at is not None:
+                    self._latency_read.observe(max(0.0, now - read_at))
+                self._latency_event.observe(max(0.0, now - event_t))
+        for label, labelled_score, is_fraud in feedback:
+            child = self._feedback_by.get(label)
+            if child is not None:
+                child.inc()
+            if labelled_score is not None:
+                positive = labelled_score >= threshold
+                outcome = ("true_" if positive == is_fraud else "false_") + ("positive" if positive else "negative")
+                self.outcomes.labels(outcome).inc()
+                self.labelled_scores.labels("fraud" if is_fraud else "legit").observe(labelled_score)
+
+    def stage_times(self, seconds: tuple[float, float, float], items: int) -> None:
+        """The time one batch spent in each stage of the engine (``STEPS``)."""
+        for stage, elapsed in zip(STEPS, seconds, strict=True):
+            self._stage_timers[stage].observe(elapsed, items)
+
+    def customers_added(self, n: int) -> None:
+        """``n`` customers got state in this process (new, or resumed from a snapshot)."""
+        self.customers.inc(n)
 
     def observe_alerts(self, batch: list[Alert]) -> list[Alert]:
         """Count the alerts emitted to the sinks (after de-duplication and grouping)."""
         for alert in batch:
             self._alerts_by[(alert.type, alert.severity)].inc()
         return batch
-
-    def timed(self, step: str, logic: StatefulBatchLogic[X, Y, S]) -> TimedLogic[X, Y, S]:
-        return TimedLogic(logic, self.step_duration.labels(step))
-
-    def customer_built(self) -> None:
-        """A customer's state was created (or resumed) in this process."""
-        self.customers.inc()
 
     # -- hooks for sources and sinks -------------------------------------------------------
 

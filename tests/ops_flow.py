@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from config.settings import load_settings
 from flows.dataflow import Outputs, build_flow
 from flows.items import Sequenced
-from flows.modes import step_config, wall_clock
+from flows.modes import engine_config, wall_clock
 from ops.metrics import EngineMetrics
 from schemas.events import Event, event_from_obj
 from schemas.outputs import Alert, CustomerState, DeadLetter, Score
@@ -57,7 +57,7 @@ def run_observed(events: list[Event], workers: int = 1, metrics_on: bool = True,
     out: list[Any] = []
     sink = TestingSink(out)
     outputs = Outputs(alerts={"t": sink}, scores={"t": sink}, states={"t": sink}, dead_letters={"t": sink})
-    config = step_config(settings, wall_clock, watermark=events[-1].t, emit_scores=True)
+    config = engine_config(settings, wall_clock, watermark=events[-1].t, emit_scores=True)
     cli_main(build_flow(TestingSource(items, batch_size=200), outputs, config, metrics=metrics),
              workers_per_process=workers)
     return Observed(registry, out)

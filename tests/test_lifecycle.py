@@ -15,7 +15,7 @@ import redis
 from config.settings import Settings, load_settings
 from detectors.lifecycle import AlertLifecycle, LifecycleParams
 from flows.dataflow import Outputs, build_flow
-from flows.modes import event_clock, execute, step_config
+from flows.modes import engine_config, event_clock, execute
 from flows.sources import ReplaySource, load_replay
 from schemas.audit import AuditKeys
 from schemas.outputs import Alert, Reason, format_ts
@@ -154,7 +154,7 @@ def test_snoozes_dedup_and_grouping_reach_redis(sim_stream: tuple[Path, Path], t
         keys = AuditKeys.load(audit_key_file(tmp_path))
         outputs = Outputs(alerts={"redis": as_single_writer(lambda: RedisSink(server.url, dead, prefix="lc:"))},
                           audit={"audit": as_single_writer(lambda: RedisAuditSink(server.url, "lc:audit", keys, dead))})
-        execute(build_flow(ReplaySource(load_replay(path)), outputs, step_config(settings, event_clock)), settings, 1)
+        execute(build_flow(ReplaySource(load_replay(path)), outputs, engine_config(settings, event_clock)), settings, 1)
         client = redis.Redis.from_url(server.url)
         stream = [orjson.loads(f[b"data"]) for _, f in client.xrange("lc:alerts")]
         assert sorted(a["alert_id"] for a in stream) == sorted(a["alert_id"] for a in expected)

@@ -1,0 +1,56 @@
+"""The output records the engine assembles from its detectors' verdicts: alerts (fraud and
+churn), per-event scores and the customer state (``schemas.outputs``)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from detectors.customer import CustomerView, ViewParams
+from detectors.fraud import Assessment
+from schemas.events import Event, Transaction
+from schemas.outputs import Alert, CustomerState, Reason, Score, Severity, alert_id_for, format_ts
+
+CHURN_MODEL_VERSION: Final = "churn-bgnbd-prior-2"
+#: A churn score from which a churn alert is ``high`` rather than ``medium``.
+CHURN_HIGH: Final = 0.95
+
+
+def fraud_alert(event: Transaction, assessment: Assessment, rm_id: str | None, emitted_at: str) -> Alert:
+    """The alert a transaction's assessment calls for (``assessment.alert_type`` is set)."""
+    assert assessment.alert_type is not None
+    return Alert(alert_id=alert_id_for(event.event_id, assessment.alert_type), type=assessment.alert_type,
+                 severity=assessment.severity, score=assessment.fraud_score, customer_id=event.customer_id,
+                 rm_id=rm_id, event_id=event.event_id, event_ts=event.ts, emitted_at=emitted_at,
+                 reasons=assessment.reasons, model_version=assessment.model_version)
+
+
+def churn_alert(event: Event, rm_id: str | None, score: float, reasons: list[Reason], emitted_at: str) -> Alert:
+    """A ``churn_risk`` alert to the customer's RM, as of this event of theirs."""
+    severity: Severity = "high" if score >= CHURN_HIGH else "medium"
+    return Alert(alert_id=alert_id_for(event.event_id, "churn_risk"), type="churn_risk", severity=severity,
+                 score=round(score, 6), customer_id=event.customer_id, rm_id=rm_id, event_id=event.event_id,
+                 event_ts=event.ts, emitted_at=emitted_at, reasons=tuple(reasons),
+                 model_version=CHURN_MODEL_VERSION)
+
+
+def score_record(event: Transaction, assessment: Assessment) -> Score:
+    """The per-event scores of a transaction (replay output)."""
+    return Score(event.event_id, event.customer_id, event.ts, assessment.fraud_score, {
+        "model_score": assessment.model_score, "prior_score": assessment.prior_score,
+        "anomaly_score": assessment.anomaly_score})
+
+
+def customer_state(customer_id: str, view: CustomerView, now: float, churn_score: float,
+                   params: ViewParams) -> CustomerState:
+    """The customer as of event time ``now``, with the churn score as of then."""
+    summary = view.summary
+    # A customer known only from reference data (a profile) has no activity: their last
+    # event is that profile.
+    last_t = summary.last_t if summary is not None and summary.last_t is not None else view.last_seen_t
+    if summary is None or last_t is None:
+        raise ValueError(f"customer {customer_id} has no event to take a state from")
+    return CustomerState(
+        customer_id=customer_id, churn_score=round(churn_score, 6),
+        fraud_risk=round(view.fraud_risk(now, params), 6), last_event_ts=format_ts(last_t), as_of=format_ts(now),
+        rm_id=summary.rm_id, segment=summary.segment, risk_level=summary.risk_level, n_txns=summary.n_txns,
+        n_app_events=summary.n_app, open_alerts=view.open_alerts)

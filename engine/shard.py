@@ -1,0 +1,349 @@
+"""The engine's per-event logic for the customers of one shard, framework-free.
+
+A ``Shard`` holds, for each of its customers, the behavioural profile, rules and churn
+evidence (``detectors.customer.CustomerModel``), the customer view and the alert lifecycle,
+and, shared by its customers, the fraud models (counterparty risk, rate tables, anomaly
+forest, supervised model: ``detectors.fraud.FraudDetector``), the churn model learned from
+churn labels and the next-best-action policy with each customer's contact state.
+
+``process(batch)`` takes valid events in source order and returns the records they give:
+alerts (after de-duplication and grouping), prompts, per-event scores (replay), lifecycle
+changes for the audit trail, and the dead letters of events whose processing raised. A batch
+goes through three stages, as a dataflow of three steps would: each event through its
+customer's model; the batch's transactions through the anomaly forest at once (numpy); then
+event by event, the shared models (score before learn) and the customer's view. An exception
+in a stage is that event's problem (``engine.isolation``): it becomes a dead letter naming the
+stage, and the next event goes on. ``finish(watermark)`` ends a replay: every customer's
+state as of the stream's last event time.
+
+The dataflow (``flows/``), the bare loop (``bench.bare_loop``) and the closed-loop evaluation
+(``bench.nba_loop``) all call this class: there is one per-event logic.
+
+>>> from engine.config import EngineConfig
+>>> from detectors.customer import ViewParams
+>>> from detectors.fraud import FraudParams
+>>> from detectors.profile import ProfileParams
+>>> from detectors.rules import RuleParams
+>>> from schemas.events import parse_event
+>>> config = EngineConfig(ProfileParams(), RuleParams(), FraudParams(), ViewParams(), clock=str, emit_scores=True)
+>>> shard = Shard(config)
+>>> txn = parse_event(b'{"kind":"transaction","event_id":"e1","customer_id":"c1",'
+...                   b'"ts":"2026-01-05T10:00:00Z","amount":120.0,"counterparty_id":"m1"}')
+>>> [type(record).__name__ for record in shard.process([txn])]
+['Score']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from time import perf_counter
+from typing import Protocol
+
+from detectors.churn import ChurnModel, fit_priors
+from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, Observation
+from detectors.fraud import Assessment, FraudDetector
+from detectors.lifecycle import AlertLifecycle
+from detectors.nba import NextBestActions
+from engine.config import EngineConfig
+from engine.records import churn_alert, customer_state, fraud_alert, score_record
+from schemas.events import Control, Event, Feedback, Transaction
+from schemas.outputs import Alert, CustomerState, DeadLetter, LifecycleChange, Prompt, Score
+
+log = logging.getLogger(__name__)
+
+Record = Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter
+#: The stages of an event's processing, as failures and timings name them.
+STAGES = ("customer_profile", "shared_scoring", "customer_view")
+
+
+class Observer(Protocol):
+    """What the engine tells an observer (``ops.metrics.EngineMetrics``) about each batch."""
+
+    def scored_batch(self, scored: list[tuple[float, bool, float, float | None, float | None]],
+                     feedback: list[tuple[str, float | None, bool]]) -> None:
+        """Each scored transaction ``(fraud_score, alerted, event time, source time, read
+        time)`` and each feedback event ``(label, the score its transaction had or None,
+        whether the label says fraud)``."""
+
+    def stage_times(self, seconds: tuple[float, float, float], items: int) -> None:
+        """The time the batch spent in each of ``STAGES``, and its number of events."""
+
+    def customers_added(self, n: int) -> None:
+        """``n`` customers were seen for the first time."""
+
+
+class Customer:
+    """Everything the engine keeps about one customer."""
+
+    __slots__ = ("lifecycle", "model", "view")
+
+    def __init__(self, model: CustomerModel) -> None:
+        self.model = model
+        self.view = CustomerView()
+        self.lifecycle = AlertLifecycle()
+
+
+class Shard:
+    """The customers of one shard and the models they share (see the module doc)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.customers: dict[str, Customer] = {}
+        self.detector = FraudDetector(config.fraud)
+        self.churn = ChurnModel()
+        self.nba = NextBestActions(config.actions, config.nba) if config.nba.enabled else None
+        self.now = float("-inf")  # the latest event time processed (the watermark)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"customers": self.customers, "detector": self.detector, "churn": self.churn, "nba": self.nba,
+                "now": self.now}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+    def configure(self, config: EngineConfig) -> None:
+        """After a restore: the run's configuration (not part of the state)."""
+        self.config = config
+        for customer in self.customers.values():
+            customer.model.churn_params = config.view.churn
+
+    def customer(self, customer_id: str) -> Customer:
+        customer = self.customers.get(customer_id)
+        if customer is None:
+            c = self.config
+            customer = self.customers[customer_id] = Customer(CustomerModel(c.profile, c.rules, c.view.churn))
+        return customer
+
+    # -- events ----------------------------------------------------------------------------
+
+    def process(self, events: Sequence[Event], source_times: Sequence[float | None] | None = None,
+                read_times: Sequence[float | None] | None = None,
+                observer: Observer | None = None) -> list[Record]:
+        """The records ``events`` (valid, in source order) give; ``source_times`` and
+        ``read_times`` (live: when each event entered the pipeline and when the engine read
+        it) only feed the ``observer``."""
+        if observer is not None:
+            return self._observed(events, source_times, read_times, observer)
+        out: list[Record] = []
+        observed = self._profile(events, out)
+        anomaly = self._anomaly(observed)
+        for i, entry in enumerate(observed):
+            if entry is not None:
+                self._event(*entry, anomaly[i], out)
+        return out
+
+    def _profile(self, events: Sequence[Event], out: list[Record]) -> list[tuple[Event, Customer, Observation] | None]:
+        """Stage 1: each event through its customer's model."""
+        failures = self.config.failures
+        observed: list[tuple[Event, Customer, Observation] | None] = []
+        for event in events:
+            customer = self.customer(event.customer_id)
+            try:
+                observed.append((event, customer, customer.model.observe(event)))
+            except Exception as exc:
+                observed.append(None)
+                out.append(failures.record("customer_profile", event, exc, {}))
+        return observed
+
+    def _event(self, event: Event, customer: Customer, observation: Observation, anomaly: float | None,
+               out: list[Record], times: list[float] | None = None
+               ) -> tuple[Assessment | None, Alert | None, tuple[float, bool] | None] | None:
+        """Stage 3 for one event: the shared models, then the customer's view; what the
+        shared models said (None if the event failed there). With ``times``, the seconds
+        each took are added to ``times[0]`` and ``times[1]``."""
+        failures = self.config.failures
+        started = perf_counter() if times is not None else 0.0
+        try:
+            assessment, alert, prompt, churn, outcome = self._share(event, observation, anomaly)
+        except Exception as exc:
+            out.append(failures.record("shared_scoring", event, exc, {}))
+            return None
+        if times is not None:
+            shared = perf_counter()
+            times[0] += shared - started
+        records: list[Record] = []
+        try:
+            self._view(event, customer, observation, assessment, alert, prompt, churn, records)
+            out.extend(records)
+        except Exception as exc:
+            out.append(failures.record("customer_view", event, exc, {}))
+        if times is not None:
+            times[1] += perf_counter() - shared
+        return assessment, alert, outcome
+
+    def _observed(self, events: Sequence[Event], source_times: Sequence[float | None] | None,
+                  read_times: Sequence[float | None] | None, observer: Observer) -> list[Record]:
+        """``process`` with the stages timed and every score and label reported."""
+        out: list[Record] = []
+        known = len(self.customers)
+        started = perf_counter()
+        observed = self._profile(events, out)
+        profiled = perf_counter()
+        anomaly = self._anomaly(observed)
+        times = [perf_counter() - profiled, 0.0]  # shared scoring (the anomaly batch first), view
+        scored: list[tuple[float, bool, float, float | None, float | None]] = []
+        feedback: list[tuple[str, float | None, bool]] = []
+        for i, entry in enumerate(observed):
+            if entry is None:
+                continue
+            verdict = self._event(*entry, anomaly[i], out, times)
+            if verdict is None:
+                continue
+            event, (assessment, alert, outcome) = entry[0], verdict
+            if assessment is not None:
+                scored.append((assessment.fraud_score, alert is not None, event.t,
+                               source_times[i] if source_times else None, read_times[i] if read_times else None))
+            elif isinstance(event, Feedback):
+                feedback.append((event.label, *outcome) if outcome is not None else (event.label, None, False))
+        observer.stage_times((profiled - started, times[0], times[1]), len(events))
+        if len(self.customers) > known:
+            observer.customers_added(len(self.customers) - known)
+        if scored or feedback:
+            observer.scored_batch(scored, feedback)
+        return out
+
+    def _anomaly(self, observed: list[tuple[Event, Customer, Observation] | None]) -> list[float | None]:
+        """The anomaly score of each transaction (None for the other events). Should the batch
+        raise, each row is scored alone, so that only the row at fault goes without a score."""
+        scores: list[float | None] = [None] * len(observed)
+        rows = [i for i, entry in enumerate(observed) if entry is not None and entry[2].features is not None]
+        features = [observed[i][2].features for i in rows]  # type: ignore[index]
+        try:
+            for i, score in zip(rows, self.detector.anomaly_scores(features), strict=True):  # type: ignore[arg-type]
+                scores[i] = score
+        except Exception:
+            log.exception("anomaly scores of a batch failed; scoring its rows one by one",
+                          extra={"step": "shared_scoring"})
+            for i, row in zip(rows, features, strict=True):
+                try:
+                    scores[i] = self.detector.anomaly_scores([row])[0]  # type: ignore[list-item]
+                except Exception:
+                    scores[i] = None  # _share refuses the transaction
+        return scores
+
+    def _share(self, event: Event, observation: Observation, anomaly: float | None
+               ) -> tuple[Assessment | None, Alert | None, Prompt | None, float | None, tuple[float, bool] | None]:
+        """The shared models on one event (score before learn): its assessment and fraud
+        alert (transactions), its next-best-action prompt, its churn score (when the event
+        counted for churn) and, for a fraud label that found its transaction, the score that
+        transaction had and whether the label says fraud."""
+        detector, config = self.detector, self.config
+        if event.t > self.now:
+            self.now = event.t
+            detector.advance(event.t)
+        churn = nba_churn = None
+        if observation.churn is not None:
+            view = config.view
+            churn = self.churn.score(observation.churn, view.churn)
+            if observation.churn_label is not None:  # score before learn
+                self.churn.learn(*observation.churn_label, view.churn)
+            if observation.churn.active_days >= view.churn_min_active_days:
+                nba_churn = churn  # a newcomer's score says nothing yet about leaving
+        assessment = alert = outcome = None
+        if isinstance(event, Transaction):
+            if observation.features is None or observation.hits is None or anomaly is None:
+                raise ValueError("a transaction without features, rule hits or an anomaly score")
+            assessment = detector.assess(event.event_id, event.t, event.counterparty_id,
+                                         observation.features, observation.hits, anomaly)
+            if assessment.alert_type is not None:
+                alert = fraud_alert(event, assessment, observation.summary.rm_id, config.clock(event.t))
+        elif isinstance(event, Feedback) and event.ref_event_id and event.label in FRAUD_LABELS:
+            is_fraud = event.label == "fraud"
+            labelled = detector.observe_label(event.ref_event_id, event.t, is_fraud)
+            outcome = (labelled, is_fraud) if labelled is not None else None
+        prompt = None
+        if self.nba is not None:
+            prompt = self.nba.on_event(event, observation.summary, alert is not None, churn_score=nba_churn)
+        return assessment, alert, prompt, churn, outcome
+
+    def _view(self, event: Event, customer: Customer, observation: Observation, assessment: Assessment | None,
+              alert: Alert | None, prompt: Prompt | None, churn: float | None, out: list[Record]) -> None:
+        """The customer's view of one event: fraud risk, open alerts, churn alerts, the alert
+        lifecycle (de-duplication, grouping, escalation, snoozes); the records to emit."""
+        params, view, lifecycle = self.config.view, customer.view, customer.lifecycle
+        if isinstance(event, Control):
+            if event.until_t is not None or event.action == "unsnooze":
+                until = event.until_t if event.action == "snooze" and event.until_t is not None else event.t
+                out.append(lifecycle.snooze(event.customer_id, event.alert_type, until, event.t,
+                                            event.event_id, event.ts))
+            return
+        label = event.label if isinstance(event, Feedback) else None
+        score = assessment.fraud_score if assessment is not None else None
+        view.observe(observation.summary, event.t, score, alert is not None, label, params)
+        alerts = [alert] if alert is not None else []
+        evidence = observation.churn
+        if churn is not None and evidence is not None:
+            due = view.churn_alert_due(churn, evidence, params)
+            if due is not None:
+                alerts.append(churn_alert(event, observation.summary.rm_id, *due, self.config.clock(event.t)))
+        for each in alerts:
+            if params.lifecycle.enabled:
+                emitted, changes = lifecycle.on_alert(each, event.t, params.lifecycle)
+                if emitted is not None:
+                    out.append(emitted)
+                out.extend(changes)
+            else:
+                out.append(each)
+        if prompt is not None:
+            out.append(prompt)
+        if assessment is not None and self.config.emit_scores:
+            out.append(score_record(event, assessment))  # type: ignore[arg-type]
+
+    # -- the end of a replay ---------------------------------------------------------------
+
+    def finish(self, watermark: float) -> list[Record]:
+        """Every customer's state as of ``watermark`` (the stream's last event time), in
+        customer order: the churn evidence brought to that time and scored by the final
+        model; with ``fit_priors``, under BG/NBD priors fitted to the whole history (logged,
+        so that a deployment can take them into its configuration)."""
+        finals = []
+        for customer_id in sorted(self.customers):
+            try:
+                evidence, rhythm = self.customers[customer_id].model.churn_evidence(watermark)
+            except Exception:  # no event to dead-letter: the customer's final state is left out
+                log.exception("customer %s: churn evidence at the end of the replay failed; no final state",
+                              customer_id, extra={"step": "customer_profile"})
+                continue
+            finals.append((customer_id, evidence, rhythm))
+        params = self.config.view.churn
+        rhythms = [rhythm for _, _, rhythm in finals if rhythm is not None]
+        if params.fit_priors and len(rhythms) >= params.fit_min_customers:
+            try:
+                fitted = fit_priors(rhythms, params)
+            except Exception:
+                log.exception("fitting the churn priors failed; the configured ones score the final states",
+                              extra={"step": "shared_scoring"})
+            else:
+                params = fitted
+                log.info("churn priors fitted to %d customers: r=%.4f alpha_days=%.3f a=%.4f b=%.4f",
+                         len(rhythms), params.r, params.alpha_days, params.a, params.b)
+                finals = [(c, rhythm.requiet(evidence, params) if rhythm is not None else evidence, rhythm)
+                          for c, evidence, rhythm in finals]
+        out: list[Record] = []
+        for customer_id, evidence, _ in finals:
+            view = self.customers[customer_id].view
+            if view.summary is None:
+                continue
+            try:
+                out.append(customer_state(customer_id, view, evidence.t, self.churn.score(evidence, params),
+                                          self.config.view))
+            except Exception:
+                log.exception("customer %s: the final state failed", customer_id, extra={"step": "customer_view"})
+        return out
+
+
+def process_all(shard: Shard, events: Iterable[Event], batch_size: int = 500) -> list[Record]:
+    """``events`` through ``shard`` in batches of ``batch_size`` (tests and tools)."""
+    out: list[Record] = []
+    batch: list[Event] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) == batch_size:
+            out.extend(shard.process(batch))
+            batch = []
+    if batch:
+        out.extend(shard.process(batch))
+    return out
