@@ -2,9 +2,16 @@
 
 A fraud label usually arrives days after the transaction it labels. ``CounterpartyRisk``
 counts, per counterparty, the labels *known so far* (by the time the label arrived, its
-knowledge time) over trailing windows, and the traffic it sees. ``features(cp, t)`` (a list
-in ``COUNTERPARTY_FEATURES`` order) only uses what was known before ``t``, so the features of
-a transaction never leak its own label.
+knowledge time) over trailing windows, and the traffic it sees (decayed counts). ``features_batch(cps, t)``
+(rows in ``COUNTERPARTY_FEATURES`` order) reads what was known before: the windowed counts as
+of the last ``expire(now)`` (the fraud detector's latest model tick), the decayed rates and
+the recency of the latest known fraud as of each row's own time. The features of a
+transaction never see its own label.
+
+The state lives in numpy columns, one slot per counterparty (``_slots`` maps an id to its
+slot, least recently used first), so that a batch of transactions is featurised in a few
+array operations. Windowed counts are kept exact by a heap of the times at which each
+counted value leaves its window.
 
 >>> risk = CounterpartyRisk()
 >>> risk.observe_transaction("t1", 0.0)
@@ -16,20 +23,29 @@ a transaction never leak its own label.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
-from detectors.windows import SlidingWindows
+import numpy as np
 
 DAY: Final = 86400.0
-LABEL_SPANS: Final = (7 * DAY, 28 * DAY)
-TRAFFIC_SPANS: Final = (DAY, 7 * DAY)
-
 COUNTERPARTY_FEATURES: Final = (
     "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_fraud_logodds", "cp_labels_28d",
     "cp_recent_label_rate", "cp_fraud_recency", "cp_episode_days", "cp_txns_1d", "cp_txns_7d", "cp_new",
 )
+#: The windows counted per counterparty: (column, span). Frauds over 7 and 28 days, labels
+#: over 28 days (by when they became known).
+_FRAUDS_7D, _FRAUDS_28D, _LABELS_28D = range(3)
+_SPANS: Final = (7 * DAY, 28 * DAY, 28 * DAY)
+#: Traffic is counted with exponential decay over these time constants (a steady flow of n a
+#: day counts n and 7 n, as a 1- and a 7-day window would), so that a batch of transactions
+#: is counted in a few array operations and nothing has to leave a window.
+_TRAFFIC_TAUS: Final = np.array([DAY, 7 * DAY])
+# Columns of _state.
+_D_FRAUDS, _D_LABELS, _AS_OF, _RECENT, _LAST_FRAUD, _EPISODE, _TRAFFIC_1D, _TRAFFIC_7D, _TRAFFIC_AS_OF = range(9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,131 +61,172 @@ class CounterpartyParams:
     capacity: int = 200_000  # least recently seen counterparties are forgotten past this
 
 
-class _Counterparty:
-    __slots__ = ("decayed", "episode_t", "frauds", "labels", "last_fraud_txn_t", "recent", "traffic")
-
-    def __init__(self, prior_rate: float) -> None:
-        # Label windows are made with the first label: most counterparties never get one.
-        self.frauds: SlidingWindows | None = None
-        self.labels: SlidingWindows | None = None
-        self.traffic = SlidingWindows(TRAFFIC_SPANS, 16384)
-        self.decayed = [0.0, 0.0, 0.0]  # frauds, labels, as of event time
-        # The state of the counterparty as its latest labels tell it: a compromised terminal
-        # shows in a run of fraud labels, and a cleaned one in the legit labels that follow.
-        self.recent = prior_rate
-        self.last_fraud_txn_t: float | None = None  # when the latest known fraud happened
-        # When the current run of frauds began (its first fraud transaction); attacks on a
-        # counterparty tend to last a typical time, which the models can learn from its age.
-        self.episode_t: float | None = None
-
-    def __getstate__(self) -> tuple[object, ...]:
-        return (self.frauds, self.labels, self.traffic, self.decayed, self.recent, self.last_fraud_txn_t,
-                self.episode_t)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.frauds, self.labels, self.traffic, self.decayed, self.recent,
-         self.last_fraud_txn_t, self.episode_t) = state
-
-
 class CounterpartyRisk:
-    """Per-counterparty label and traffic windows; LRU-bounded."""
+    """Per-counterparty label and traffic counts in numpy columns; LRU-bounded."""
 
     def __init__(self, params: CounterpartyParams | None = None) -> None:
-        self.params = params or CounterpartyParams()
-        self._by_id: dict[str, _Counterparty] = {}
-        self._decay = math.log(2.0) / (self.params.halflife_days * DAY)
-        p = self.params
+        self.params = p = params or CounterpartyParams()
+        self._decay = math.log(2.0) / (p.halflife_days * DAY)
         self._prior_odds = math.log(p.prior_rate / (1.0 - p.prior_rate))
         empty = dict.fromkeys(COUNTERPARTY_FEATURES, 0.0) | {
             "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": self._prior_odds,
             "cp_recent_label_rate": p.prior_rate}
-        self._empty = tuple(empty.values())
-        unlabelled = p.prior_rate * p.prior_strength / p.prior_strength
-        self._unlabelled_odds = math.log(unlabelled / (1.0 - unlabelled))
+        self._empty = np.array(list(empty.values()))
+        self._slots: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._free: list[int] = []
+        self._size = 0
+        size = 1024
+        self._counts = np.zeros((size, len(_SPANS)))
+        # decayed frauds, decayed labels, as of (time), recent label rate, latest fraud's
+        # transaction time (nan: none), start of the current fraud run (nan: none), decayed
+        # traffic over a day and a week, as of (time)
+        self._state = np.zeros((size, 9))
+        self._generation = np.zeros(size, dtype=np.int64)  # a reused slot's old heap entries are void
+        self._expiries: list[tuple[float, int, int, int]] = []  # (time, slot, window, generation)
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        return len(self._slots)
 
-    def _get(self, cp: str) -> _Counterparty:
-        entry = self._by_id.pop(cp, None)
-        if entry is None:
-            entry = _Counterparty(self.params.prior_rate)
-            if len(self._by_id) >= self.params.capacity:
-                del self._by_id[next(iter(self._by_id))]
-        self._by_id[cp] = entry  # most recently used last
-        return entry
+    # -- slots -----------------------------------------------------------------------------
+
+    def _slot(self, cp: str) -> int:
+        """``cp``'s slot, made if new (forgetting the least recently seen when full)."""
+        slot = self._slots.pop(cp, None)
+        if slot is None:
+            slot = self._new_slot()
+        self._slots[cp] = slot  # most recently used last
+        return slot
+
+    def _new_slot(self) -> int:
+        if len(self._slots) >= self.params.capacity:
+            _, slot = self._slots.popitem(last=False)
+        elif self._free:
+            slot = self._free.pop()
+        else:
+            slot = self._size
+            self._size += 1
+            if slot >= len(self._counts):
+                grow = len(self._counts)
+                self._counts = np.concatenate([self._counts, np.zeros_like(self._counts[:grow])])
+                self._state = np.concatenate([self._state, np.zeros_like(self._state[:grow])])
+                self._generation = np.concatenate([self._generation, np.zeros(grow, dtype=np.int64)])
+        self._counts[slot] = 0.0
+        self._state[slot] = (0.0, 0.0, 0.0, self.params.prior_rate, np.nan, np.nan, 0.0, 0.0, 0.0)
+        self._generation[slot] += 1
+        return slot
+
+    def _count(self, slot: int, window: int, t: float) -> None:
+        self._counts[slot, window] += 1.0
+        heapq.heappush(self._expiries, (t + _SPANS[window], slot, window, int(self._generation[slot])))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def features_batch(self, cps: list[str | None], t: np.ndarray) -> np.ndarray:
+        """What is known about each counterparty at each row's time ``t``: rows in
+        ``COUNTERPARTY_FEATURES`` order (windowed counts as of the last ``expire``)."""
+        n = len(cps)
+        out = np.tile(self._empty, (n, 1))
+        slots = self._slots
+        known = [i for i, cp in enumerate(cps) if cp is not None and cp in slots]
+        if not known:
+            return out
+        rows = np.array(known, dtype=np.intp)
+        idx = np.array([slots[cps[i]] for i in known], dtype=np.intp)  # type: ignore[index]
+        p = self.params
+        counts, state, at = self._counts[idx], self._state[idx], t[rows]
+        frauds_7d, frauds_28d, labels_28d = counts[:, _FRAUDS_7D], counts[:, _FRAUDS_28D], counts[:, _LABELS_28D]
+        decayed_frauds, decayed_labels, as_of = state[:, _D_FRAUDS], state[:, _D_LABELS], state[:, _AS_OF]
+        prior = p.prior_rate * p.prior_strength
+        factor = np.exp(-self._decay * np.maximum(0.0, at - as_of))
+        rate = (decayed_frauds * factor + prior) / (decayed_labels * factor + p.prior_strength)
+        logodds = np.where(decayed_labels > 0, np.log(rate / (1.0 - rate)), self._prior_odds)
+        last_fraud, episode = state[:, _LAST_FRAUD], state[:, _EPISODE]
+        traffic = state[:, _TRAFFIC_1D:_TRAFFIC_7D + 1] * np.exp(
+            -np.maximum(0.0, at - state[:, _TRAFFIC_AS_OF])[:, None] / _TRAFFIC_TAUS)
+        with np.errstate(invalid="ignore"):
+            recency = np.where(np.isnan(last_fraud), 0.0,
+                               np.exp(-np.maximum(0.0, at - np.nan_to_num(last_fraud)) / (p.recency_days * DAY)))
+            episode_days = np.where(np.isnan(episode), 0.0, (at - np.nan_to_num(episode)) / DAY)
+        out[rows] = np.column_stack([
+            frauds_7d, frauds_28d, (frauds_28d + prior) / (labels_28d + p.prior_strength), logodds,
+            np.log1p(labels_28d), state[:, _RECENT], recency, episode_days, np.log1p(traffic[:, 0]),
+            np.log1p(traffic[:, 1]), np.zeros(len(known))])
+        return out
 
     def features(self, cp: str | None, t: float) -> list[float]:
-        """What is known about ``cp`` at event time ``t``, in ``COUNTERPARTY_FEATURES`` order;
-        changes nothing but the expiry of old window values."""
-        entry = self._by_id.get(cp) if cp is not None else None
-        if entry is None:
-            return list(self._empty)
-        traffic = entry.traffic
-        if t >= traffic.due:
-            traffic.advance(t)
-        p = self.params
-        frauds_7d = frauds_28d = labels_28d = 0
-        fraud_windows, label_windows = entry.frauds, entry.labels
-        if fraud_windows is not None and label_windows is not None:
-            if t >= fraud_windows.due:
-                fraud_windows.advance(t)
-            if t >= label_windows.due:
-                label_windows.advance(t)
-            frauds_7d, frauds_28d = fraud_windows.counts
-            labels_28d = label_windows.counts[0]
-        frauds, labels, as_of = entry.decayed
-        prior = p.prior_rate * p.prior_strength
-        if labels:
-            factor = math.exp(-self._decay * max(0.0, t - as_of))
-            rate = (frauds * factor + prior) / (labels * factor + p.prior_strength)
-            logodds = math.log(rate / (1.0 - rate))
-        else:  # known, never labelled
-            logodds = self._unlabelled_odds
-        last_fraud_t, episode_t = entry.last_fraud_txn_t, entry.episode_t
-        return [
-            float(frauds_7d),  # cp_frauds_7d
-            float(frauds_28d),  # cp_frauds_28d
-            (frauds_28d + prior) / (labels_28d + p.prior_strength),  # cp_fraud_rate_28d
-            logodds,  # cp_fraud_logodds
-            math.log1p(labels_28d),  # cp_labels_28d
-            entry.recent,  # cp_recent_label_rate
-            # 1 for a fraud that just happened, fading with time; 0 when none is known.
-            math.exp(-max(0.0, t - last_fraud_t) / (p.recency_days * DAY))
-            if last_fraud_t is not None else 0.0,  # cp_fraud_recency
-            (t - episode_t) / DAY if episode_t is not None else 0.0,  # cp_episode_days
-            math.log1p(traffic.counts[0]),  # cp_txns_1d
-            math.log1p(traffic.counts[1]),  # cp_txns_7d
-            0.0,  # cp_new
-        ]
+        """``features_batch`` for one counterparty (after expiring what left the windows by ``t``)."""
+        self.expire(t)
+        values: list[float] = self.features_batch([cp], np.array([t]))[0].tolist()
+        return values
+
+    # -- learning --------------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """Take out of the windowed counts what left its window by event time ``now``."""
+        expiries, counts, generation = self._expiries, self._counts, self._generation
+        while expiries and expiries[0][0] <= now:
+            _, slot, window, gen = heapq.heappop(expiries)
+            if generation[slot] == gen:
+                counts[slot, window] -= 1.0
 
     def observe_transaction(self, cp: str | None, t: float) -> None:
         """Count a transaction with ``cp`` (after it was scored)."""
-        if cp is not None:
-            self._get(cp).traffic.add(t, 1.0)
+        self.observe_transactions([(cp, t)])
+
+    def observe_transactions(self, seen: list[tuple[str | None, float]]) -> None:
+        """Count transactions (counterparty, time) at once: each counterparty's decayed
+        traffic is brought to its newest time, and every transaction added decayed from its
+        own, as one by one in time order."""
+        known = [(self._slot(cp), t) for cp, t in seen if cp is not None]
+        if not known:
+            return
+        slots = np.array([slot for slot, _ in known], dtype=np.intp)
+        times = np.array([t for _, t in known])
+        state = self._state
+        newest = np.full(self._size, -np.inf)
+        np.maximum.at(newest, slots, times)
+        touched = np.unique(slots)
+        target = np.fmax(state[touched, _TRAFFIC_AS_OF], newest[touched])
+        state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] *= np.exp(
+            -(target - state[touched, _TRAFFIC_AS_OF])[:, None] / _TRAFFIC_TAUS)
+        state[touched, _TRAFFIC_AS_OF] = target
+        end = np.empty(self._size)
+        end[touched] = target
+        age = end[slots] - times
+        for column, tau in ((_TRAFFIC_1D, DAY), (_TRAFFIC_7D, 7 * DAY)):
+            added = np.zeros(self._size)
+            np.add.at(added, slots, np.exp(-age / tau))
+            state[touched, column] += added[touched]
 
     def observe_label(self, cp: str | None, known_at: float, fraud: bool, txn_t: float | None = None) -> None:
         """A label for a transaction with ``cp`` (at ``txn_t``) became known at ``known_at``."""
         if cp is None:
             return
-        entry = self._get(cp)
-        if entry.frauds is None or entry.labels is None:
-            entry.frauds = SlidingWindows(LABEL_SPANS, 4096)
-            entry.labels = SlidingWindows(LABEL_SPANS[1:], 16384)
-        entry.labels.add(known_at, 1.0)
+        slot = self._slot(cp)
+        self._count(slot, _LABELS_28D, known_at)
         if fraud:
-            entry.frauds.add(known_at, 1.0)
-        decayed = entry.decayed
-        factor = math.exp(-self._decay * max(0.0, known_at - decayed[2]))
-        entry.decayed = [decayed[0] * factor + fraud, decayed[1] * factor + 1.0, max(known_at, decayed[2])]
+            self._count(slot, _FRAUDS_7D, known_at)
+            self._count(slot, _FRAUDS_28D, known_at)
+        decayed_frauds, decayed_labels, as_of, recent, last_fraud, episode = self._state[slot, :_TRAFFIC_1D].tolist()
+        factor = math.exp(-self._decay * max(0.0, known_at - as_of))
         w, quiet = self.params.recent_weight, self.params.episode_end_rate
-        was_quiet = entry.recent < quiet
-        entry.recent = (1.0 - w) * entry.recent + w * fraud
-        if not fraud and entry.recent < quiet:
-            entry.episode_t = None
+        was_quiet = recent < quiet
+        recent = (1.0 - w) * recent + w * fraud
+        if not fraud and recent < quiet:
+            episode = math.nan
         if fraud:
             txn_time = known_at if txn_t is None else txn_t
-            if entry.episode_t is None or was_quiet:
-                entry.episode_t = txn_time
-            if entry.last_fraud_txn_t is None or txn_time > entry.last_fraud_txn_t:
-                entry.last_fraud_txn_t = txn_time
+            if math.isnan(episode) or was_quiet:
+                episode = txn_time
+            if math.isnan(last_fraud) or txn_time > last_fraud:
+                last_fraud = txn_time
+        self._state[slot, :_TRAFFIC_1D] = (decayed_frauds * factor + fraud, decayed_labels * factor + 1.0,
+                                           max(known_at, as_of), recent, last_fraud, episode)
+
+    def __getstate__(self) -> dict[str, Any]:
+        size = self._size
+        return {**self.__dict__, "_counts": self._counts[:max(size, 1)].copy(),
+                "_state": self._state[:max(size, 1)].copy(), "_generation": self._generation[:max(size, 1)].copy()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)

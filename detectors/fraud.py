@@ -1,11 +1,11 @@
 """The suspicious-transaction detector: rules + anomaly model + supervised model, one score.
 
-``FraudDetector.assess(event_id, t, counterparty_id, features, hits, anomaly_score)`` takes a
-transaction with its customer-profile features and the rules it hit (both from the
-customer's own state) and its anomaly score (``anomaly_scores`` scores a batch of
-transactions ahead), and adds what is shared across customers: the counterparty's risk
-learned from feedback and the supervised model. It returns an ``Assessment``: ``fraud_score`` in [0, 1] (higher = more
-suspicious), the alert it calls for (if any) and the reasons. It scores before it learns.
+``FraudDetector.assess_batch(rows)`` takes transactions, each with its customer-profile
+features and the rules it hit (both from the customer's own state) and its anomaly score
+(``anomaly_scores`` scores a batch of transactions ahead), and adds what is shared across
+customers: the counterparty's risk learned from feedback, fraud rates per cell (rate tables)
+and the supervised model. Each gets an ``Assessment``: ``fraud_score`` in [0, 1] (higher =
+more suspicious), the alert it calls for (if any) and the reasons. It scores before it learns.
 
 How the score is made. Before fraud labels exist the score is a prior: a noisy-OR of the
 rule weights and the anomaly score. As fraud labels arrive the supervised model, which sees
@@ -13,19 +13,25 @@ the rules and the anomaly score as features too, takes over: the weight of the m
 ``n_frauds / (n_frauds + warmup_frauds)``. The logistic model is trained on the label mix
 the engine receives, so its output is a probability, i.e. calibrated to that mix.
 
-``observe_feedback`` turns a ``fraud``/``legit`` label into a training example (the vector
-the transaction was scored with) and a counterparty label; ``advance(now)`` takes
-unlabelled transactions older than the label horizon as legitimate.
+Model ticks. The shared models (counterparty risk, rate tables, supervised model) change only
+at event-time ticks, every ``model_tick_s``: the labels that arrive during a tick, the
+transactions it scores (the counterparties' traffic) and the unlabelled transactions whose
+label horizon passed are learned, in order, when the clock (``advance``) crosses the tick's
+end. Between ticks the models are read-only, so the transactions of a tick are scored in a
+few numpy operations (``assess_batch``), and every replica of the models that has learned
+the same ticks scores alike. A label is used at most one tick after it arrives.
+
+``observe_label`` turns a ``fraud``/``legit`` label into a training example (the vector the
+transaction was scored with) and a counterparty label; unlabelled transactions older than
+the label horizon are taken as legitimate.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from array import array
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import itemgetter
 from typing import Final
 
 import numpy as np
@@ -34,7 +40,7 @@ from detectors.anomaly import SQUASHED, AnomalyModel, AnomalyParams, squash_rows
 from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
 from detectors.profile import FEATURES, INDEX
 from detectors.risk_tables import TABLES, RateTableParams, RateTables
-from detectors.risk_tables import cells as risk_cells
+from detectors.risk_tables import cells_batch as risk_cells_batch
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
 from schemas.outputs import AlertType, Reason, Severity
@@ -49,7 +55,14 @@ MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly",
                          *(f"rule_{code}" for code in RULE_CODES))
 _MODEL_INDEX: Final = {name: i for i, name in enumerate(MODEL_FEATURES)}
 _RULE_INDEX: Final = {code: i for i, code in enumerate(RULE_CODES)}
-_squashed_columns: Final = itemgetter(*(INDEX[name] for name in SQUASHED))
+_SQUASHED_COLUMNS: Final = np.array([INDEX[name] for name in SQUASHED])
+
+
+def profile_matrix(rows: list[list[float]] | np.ndarray) -> np.ndarray:
+    """Profile feature rows (``detectors.profile.FEATURES`` order) as one (rows, features) array."""
+    if isinstance(rows, np.ndarray):
+        return rows
+    return np.fromiter(chain.from_iterable(rows), float, count=len(rows) * len(FEATURES)).reshape(len(rows), -1)
 MODEL_REVISION: Final = "fraud-1"
 
 FEATURE_TEXT: Final = {
@@ -86,6 +99,11 @@ class FraudParams:
     counterparty: CounterpartyParams = field(default_factory=CounterpartyParams)
     supervised: SupervisedParams = field(default_factory=SupervisedParams)
     rate_tables: RateTableParams = field(default_factory=RateTableParams)
+    model_tick_s: float = 300.0  # the shared models learn at the end of every tick of this much event time
+
+    def __post_init__(self) -> None:
+        if not self.model_tick_s > 0:
+            raise ValueError(f"model_tick_s must be positive, got {self.model_tick_s}")
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -116,6 +134,17 @@ def severity_of(score: float, bands: tuple[float, float, float]) -> Severity:
     return "medium" if score >= medium else "low"
 
 
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """What the detector needs of one transaction to assess it (``FraudDetector.assess_batch``)."""
+
+    event_id: str
+    t: float
+    counterparty_id: str | None
+    hits: list[RuleHit]
+    anomaly: float
+
+
 class FraudDetector:
     """Shared (cross-customer) fraud state: counterparty risk, anomaly and supervised models."""
 
@@ -129,59 +158,137 @@ class FraudDetector:
         self.rate_tables = RateTables(p.rate_tables)
         self.unmatched_labels = 0  # feedback whose transaction was never scored or expired
         self.dropped_pending = 0  # scored transactions forgotten unlabelled (max_pending)
+        self.tick_end: float | None = None  # the end of the current model tick (event time)
+        self._labels: list[tuple[Pending, float, bool, float]] = []  # learned at the tick's end
+        self._traffic: list[tuple[str | None, float]] = []
 
     @property
     def model_version(self) -> str:
         return f"{MODEL_REVISION}.{self.classifier.n_labels}"
 
-    def anomaly_scores(self, rows: list[list[float]]) -> list[float]:
-        """Anomaly scores of a batch of transactions' profile features, in stream order.
+    def anomaly_scores(self, rows: list[list[float]] | np.ndarray) -> list[float]:
+        """Anomaly scores of a batch of transactions' profile features (rows in
+        ``detectors.profile.FEATURES`` order), in stream order.
 
         The forest learns the rows, each only after it was scored (see ``detectors.anomaly``);
         nothing else in the detector depends on the forest, so the batch is scored ahead of
-        ``assess``, which takes each row's score.
+        ``assess_batch``, which takes each row's score.
         """
-        if not rows:
+        if not len(rows):
             return []
-        columns = np.fromiter(chain.from_iterable(map(_squashed_columns, rows)), float,
-                              count=len(rows) * len(SQUASHED))
-        squashed = squash_rows(columns.reshape(len(rows), len(SQUASHED)))
-        scores: list[float] = self.anomaly.score_learn(squashed).tolist()
+        scores: list[float] = self.anomaly.score_learn(squash_rows(profile_matrix(rows)[:, _SQUASHED_COLUMNS])).tolist()
         return scores
+
+    # -- ticks -----------------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Move the clock to event time ``now``: at each tick end crossed, learn the tick."""
+        end = self.tick_end
+        if end is None:
+            self.tick_end = self._tick_after(now)
+        elif now >= end:
+            self.learn_tick(end)
+            self.tick_end = self._tick_after(now)
+
+    def _tick_after(self, now: float) -> float:
+        tick = self.params.model_tick_s
+        return (math.floor(now / tick) + 1) * tick
+
+    def learn_tick(self, end: float) -> None:
+        """Learn what the tick ending at ``end`` saw: its traffic and labels in arrival order,
+        then the transactions whose label horizon passed by ``end`` (as legitimate)."""
+        counterparties = self.counterparties
+        counterparties.observe_transactions(self._traffic)
+        self._traffic = []
+        labels = self._labels
+        self._labels = []
+        rate = self.params.supervised.implicit_legit_sample
+        threshold = int(rate * 2**32)
+        for event_id, entry in self.pending.expire(end):
+            # Only a deterministic sample of them trains the classifier, weighted up by the
+            # inverse rate so probabilities stay calibrated; every one is a counterparty label.
+            sampled = zlib.crc32(event_id.encode()) < threshold
+            labels.append((entry, end, False, 1.0 / rate if sampled else 0.0))
+        if labels:
+            self._learn(labels)
+        counterparties.expire(end)
+
+    def _learn(self, labels: list[tuple[Pending, float, bool, float]]) -> None:
+        """Labels (entry, known at, fraud, classifier weight) into every shared model, in order."""
+        for entry, known_at, is_fraud, _ in labels:
+            self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud, entry.t)
+        self.rate_tables.learn_batch(np.array([entry.cells for entry, _, _, _ in labels]),
+                                     np.array([known_at for _, known_at, _, _ in labels]),
+                                     np.array([is_fraud for _, _, is_fraud, _ in labels], dtype=np.float64))
+        learned = [(entry, is_fraud, weight) for entry, _, is_fraud, weight in labels if weight > 0]
+        if learned:
+            vectors = np.frombuffer(b"".join(e.vector for e, _, _ in learned)).reshape(len(learned), -1)
+            self.classifier.learn_batch(vectors, np.array([f for _, f, _ in learned]),
+                                        np.array([w for _, _, w in learned]))
+
+    # -- scoring ---------------------------------------------------------------------------
 
     def assess(self, txn_event_id: str, t: float, counterparty_id: str | None,
                features: list[float], hits: list[RuleHit], anomaly_score: float) -> Assessment:
-        """Score a transaction (score before learn), then learn from it."""
-        p = self.params
-        x = features + self.counterparties.features(counterparty_id, t)
-        x.append(anomaly_score)
-        cells = risk_cells(x)
-        x.extend(self.rate_tables.log_odds(cells, t))
-        flags = [0.0] * len(RULE_CODES)
-        not_hit = 1.0 - p.anomaly_weight * anomaly_score
-        for hit in hits:
-            flags[_RULE_INDEX[hit.code]] = 1.0
-            not_hit *= 1.0 - hit.weight
-        x.extend(flags)
-        if not math.isfinite(sum(x)):  # a non-finite value would poison every shared model
-            raise ValueError("a transaction whose features are not all finite")
-        vector = array("d", x)
-        clf = self.classifier
-        model_score = clf.predict_proba_one(vector) if clf.n_frauds else 0.0
-        prior = 1.0 - not_hit
+        """Score one transaction (score before learn); see ``assess_batch``."""
+        txn = Transaction(txn_event_id, t, counterparty_id, hits, anomaly_score)
+        result = self.assess_batch([txn], profile_matrix([features]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def assess_batch(self, rows: list[Transaction], profile: np.ndarray) -> list[Assessment | ValueError]:
+        """Score transactions of one model tick at once (score before learn), given their
+        profile features (``profile_matrix``): each one's ``Assessment``, or the ``ValueError``
+        that refuses it (features not all finite). Their counterparties' traffic is learned at
+        the tick's end."""
+        n = len(rows)
+        if not n:
+            return []
+        p, clf = self.params, self.classifier
+        t = np.array([row.t for row in rows])
+        cps = [row.counterparty_id for row in rows]
+        x = np.hstack([profile, self.counterparties.features_batch(cps, t),
+                       np.array([row.anomaly for row in rows])[:, None]])
+        cells = risk_cells_batch(x)
+        flags = np.zeros((n, len(RULE_CODES)))
+        priors = []
+        for i, row in enumerate(rows):
+            not_hit = 1.0 - p.anomaly_weight * row.anomaly
+            for hit in row.hits:
+                flags[i, _RULE_INDEX[hit.code]] = 1.0
+                not_hit *= 1.0 - hit.weight
+            priors.append(1.0 - not_hit)
+        vectors = np.hstack([x, self.rate_tables.log_odds_batch(cells, t), flags])
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            vectors[~finite] = 0.0  # refused below; kept out of the arithmetic
+        model = clf.predict_proba_batch(vectors) if clf.n_frauds else np.zeros(n)
         trust = clf.n_frauds / (clf.n_frauds + p.warmup_frauds)
-        score = round(min(1.0, max(0.0, trust * model_score + (1.0 - trust) * prior)), 6)
-        alert_type, severity = self._alert(score, hits)
-        reasons = self._reasons(vector, hits, trust, anomaly_score) if alert_type else ()
-        # Learn only after scoring: the transaction must not explain itself.
-        self.counterparties.observe_transaction(counterparty_id, t)
-        for _overflow in self.pending.add(txn_event_id, Pending(t, counterparty_id, vector, cells, score)):
-            self.dropped_pending += 1
-        return Assessment(score, round(model_score, 6), round(prior, 6), round(anomaly_score, 6),
-                          alert_type, severity, reasons, self.model_version)
+        prior = np.array(priors)
+        scores = np.round(np.clip(trust * model + (1.0 - trust) * prior, 0.0, 1.0), 6).tolist()
+        version, traffic, pending = self.model_version, self._traffic, self.pending
+        out: list[Assessment | ValueError] = []
+        for i, (row, score, model_score, prior_score, anomaly, ok, row_cells) in enumerate(zip(
+                rows, scores, np.round(model, 6).tolist(), np.round(prior, 6).tolist(),
+                np.round(x[:, -1], 6).tolist(), finite.tolist(), cells.tolist(), strict=True)):
+            if not ok:
+                out.append(ValueError("a transaction whose features are not all finite"))
+                continue
+            alert_type, severity = self._alert(score, row.hits)
+            reasons = self._reasons(vectors[i], row.hits, trust, row.anomaly) if alert_type else ()
+            # Learn only after scoring: the transaction must not explain itself.
+            traffic.append((row.counterparty_id, row.t))
+            entry = Pending(row.t, row.counterparty_id, vectors[i].tobytes(), tuple(row_cells), score)
+            for _overflow in pending.add(row.event_id, entry):
+                self.dropped_pending += 1
+            out.append(Assessment(score, model_score, prior_score, anomaly, alert_type, severity, reasons, version))
+        return out
 
     def _alert(self, score: float, hits: list[RuleHit]) -> tuple[AlertType | None, Severity]:
         p = self.params
+        if not hits and score < p.alert_threshold:  # the common case
+            return None, "low"
         mandatory = [h for h in hits if h.always_alert]
         if score < p.alert_threshold and not mandatory:
             return None, "low"
@@ -193,13 +300,13 @@ class FraudDetector:
         typed = sorted(hits, key=lambda h: (h.alert_type == "suspicious_transaction", -h.weight))
         return (typed[0].alert_type if typed else "suspicious_transaction"), severity
 
-    def _reasons(self, vector: array[float], hits: list[RuleHit], trust: float,
+    def _reasons(self, vector: np.ndarray, hits: list[RuleHit], trust: float,
                  anomaly_score: float) -> tuple[Reason, ...]:
         reasons = [Reason(h.code, h.text, h.value, round(h.weight, 4)) for h in hits]
         if trust > 0:
             for name, contribution in self.classifier.explain(vector):
                 text = FEATURE_TEXT.get(name, name.replace("_", " "))
-                reasons.append(Reason(f"model:{name}", text, round(vector[_MODEL_INDEX[name]], 4),
+                reasons.append(Reason(f"model:{name}", text, round(float(vector[_MODEL_INDEX[name]]), 4),
                                       round(contribution * trust, 4)))
         if anomaly_score >= 0.5:
             reasons.append(Reason("anomaly", FEATURE_TEXT["anomaly"], round(anomaly_score, 4),
@@ -207,34 +314,11 @@ class FraudDetector:
         return tuple(reasons)
 
     def observe_label(self, ref_event_id: str, known_at: float, is_fraud: bool) -> float | None:
-        """Learn from a label for a scored transaction; return the fraud_score it was given,
-        or None if it is not (or no longer) known."""
+        """A label for a scored transaction, learned at the tick's end; the fraud_score the
+        transaction was given, or None if it is not (or no longer) known."""
         entry = self.pending.pop(ref_event_id)
         if entry is None:
             self.unmatched_labels += 1
             return None
-        self._learn(entry, known_at, is_fraud)
+        self._labels.append((entry, known_at, is_fraud, 1.0))
         return entry.score
-
-    def _learn(self, entry: Pending, known_at: float, is_fraud: bool, weight: float = 1.0) -> None:
-        clf = self.classifier
-        if weight > 0:
-            clf.learn_one(entry.vector, is_fraud, weight)
-        self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud, entry.t)
-        self.rate_tables.learn(entry.cells, known_at, is_fraud)
-
-    def advance(self, now: float) -> int:
-        """Take transactions past the label horizon as legitimate; return how many.
-
-        Only a deterministic sample (``implicit_legit_sample``, by event id) trains the
-        classifier, weighted up by the inverse rate so probabilities stay calibrated; every
-        one still counts as a label of its counterparty.
-        """
-        rate = self.params.supervised.implicit_legit_sample
-        threshold = int(rate * 2**32)
-        n = 0
-        for event_id, entry in self.pending.expire(now):
-            sampled = zlib.crc32(event_id.encode()) < threshold
-            self._learn(entry, now, False, 1.0 / rate if sampled else 0.0)
-            n += 1
-        return n

@@ -8,14 +8,18 @@ transaction until its label arrives, so a score never sees its own label; no thr
 known in advance: the rates find where fraud concentrates, and a combination of states
 lets the linear model downstream use an interaction it could not represent itself.
 
-``TABLES`` names the tables the fraud detector keeps and ``cells`` computes a transaction's
-cell in each from its model features.
+``TABLES`` names the tables the fraud detector keeps and ``cells_batch`` computes each
+transaction's cell in each from its model features, for a batch of transactions at once.
 
 >>> tables = RateTables()
 >>> risky, safe = (24,) * len(TABLES), (12,) * len(TABLES)
 >>> for i in range(50):
 ...     tables.learn(risky, i * 100.0, fraud=True)
 ...     tables.learn(safe, i * 100.0, fraud=False)
+>>> batched = RateTables()
+>>> batched.learn_batch(np.array([risky, safe] * 50), np.repeat(np.arange(50) * 100.0, 2), np.tile([1.0, 0.0], 50))
+>>> np.allclose(batched.log_odds(risky, 5000.0), tables.log_odds(risky, 5000.0))
+True
 >>> tables.log_odds(risky, 5000.0)[0] > 2.0 > -2.0 > tables.log_odds(safe, 5000.0)[0]
 True
 """
@@ -26,17 +30,10 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
+
 from detectors.counterparty import COUNTERPARTY_FEATURES
 from detectors.profile import FEATURES, INDEX
-
-
-def _log_bucket(value: float, per_unit: float = 8.0) -> int:
-    return min(200, int(math.log1p(max(0.0, value)) * per_unit))
-
-
-def _state(rate: float, recency: float) -> int:
-    return 6 * round(5.0 * min(1.0, max(0.0, rate))) + round(5.0 * min(1.0, max(0.0, recency)))
-
 
 #: The tables, in the order of ``cells``.
 TABLES: Final = ("amount", "amount_to_mean", "counterparty_state", "counterparty_episode", "customer_state")
@@ -52,17 +49,27 @@ _CP_RATE, _CP_RECENCY, _CP_EPISODE = (
 def cells(x: list[float]) -> tuple[int, ...]:
     """A transaction's cell in each of ``TABLES``, from its model vector (profile features
     followed by counterparty features)."""
-    ratio, cp_rate = x[_AMOUNT_TO_MEAN], x[_CP_RATE]
-    return (
-        min(200, int(x[_LOG_AMOUNT] * 8.0)),
-        _log_bucket(ratio),
+    return tuple(int(c) for c in cells_batch(np.array([x[:_BASE + len(COUNTERPARTY_FEATURES)]]))[0])
+
+
+def cells_batch(x: np.ndarray) -> np.ndarray:
+    """``cells`` for every row of ``x`` (profile then counterparty features): (rows, tables)."""
+    ratio, cp_rate = x[:, _AMOUNT_TO_MEAN], np.minimum(1.0, x[:, _CP_RATE])
+    ratio_log = np.log1p(np.maximum(0.0, ratio))
+    return np.column_stack([
+        np.minimum(200, (x[:, _LOG_AMOUNT] * 8.0).astype(np.int64)),
+        np.minimum(200, (ratio_log * 8.0).astype(np.int64)),
         # A counterparty's recent labels and how recent its latest known fraud is, together.
-        _state(cp_rate, x[_CP_RECENCY]),
+        6 * np.round(5.0 * np.clip(cp_rate, 0.0, 1.0)) + np.round(5.0 * np.clip(x[:, _CP_RECENCY], 0.0, 1.0)),
         # ... and its recent labels by the age of its current run of frauds (in 4-day steps).
-        16 * round(5.0 * min(1.0, cp_rate)) + min(15, int(x[_CP_EPISODE] / 4.0)),
+        16 * np.round(5.0 * np.clip(cp_rate, 0.0, 1.0)) + np.clip((x[:, _CP_EPISODE] / 4.0).astype(np.int64), 0, 15),
         # A customer with confirmed recent fraud, by how unusual the amount is.
-        (64 if x[_CUST_FRAUDS] > 0 else 0) + _log_bucket(ratio, 6.0),
-    )
+        np.where(x[:, _CUST_FRAUDS] > 0, 64, 0) + np.minimum(200, (ratio_log * 6.0).astype(np.int64)),
+    ]).astype(np.int64).clip(0, None)
+
+
+#: The number of cells of each table (``cells_batch`` keeps every cell below it).
+SIZES: Final = (201, 201, 36, 96, 265)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +82,7 @@ class RateTableParams:
 
 
 class RateTables:
-    """Decayed (frauds, labels) per cell, one table per name in ``TABLES``."""
+    """Decayed (frauds, labels) per cell, one dense table per name in ``TABLES``."""
 
     def __init__(self, params: RateTableParams | None = None) -> None:
         p = self.params = params or RateTableParams()
@@ -83,32 +90,63 @@ class RateTables:
         self._prior = p.prior_rate * p.prior_strength
         unseen = self._prior / p.prior_strength
         self._unseen = math.log(unseen / (1.0 - unseen))
-        self._tables: list[dict[int, list[float]]] = [{} for _ in TABLES]  # cell -> [frauds, labels, as of t]
+        # Per table: decayed frauds, decayed labels and the time they are as of (nan: no label yet).
+        self._frauds = [np.zeros(size) for size in SIZES]
+        self._labels = [np.zeros(size) for size in SIZES]
+        self._as_of = [np.full(size, np.nan) for size in SIZES]
 
     def log_odds(self, cells: tuple[int, ...], t: float) -> list[float]:
         """Smoothed log-odds of fraud in each table's cell as of event time ``t``."""
-        out = []
-        exp, log, decay, prior, strength = math.exp, math.log, self.decay, self._prior, self.params.prior_strength
-        for table, cell in zip(self._tables, cells, strict=True):
-            entry = table.get(cell)
-            if entry is None:
-                out.append(self._unseen)
-                continue
-            factor = exp(-decay * max(0.0, t - entry[2]))
-            rate = (entry[0] * factor + prior) / (entry[1] * factor + strength)
-            out.append(log(rate / (1.0 - rate)))
+        values: list[float] = self.log_odds_batch(np.array([cells]), np.array([t]))[0].tolist()
+        return values
+
+    def log_odds_batch(self, cells: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """``log_odds`` for every row: ``cells`` (rows, tables), ``t`` (rows): (rows, tables)."""
+        out = np.empty(cells.shape, dtype=np.float64)
+        strength = self.params.prior_strength
+        for k in range(len(SIZES)):
+            cell = cells[:, k]
+            as_of = self._as_of[k][cell]
+            seen = ~np.isnan(as_of)
+            factor = np.exp(-self.decay * np.maximum(0.0, t - np.where(seen, as_of, t)))
+            rate = (self._frauds[k][cell] * factor + self._prior) / (self._labels[k][cell] * factor + strength)
+            out[:, k] = np.where(seen, np.log(rate / (1.0 - rate)), self._unseen)
         return out
+
+    def learn_batch(self, cells: np.ndarray, known_at: np.ndarray, fraud: np.ndarray) -> None:
+        """Labels of transactions in ``cells`` (rows, tables) that became known at ``known_at``
+        (fraud: 1.0 or 0.0), at once: each touched cell is decayed to its newest time, and
+        every label is added decayed from its own time to that one, which is what learning
+        them one by one in time order gives."""
+        decay = self.decay
+        for k in range(len(SIZES)):
+            cell = cells[:, k]
+            frauds, labels, as_of = self._frauds[k], self._labels[k], self._as_of[k]
+            newest = np.full(len(as_of), -np.inf)
+            np.maximum.at(newest, cell, known_at)
+            touched = np.unique(cell)
+            target = np.where(np.isnan(as_of[touched]), newest[touched], np.fmax(as_of[touched], newest[touched]))
+            shrink = np.exp(-decay * (target - np.nan_to_num(as_of[touched], nan=0.0)))
+            shrink = np.where(np.isnan(as_of[touched]), 0.0, shrink)
+            frauds[touched] *= shrink
+            labels[touched] *= shrink
+            end = np.empty(len(as_of))
+            end[touched] = target
+            weight = np.exp(-decay * (end[cell] - known_at))
+            np.add.at(frauds, cell, weight * fraud)
+            np.add.at(labels, cell, weight)
+            as_of[touched] = target
 
     def learn(self, cells: tuple[int, ...], known_at: float, fraud: bool) -> None:
         """A label for a transaction in these cells became known at ``known_at``."""
-        for table, cell in zip(self._tables, cells, strict=True):
-            entry = table.get(cell)
-            if entry is None:
-                entry = table[cell] = [0.0, 0.0, known_at]
-            elif known_at > entry[2]:
-                factor = math.exp(-self.decay * (known_at - entry[2]))
-                entry[0] *= factor
-                entry[1] *= factor
-                entry[2] = known_at
-            entry[0] += float(fraud)
-            entry[1] += 1.0
+        for k, cell in enumerate(cells):
+            as_of = self._as_of[k][cell]
+            if math.isnan(as_of):
+                self._as_of[k][cell] = known_at
+            elif known_at > as_of:
+                factor = math.exp(-self.decay * (known_at - as_of))
+                self._frauds[k][cell] *= factor
+                self._labels[k][cell] *= factor
+                self._as_of[k][cell] = known_at
+            self._frauds[k][cell] += float(fraud)
+            self._labels[k][cell] += 1.0

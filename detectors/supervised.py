@@ -85,8 +85,9 @@ class FraudClassifier:
         """``x`` as a compact array in ``feature_names`` order (8 bytes a feature)."""
         return array("d", [x.get(name, 0.0) for name in self.feature_names])
 
-    def _standardised(self, v: array[float]) -> np.ndarray:
-        z = (np.frombuffer(v) - self._mean) * self._inv_std
+    def _standardised(self, v: array[float] | np.ndarray) -> np.ndarray:
+        x = v if isinstance(v, np.ndarray) else np.frombuffer(v)
+        z = (x - self._mean) * self._inv_std
         clip = self.params.clip
         np.minimum(z, clip, out=z)  # np.clip is several times slower on small arrays
         np.maximum(z, -clip, out=z)
@@ -111,7 +112,7 @@ class FraudClassifier:
         x = np.frombuffer(v)
         return float(sigmoid(float(np.minimum(np.maximum(x, low), high) @ a) + k))
 
-    def explain(self, v: array[float], top: int = 3) -> list[tuple[str, float]]:
+    def explain(self, v: array[float] | np.ndarray, top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed the score up most, with their contribution to the logit."""
         contributions = list(zip(self.feature_names, (self.weights * self._standardised(v)).tolist(), strict=True))
         contributions.sort(key=lambda item: (-item[1], item[0]))
@@ -119,16 +120,67 @@ class FraudClassifier:
 
     def learn_one(self, v: array[float], is_fraud: bool, weight: float = 1.0) -> None:
         """Update the running statistics, then take one weighted gradient step."""
-        x = np.frombuffer(v)
-        self.n_labels += 1
-        self.n_frauds += is_fraud
-        delta = x - self._mean
-        self._mean += delta / self.n_labels
-        self._m2 += delta * (x - self._mean)
-        self._inv_std = 1.0 / (np.sqrt(self._m2 / self.n_labels) + 1e-6)
-        z = self._standardised(v)
+        self.learn_batch(np.frombuffer(v)[None, :], np.array([is_fraud]), np.array([weight]))
+
+    def predict_proba_batch(self, v: np.ndarray) -> np.ndarray:
+        """``predict_proba_one`` for every row of ``v`` (rows, features)."""
+        low, high, a, k = self._linear()
+        logit = np.minimum(np.maximum(v, low), high) @ a + k
+        return 1.0 / (1.0 + np.exp(-np.clip(logit, -500.0, 500.0)))
+
+    def learn_batch(self, v: np.ndarray, is_fraud: np.ndarray, weight: np.ndarray) -> None:
+        """Learn the labelled rows of ``v`` in order: the running statistics take the whole
+        batch at once (Chan's parallel update, the same as row by row), then every row is
+        standardised by them and takes its gradient step, as ``learn_one`` would.
+
+        The steps stay one row at a time (each moves the weights the next one is computed
+        with); the L2 shrinkage is kept as a scale factor of the weights, so that a step is a
+        dot product and one scaled add.
+        """
+        k = len(v)
+        if not k:
+            return
+        n0, n = self.n_labels, self.n_labels + k
+        batch_mean = v.mean(axis=0)
+        delta = batch_mean - self._mean
+        self._m2 += ((v - batch_mean) ** 2).sum(axis=0) + delta * delta * (n0 * k / n)
+        self._mean += delta * (k / n)
+        self.n_labels, self.n_frauds = n, self.n_frauds + int(is_fraud.sum())
+        self._inv_std = 1.0 / (np.sqrt(self._m2 / n) + 1e-6)
+        clip = self.params.clip
+        z = np.clip((v - self._mean) * self._inv_std, -clip, clip)
         p = self.params
-        # River's log loss gradient with respect to the logit, for y in {-1, 1}.
+        lr, l2, fraud_weight, cap = p.learning_rate, p.l2, p.fraud_weight, self.CLIP_GRADIENT
+        if self._adam is not None:  # Adam keeps per-weight moments: row by row, as learn_one
+            for row, fraud, w in zip(z, is_fraud.tolist(), weight.tolist(), strict=True):
+                self._step(row, fraud, w, n0 := n0 + 1)
+            self._folded = None
+            return
+        scale, u, b = 1.0, self.weights.copy(), self.intercept
+        shrink = 1.0 - lr * l2
+        exp = math.exp
+        for row, fraud, w in zip(z, is_fraud.tolist(), weight.tolist(), strict=True):
+            y, class_weight = (1.0, fraud_weight) if fraud else (-1.0, 1.0)
+            margin = (scale * float(row @ u) + b) * y
+            if margin > 18.0:
+                gradient = class_weight * exp(-margin) * -y
+            elif margin < -18.0:
+                gradient = class_weight * -y
+            else:
+                gradient = class_weight * -y / (exp(margin) + 1.0)
+            gradient = min(max(gradient * w, -cap), cap)
+            b -= lr * gradient
+            scale *= shrink
+            u -= (lr * gradient / scale) * row
+            if scale < 1e-6:
+                u *= scale
+                scale = 1.0
+        self.weights, self.intercept = u * scale, b
+        self._folded = None
+
+    def _step(self, z: np.ndarray, is_fraud: bool, weight: float, t: int) -> None:
+        """One Adam step on the standardised row ``z`` (the ``t``-th label)."""
+        p = self.params
         y, class_weight = (1.0, p.fraud_weight) if is_fraud else (-1.0, 1.0)
         margin = (float(self.weights @ z) + self.intercept) * y
         if margin > 18.0:
@@ -139,21 +191,15 @@ class FraudClassifier:
             gradient = class_weight * -y / (math.exp(margin) + 1.0)
         gradient = min(max(gradient * weight, -self.CLIP_GRADIENT), self.CLIP_GRADIENT)
         self.intercept -= p.learning_rate * gradient
-        step = gradient * z
-        if p.l2:
-            step += p.l2 * self.weights
-        if self._adam is None:
-            self.weights -= p.learning_rate * step
-        else:
-            m, s = self._adam
-            t = self.n_labels
-            m *= 0.9
-            m += 0.1 * step
-            s *= 0.999
-            s += 0.001 * step * step
-            rate = p.learning_rate * (1.0 - 0.999**t) ** 0.5 / (1.0 - 0.9**t)
-            self.weights -= rate * m / (np.sqrt(s) + 1e-8)
-        self._folded = None
+        step = gradient * z + p.l2 * self.weights
+        assert self._adam is not None
+        m, s = self._adam
+        m *= 0.9
+        m += 0.1 * step
+        s *= 0.999
+        s += 0.001 * step * step
+        rate = p.learning_rate * (1.0 - 0.999**t) ** 0.5 / (1.0 - 0.9**t)
+        self.weights -= rate * m / (np.sqrt(s) + 1e-8)
 
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "_folded": None}  # derived
@@ -164,8 +210,8 @@ class Pending(NamedTuple):
 
     t: float
     counterparty_id: str | None
-    vector: array[float]
-    cells: tuple[int, ...]  # its cells in the rate tables (detectors.risk_tables.CELLS)
+    vector: bytes  # the model vector it was scored with (float64, MODEL_FEATURES order)
+    cells: tuple[int, ...]  # its cells in the rate tables (detectors.risk_tables.TABLES)
     score: float  # the fraud_score it was given
 
 

@@ -36,13 +36,16 @@ The dataflow (``flows/``), the bare loop (``bench.bare_loop``) and the closed-lo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from time import perf_counter
 from typing import Protocol
 
+import numpy as np
+
 from detectors.churn import ChurnModel, fit_priors
 from detectors.customer import FRAUD_LABELS, CustomerModel, CustomerView, Observation
-from detectors.fraud import Assessment, FraudDetector
+from detectors.fraud import Assessment, FraudDetector, profile_matrix
+from detectors.fraud import Transaction as FraudTransaction
 from detectors.lifecycle import AlertLifecycle
 from detectors.nba import NextBestActions
 from engine.config import EngineConfig
@@ -93,13 +96,11 @@ class Shard:
         self.detector = FraudDetector(config.fraud)
         self.churn = ChurnModel()
         self.nba = NextBestActions(config.actions, config.nba) if config.nba.enabled else None
-        self.now = float("-inf")  # the latest event time processed (the watermark)
 
     # -- state -----------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, object]:
-        return {"customers": self.customers, "detector": self.detector, "churn": self.churn, "nba": self.nba,
-                "now": self.now}
+        return {"customers": self.customers, "detector": self.detector, "churn": self.churn, "nba": self.nba}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
@@ -130,10 +131,66 @@ class Shard:
         out: list[Record] = []
         observed = self._profile(events, out)
         anomaly = self._anomaly(observed)
-        for i, entry in enumerate(observed):
-            if entry is not None:
-                self._event(*entry, anomaly[i], out)
+        for segment in self._segments(observed):
+            verdicts = self._assess(segment, observed, anomaly)
+            for i in segment:
+                entry = observed[i]
+                assert entry is not None
+                self._event(*entry, verdicts.get(i), out)
         return out
+
+    def _segments(self, observed: list[tuple[Event, Customer, Observation] | None]) -> Iterator[list[int]]:
+        """The indices of the processed events, cut where the shared models' clock crosses
+        the end of a model tick (``FraudDetector.advance`` learns the tick there): the events
+        of a segment are scored by the same models."""
+        detector = self.detector
+        segment: list[int] = []
+        for i, entry in enumerate(observed):
+            if entry is None:
+                continue
+            t = entry[0].t
+            end = detector.tick_end
+            if end is None or t >= end:
+                if segment:
+                    yield segment
+                    segment = []
+                detector.advance(t)
+            segment.append(i)
+        if segment:
+            yield segment
+
+    def _assess(self, segment: list[int], observed: list[tuple[Event, Customer, Observation] | None],
+                stage2: tuple[list[float | None], np.ndarray, list[int]]) -> dict[int, Assessment | Exception]:
+        """The assessment of each transaction of a segment, at once (or the error refusing
+        it). Should the batch raise, each one is assessed alone, so that only the one at fault
+        fails."""
+        anomaly, profile, where = stage2
+        rows: list[int] = []
+        txns: list[FraudTransaction] = []
+        verdicts: dict[int, Assessment | Exception] = {}
+        for i in segment:
+            event, _, observation = observed[i]  # type: ignore[misc]
+            if isinstance(event, Transaction):
+                if observation.features is None or observation.hits is None or anomaly[i] is None:
+                    verdicts[i] = ValueError("a transaction without features, rule hits or an anomaly score")
+                    continue
+                rows.append(i)
+                txns.append(FraudTransaction(event.event_id, event.t, event.counterparty_id, observation.hits,
+                                             anomaly[i]))  # type: ignore[arg-type]
+        if not txns:
+            return verdicts
+        features = profile[[where[i] for i in rows]]
+        try:
+            verdicts.update(zip(rows, self.detector.assess_batch(txns, features), strict=True))
+        except Exception:
+            log.exception("assessing a batch of transactions failed; assessing them one by one",
+                          extra={"step": "shared_scoring"})
+            for row, (i, txn) in enumerate(zip(rows, txns, strict=True)):
+                try:
+                    verdicts[i] = self.detector.assess_batch([txn], features[row:row + 1])[0]
+                except Exception as exc:
+                    verdicts[i] = exc
+        return verdicts
 
     def _profile(self, events: Sequence[Event], out: list[Record]) -> list[tuple[Event, Customer, Observation] | None]:
         """Stage 1: each event through its customer's model."""
@@ -148,8 +205,8 @@ class Shard:
                 out.append(failures.record("customer_profile", event, exc, {}))
         return observed
 
-    def _event(self, event: Event, customer: Customer, observation: Observation, anomaly: float | None,
-               out: list[Record], times: list[float] | None = None
+    def _event(self, event: Event, customer: Customer, observation: Observation,
+               verdict: Assessment | Exception | None, out: list[Record], times: list[float] | None = None
                ) -> tuple[Assessment | None, Alert | None, tuple[float, bool] | None] | None:
         """Stage 3 for one event: the shared models, then the customer's view; what the
         shared models said (None if the event failed there). With ``times``, the seconds
@@ -157,7 +214,7 @@ class Shard:
         failures = self.config.failures
         started = perf_counter() if times is not None else 0.0
         try:
-            assessment, alert, prompt, churn, outcome = self._share(event, observation, anomaly)
+            assessment, alert, prompt, churn, outcome = self._share(event, observation, verdict)
         except Exception as exc:
             out.append(failures.record("shared_scoring", event, exc, {}))
             return None
@@ -186,18 +243,23 @@ class Shard:
         times = [perf_counter() - profiled, 0.0]  # shared scoring (the anomaly batch first), view
         scored: list[tuple[float, bool, float, float | None, float | None]] = []
         feedback: list[tuple[str, float | None, bool]] = []
-        for i, entry in enumerate(observed):
-            if entry is None:
-                continue
-            verdict = self._event(*entry, anomaly[i], out, times)
-            if verdict is None:
-                continue
-            event, (assessment, alert, outcome) = entry[0], verdict
-            if assessment is not None:
-                scored.append((assessment.fraud_score, alert is not None, event.t,
-                               source_times[i] if source_times else None, read_times[i] if read_times else None))
-            elif isinstance(event, Feedback):
-                feedback.append((event.label, *outcome) if outcome is not None else (event.label, None, False))
+        for segment in self._segments(observed):
+            assessing = perf_counter()
+            verdicts = self._assess(segment, observed, anomaly)
+            times[0] += perf_counter() - assessing
+            for i in segment:
+                entry = observed[i]
+                assert entry is not None
+                verdict = self._event(*entry, verdicts.get(i), out, times)
+                if verdict is None:
+                    continue
+                event, (assessment, alert, outcome) = entry[0], verdict
+                if assessment is not None:
+                    scored.append((assessment.fraud_score, alert is not None, event.t,
+                                   source_times[i] if source_times else None,
+                                   read_times[i] if read_times else None))
+                elif isinstance(event, Feedback):
+                    feedback.append((event.label, *outcome) if outcome is not None else (event.label, None, False))
         observer.stage_times((profiled - started, times[0], times[1]), len(events))
         if len(self.customers) > known:
             observer.customers_added(len(self.customers) - known)
@@ -205,35 +267,40 @@ class Shard:
             observer.scored_batch(scored, feedback)
         return out
 
-    def _anomaly(self, observed: list[tuple[Event, Customer, Observation] | None]) -> list[float | None]:
-        """The anomaly score of each transaction (None for the other events). Should the batch
-        raise, each row is scored alone, so that only the row at fault goes without a score."""
+    def _anomaly(self, observed: list[tuple[Event, Customer, Observation] | None]
+                 ) -> tuple[list[float | None], np.ndarray, list[int]]:
+        """Stage 2: the batch's transactions' profile features as one array (and for each
+        event its row, -1 for the other events), and each one's anomaly score (None for the
+        other events). Should the batch raise, each row is scored alone, so that only the row
+        at fault goes without a score."""
         scores: list[float | None] = [None] * len(observed)
+        where = [-1] * len(observed)
         rows = [i for i, entry in enumerate(observed) if entry is not None and entry[2].features is not None]
-        features = [observed[i][2].features for i in rows]  # type: ignore[index]
+        for row, i in enumerate(rows):
+            where[i] = row
+        profile = profile_matrix([observed[i][2].features for i in rows])  # type: ignore[index,misc]
         try:
-            for i, score in zip(rows, self.detector.anomaly_scores(features), strict=True):  # type: ignore[arg-type]
+            for i, score in zip(rows, self.detector.anomaly_scores(profile), strict=True):
                 scores[i] = score
         except Exception:
             log.exception("anomaly scores of a batch failed; scoring its rows one by one",
                           extra={"step": "shared_scoring"})
-            for i, row in zip(rows, features, strict=True):
+            for row, i in enumerate(rows):
                 try:
-                    scores[i] = self.detector.anomaly_scores([row])[0]  # type: ignore[list-item]
+                    scores[i] = self.detector.anomaly_scores(profile[row:row + 1])[0]
                 except Exception:
-                    scores[i] = None  # _share refuses the transaction
-        return scores
+                    scores[i] = None  # the transaction is refused
+        return scores, profile, where
 
-    def _share(self, event: Event, observation: Observation, anomaly: float | None
+    def _share(self, event: Event, observation: Observation, verdict: Assessment | Exception | None
                ) -> tuple[Assessment | None, Alert | None, Prompt | None, float | None, tuple[float, bool] | None]:
-        """The shared models on one event (score before learn): its assessment and fraud
-        alert (transactions), its next-best-action prompt, its churn score (when the event
-        counted for churn) and, for a fraud label that found its transaction, the score that
-        transaction had and whether the label says fraud."""
+        """The shared models on one event (score before learn): its fraud alert (a
+        transaction, whose ``verdict`` the segment's assessment gave), its next-best-action
+        prompt, its churn score (when the event counted for churn) and, for a fraud label that
+        found its transaction, the score that transaction had and whether the label says fraud."""
         detector, config = self.detector, self.config
-        if event.t > self.now:
-            self.now = event.t
-            detector.advance(event.t)
+        if isinstance(verdict, Exception):
+            raise verdict
         churn = nba_churn = None
         if observation.churn is not None:
             view = config.view
@@ -243,11 +310,8 @@ class Shard:
             if observation.churn.active_days >= view.churn_min_active_days:
                 nba_churn = churn  # a newcomer's score says nothing yet about leaving
         assessment = alert = outcome = None
-        if isinstance(event, Transaction):
-            if observation.features is None or observation.hits is None or anomaly is None:
-                raise ValueError("a transaction without features, rule hits or an anomaly score")
-            assessment = detector.assess(event.event_id, event.t, event.counterparty_id,
-                                         observation.features, observation.hits, anomaly)
+        if isinstance(event, Transaction) and verdict is not None:
+            assessment = verdict
             if assessment.alert_type is not None:
                 alert = fraud_alert(event, assessment, observation.summary.rm_id, config.clock(event.t))
         elif isinstance(event, Feedback) and event.ref_event_id and event.label in FRAUD_LABELS:

@@ -122,6 +122,7 @@ def test_fraud_detector_learns_from_delayed_labels_and_scores_before_learning() 
         bad = labels[i] = rng.random() < 0.05
         features = [(7.0 if bad else 4.0) if name == "log_amount" else 0.0 for name in FEATURES]
         cp = "evil" if bad else f"m{rng.randrange(200)}"
+        detector.advance(t)  # the clock: what arrived before the last model tick is learned
         anomaly = detector.anomaly_scores([features])[0]
         scores[bad].append(detector.assess(f"e{i}", t, cp, features, [], anomaly).fraud_score)
         if i >= delay:
