@@ -62,7 +62,8 @@ def profile_matrix(rows: list[list[float]] | np.ndarray) -> np.ndarray:
     """Profile feature rows (``detectors.profile.FEATURES`` order) as one (rows, features) array."""
     if isinstance(rows, np.ndarray):
         return rows
-    return np.fromiter(chain.from_iterable(rows), float, count=len(rows) * len(FEATURES)).reshape(len(rows), -1)
+    n = len(rows)
+    return np.fromiter(chain.from_iterable(rows), float, count=n * len(FEATURES)).reshape(n, len(FEATURES))
 MODEL_REVISION: Final = "fraud-1"
 
 FEATURE_TEXT: Final = {

@@ -146,7 +146,7 @@ def test_a_sparse_recording_keeps_its_long_gaps(tmp_path: Path) -> None:
 
 STEPS: dict[str, tuple[type, str]] = {
     "customer_profile": (CustomerModel, "observe"),
-    "shared_scoring": (FraudDetector, "assess"),
+    "shared_scoring": (FraudDetector, "assess_batch"),
     "customer_view": (Shard, "_view"),
 }
 
@@ -162,7 +162,9 @@ def test_an_event_that_raises_in_a_step_is_dead_lettered_and_the_rest_goes_on(
     original: Callable[..., Any] = getattr(cls, name)
 
     def failing(self: Any, *args: Any, **kwargs: Any) -> Any:
-        ids = [getattr(arg, "event_id", None) or getattr(getattr(arg, "event", None), "event_id", arg) for arg in args]
+        items = [item for arg in args for item in (arg if isinstance(arg, list) else [arg])]
+        ids = [getattr(item, "event_id", None) or getattr(getattr(item, "event", None), "event_id", None)
+               for item in items]
         if victim["event_id"] in ids:
             raise ZeroDivisionError("injected")
         return original(self, *args, **kwargs)
