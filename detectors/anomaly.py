@@ -7,8 +7,8 @@ row, exactly as a loop of River's ``score_one`` then ``learn_one`` would give. I
 ``squash(features)``: the profile features mapped into [0, 1] with fixed scales, because
 Half-Space Trees split the unit cube.
 
-The trees are River's: ``river.anomaly.HalfSpaceTrees`` builds them (same seed, same
-splits); their masses then live in numpy arrays so that a whole batch is scored and learned
+The trees are River's: ``river_splits`` draws River's splits (same seed, same draws); their
+masses then live in numpy arrays so that a whole batch is scored and learned
 at once. That is exact, not an approximation: a Half-Space Trees score reads only the
 reference masses, which change at window ends only, so rows between two window ends are
 scored by the same function and their learning is a count of visits per node
@@ -25,11 +25,11 @@ True
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
-from river import anomaly
 
 #: The squashed features, by name, and their scales; a value v >= 0 maps to
 #: 1 - exp(-v / scale). Flags use scale 0.5.
@@ -59,17 +59,40 @@ def squash_rows(rows: Any) -> np.ndarray:
     return np.where(x > 0.0, 1.0 - np.exp(x * _RATES), 0.0)
 
 
-def _flatten(tree: Any, height: int, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A River padded tree as arrays in breadth-first order (children of i: 2i+1, 2i+2)."""
+#: River's padding of a split: a threshold is drawn away from the edges of its cell.
+PADDING: Final = 0.15
+
+
+def river_splits(names: tuple[str, ...], n_trees: int, height: int, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The splits River's ``HalfSpaceTrees(n_trees, height, seed=seed)`` draws for features
+    ``names`` in the unit cube, as arrays in breadth-first order (the children of node ``i``
+    are ``2i+1`` and ``2i+2``): each inner node's feature index and threshold, (trees, nodes).
+
+    The same random draws in the same order as ``river.tree.padded.make_padded_tree`` (a
+    feature weighted by the width of its cell, then a padded uniform threshold; the left
+    subtree first), so the trees are River's; drawn here so that the engine does not import
+    River's anomaly package (and, with it, scipy.stats) only to build them.
+    """
+    rng = random.Random(seed)
+    order = sorted(names)
+    index = {name: i for i, name in enumerate(names)}
     n_inner = 2**height - 1
-    feature, threshold = np.zeros(n_inner, dtype=np.intp), np.zeros(n_inner)
-    level = [tree]
-    for depth in range(height):
-        first = 2**depth - 1
-        for offset, node in enumerate(level):
-            feature[first + offset] = index[node.feature]
-            threshold[first + offset] = node.threshold
-        level = [child for node in level for child in node.children]
+    feature = np.zeros((n_trees, n_inner), dtype=np.intp)
+    threshold = np.zeros((n_trees, n_inner))
+
+    def grow(tree: int, node: int, depth: int, limits: dict[str, tuple[float, float]]) -> None:
+        if depth == height:
+            return
+        on = rng.choices(population=list(limits), weights=[high - low for low, high in limits.values()])[0]
+        low, high = limits[on]
+        at = rng.uniform(low + PADDING * (high - low), high - PADDING * (high - low))
+        feature[tree, node], threshold[tree, node] = index[on], at
+        grow(tree, 2 * node + 1, depth + 1, {**limits, on: (low, at)})
+        grow(tree, 2 * node + 2, depth + 1, {**limits, on: (at, high)})
+
+    for tree in range(n_trees):
+        grow(tree, 0, 0, dict.fromkeys(order, (0.0, 1.0)))
     return feature, threshold
 
 
@@ -79,15 +102,7 @@ class AnomalyModel:
     def __init__(self, params: AnomalyParams | None = None) -> None:
         self.params = params or AnomalyParams()
         p = self.params
-        # River draws the splits when it first learns; it is asked to, with a point at the
-        # centre of the cube, only to build its trees (their masses are kept here).
-        forest = anomaly.HalfSpaceTrees(n_trees=p.n_trees, height=p.height, window_size=p.window_size,
-                                        seed=p.seed)
-        forest.learn_one(dict.fromkeys(SQUASHED, 0.5))
-        index = {name: i for i, name in enumerate(SQUASHED)}
-        flat = [_flatten(tree, p.height, index) for tree in forest.trees]
-        self.feature = np.stack([f for f, _ in flat])  # (trees, inner nodes)
-        self.threshold = np.stack([t for _, t in flat])
+        self.feature, self.threshold = river_splits(SQUASHED, p.n_trees, p.height, p.seed)  # (trees, inner nodes)
         n_nodes = 2 ** (p.height + 1) - 1
         self.l_mass = np.zeros((p.n_trees, n_nodes), dtype=np.int64)  # the window being learned
         self.r_mass = np.zeros((p.n_trees, n_nodes), dtype=np.int64)  # the reference window

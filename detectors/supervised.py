@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
 import numpy as np
-from river.utils.math import sigmoid
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +109,8 @@ class FraudClassifier:
         """Probability that the transaction with feature vector ``v`` is fraud."""
         low, high, a, k = self._linear()
         x = np.frombuffer(v)
-        return float(sigmoid(float(np.minimum(np.maximum(x, low), high) @ a) + k))
+        logit = float(np.minimum(np.maximum(x, low), high) @ a) + k
+        return 1.0 / (1.0 + math.exp(-logit)) if logit > -700.0 else 0.0
 
     def explain(self, v: array[float] | np.ndarray, top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed the score up most, with their contribution to the logit."""
