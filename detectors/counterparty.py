@@ -78,7 +78,7 @@ class CounterpartyRisk:
         size = 1024
         self._counts = np.zeros((size, len(_SPANS)))
         # decayed frauds, decayed labels, as of (time), recent label rate, latest fraud's
-        # transaction time (nan: none), start of the current fraud run (nan: none), decayed
+        # transaction time (-inf: none), start of the current fraud run (-inf: none), decayed
         # traffic over a day and a week, as of (time)
         self._state = np.zeros((size, 9))
         self._generation = np.zeros(size, dtype=np.int64)  # a reused slot's old heap entries are void
@@ -111,7 +111,7 @@ class CounterpartyRisk:
                 self._state = np.concatenate([self._state, np.zeros_like(self._state[:grow])])
                 self._generation = np.concatenate([self._generation, np.zeros(grow, dtype=np.int64)])
         self._counts[slot] = 0.0
-        self._state[slot] = (0.0, 0.0, 0.0, self.params.prior_rate, np.nan, np.nan, 0.0, 0.0, 0.0)
+        self._state[slot] = (0.0, 0.0, 0.0, self.params.prior_rate, -np.inf, -np.inf, 0.0, 0.0, 0.0)
         self._generation[slot] += 1
         return slot
 
@@ -140,13 +140,12 @@ class CounterpartyRisk:
         factor = np.exp(-self._decay * np.maximum(0.0, at - as_of))
         rate = (decayed_frauds * factor + prior) / (decayed_labels * factor + p.prior_strength)
         logodds = np.where(decayed_labels > 0, np.log(rate / (1.0 - rate)), self._prior_odds)
-        last_fraud, episode = state[:, _LAST_FRAUD], state[:, _EPISODE]
+        last_fraud, episode = state[:, _LAST_FRAUD], state[:, _EPISODE]  # -inf: none
         traffic = state[:, _TRAFFIC_1D:_TRAFFIC_7D + 1] * np.exp(
             -np.maximum(0.0, at - state[:, _TRAFFIC_AS_OF])[:, None] / _TRAFFIC_TAUS)
-        with np.errstate(invalid="ignore"):
-            recency = np.where(np.isnan(last_fraud), 0.0,
-                               np.exp(-np.maximum(0.0, at - np.nan_to_num(last_fraud)) / (p.recency_days * DAY)))
-            episode_days = np.where(np.isnan(episode), 0.0, (at - np.nan_to_num(episode)) / DAY)
+        recency = np.exp(-np.maximum(0.0, at - last_fraud) / (p.recency_days * DAY))  # 0 when none
+        running = episode > -np.inf
+        episode_days = np.where(running, at - np.where(running, episode, 0.0), 0.0) / DAY
         out[rows] = np.column_stack([
             frauds_7d, frauds_28d, (frauds_28d + prior) / (labels_28d + p.prior_strength), logodds,
             np.log1p(labels_28d), state[:, _RECENT], recency, episode_days, np.log1p(traffic[:, 0]),
@@ -180,23 +179,18 @@ class CounterpartyRisk:
         known = [(self._slot(cp), t) for cp, t in seen if cp is not None]
         if not known:
             return
-        slots = np.array([slot for slot, _ in known], dtype=np.intp)
+        touched, where = np.unique(np.array([slot for slot, _ in known], dtype=np.intp), return_inverse=True)
         times = np.array([t for _, t in known])
         state = self._state
-        newest = np.full(self._size, -np.inf)
-        np.maximum.at(newest, slots, times)
-        touched = np.unique(slots)
-        target = np.fmax(state[touched, _TRAFFIC_AS_OF], newest[touched])
-        state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] *= np.exp(
-            -(target - state[touched, _TRAFFIC_AS_OF])[:, None] / _TRAFFIC_TAUS)
+        newest = np.full(len(touched), -np.inf)
+        np.maximum.at(newest, where, times)
+        target = np.maximum(state[touched, _TRAFFIC_AS_OF], newest)
+        age = (target[where] - times)[:, None] / _TRAFFIC_TAUS
+        added = np.zeros((len(touched), 2))
+        np.add.at(added, where, np.exp(-age))
+        shrink = np.exp(-(target - state[touched, _TRAFFIC_AS_OF])[:, None] / _TRAFFIC_TAUS)
+        state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] = state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] * shrink + added
         state[touched, _TRAFFIC_AS_OF] = target
-        end = np.empty(self._size)
-        end[touched] = target
-        age = end[slots] - times
-        for column, tau in ((_TRAFFIC_1D, DAY), (_TRAFFIC_7D, 7 * DAY)):
-            added = np.zeros(self._size)
-            np.add.at(added, slots, np.exp(-age / tau))
-            state[touched, column] += added[touched]
 
     def observe_label(self, cp: str | None, known_at: float, fraud: bool, txn_t: float | None = None) -> None:
         """A label for a transaction with ``cp`` (at ``txn_t``) became known at ``known_at``."""
@@ -213,13 +207,12 @@ class CounterpartyRisk:
         was_quiet = recent < quiet
         recent = (1.0 - w) * recent + w * fraud
         if not fraud and recent < quiet:
-            episode = math.nan
+            episode = -math.inf
         if fraud:
             txn_time = known_at if txn_t is None else txn_t
-            if math.isnan(episode) or was_quiet:
+            if episode == -math.inf or was_quiet:
                 episode = txn_time
-            if math.isnan(last_fraud) or txn_time > last_fraud:
-                last_fraud = txn_time
+            last_fraud = max(last_fraud, txn_time)
         self._state[slot, :_TRAFFIC_1D] = (decayed_frauds * factor + fraud, decayed_labels * factor + 1.0,
                                            max(known_at, as_of), recent, last_fraud, episode)
 

@@ -68,8 +68,10 @@ def cells_batch(x: np.ndarray) -> np.ndarray:
     ]).astype(np.int64).clip(0, None)
 
 
-#: The number of cells of each table (``cells_batch`` keeps every cell below it).
+#: The number of cells of each table (``cells_batch`` keeps every cell below it), and where
+#: each table starts in the flat arrays.
 SIZES: Final = (201, 201, 36, 96, 265)
+_OFFSETS: Final = np.cumsum((0, *SIZES[:-1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,8 @@ class RateTableParams:
 
 
 class RateTables:
-    """Decayed (frauds, labels) per cell, one dense table per name in ``TABLES``."""
+    """Decayed (frauds, labels) per cell of every table in ``TABLES``, in one flat array (the
+    tables one after the other), so that a batch reads and learns in a few array operations."""
 
     def __init__(self, params: RateTableParams | None = None) -> None:
         p = self.params = params or RateTableParams()
@@ -90,10 +93,11 @@ class RateTables:
         self._prior = p.prior_rate * p.prior_strength
         unseen = self._prior / p.prior_strength
         self._unseen = math.log(unseen / (1.0 - unseen))
-        # Per table: decayed frauds, decayed labels and the time they are as of (nan: no label yet).
-        self._frauds = [np.zeros(size) for size in SIZES]
-        self._labels = [np.zeros(size) for size in SIZES]
-        self._as_of = [np.full(size, np.nan) for size in SIZES]
+        size = sum(SIZES)
+        # Decayed frauds, decayed labels and the time they are as of (-inf: no label yet).
+        self._frauds = np.zeros(size)
+        self._labels = np.zeros(size)
+        self._as_of = np.full(size, -np.inf)
 
     def log_odds(self, cells: tuple[int, ...], t: float) -> list[float]:
         """Smoothed log-odds of fraud in each table's cell as of event time ``t``."""
@@ -102,51 +106,33 @@ class RateTables:
 
     def log_odds_batch(self, cells: np.ndarray, t: np.ndarray) -> np.ndarray:
         """``log_odds`` for every row: ``cells`` (rows, tables), ``t`` (rows): (rows, tables)."""
-        out = np.empty(cells.shape, dtype=np.float64)
-        strength = self.params.prior_strength
-        for k in range(len(SIZES)):
-            cell = cells[:, k]
-            as_of = self._as_of[k][cell]
-            seen = ~np.isnan(as_of)
-            factor = np.exp(-self.decay * np.maximum(0.0, t - np.where(seen, as_of, t)))
-            rate = (self._frauds[k][cell] * factor + self._prior) / (self._labels[k][cell] * factor + strength)
-            out[:, k] = np.where(seen, np.log(rate / (1.0 - rate)), self._unseen)
-        return out
+        flat = cells + _OFFSETS
+        as_of = self._as_of[flat]
+        seen = as_of > -np.inf
+        factor = np.exp(-self.decay * np.maximum(0.0, t[:, None] - np.where(seen, as_of, 0.0)))
+        rate = (self._frauds[flat] * factor + self._prior) / (self._labels[flat] * factor + self.params.prior_strength)
+        return np.where(seen, np.log(rate / (1.0 - rate)), self._unseen)
 
     def learn_batch(self, cells: np.ndarray, known_at: np.ndarray, fraud: np.ndarray) -> None:
         """Labels of transactions in ``cells`` (rows, tables) that became known at ``known_at``
         (fraud: 1.0 or 0.0), at once: each touched cell is decayed to its newest time, and
         every label is added decayed from its own time to that one, which is what learning
         them one by one in time order gives."""
-        decay = self.decay
-        for k in range(len(SIZES)):
-            cell = cells[:, k]
-            frauds, labels, as_of = self._frauds[k], self._labels[k], self._as_of[k]
-            newest = np.full(len(as_of), -np.inf)
-            np.maximum.at(newest, cell, known_at)
-            touched = np.unique(cell)
-            target = np.where(np.isnan(as_of[touched]), newest[touched], np.fmax(as_of[touched], newest[touched]))
-            shrink = np.exp(-decay * (target - np.nan_to_num(as_of[touched], nan=0.0)))
-            shrink = np.where(np.isnan(as_of[touched]), 0.0, shrink)
-            frauds[touched] *= shrink
-            labels[touched] *= shrink
-            end = np.empty(len(as_of))
-            end[touched] = target
-            weight = np.exp(-decay * (end[cell] - known_at))
-            np.add.at(frauds, cell, weight * fraud)
-            np.add.at(labels, cell, weight)
-            as_of[touched] = target
+        flat = (cells + _OFFSETS).ravel()
+        times = np.repeat(known_at, len(SIZES))
+        newest = np.full(len(self._as_of), -np.inf)
+        np.maximum.at(newest, flat, times)
+        touched = newest > -np.inf
+        old = self._as_of[touched]
+        target = np.maximum(old, newest[touched])
+        shrink = np.where(old > -np.inf, np.exp(-self.decay * (target - np.where(old > -np.inf, old, 0.0))), 0.0)
+        self._frauds[touched] *= shrink
+        self._labels[touched] *= shrink
+        self._as_of[touched] = target
+        weight = np.exp(-self.decay * (self._as_of[flat] - times))
+        np.add.at(self._frauds, flat, weight * np.repeat(fraud, len(SIZES)))
+        np.add.at(self._labels, flat, weight)
 
     def learn(self, cells: tuple[int, ...], known_at: float, fraud: bool) -> None:
         """A label for a transaction in these cells became known at ``known_at``."""
-        for k, cell in enumerate(cells):
-            as_of = self._as_of[k][cell]
-            if math.isnan(as_of):
-                self._as_of[k][cell] = known_at
-            elif known_at > as_of:
-                factor = math.exp(-self.decay * (known_at - as_of))
-                self._frauds[k][cell] *= factor
-                self._labels[k][cell] *= factor
-                self._as_of[k][cell] = known_at
-            self._frauds[k][cell] += float(fraud)
-            self._labels[k][cell] += 1.0
+        self.learn_batch(np.array([cells]), np.array([known_at]), np.array([float(fraud)]))
