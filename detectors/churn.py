@@ -198,14 +198,14 @@ class Rhythm:
 
 def fit_priors(rhythms: Sequence[Rhythm], params: ChurnParams) -> ChurnParams:
     """``params`` with r, alpha, a and b fitted to ``rhythms`` by maximum likelihood (BG/NBD),
-    starting from the configured ones."""
+    starting from the configured ones; bounded in its parameters and its time whatever the
+    data (``detectors.bgnbd``: a tenth of a second for CDNOW's 23,570 customers)."""
     from detectors.bgnbd import fit_bgnbd  # scipy: only when fitting
 
-    x = np.array([h.x for h in rhythms], dtype=float)
-    # Looser than a textbook fit (it runs at the end of every replay: 0.1 s for 2,000
-    # customers), tight enough that the ranking is the optimum's (CDNOW, three cutoffs).
-    fit = fit_bgnbd(x, np.array([h.recency for h in rhythms]), np.array([h.age for h in rhythms]),
-                    start=(params.r, params.alpha_days, params.a, params.b), xatol=1e-5, fatol=1e-6)
+    fit = fit_bgnbd(np.fromiter((h.x for h in rhythms), dtype=float, count=len(rhythms)),
+                    np.fromiter((h.recency for h in rhythms), dtype=float, count=len(rhythms)),
+                    np.fromiter((h.age for h in rhythms), dtype=float, count=len(rhythms)),
+                    start=(params.r, params.alpha_days, params.a, params.b))
     return replace(params, r=fit.r, alpha_days=fit.alpha, a=fit.a, b=fit.b)
 
 
