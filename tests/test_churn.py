@@ -4,6 +4,7 @@ the bounded fit of the priors."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import pickle
 import time
 import warnings
@@ -278,10 +279,21 @@ def _card_rhythms(customers: int, days: int, seed: int) -> list[Rhythm]:
 
 
 @pytest.mark.parametrize(("customers", "days", "seed"), [(2000, 60, 0), (500, 30, 1)])
-def test_prior_fit_on_card_payments_is_bounded(customers: int, days: int, seed: int) -> None:
+def test_prior_fit_on_card_payments_is_bounded(customers: int, days: int, seed: int,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     # Unbounded, these ran away: b = 4e14, and r = 8e8 after 4 s.
+    caplog.set_level(logging.INFO, logger="detectors.churn")
     fitted = _bounded_fit(_card_rhythms(customers, days, seed))
     assert 0.5 < fitted.r / fitted.alpha_days < 2.0  # the mean rate of active days, about 1.1
+    assert any("customers" in m and "evaluations" in m for m in caplog.messages)
+
+
+def test_steady_buyers_are_the_poisson_limit_and_the_log_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="detectors.churn")
+    steady = [Rhythm(20, 40.0 + i % 3, 42.0 + i % 5, 30.0) for i in range(400)]  # every other day
+    fitted = _bounded_fit(steady)
+    assert fitted.r == bgnbd.SHAPE_BOUNDS[1] and abs(fitted.r / fitted.alpha_days - 0.5) < 0.05
+    assert any("r at its upper bound 1000" in m and "Poisson limit" in m for m in caplog.messages)
 
 
 def test_prior_fit_on_the_simulators_stream_is_bounded(sim_stream: tuple[Path, Path]) -> None:
