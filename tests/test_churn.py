@@ -318,7 +318,7 @@ def test_prior_fit_on_cdnow_is_the_optimum_in_a_fraction_of_a_second() -> None:
     history = [e for e in cdnow_events(cdnow_path()) if parse_timestamp(e["ts"]) < cutoff]
     weeks = rfm(history, max(parse_timestamp(e["ts"]) for e in history))
     rhythms = [Rhythm(x, 7 * t_x, 7 * T, 0.0) for x, t_x, T in weeks.values()]
-    fitted = _bounded_fit(rhythms, cpu_seconds=0.5)  # the Nelder-Mead fit took 6-9 s
+    fitted = _bounded_fit(rhythms, cpu_seconds=0.5)  # the former Nelder-Mead fit took 6-9 s
     assert len(rhythms) == 23570
     assert np.allclose([fitted.r, fitted.alpha_days, fitted.a, fitted.b], [0.2511, 33.44, 0.7346, 2.188],
                        rtol=1e-3)
