@@ -5,7 +5,8 @@ The check: replay every purchase before ``cutoff`` through the engine exactly as
 event time of that history (the replay's watermark), and score it (ROC AUC, higher = will
 not buy again) against whether the customer buys again in the ``horizon_days`` after the
 cutoff. The benchmark is the classic BG/NBD model (Fader, Hardie and Lee 2005, "Counting
-your customers the easy way"), fitted by maximum likelihood on the same history, ranking
+your customers the easy way"), fitted by maximum likelihood on the same history (within
+the bounds of ``detectors.bgnbd``; the parameters held at one are printed), ranking
 customers by minus their expected number of purchases in the horizon. Purchases are
 counted per day, as BG/NBD is usually fitted.
 
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import math
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,6 +94,7 @@ class Result:
     churn_auc: float
     bgnbd_auc: float
     bgnbd: BGNBD
+    replay_seconds: float  # the engine's replay of the history, the fit of its priors included
 
 
 def holdout(events: list[dict], cutoff: float, horizon_days: float, settings: Settings,
@@ -104,7 +108,9 @@ def holdout(events: list[dict], cutoff: float, horizon_days: float, settings: Se
         out.mkdir(parents=True, exist_ok=True)
         stream, states = out / "history.jsonl", out / "state.jsonl"
         stream.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in history))
+        started = time.perf_counter()
         run_replay(settings, ReplayPaths(stream, state=states))
+        replay_seconds = time.perf_counter() - started
         lines = [orjson.loads(line) for line in states.read_bytes().splitlines() if line]
     score = {s["customer_id"]: s["churn_score"] for s in lines}
     watermark = max(parse_timestamp(e["ts"]) for e in history)
@@ -116,7 +122,7 @@ def holdout(events: list[dict], cutoff: float, horizon_days: float, settings: Se
     lapsed = [0 if c in again else 1 for c in customers]
     return Result(len(customers), len(customers) - sum(lapsed),
                   roc_auc(lapsed, [score[c] for c in customers]),
-                  roc_auc(lapsed, [-float(v) for v in expected]), model)
+                  roc_auc(lapsed, [-float(v) for v in expected]), model, replay_seconds)
 
 
 def simulator_events(customers: int, days: float, seed: int, workdir: Path) -> list[dict]:
@@ -144,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here")
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
+    # The engine's fit of the churn priors says what it took and where it stopped.
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("detectors.churn").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -160,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     m = result.bgnbd
     print(f"{result.customers} customers, {result.buyers_again} buy again within {horizon:g} days "
           f"of {format_ts(cutoff)}")
-    print(f"BG/NBD fit: r={m.r:.4f} alpha={m.alpha:.4f} a={m.a:.4f} b={m.b:.4f} (weeks)")
+    bounds = [f"{name} at its {side} bound" for side, names in (("upper", m.at_upper), ("lower", m.at_lower))
+              for name in names]
+    print(f"BG/NBD fit: r={m.r:.4f} alpha={m.alpha:.4f} a={m.a:.4f} b={m.b:.4f} (weeks)"
+          + (f"; {', '.join(bounds)}" if bounds else ""))
     print(f"ROC AUC (lapse): churn_score {result.churn_auc:.4f}  BG/NBD -E[X] {result.bgnbd_auc:.4f}")
+    print(f"the engine's replay of the history: {result.replay_seconds:.1f} s")
     return 0
 
 

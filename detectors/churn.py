@@ -58,15 +58,22 @@ True
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from schemas.outputs import Reason
+
+if TYPE_CHECKING:
+    from detectors.bgnbd import BGNBD
+
+log = logging.getLogger(__name__)
 
 DAY: Final = 86400.0
 
@@ -198,15 +205,55 @@ class Rhythm:
 
 def fit_priors(rhythms: Sequence[Rhythm], params: ChurnParams) -> ChurnParams:
     """``params`` with r, alpha, a and b fitted to ``rhythms`` by maximum likelihood (BG/NBD),
-    starting from the configured ones."""
+    starting from the configured ones; bounded in its parameters and its time whatever the
+    data (``detectors.bgnbd``: a tenth of a second for CDNOW's 23,570 customers). A fit that
+    stops at a bound, at the Poisson limit or out of evaluations says so in the log.
+
+    Customers active at one steady rate are the Poisson limit: r held at its bound, the mean
+    rate r / alpha fitted.
+
+    >>> steady = [Rhythm(x=30, recency=60.0, age=60.0, spend_per_day=20.0)] * 500  # every other day
+    >>> fitted = fit_priors(steady, ChurnParams())
+    >>> round(fitted.r), round(fitted.r / fitted.alpha_days, 2)
+    (1000, 0.5)
+    """
     from detectors.bgnbd import fit_bgnbd  # scipy: only when fitting
 
-    x = np.array([h.x for h in rhythms], dtype=float)
-    # Looser than a textbook fit (it runs at the end of every replay: 0.1 s for 2,000
-    # customers), tight enough that the ranking is the optimum's (CDNOW, three cutoffs).
-    fit = fit_bgnbd(x, np.array([h.recency for h in rhythms]), np.array([h.age for h in rhythms]),
-                    start=(params.r, params.alpha_days, params.a, params.b), xatol=1e-5, fatol=1e-6)
-    return replace(params, r=fit.r, alpha_days=fit.alpha, a=fit.a, b=fit.b)
+    started = time.perf_counter()
+    fit = fit_bgnbd(np.fromiter((h.x for h in rhythms), dtype=float, count=len(rhythms)),
+                    np.fromiter((h.recency for h in rhythms), dtype=float, count=len(rhythms)),
+                    np.fromiter((h.age for h in rhythms), dtype=float, count=len(rhythms)),
+                    start=(params.r, params.alpha_days, params.a, params.b))
+    fitted = replace(params, r=fit.r, alpha_days=fit.alpha, a=fit.a, b=fit.b)
+    log.info("churn prior fit: %d customers, %d distinct rhythms, %d evaluations, %.3f s", fit.customers,
+             fit.rhythms, fit.evaluations, time.perf_counter() - started)
+    for message in _fit_limits(fit, fitted):
+        log.info("churn prior fit: %s", message)
+    if not fit.converged:
+        log.warning("churn prior fit: stopped after %d evaluations of the likelihood without converging; "
+                    "the best priors found are used", fit.evaluations)
+    return fitted
+
+
+def _fit_limits(fit: BGNBD, p: ChurnParams) -> list[str]:
+    """What the parameters at a bound mean, in words."""
+    rate, drop_out = p.r / p.alpha_days, p.a / (p.a + p.b)
+    meaning = {
+        ("r", "upper"): f"every customer's activity rate is about r/alpha_days = {rate:.4g} active days a day "
+                        f"(the Poisson limit)",
+        ("r", "lower"): "the activity rates are as spread as the bound allows",
+        ("alpha", "upper"): f"hardly any repeat activity (r/alpha_days = {rate:.3g} active days a day)",
+        ("alpha", "lower"): f"very frequent activity (r/alpha_days = {rate:.4g} active days a day)",
+        ("a", "upper"): f"the drop-out probability is about a/(a+b) = {drop_out:.4g} per active day for every "
+                        f"customer",
+        ("a", "lower"): f"hardly anyone drops out (a/(a+b) = {drop_out:.3g} per active day)",
+        ("b", "upper"): f"small drop-out probabilities (a/(a+b) = {drop_out:.4g} per active day on average)",
+        ("b", "lower"): f"most customers drop out after an active day (a/(a+b) = {drop_out:.3g})",
+    }
+    value = {"r": p.r, "alpha": p.alpha_days, "a": p.a, "b": p.b}
+    label = {"alpha": "alpha_days"}
+    return [f"{label.get(name, name)} at its {side} bound {value[name]:.6g}: {meaning[name, side]}"
+            for side, names in (("upper", fit.at_upper), ("lower", fit.at_lower)) for name in names]
 
 
 class ChurnState:

@@ -1,16 +1,25 @@
-"""Churn detector: score shape, signals, labels, alert cooldown, pickling, determinism."""
+"""Churn detector: score shape, signals, labels, alert cooldown, pickling, determinism, and
+the bounded fit of the priors."""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import pickle
+import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
+from scipy import optimize
 
 from bench.metrics import roc_auc
+from detectors import bgnbd
 from detectors.bgnbd import BGNBD, bgnbd_loglik, fit_bgnbd
-from detectors.churn import DAY, SIGNALS, ChurnModel, ChurnParams, ChurnState, fit_priors, prior_score
+from detectors.churn import DAY, SIGNALS, ChurnModel, ChurnParams, ChurnState, Rhythm, fit_priors, prior_score
 from detectors.customer import CustomerModel, CustomerView, ViewParams
 from schemas.events import parse_event
 from simulator import SimulatorConfig, write_jsonl
@@ -237,3 +246,128 @@ def test_churn_alerts_and_scores_replay_identically_with_one_and_two_workers(tmp
     states = one.records("state")
     labels = [1 if s["customer_id"] in churned else 0 for s in states]
     assert churned and roc_auc(labels, [s["churn_score"] for s in states]) > 0.85
+
+
+# --- the fit of the priors is bounded, whatever the data -------------------------------------
+
+def _bounded_fit(rhythms: Sequence[Rhythm], cpu_seconds: float = 1.0) -> ChurnParams:
+    """``fit_priors`` on ``rhythms``, checked: no warning, every parameter within its bounds,
+    and less than ``cpu_seconds`` of CPU."""
+    started = time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = fit_priors(rhythms, P)
+    assert time.process_time() - started < cpu_seconds
+    low, high = bgnbd.SHAPE_BOUNDS
+    assert all(low <= v <= high for v in (fitted.r, fitted.a, fitted.b))
+    span = max((h.age for h in rhythms), default=0.0) or 1.0
+    assert bgnbd.ALPHA_SPAN_BOUNDS[0] * span <= fitted.alpha_days <= bgnbd.ALPHA_SPAN_BOUNDS[1] * span
+    return fitted
+
+
+def _card_rhythms(customers: int, days: int, seed: int) -> list[Rhythm]:
+    """Card payments as ``bench.cardsim`` draws them: each customer a steady Poisson count a
+    day (mean U(0, 4)), nobody leaving; their rhythms in active days at the end."""
+    rng = np.random.default_rng(seed)
+    rhythms = []
+    for rate in rng.uniform(0.0, 4.0, customers):
+        active = np.flatnonzero(rng.poisson(rate, days))
+        if len(active):
+            first, last = float(active[0]), float(active[-1])
+            rhythms.append(Rhythm(len(active) - 1, last - first, days - 0.5 - first, 50.0))
+    return rhythms
+
+
+@pytest.mark.parametrize(("customers", "days", "seed"), [(2000, 60, 0), (500, 30, 1)])
+def test_prior_fit_on_card_payments_is_bounded(customers: int, days: int, seed: int,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    # Unbounded, these ran away: b = 4e14, and r = 8e8 after 4 s.
+    caplog.set_level(logging.INFO, logger="detectors.churn")
+    fitted = _bounded_fit(_card_rhythms(customers, days, seed))
+    assert 0.5 < fitted.r / fitted.alpha_days < 2.0  # the mean rate of active days, about 1.1
+    assert any("customers" in m and "evaluations" in m for m in caplog.messages)
+
+
+def test_steady_buyers_are_the_poisson_limit_and_the_log_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="detectors.churn")
+    steady = [Rhythm(20, 40.0 + i % 3, 42.0 + i % 5, 30.0) for i in range(400)]  # every other day
+    fitted = _bounded_fit(steady)
+    assert fitted.r == bgnbd.SHAPE_BOUNDS[1] and abs(fitted.r / fitted.alpha_days - 0.5) < 0.05
+    assert any("r at its upper bound 1000" in m and "Poisson limit" in m for m in caplog.messages)
+
+
+def test_prior_fit_on_the_simulators_stream_is_bounded(sim_stream: tuple[Path, Path]) -> None:
+    events, _ = sim_stream
+    models: dict[str, CustomerModel] = {}
+    now = 0.0
+    for raw in events.read_bytes().splitlines():
+        event = parse_event(raw)
+        models.setdefault(event.customer_id, CustomerModel()).observe(event)
+        now = max(now, event.t)
+    rhythms = [r for m in models.values() if (r := m.churn_evidence(now)[1]) is not None]
+    fitted = _bounded_fit(rhythms)  # unbounded: r = 1e9 after 3 s
+    assert 0.2 < fitted.r / fitted.alpha_days < 2.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lifetimes") is None, reason="CDNOW comes with lifetimes (dev)")
+def test_prior_fit_on_cdnow_is_the_optimum_in_a_fraction_of_a_second() -> None:
+    from bench.churn_holdout import cdnow_events, cdnow_path, rfm
+    from schemas.events import parse_timestamp
+
+    cutoff = parse_timestamp("1997-10-01T00:00:00Z")
+    history = [e for e in cdnow_events(cdnow_path()) if parse_timestamp(e["ts"]) < cutoff]
+    weeks = rfm(history, max(parse_timestamp(e["ts"]) for e in history))
+    rhythms = [Rhythm(x, 7 * t_x, 7 * T, 0.0) for x, t_x, T in weeks.values()]
+    fitted = _bounded_fit(rhythms, cpu_seconds=0.5)  # the former Nelder-Mead fit took 6-9 s
+    assert len(rhythms) == 23570
+    assert np.allclose([fitted.r, fitted.alpha_days, fitted.a, fitted.b], [0.2511, 33.44, 0.7346, 2.188],
+                       rtol=1e-3)
+
+
+@pytest.mark.parametrize("rhythms", [
+    [Rhythm(10, 50.0, 60.0, 20.0)] * 300,  # all customers identical
+    [Rhythm(0, 0.0, float(i % 60), 20.0) for i in range(300)],  # one purchase each
+    [Rhythm(0, 0.0, 0.0, 0.0)] * 300,  # no time to buy again
+    [Rhythm(3, 20.0, 30.0, 20.0)],  # a single customer
+    [],
+], ids=["identical", "one-purchase-each", "no-time", "single-customer", "no-customers"])
+def test_prior_fit_on_degenerate_histories_is_bounded(rhythms: list[Rhythm]) -> None:
+    # Unbounded: r and alpha of 1e9 and b of 1e6 (identical, single), alpha of 2e19 (one each).
+    fitted = _bounded_fit(rhythms, cpu_seconds=0.5)
+    if not rhythms or all(h.age == 0 for h in rhythms):  # nothing to learn from: the configured priors
+        assert (fitted.r, fitted.alpha_days, fitted.a, fitted.b) == pytest.approx((P.r, P.alpha_days, P.a, P.b))
+
+
+def test_loglik_gradient_is_the_derivative() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.poisson(3.0, 200).astype(float)
+    T = rng.uniform(10.0, 60.0, 200).round()
+    t_x = np.where(x > 0, (T * rng.uniform(0.2, 1.0, 200)).round(), 0.0)
+    h = bgnbd._rhythms(x, t_x, T, 1000, span=None)
+    for point in ([0.5, 0.3, 0.8, 2.5], [1e3, 1e4, 1e-3, 1e3], [1e-3, 1e-3, 1e3, 1e-3]):
+        theta = np.log(point)
+        numeric = optimize.approx_fprime(theta, lambda p: bgnbd._loglik(p, h)[0], 1e-7)
+        assert np.allclose(bgnbd._loglik(theta, h)[1], numeric, rtol=1e-4, atol=1e-3)
+
+
+def test_prior_fit_sample_is_deterministic_and_close_to_the_full_fit() -> None:
+    rng = np.random.default_rng(5)
+    n = 20_000
+    T = rng.integers(1, 366, n).astype(float)
+    x = rng.poisson(rng.gamma(0.5, 0.1, n) * T).astype(float)
+    t_x = np.where(x > 0, np.minimum(T, (T * rng.beta(np.maximum(x, 1.0), 1.0)).round()), 0.0)
+    full = fit_bgnbd(x, t_x, T)
+    sample = fit_bgnbd(x, t_x, T, max_rhythms=2000)
+    order = rng.permutation(n)
+    assert sample == fit_bgnbd(x[order], t_x[order], T[order], max_rhythms=2000)  # whatever the order
+    assert full.rhythms > 2000 >= sample.rhythms and sample.customers == n
+    assert abs(sample.r - full.r) < 0.1 * full.r and abs(sample.alpha - full.alpha) < 0.2 * full.alpha
+
+
+def test_prior_fit_stops_at_its_budget_with_the_best_point_found() -> None:
+    rhythms = _card_rhythms(300, 60, 3)
+    x, t_x, T = (np.array([getattr(h, name) for h in rhythms], dtype=float) for name in ("x", "recency", "age"))
+    stopped = fit_bgnbd(x, t_x, T, max_evaluations=3)
+    assert not stopped.converged and stopped.evaluations == 3
+    assert np.isfinite([stopped.r, stopped.alpha, stopped.a, stopped.b]).all()
+    assert fit_bgnbd(x, t_x, T).evaluations <= bgnbd.MAX_EVALUATIONS
