@@ -233,8 +233,9 @@ class _Child:
 class SinkMetrics:
     """What a sink reports: records written, errors, retries, records buffered and records lost.
 
-    A sink receives one at construction (``EngineMetrics.sink(name)``); ``SinkMetrics.off()``
-    is the do-nothing one for sinks built without metrics.
+    The Prometheus implementation of the sinks' own ``sinks.base.SinkReport`` protocol (by its
+    shape: the sinks do not know it). A sink receives one at construction or through
+    ``attach_metrics`` (``EngineMetrics.sink(name)``); ``SinkMetrics.off()`` counts nothing.
     """
 
     def __init__(self, records: Any = None, errors: Any = None, retries: Any = None,

@@ -1,14 +1,21 @@
-"""The one small sink interface, and its adapters to Bytewax outputs.
+"""The one small sink interface, and the protocol sinks report through.
 
 A ``Sink`` receives batches of output records (anything with ``to_bytes()``). It creates
 its clients in ``open()``, never at import or construction, and states its delivery
 guarantee in its docstring. Writes are idempotent by record id downstream (delivery is
 at-least-once wherever the transport cannot do better).
 
+A sink reports what happens to its records (written, failed, retried, buffered, lost)
+through a ``SinkReport``, a protocol it owns: whoever measures (``ops.metrics.SinkMetrics``)
+implements it, and ``Unreported`` is the one that reports nowhere.
+
 ``as_output(factory)`` adapts a sink factory for ``op.output``: one writer per worker
 (``DynamicSink``) for transports that take concurrent writers, such as Kafka;
 ``as_single_writer(factory)`` routes every record to one partition, for files and the
 console, and keeps the sink's resume position in Bytewax recovery.
+
+>>> report: SinkReport = Unreported()
+>>> report.written(3); report.error(); report.buffer_depth(0)
 """
 
 from __future__ import annotations
@@ -24,6 +31,44 @@ class Record(Protocol):
     """An output record: alert, score, customer state, dead letter."""
 
     def to_bytes(self) -> bytes: ...
+
+
+class SinkReport(Protocol):
+    """What a sink reports: records written, errors, retries, records buffered and records lost."""
+
+    def written(self, n: int) -> None:
+        """``n`` records handed to the sink's transport."""
+
+    def error(self, n: int = 1) -> None:
+        """Records that could not be delivered (or a failed write)."""
+
+    def retry(self, n: int = 1) -> None:
+        """A write attempted again (back-pressure, a transient error)."""
+
+    def buffer_depth(self, n: int) -> None:
+        """Records accepted by the sink and not yet delivered."""
+
+    def lost(self, n: int = 1) -> None:
+        """Records neither delivered nor stored in the sink's dead letters."""
+
+
+class Unreported:
+    """A ``SinkReport`` that reports nowhere: the report of a sink built without metrics."""
+
+    def written(self, n: int) -> None:
+        pass
+
+    def error(self, n: int = 1) -> None:
+        pass
+
+    def retry(self, n: int = 1) -> None:
+        pass
+
+    def buffer_depth(self, n: int) -> None:
+        pass
+
+    def lost(self, n: int = 1) -> None:
+        pass
 
 
 class Sink(ABC):
@@ -43,9 +88,9 @@ class Sink(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Deliver what is buffered and release clients."""
 
-    def attach_metrics(self, metrics: Any) -> None:  # noqa: B027 (optional hook)
-        """Report retries, failures and buffer depth to ``metrics`` (an ``ops.metrics.SinkMetrics``);
-        a sink that delivers in the background implements it (``sinks.delivery``)."""
+    def attach_metrics(self, metrics: SinkReport) -> None:  # noqa: B027 (optional hook)
+        """Report retries, failures and buffer depth to ``metrics``; a sink that delivers in
+        the background implements it (``sinks.delivery``)."""
 
 
 SinkFactory = Callable[[], Sink]
