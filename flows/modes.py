@@ -33,6 +33,7 @@ from bytewax.run import cli_main
 from config.actions import load_actions
 from config.settings import Settings
 from flows.dataflow import Outputs, build_flow
+from flows.outputs import as_output, as_single_writer
 from flows.recovery import prepare as prepare_recovery
 from flows.sources import (
     KafkaSource,
@@ -53,7 +54,7 @@ from sinks.audit import (
     file_anchor_key,
     redis_anchor_path,
 )
-from sinks.base import Sink, as_output, as_single_writer
+from sinks.base import Sink
 from sinks.console import ConsoleSink
 from sinks.delivery import DeadLetterOut, JsonlDeadLetters, KafkaDeadLetters, RetryPolicy
 from sinks.jsonl import JsonlSink
