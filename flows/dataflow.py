@@ -41,6 +41,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 
 from flows.items import AsOf, Failed, Scored, Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
+from flows.timing import TimedLogic
 from schemas.outputs import Alert, CustomerState, DeadLetter, EventSummary, LifecycleChange, Prompt, Score
 
 if TYPE_CHECKING:
@@ -138,14 +139,14 @@ def _customer_step(config: StepConfig, metrics: EngineMetrics | None) -> Any:
 
     def build(resume: bytes | None) -> Any:
         metrics.customer_built()
-        return metrics.timed("customer_profile", CustomerStep(config, resume))
+        return TimedLogic(CustomerStep(config, resume), metrics.step_timer("customer_profile"))
     return build
 
 
 def _timed(step: str, builder: Any, metrics: EngineMetrics | None) -> Any:
     if metrics is None:
         return builder
-    return lambda resume: metrics.timed(step, builder(resume))
+    return lambda resume: TimedLogic(builder(resume), metrics.step_timer(step))
 
 
 def _customer_of(item: Scored | AsOf | Failed) -> str:

@@ -31,14 +31,11 @@ import tomllib
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from platform import python_version
-from time import perf_counter
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
-from bytewax.operators import StatefulBatchLogic
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -109,7 +106,7 @@ def _version() -> str:
         return "unknown"
 
 
-class _Tally:
+class ThreadTally:
     """One thread's observations of one labelled histogram: bucket counts (the last is +Inf),
     their sum, and a count of items (for step timers)."""
 
@@ -125,7 +122,7 @@ class FastHistogram:
     """A histogram for the per-event hot path, exported exactly like the client's.
 
     The client's ``Histogram.observe`` takes locks per value (several microseconds); here
-    each worker thread adds to its own ``_Tally`` without locks, and a scrape sums the
+    each worker thread adds to its own ``ThreadTally`` without locks, and a scrape sums the
     threads' tallies. ``items_name`` also exports a counter of the items passed to
     ``observe`` (a step's items, next to its batch durations).
 
@@ -145,14 +142,14 @@ class FastHistogram:
         self._labelnames = tuple(labelnames)
         self._items_name, self._items_doc = items_name, items_doc
         self._lock = threading.Lock()
-        self._children: dict[tuple[str, ...], _Child] = {}
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> _Child:
+    def labels(self, *values: str) -> HistogramChild:
         with self._lock:
             child = self._children.get(values)
             if child is None:
-                child = self._children[values] = _Child(self._bounds)
+                child = self._children[values] = HistogramChild(self._bounds)
             return child
 
     def describe(self) -> list[Metric]:
@@ -182,21 +179,21 @@ class FastHistogram:
             yield items
 
 
-class _Child:
+class HistogramChild:
     """One label set of a ``FastHistogram``: a tally per thread."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = self.bounds = bounds
         self._local = threading.local()
-        self._tallies: list[_Tally] = []
+        self._tallies: list[ThreadTally] = []
         self._lock = threading.Lock()
 
-    def tally(self) -> _Tally:
+    def tally(self) -> ThreadTally:
         """This thread's tally: only this thread may add to it."""
         try:
-            tally: _Tally = self._local.tally
+            tally: ThreadTally = self._local.tally
         except AttributeError:
-            tally = self._local.tally = _Tally(len(self._bounds))
+            tally = self._local.tally = ThreadTally(len(self._bounds))
             with self._lock:
                 self._tallies.append(tally)
         return tally
@@ -271,46 +268,6 @@ class SinkMetrics:
         not be written)."""
         if self._lost is not None:
             self._lost.inc(n)
-
-
-X = TypeVar("X")
-Y = TypeVar("Y")
-S = TypeVar("S")
-
-
-class TimedLogic(StatefulBatchLogic[X, Y, S], Generic[X, Y, S]):
-    """A step's logic, unchanged, with the time of each ``on_batch`` observed.
-
-    Bytewax builds a key's logic on the worker thread that owns the key and calls it only
-    there, so the timer adds to that thread's tally directly (no lock, no lookup).
-    """
-
-    def __init__(self, logic: StatefulBatchLogic[X, Y, S], timer: _Child) -> None:
-        self.logic = logic
-        self._tally = timer.tally()
-        self._bounds = timer.bounds
-
-    def on_batch(self, values: list[X]) -> tuple[Iterable[Y], bool]:
-        start = perf_counter()
-        out = self.logic.on_batch(values)
-        elapsed = perf_counter() - start
-        tally = self._tally
-        tally.counts[bisect_left(self._bounds, elapsed)] += 1
-        tally.sum += elapsed
-        tally.items += len(values)
-        return out
-
-    def on_notify(self) -> tuple[Iterable[Y], bool]:
-        return self.logic.on_notify()
-
-    def on_eof(self) -> tuple[Iterable[Y], bool]:
-        return self.logic.on_eof()
-
-    def notify_at(self) -> datetime | None:
-        return self.logic.notify_at()
-
-    def snapshot(self) -> S:
-        return self.logic.snapshot()
 
 
 class EngineMetrics:
@@ -473,8 +430,10 @@ class EngineMetrics:
             self._alerts_by[(alert.type, alert.severity)].inc()
         return batch
 
-    def timed(self, step: str, logic: StatefulBatchLogic[X, Y, S]) -> TimedLogic[X, Y, S]:
-        return TimedLogic(logic, self.step_duration.labels(step))
+    def step_timer(self, step: str) -> HistogramChild:
+        """The histogram of the time ``step`` spends on one batch of one key (and its items);
+        ``flows.timing.TimedLogic`` adds to it."""
+        return self.step_duration.labels(step)
 
     def customer_built(self) -> None:
         """A customer's state was created (or resumed) in this process."""
