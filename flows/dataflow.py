@@ -39,6 +39,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
+from flows import observing
 from flows.items import AsOf, Failed, Scored, Sequenced
 from flows.steps import CustomerStep, CustomerViewStep, Output, SharedScoringStep, StepConfig
 from flows.timing import TimedLogic
@@ -88,7 +89,7 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
     if side_input is not None:
         received = op.merge("events_merged", received, op.input("side_in", flow, side_input))
     if metrics is not None:
-        received = op.flat_map_batch("observe_input", received, metrics.observe_input)
+        received = op.flat_map_batch("observe_input", received, observing.observe_input(metrics))
     # Sequenced | DeadLetter
     split = op.branch("split_dead_letters", received, lambda item: isinstance(item, Sequenced))
     # DeadLetter (bad input)
@@ -107,7 +108,7 @@ def build_flow(source: Source[Any], outputs: Outputs, config: StepConfig,
         "shared_scoring", lambda resume: SharedScoringStep(config, resume), metrics))
     # ("shared", Scored | AsOf | Failed)
     if metrics is not None:
-        scored = op.flat_map_batch("observe_scored", scored, metrics.observe_scored)
+        scored = op.flat_map_batch("observe_scored", scored, observing.observe_scored(metrics))
     rekeyed = op.key_on("key_customer_again", op.map("drop_shared_key", scored, _value), _customer_of)
     # (customer_id, Scored | AsOf | Failed)
     viewed = op.stateful_batch("customer_view", rekeyed, _timed(

@@ -11,7 +11,9 @@ cluster) each serve their own ``/metrics`` and are scraped one by one; sums and 
 processes are taken in PromQL (``sum without (instance, pod) (...)``).
 
 The dataflow pays for metrics only when they are on: ``flows.dataflow.build_flow`` wires the
-observing steps and the step timers only when it is given an ``EngineMetrics``.
+observing steps and the step timers only when it is given an ``EngineMetrics``. The hooks
+take plain per-event facts (kinds, source partitions, scores, timestamps) and output records
+(alerts, dead letters), never the dataflow's own items: ``flows.observing`` extracts them.
 
 >>> from prometheus_client import CollectorRegistry
 >>> registry = CollectorRegistry()
@@ -19,6 +21,13 @@ observing steps and the step timers only when it is given an ``EngineMetrics``.
 >>> registry.get_sample_value("crm_engine_source_events_total",
 ...                           {"kind": "transaction", "source": "transactions"})
 0.0
+>>> metrics.events_read({("transaction", "transactions#3"): 2})
+>>> metrics.scored_batch([(0.9, True, 1.7e9, None, None)], [("fraud", 0.9, True)])
+>>> registry.get_sample_value("crm_engine_source_events_total",
+...                           {"kind": "transaction", "source": "transactions"})
+2.0
+>>> registry.get_sample_value("crm_engine_model_labelled_outcomes_total", {"outcome": "true_positive"})
+1.0
 >>> classify_reason("missing required field 'customer_id'")
 'missing_field'
 """
@@ -30,7 +39,7 @@ import time
 import tomllib
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from platform import python_version
@@ -40,7 +49,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from flows.items import Scored, Sequenced
 from schemas.events import KIND_FIELDS
 from schemas.outputs import Alert, DeadLetter
 
@@ -360,26 +368,25 @@ class EngineMetrics:
         for sink in sinks:
             self.sink(sink)
 
-    # -- hooks for the dataflow ------------------------------------------------------------
+    # -- hooks for the dataflow: plain per-event facts and output records --------------------
+    # They know nothing of the items that travel between the dataflow's steps: the flows
+    # extract the facts (``flows.observing``) and call them once per batch.
 
-    def observe_input(self, batch: list[Sequenced | DeadLetter]) -> list[Sequenced | DeadLetter]:
-        """Count a batch from the source (events by kind and source, dead letters by reason)."""
-        events: dict[tuple[str, str], int] = {}
-        dead: Tally[str] = Tally()
-        for item in batch:
-            if type(item) is Sequenced:
-                key = (item.event.kind, item.part)
-                events[key] = events.get(key, 0) + 1
-            else:
-                dead[classify_reason(item.reason)] += 1  # type: ignore[union-attr]
-        for (kind, part), n in events.items():
+    def events_read(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Count valid events read from the sources: ``counts[(kind, part)]`` events of
+        ``kind`` from source partition ``part`` (``topic#3``, or a source's name), counted
+        under its source label (``source_of(part)``)."""
+        for (kind, part), n in counts.items():
             child = self._events_by.get((kind, part))
             if child is None:
                 child = self._events_by[(kind, part)] = self.events.labels(kind, source_of(part))
             child.inc(n)
+
+    def input_rejected(self, letters: Iterable[DeadLetter]) -> None:
+        """Count the dead letters of input that is not processed, by reason."""
+        dead: Tally[str] = Tally(classify_reason(letter.reason) for letter in letters)
         for code, n in dead.items():
             self._dead_by[code].inc(n)
-        return batch
 
     def observe_failures(self, batch: list[DeadLetter]) -> list[DeadLetter]:
         """Count the events that failed in a step (dead letters by reason, failures by step)."""
@@ -390,39 +397,35 @@ class EngineMetrics:
                 self.step_failures.labels(step).inc()
         return batch
 
-    def observe_scored(self, batch: list[tuple[str, Scored]]) -> list[tuple[str, Scored]]:
-        """Alerts, latency and model health from a batch leaving the shared scoring step."""
+    def scored_batch(self, scored: list[tuple[float, bool, float, float | None, float | None]],
+                     feedback: list[tuple[str, float | None, bool]]) -> None:
+        """Alerts, latency and model health from a batch of scored events: each scored
+        transaction ``(fraud_score, alerted, event time, source time, read time)``, each
+        feedback event ``(label, the score its transaction had or None, whether the label
+        says fraud)``."""
         now = time.time()
         threshold = self.alert_threshold
         observe_score = self.scores.labels().observer()
         scoring_latency = self.scoring_latency.labels().observer()
-        for _, item in batch:
-            if not isinstance(item, Scored):
-                continue  # the end of a replay (flows.items.AsOf)
-            assessment = item.assessment
-            if assessment is not None:
-                observe_score(assessment.fraud_score)
-                if item.source_time is not None:
-                    scoring_latency(max(0.0, now - item.source_time))
-                if item.alert is not None:  # an alert decided (the lifecycle may still merge it)
-                    if item.source_time is not None:
-                        self._latency_source.observe(max(0.0, now - item.source_time))
-                    if item.read_at is not None:
-                        self._latency_read.observe(max(0.0, now - item.read_at))
-                    self._latency_event.observe(max(0.0, now - item.event.t))
-            elif item.event.kind == "feedback":
-                label = getattr(item.event, "label", "")
-                child = self._feedback_by.get(label)
-                if child is not None:
-                    child.inc()
-                if item.label_outcome is not None:
-                    labelled_score, is_fraud = item.label_outcome
-                    positive = labelled_score >= threshold
-                    outcome = ("true_" if positive == is_fraud else "false_") + \
-                        ("positive" if positive else "negative")
-                    self.outcomes.labels(outcome).inc()
-                    self.labelled_scores.labels("fraud" if is_fraud else "legit").observe(labelled_score)
-        return batch
+        for fraud_score, alerted, event_t, source_time, read_at in scored:
+            observe_score(fraud_score)
+            if source_time is not None:
+                scoring_latency(max(0.0, now - source_time))
+            if alerted:  # an alert decided (the lifecycle may still merge it)
+                if source_time is not None:
+                    self._latency_source.observe(max(0.0, now - source_time))
+                if read_at is not None:
+                    self._latency_read.observe(max(0.0, now - read_at))
+                self._latency_event.observe(max(0.0, now - event_t))
+        for label, labelled_score, is_fraud in feedback:
+            child = self._feedback_by.get(label)
+            if child is not None:
+                child.inc()
+            if labelled_score is not None:
+                positive = labelled_score >= threshold
+                outcome = ("true_" if positive == is_fraud else "false_") + ("positive" if positive else "negative")
+                self.outcomes.labels(outcome).inc()
+                self.labelled_scores.labels("fraud" if is_fraud else "legit").observe(labelled_score)
 
     def observe_alerts(self, batch: list[Alert]) -> list[Alert]:
         """Count the alerts emitted to the sinks (after de-duplication and grouping)."""
