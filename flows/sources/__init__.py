@@ -15,22 +15,25 @@ Given a ``Telemetry`` (``ops``), the live sources report readiness (connected on
 partitions are built and polled) and the Kafka source the consumer lag of each partition.
 """
 
-# The positions are re-exported under their old module (``flows.sources``) too: recovery
-# snapshots taken before the sources became a package name them there.
 from flows.sources.common import SourceItem, decode, read_lines, refuse
-from flows.sources.generated import SimulatorPosition, SimulatorSource
+from flows.sources.generated import EventsFrom, GeneratedPosition, GeneratedSource
 from flows.sources.kafka import KafkaPosition, KafkaSource, consumer_config
 from flows.sources.redis_stream import RedisStreamSource, StreamPosition
 from flows.sources.replay import ReplayInput, ReplaySource, load_replay
 
+# The resume positions are also found where recovery snapshots taken before the sources
+# became a package name them: here, and the generated stream's under its old name.
+SimulatorPosition = GeneratedPosition
+
 __all__ = [
+    "EventsFrom",
+    "GeneratedPosition",
+    "GeneratedSource",
     "KafkaPosition",
     "KafkaSource",
     "RedisStreamSource",
     "ReplayInput",
     "ReplaySource",
-    "SimulatorPosition",
-    "SimulatorSource",
     "SourceItem",
     "StreamPosition",
     "consumer_config",

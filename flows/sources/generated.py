@@ -1,10 +1,20 @@
-"""The built-in simulator as a live source."""
+"""A generated stream as a live source: any deterministic, restartable iterator of events.
+
+``GeneratedSource`` takes ``events_from``, a factory ``(start) -> Iterator[dict]`` of the
+stream's events (objects of the contract, not yet validated) from the ``start``-th on; the
+stream must be the same every time, so that a partition rebuilt from a snapshot carries on
+from its position. The source paces the stream to ``rate_per_s`` without blocking and admits
+its events against the partition's watermark (``engine.admission.WatermarkGuard``).
+
+The built-in simulator mode hands it the simulator's stream (``simulator.loop.
+restartable_stream``, built by ``run.py``): the dataflow knows nothing of the simulator.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from config.settings import SimulatorSettings
 from engine.admission import InputBounds, WatermarkGuard
 from flows.items import Sequenced
 from flows.sources.common import SourceItem, refuse
@@ -20,30 +29,30 @@ from schemas.events import InvalidEvent, event_from_obj
 
 if TYPE_CHECKING:
     from ops import Telemetry
-    from simulator.loop import Loopback
+
+#: The stream from its ``start``-th event on (``start`` events already generated).
+EventsFrom = Callable[[int], Iterator[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
-class SimulatorPosition:
-    """Resume state of the simulator: events generated so far, and the next seq."""
+class GeneratedPosition:
+    """Resume state of a generated stream: events generated so far, and the next seq."""
 
     generated: int
     seq: int
 
 
-class _SimulatorPartition(StatefulSourcePartition[SourceItem, SimulatorPosition]):
-    """Generates the simulator's stream, paced to ``rate_per_s`` without blocking; its events
-    are admitted against the partition's watermark (``engine.admission.WatermarkGuard``)."""
+class _GeneratedPartition(StatefulSourcePartition[SourceItem, GeneratedPosition]):
+    """Takes the stream's events, paced to ``rate_per_s`` without blocking; its events are
+    admitted against the partition's watermark (``engine.admission.WatermarkGuard``)."""
 
-    def __init__(self, part: str, events: Iterator[dict[str, Any]], start: SimulatorPosition,
+    def __init__(self, part: str, events: Iterator[dict[str, Any]], start: GeneratedPosition,
                  rate_per_s: float, stop: threading.Event, bounds: InputBounds,
                  telemetry: Telemetry | None = None) -> None:
         self._part, self._events, self._rate, self._stop = part, events, rate_per_s, stop
         self._telemetry = telemetry
         self._guard = WatermarkGuard(bounds)
         self._limit = bounds.dead_letter_max_payload_bytes
-        for _ in range(start.generated):  # deterministic: regenerating the stream reaches the same place
-            next(self._events, None)
         self._next = self._emitted_at_start = start.generated
         self._seq = start.seq
         self._started = time.monotonic()
@@ -69,11 +78,11 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, SimulatorPosition]
                         self._telemetry.readiness.source_finished()
                     raise StopIteration
                 break
-            origin = {"simulator": self._next}
+            origin = {self._part: self._next}
             self._next += 1
             try:
                 event = event_from_obj(obj)
-            except InvalidEvent as exc:  # a simulator bug; still never a crash
+            except InvalidEvent as exc:  # a generator bug; still never a crash
                 batch.append(refuse(repr(obj).encode(), str(exc), origin, self._limit))
                 continue
             problem = self._guard.problem(event)
@@ -89,45 +98,28 @@ class _SimulatorPartition(StatefulSourcePartition[SourceItem, SimulatorPosition]
             return None
         return datetime.now(UTC) + timedelta(milliseconds=5)
 
-    def snapshot(self) -> SimulatorPosition:
-        return SimulatorPosition(self._next, self._seq)
+    def snapshot(self) -> GeneratedPosition:
+        return GeneratedPosition(self._next, self._seq)
 
 
-class SimulatorSource(FixedPartitionedSource[SourceItem, SimulatorPosition]):
-    """The built-in simulator as a live source.
+class GeneratedSource(FixedPartitionedSource[SourceItem, GeneratedPosition]):
+    """One partition, ``name`` (the source label of its events and the origin of its dead
+    letters), reading ``events_from(position)`` at ``rate_per_s`` (0: as fast as it goes)
+    until the stream ends or ``stop`` is set."""
 
-    With a ``loopback`` (``simulator.loop``), the simulation it builds answers the prompts
-    handed to the loopback: a closed loop. A partition rebuilt from a snapshot regenerates the
-    stream up to its position without the answers given before the restart (they are gone
-    with the old process), then goes on answering.
-    """
-
-    PART = "simulator"
-
-    def __init__(self, settings: SimulatorSettings, stop: threading.Event | None = None,
-                 telemetry: Telemetry | None = None, loopback: Loopback | None = None,
+    def __init__(self, name: str, events_from: EventsFrom, rate_per_s: float = 0.0,
+                 stop: threading.Event | None = None, telemetry: Telemetry | None = None,
                  bounds: InputBounds | None = None) -> None:
-        self._settings = settings
+        self._name, self._events_from, self._rate = name, events_from, rate_per_s
         self._bounds = bounds or InputBounds()
         self._stop = stop or threading.Event()
         self._telemetry = telemetry
-        self._loopback = loopback
 
     def list_parts(self) -> list[str]:
-        return [self.PART]
+        return [self._name]
 
     def build_part(self, step_id: str, for_part: str,
-                   resume_state: SimulatorPosition | None) -> _SimulatorPartition:
-        from simulator import Simulation, SimulatorConfig, generate
-
-        s = self._settings
-        config = SimulatorConfig(customers=s.customers, days=s.days, seed=s.seed, fraud_rate=s.fraud_rate)
-        events: Iterator[dict[str, Any]]
-        if self._loopback is None:
-            events = generate(config)
-        else:
-            simulation = Simulation(config, with_truth=False, responder=self._loopback.responder)
-            self._loopback.attach(simulation)
-            events = (event for event, _ in simulation.run())
-        return _SimulatorPartition(for_part, events, resume_state or SimulatorPosition(0, 0), s.rate_per_s,
+                   resume_state: GeneratedPosition | None) -> _GeneratedPartition:
+        start = resume_state or GeneratedPosition(0, 0)
+        return _GeneratedPartition(for_part, self._events_from(start.generated), start, self._rate,
                                    self._stop, self._bounds, self._telemetry)
