@@ -35,6 +35,7 @@ from config.actions import load_actions
 from config.settings import Settings
 from flows.dataflow import Outputs, build_flow
 from flows.outputs import as_output, as_single_writer
+from flows.recovery import PATTERN as RECOVERY_PARTITIONS
 from flows.recovery import prepare as prepare_recovery
 from flows.sources import (
     EventsFrom,
@@ -156,10 +157,15 @@ def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | No
 
 def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = None) -> None:
     flow = replay_flow(settings, paths)
+    # With recovery state on disk the run resumes, and each file sink truncates its file back
+    # to its snapshot: the outputs hold what the run wrote so far and must not be emptied.
+    recovery = settings.engine.recovery_dir
+    resuming = bool(recovery) and any(Path(recovery).glob(RECOVERY_PARTITIONS))
     for path in (paths.alerts, paths.scores, paths.state, paths.dead_letters, paths.prompts):
         if path is not None:  # every output asked for exists at the end, empty if nothing went there
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
+            if not (resuming and path.exists()):
+                path.write_bytes(b"")
     execute(flow, settings, workers)
 
 
