@@ -28,9 +28,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from config.settings import ConfigError, Settings, load_settings
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from ops import Telemetry
     from ops.health import OpsServer
     from schemas.audit import AuditKeys
+    from simulator.loop import Loopback
 
 T = TypeVar("T")
 
@@ -644,6 +646,24 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
 
 
+def simulator_input(settings: Settings) -> tuple[Callable[[int], Iterator[dict[str, Any]]], Loopback | None]:
+    """The built-in simulator mode's input: the simulator's stream from any position (for the
+    dataflow's generated-stream source), and the loopback its customers answer prompts through
+    when they do (``[simulator] answer_prompts`` with next-best action enabled)."""
+    from config.actions import load_actions
+    from simulator import SimulatorConfig
+    from simulator.loop import Loopback, restartable_stream
+    from simulator.responder import Responder
+
+    s = settings.simulator
+    loopback = None
+    if s.answer_prompts and settings.nba.enabled:
+        actions = load_actions(settings.nba.catalogue or None)
+        loopback = Loopback(Responder(s.seed, {a.action_id: a for a in actions}))
+    config = SimulatorConfig(customers=s.customers, days=s.days, seed=s.seed, fraud_rate=s.fraud_rate)
+    return restartable_stream(config, loopback), loopback
+
+
 def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Event,
          telemetry: Telemetry | None) -> int:
     from flows import modes
@@ -654,7 +674,8 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
         if not _audit_ready(settings):
             return 2
         print("Running the built-in simulator; alerts follow. Ctrl-C stops.", file=sys.stderr)
-        modes.run_demo(settings, stop, args.workers, telemetry)
+        events, loopback = simulator_input(settings)
+        modes.run_demo(settings, stop, events, args.workers, telemetry, loopback)
     elif args.command == "replay":
         assert settings is not None
         if not args.input.exists():

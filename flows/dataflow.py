@@ -36,6 +36,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 
 from engine.config import EngineConfig
 from engine.shard import Record
+from flows import observing
 from flows.items import Sequenced
 from flows.steps import EngineStep
 from schemas.outputs import Alert, CustomerState, DeadLetter, EventSummary, LifecycleChange, Prompt, Score
@@ -85,7 +86,7 @@ def build_flow(source: Source[Any], outputs: Outputs, config: EngineConfig,
     if side_input is not None:
         received = op.merge("events_merged", received, op.input("side_in", flow, side_input))
     if metrics is not None:
-        received = op.flat_map_batch("observe_input", received, metrics.observe_input)
+        received = op.flat_map_batch("observe_input", received, observing.observe_input(metrics))
     # Sequenced | DeadLetter
     split = op.branch("split_dead_letters", received, lambda item: isinstance(item, Sequenced))
     # DeadLetter (bad input)

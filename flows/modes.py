@@ -1,8 +1,9 @@
 """The engine's run modes: which source and which sinks feed the one dataflow.
 
-- ``run_demo``: the built-in simulator, alerts printed to the console (``python run.py``);
-  with ``[simulator] answer_prompts``, the prompts also go back to the simulation, whose
-  customers answer them (``simulator.loop``): the bandit learns in closed loop.
+- ``run_demo``: a generated stream (``python run.py``: the built-in simulator's, which
+  ``run.py`` builds), alerts printed to the console; given a loopback, the prompts also go
+  back to the simulation, whose customers answer them (``simulator.loop``): the bandit
+  learns in closed loop.
 - ``run_replay``: a recorded JSONL file in event-time order, everything to JSONL files;
   the clock is the event-time clock, so results depend only on the input and the config.
 - ``run_live``: Kafka topics in, Kafka ``alerts`` / ``dead_letter`` topics out (and the
@@ -34,13 +35,16 @@ from config.actions import load_actions
 from config.settings import Settings
 from engine.config import Clock, EngineConfig
 from flows.dataflow import Outputs, build_flow
+from flows.outputs import as_output, as_single_writer
+from flows.recovery import PATTERN as RECOVERY_PARTITIONS
 from flows.recovery import prepare as prepare_recovery
 from flows.sources import (
+    EventsFrom,
+    GeneratedSource,
     KafkaSource,
     RedisStreamSource,
     ReplayInput,
     ReplaySource,
-    SimulatorSource,
     load_replay,
 )
 from schemas.audit import AuditKeys
@@ -53,19 +57,18 @@ from sinks.audit import (
     file_anchor_key,
     redis_anchor_path,
 )
-from sinks.base import Sink, as_output, as_single_writer
+from sinks.base import Sink
 from sinks.console import ConsoleSink
 from sinks.delivery import DeadLetterOut, JsonlDeadLetters, KafkaDeadLetters, RetryPolicy
 from sinks.jsonl import JsonlSink
 from sinks.kafka import KafkaSink, ResumableKafkaSink
-from sinks.loopback import LoopbackSink
+from sinks.loopback import LoopbackSink, PromptAnswerer
 from sinks.redis import RedisEventsSink, RedisLimits, RedisSink
 from sinks.webhook import WebhookSink
 
 if TYPE_CHECKING:
     from ops import Telemetry
     from ops.metrics import EngineMetrics, SinkMetrics
-    from simulator.loop import Loopback
 
 
 def wall_clock(_event_t: float) -> str:
@@ -156,20 +159,25 @@ def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | No
 
 def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = None) -> None:
     flow = replay_flow(settings, paths)
+    # With recovery state on disk the run resumes, and each file sink truncates its file back
+    # to its snapshot: the outputs hold what the run wrote so far and must not be emptied.
+    recovery = settings.engine.recovery_dir
+    resuming = bool(recovery) and any(Path(recovery).glob(RECOVERY_PARTITIONS))
     for path in (paths.alerts, paths.scores, paths.state, paths.dead_letters, paths.prompts):
         if path is not None:  # every output asked for exists at the end, empty if nothing went there
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
+            if not (resuming and path.exists()):
+                path.write_bytes(b"")
     execute(flow, settings, workers)
 
 
 def live_flow(settings: Settings, source: Source[Any], console: bool = True,
               kafka_out: bool = False, alerts_path: Path | None = None,
               dead_letter_path: Path | None = None, telemetry: Telemetry | None = None,
-              loopback: Loopback | None = None, stop: threading.Event | None = None) -> Dataflow:
+              loopback: PromptAnswerer | None = None, stop: threading.Event | None = None) -> Dataflow:
     """The dataflow of a live run: console and/or Kafka and/or JSONL outputs; with
     ``telemetry``, every sink is metered under its name and the dataflow observed; with
-    ``loopback``, prompts also go back to the simulation running in this process; with
+    ``loopback``, prompts also go to it (the simulation running in this process); with
     ``[redis] input_stream``, events from that stream (the dashboard's feedback) join the
     source's until ``stop``."""
     def sink(name: str, factory: Callable[[], Sink]) -> Callable[[], Sink]:
@@ -291,26 +299,22 @@ def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
     return sinks
 
 
-def demo_flow(settings: Settings, stop: threading.Event, telemetry: Telemetry | None = None,
-              console: bool = True) -> tuple[Dataflow, Loopback | None]:
-    """The built-in simulator mode's dataflow, and its loopback when simulated customers
-    answer prompts (``[simulator] answer_prompts`` with next-best action enabled)."""
-    loopback = None
-    if settings.simulator.answer_prompts and settings.nba.enabled:
-        from simulator.loop import Loopback
-        from simulator.responder import Responder
-
-        actions = load_actions(settings.nba.catalogue or None)
-        loopback = Loopback(Responder(settings.simulator.seed, {a.action_id: a for a in actions}))
-    source = SimulatorSource(settings.simulator, stop, telemetry, loopback, settings.input)
-    return live_flow(settings, source, console=console, telemetry=telemetry, loopback=loopback,
-                     stop=stop), loopback
+#: The source label (and partition) of the built-in simulator mode's generated stream.
+DEMO_SOURCE = "simulator"
 
 
-def run_demo(settings: Settings, stop: threading.Event, workers: int | None = None,
-             telemetry: Telemetry | None = None) -> None:
-    flow, _ = demo_flow(settings, stop, telemetry)
-    execute(flow, settings, workers)
+def demo_flow(settings: Settings, stop: threading.Event, events: EventsFrom, telemetry: Telemetry | None = None,
+              loopback: PromptAnswerer | None = None, console: bool = True) -> Dataflow:
+    """The built-in simulator mode's dataflow: ``events`` (the simulator's stream from any
+    position) paced to ``[simulator] rate_per_s``; with ``loopback`` (when simulated customers
+    answer prompts), the prompts also go to it."""
+    source = GeneratedSource(DEMO_SOURCE, events, settings.simulator.rate_per_s, stop, telemetry, settings.input)
+    return live_flow(settings, source, console=console, telemetry=telemetry, loopback=loopback, stop=stop)
+
+
+def run_demo(settings: Settings, stop: threading.Event, events: EventsFrom, workers: int | None = None,
+             telemetry: Telemetry | None = None, loopback: PromptAnswerer | None = None) -> None:
+    execute(demo_flow(settings, stop, events, telemetry, loopback), settings, workers)
 
 
 def run_live(settings: Settings, stop: threading.Event, console: bool, workers: int | None = None,

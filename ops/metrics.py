@@ -11,7 +11,9 @@ cluster) each serve their own ``/metrics`` and are scraped one by one; sums and 
 processes are taken in PromQL (``sum without (instance, pod) (...)``).
 
 The dataflow pays for metrics only when they are on: ``flows.dataflow.build_flow`` wires the
-observing steps and the step timers only when it is given an ``EngineMetrics``.
+observing steps and the step timers only when it is given an ``EngineMetrics``. The hooks
+take plain per-event facts (kinds, source partitions, scores, timestamps) and output records
+(alerts, dead letters), never the dataflow's own items: ``flows.observing`` extracts them.
 
 >>> from prometheus_client import CollectorRegistry
 >>> registry = CollectorRegistry()
@@ -19,6 +21,13 @@ observing steps and the step timers only when it is given an ``EngineMetrics``.
 >>> registry.get_sample_value("crm_engine_source_events_total",
 ...                           {"kind": "transaction", "source": "transactions"})
 0.0
+>>> metrics.events_read({("transaction", "transactions#3"): 2})
+>>> metrics.scored_batch([(0.9, True, 1.7e9, None, None)], [("fraud", 0.9, True)])
+>>> registry.get_sample_value("crm_engine_source_events_total",
+...                           {"kind": "transaction", "source": "transactions"})
+2.0
+>>> registry.get_sample_value("crm_engine_model_labelled_outcomes_total", {"outcome": "true_positive"})
+1.0
 >>> classify_reason("missing required field 'customer_id'")
 'missing_field'
 """
@@ -30,7 +39,7 @@ import time
 import tomllib
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from platform import python_version
@@ -40,7 +49,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from flows.items import Sequenced
 from schemas.events import KIND_FIELDS
 from schemas.outputs import Alert, DeadLetter
 
@@ -106,7 +114,7 @@ def _version() -> str:
         return "unknown"
 
 
-class _Tally:
+class ThreadTally:
     """One thread's observations of one labelled histogram: bucket counts (the last is +Inf),
     their sum, and a count of items (for step timers)."""
 
@@ -122,7 +130,7 @@ class FastHistogram:
     """A histogram for the per-event hot path, exported exactly like the client's.
 
     The client's ``Histogram.observe`` takes locks per value (several microseconds); here
-    each worker thread adds to its own ``_Tally`` without locks, and a scrape sums the
+    each worker thread adds to its own ``ThreadTally`` without locks, and a scrape sums the
     threads' tallies. ``items_name`` also exports a counter of the items passed to
     ``observe`` (a step's items, next to its batch durations).
 
@@ -142,14 +150,14 @@ class FastHistogram:
         self._labelnames = tuple(labelnames)
         self._items_name, self._items_doc = items_name, items_doc
         self._lock = threading.Lock()
-        self._children: dict[tuple[str, ...], _Child] = {}
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> _Child:
+    def labels(self, *values: str) -> HistogramChild:
         with self._lock:
             child = self._children.get(values)
             if child is None:
-                child = self._children[values] = _Child(self._bounds)
+                child = self._children[values] = HistogramChild(self._bounds)
             return child
 
     def describe(self) -> list[Metric]:
@@ -179,21 +187,21 @@ class FastHistogram:
             yield items
 
 
-class _Child:
+class HistogramChild:
     """One label set of a ``FastHistogram``: a tally per thread."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = self.bounds = bounds
         self._local = threading.local()
-        self._tallies: list[_Tally] = []
+        self._tallies: list[ThreadTally] = []
         self._lock = threading.Lock()
 
-    def tally(self) -> _Tally:
+    def tally(self) -> ThreadTally:
         """This thread's tally: only this thread may add to it."""
         try:
-            tally: _Tally = self._local.tally
+            tally: ThreadTally = self._local.tally
         except AttributeError:
-            tally = self._local.tally = _Tally(len(self._bounds))
+            tally = self._local.tally = ThreadTally(len(self._bounds))
             with self._lock:
                 self._tallies.append(tally)
         return tally
@@ -230,8 +238,9 @@ class _Child:
 class SinkMetrics:
     """What a sink reports: records written, errors, retries, records buffered and records lost.
 
-    A sink receives one at construction (``EngineMetrics.sink(name)``); ``SinkMetrics.off()``
-    is the do-nothing one for sinks built without metrics.
+    The Prometheus implementation of the sinks' own ``sinks.base.SinkReport`` protocol (by its
+    shape: the sinks do not know it). A sink receives one at construction or through
+    ``attach_metrics`` (``EngineMetrics.sink(name)``); ``SinkMetrics.off()`` counts nothing.
     """
 
     def __init__(self, records: Any = None, errors: Any = None, retries: Any = None,
@@ -360,26 +369,25 @@ class EngineMetrics:
         for sink in sinks:
             self.sink(sink)
 
-    # -- hooks for the dataflow ------------------------------------------------------------
+    # -- hooks for the dataflow: plain per-event facts and output records --------------------
+    # They know nothing of the items that travel between the dataflow's steps: the flows
+    # extract the facts (``flows.observing``) and call them once per batch.
 
-    def observe_input(self, batch: list[Sequenced | DeadLetter]) -> list[Sequenced | DeadLetter]:
-        """Count a batch from the source (events by kind and source, dead letters by reason)."""
-        events: dict[tuple[str, str], int] = {}
-        dead: Tally[str] = Tally()
-        for item in batch:
-            if type(item) is Sequenced:
-                key = (item.event.kind, item.part)
-                events[key] = events.get(key, 0) + 1
-            else:
-                dead[classify_reason(item.reason)] += 1  # type: ignore[union-attr]
-        for (kind, part), n in events.items():
+    def events_read(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Count valid events read from the sources: ``counts[(kind, part)]`` events of
+        ``kind`` from source partition ``part`` (``topic#3``, or a source's name), counted
+        under its source label (``source_of(part)``)."""
+        for (kind, part), n in counts.items():
             child = self._events_by.get((kind, part))
             if child is None:
                 child = self._events_by[(kind, part)] = self.events.labels(kind, source_of(part))
             child.inc(n)
+
+    def input_rejected(self, letters: Iterable[DeadLetter]) -> None:
+        """Count the dead letters of input that is not processed, by reason."""
+        dead: Tally[str] = Tally(classify_reason(letter.reason) for letter in letters)
         for code, n in dead.items():
             self._dead_by[code].inc(n)
-        return batch
 
     def observe_failures(self, batch: list[DeadLetter]) -> list[DeadLetter]:
         """Count the events that failed in a step (dead letters by reason, failures by step)."""

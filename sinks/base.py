@@ -1,14 +1,19 @@
-"""The one small sink interface, and its adapters to Bytewax outputs.
+"""The one small sink interface, and the protocol sinks report through.
 
 A ``Sink`` receives batches of output records (anything with ``to_bytes()``). It creates
 its clients in ``open()``, never at import or construction, and states its delivery
 guarantee in its docstring. Writes are idempotent by record id downstream (delivery is
 at-least-once wherever the transport cannot do better).
 
-``as_output(factory)`` adapts a sink factory for ``op.output``: one writer per worker
-(``DynamicSink``) for transports that take concurrent writers, such as Kafka;
-``as_single_writer(factory)`` routes every record to one partition, for files and the
-console, and keeps the sink's resume position in Bytewax recovery.
+A sink reports what happens to its records (written, failed, retried, buffered, lost)
+through a ``SinkReport``, a protocol it owns: whoever measures (``ops.metrics.SinkMetrics``)
+implements it, and ``Unreported`` is the one that reports nowhere.
+
+Sinks know nothing of the runtime that drives them: ``flows.outputs`` adapts a sink factory
+to the dataflow's outputs.
+
+>>> report: SinkReport = Unreported()
+>>> report.written(3); report.error(); report.buffer_depth(0)
 """
 
 from __future__ import annotations
@@ -17,13 +22,49 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
-
 
 class Record(Protocol):
     """An output record: alert, score, customer state, dead letter."""
 
     def to_bytes(self) -> bytes: ...
+
+
+class SinkReport(Protocol):
+    """What a sink reports: records written, errors, retries, records buffered and records lost."""
+
+    def written(self, n: int) -> None:
+        """``n`` records handed to the sink's transport."""
+
+    def error(self, n: int = 1) -> None:
+        """Records that could not be delivered (or a failed write)."""
+
+    def retry(self, n: int = 1) -> None:
+        """A write attempted again (back-pressure, a transient error)."""
+
+    def buffer_depth(self, n: int) -> None:
+        """Records accepted by the sink and not yet delivered."""
+
+    def lost(self, n: int = 1) -> None:
+        """Records neither delivered nor stored in the sink's dead letters."""
+
+
+class Unreported:
+    """A ``SinkReport`` that reports nowhere: the report of a sink built without metrics."""
+
+    def written(self, n: int) -> None:
+        pass
+
+    def error(self, n: int = 1) -> None:
+        pass
+
+    def retry(self, n: int = 1) -> None:
+        pass
+
+    def buffer_depth(self, n: int) -> None:
+        pass
+
+    def lost(self, n: int = 1) -> None:
+        pass
 
 
 class Sink(ABC):
@@ -43,68 +84,9 @@ class Sink(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Deliver what is buffered and release clients."""
 
-    def attach_metrics(self, metrics: Any) -> None:  # noqa: B027 (optional hook)
-        """Report retries, failures and buffer depth to ``metrics`` (an ``ops.metrics.SinkMetrics``);
-        a sink that delivers in the background implements it (``sinks.delivery``)."""
+    def attach_metrics(self, metrics: SinkReport) -> None:  # noqa: B027 (optional hook)
+        """Report retries, failures and buffer depth to ``metrics``; a sink that delivers in
+        the background implements it (``sinks.delivery``)."""
 
 
 SinkFactory = Callable[[], Sink]
-
-
-class _Stateless(StatelessSinkPartition[Record]):
-    def __init__(self, sink: Sink) -> None:
-        self._sink = sink
-        sink.open()
-
-    def write_batch(self, items: list[Record]) -> None:
-        self._sink.write_batch(items)
-
-    def close(self) -> None:
-        self._sink.close()
-
-
-class _PerWorker(DynamicSink[Record]):
-    def __init__(self, factory: SinkFactory) -> None:
-        self._factory = factory
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Stateless:
-        return _Stateless(self._factory())
-
-
-class _Stateful(StatefulSinkPartition[Record, Any]):
-    def __init__(self, sink: Sink, resume: Any) -> None:
-        self._sink = sink
-        sink.open(resume)
-
-    def write_batch(self, values: list[Record]) -> None:
-        self._sink.write_batch(values)
-
-    def snapshot(self) -> Any:
-        return self._sink.position()
-
-    def close(self) -> None:
-        self._sink.close()
-
-
-class _SingleWriter(FixedPartitionedSink[Record, Any]):
-    def __init__(self, factory: SinkFactory) -> None:
-        self._factory = factory
-
-    def list_parts(self) -> list[str]:
-        return ["single"]
-
-    def part_fn(self, item_key: str) -> int:
-        return 0
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _Stateful:
-        return _Stateful(self._factory(), resume_state)
-
-
-def as_output(factory: SinkFactory) -> DynamicSink[Record]:
-    """A Bytewax sink with one ``factory()`` sink per worker."""
-    return _PerWorker(factory)
-
-
-def as_single_writer(factory: SinkFactory) -> FixedPartitionedSink[Record, Any]:
-    """A Bytewax sink with a single ``factory()`` sink; feed it ``(key, record)`` pairs."""
-    return _SingleWriter(factory)

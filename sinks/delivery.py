@@ -19,10 +19,10 @@ restart re-queues them, and the replay after the snapshot writes the rest again.
 Subclasses make every write idempotent by record id.
 
 Counters are plain attributes: ``delivered``, ``retried`` (failed attempts that were
-retried), ``failed`` (failed attempts), ``dead_lettered`` and ``buffer_depth``. With
-Prometheus metrics attached (``attach_metrics``, done by ``ops.MeteredSink``), each retry
-counts in ``crm_engine_sink_retries_total``, each dead-lettered record in
-``crm_engine_sink_errors_total`` and the buffer in ``crm_engine_sink_buffered_records``.
+retried), ``failed`` (failed attempts), ``dead_lettered`` and ``buffer_depth``. A
+``sinks.base.SinkReport`` attached (``attach_metrics``; ``ops.MeteredSink`` attaches the
+Prometheus one) hears of each retry (``crm_engine_sink_retries_total``), each dead-lettered
+record (``crm_engine_sink_errors_total``) and the buffer (``crm_engine_sink_buffered_records``).
 
 A sink's dead letters (``DeadLetterOut``) keep the whole record: the engine's own records
 are bounded by construction, and whoever re-sends them needs all of it. Writing them never
@@ -44,13 +44,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from schemas.outputs import DeadLetter
-from sinks.base import Record, Sink
-
-if TYPE_CHECKING:
-    from ops.metrics import SinkMetrics
+from sinks.base import Record, Sink, SinkReport, Unreported
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +83,7 @@ class DeadLetterOut(Protocol):
 
     def close(self) -> None: ...
 
-    def attach_metrics(self, metrics: SinkMetrics) -> None: ...
+    def attach_metrics(self, metrics: SinkReport) -> None: ...
 
 
 #: The most record ids one log line of lost dead letters names.
@@ -109,11 +106,11 @@ class JsonlDeadLetters:
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         self._file: BinaryIO | None = None
-        self._metrics: SinkMetrics | None = None
+        self._metrics: SinkReport = Unreported()
         self._lock = threading.Lock()  # a buffered sink writes from its thread and the dataflow's
         self.lost = 0
 
-    def attach_metrics(self, metrics: SinkMetrics) -> None:
+    def attach_metrics(self, metrics: SinkReport) -> None:
         self._metrics = metrics
 
     def write(self, letters: list[DeadLetter]) -> None:
@@ -128,8 +125,7 @@ class JsonlDeadLetters:
         except OSError as exc:
             self._drop_handle()
             self.lost += len(letters)
-            if self._metrics is not None:
-                self._metrics.lost(len(letters))
+            self._metrics.lost(len(letters))
             log.critical("%d dead letters LOST: cannot write %s: %s; record ids: %s", len(letters),
                          self._path, exc, _ids_of(letters), extra={"reason": letters[0].reason})
 
@@ -189,7 +185,7 @@ class KafkaDeadLetters:
         self._lock = threading.Lock()  # a buffered sink writes from its thread and the dataflow's
         self.refused = 0
 
-    def attach_metrics(self, metrics: SinkMetrics) -> None:
+    def attach_metrics(self, metrics: SinkReport) -> None:
         self._fallback.attach_metrics(metrics)
 
     def write(self, letters: list[DeadLetter]) -> None:
@@ -268,7 +264,7 @@ class BufferedSink(Sink):
         self.retried = 0
         self.failed = 0
         self.dead_lettered = 0
-        self._metrics: Any = None  # ops.metrics.SinkMetrics, once attached
+        self._metrics: SinkReport = Unreported()
 
     # -- what a transport implements ---------------------------------------------------------
 
@@ -291,14 +287,13 @@ class BufferedSink(Sink):
     def buffer_depth(self) -> int:
         return len(self._buffer)
 
-    def attach_metrics(self, metrics: Any) -> None:
+    def attach_metrics(self, metrics: SinkReport) -> None:
         self._metrics = metrics
         metrics.buffer_depth(len(self._buffer))
         self._dead.attach_metrics(metrics)
 
     def _report_depth(self) -> None:
-        if self._metrics is not None:
-            self._metrics.buffer_depth(len(self._buffer))
+        self._metrics.buffer_depth(len(self._buffer))
 
     def open(self, resume: Any = None) -> None:
         self.connect()
@@ -375,8 +370,7 @@ class BufferedSink(Sink):
                                              f"in {waited:.1f} s: {exc}")
                     return
                 self.retried += 1
-                if self._metrics is not None:
-                    self._metrics.retry()
+                self._metrics.retry()
                 if attempt == 0:
                     log.warning("%s: delivery failed, retrying: %s", self.name, exc)
                 self._closing.wait(self.policy.delay(attempt, self._rng))
@@ -406,8 +400,7 @@ class BufferedSink(Sink):
 
     def _dead_letter(self, records: list[Record], reason: str) -> None:
         self.dead_lettered += len(records)
-        if self._metrics is not None:
-            self._metrics.error(len(records))
+        self._metrics.error(len(records))
         log.error("%s (%d records to the dead letter)", reason, len(records))
         self._dead.write([DeadLetter.of(r.to_bytes(), reason, {"sink": self.name, "id": record_id(r)},
                                         max_payload_bytes=None) for r in records])

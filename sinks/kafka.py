@@ -17,7 +17,7 @@ the Kafka error's name and text, the topic and the record's id; it is counted as
 error and logged once with its id (never the record), and the sink goes on with the next
 record. Only a full local queue (``BufferError``) is waited out and retried.
 
-Metrics (``ops.metrics.SinkMetrics``, given at construction): records refused or not
+Metrics (a ``sinks.base.SinkReport``, given at construction): records refused or not
 delivered as errors, writes retried after the local queue was full as retries, records in
 flight as the buffer depth, and records whose dead letter could not be written as lost.
 """
@@ -29,16 +29,13 @@ import time
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from schemas.outputs import DeadLetter
-from sinks.base import Record, Sink
+from sinks.base import Record, Sink, SinkReport, Unreported
 from sinks.delivery import DeadLetterOut, kafka_refusal, record_id
-
-if TYPE_CHECKING:
-    from ops.metrics import SinkMetrics
 
 log = logging.getLogger(__name__)
 ID_FIELDS = ("change_id", "alert_id", "prompt_id")
@@ -81,7 +78,7 @@ class KafkaSink(Sink):
 
     def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
                  dead_letters: DeadLetterOut, key: Callable[[Record], bytes | None] = record_key,
-                 metrics: SinkMetrics | None = None) -> None:
+                 metrics: SinkReport | None = None) -> None:
         self._config: dict[str, str | int | float | bool] = {
             "linger.ms": 0, "socket.nagle.disable": True, "enable.idempotence": True, **client_config}
         self._topic = topic
@@ -90,7 +87,7 @@ class KafkaSink(Sink):
         self._producer: Any = None
         self.delivered = 0
         self.failed = 0  # records refused by produce() or whose delivery failed: in the dead letters
-        self._metrics = metrics
+        self._metrics: SinkReport = Unreported() if metrics is None else metrics
         if metrics is not None:
             dead_letters.attach_metrics(metrics)
 
@@ -114,8 +111,7 @@ class KafkaSink(Sink):
     def _refuse(self, record: Record, value: bytes, why: str) -> None:
         """``record`` will never be on the topic: count it, log it once, dead-letter it whole."""
         self.failed += 1
-        if self._metrics is not None:
-            self._metrics.error()
+        self._metrics.error()
         rid = record_id(record)
         reason = f"kafka topic {self._topic}: {why}"
         log.error("%s; record %s goes to the sink's dead letters", reason, rid,
@@ -135,15 +131,13 @@ class KafkaSink(Sink):
                                      on_delivery=partial(self._on_delivery, record))
                     break
                 except BufferError:  # local queue full: wait for deliveries, never drop
-                    if self._metrics is not None:
-                        self._metrics.retry()
+                    self._metrics.retry()
                     producer.poll(0.1)
                 except (KafkaException, ValueError, TypeError) as exc:  # this record only
                     self._refuse(record, value, f"refused: {kafka_refusal(exc)}")
                     break
         producer.poll(0)
-        if self._metrics is not None:
-            self._metrics.buffer_depth(len(producer))
+        self._metrics.buffer_depth(len(producer))
 
     def close(self) -> None:
         if self._producer is not None:
@@ -193,7 +187,7 @@ class ResumableKafkaSink(KafkaSink):
 
     def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
                  dead_letters: DeadLetterOut, key: Callable[[Record], bytes | None] = record_key,
-                 flush_timeout_s: float = 5.0, metrics: SinkMetrics | None = None) -> None:
+                 flush_timeout_s: float = 5.0, metrics: SinkReport | None = None) -> None:
         super().__init__(client_config, topic, dead_letters, key, metrics)
         self._flush_timeout_s = flush_timeout_s
         self._next: dict[int, int] = {}  # partition -> next offset after our acknowledged writes

@@ -16,11 +16,11 @@ from config.settings import Settings, load_settings
 from detectors.lifecycle import AlertLifecycle, LifecycleParams
 from flows.dataflow import Outputs, build_flow
 from flows.modes import engine_config, event_clock, execute
+from flows.outputs import as_single_writer
 from flows.sources import ReplaySource, load_replay
 from schemas.audit import AuditKeys
 from schemas.outputs import Alert, Reason, format_ts
 from sinks.audit import RedisAuditSink, verify_redis
-from sinks.base import as_single_writer
 from sinks.delivery import JsonlDeadLetters
 from sinks.redis import RedisSink
 from tests.conftest import audit_key_file, replay

@@ -22,6 +22,7 @@ from config.actions import load_actions
 from config.settings import load_settings
 from detectors.nba import Action
 from flows.modes import demo_flow
+from run import simulator_input
 from schemas.events import event_from_obj, parse_timestamp
 from schemas.outputs import Prompt, format_ts, prompt_id_for
 from simulator import Simulation, SimulatorConfig, generate, write_jsonl
@@ -204,8 +205,9 @@ def test_the_engine_learns_in_closed_loop_and_breaks_no_contact_rule() -> None:
 def test_live_simulator_mode_answers_prompts_and_the_bandit_learns() -> None:
     settings = load_settings()
     settings = replace(settings, simulator=replace(settings.simulator, customers=200, days=60, rate_per_s=10_000))
-    flow, loopback = demo_flow(settings, threading.Event())
+    events, loopback = simulator_input(settings)
     assert loopback is not None
+    flow = demo_flow(settings, threading.Event(), events, loopback=loopback)
     out = io.StringIO()
     with redirect_stdout(out):
         run_main(flow)
@@ -221,4 +223,4 @@ def test_live_simulator_mode_answers_prompts_and_the_bandit_learns() -> None:
     assert sum(score > 0 for score in scores[-100:]) > 50
 
     off = replace(settings, simulator=replace(settings.simulator, answer_prompts=False))
-    assert demo_flow(off, threading.Event())[1] is None
+    assert simulator_input(off)[1] is None

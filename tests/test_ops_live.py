@@ -259,7 +259,7 @@ def test_consumer_lag_from_the_fetched_watermarks(tmp_path: Path) -> None:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
     from config.settings import KafkaSettings
-    from flows.sources import _SharedConsumer, consumer_config
+    from flows.sources.kafka import _SharedConsumer, consumer_config
 
     with tansu(tmp_path) as (bootstrap, _):
         create_topics(bootstrap, {"lagged": 1})
