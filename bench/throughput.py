@@ -1,23 +1,31 @@
-"""Replay throughput of the engine against the bare-loop reference (``make bench``).
+"""Replay throughput of the engine, against the bare loop and a simple online reference (``make bench``).
 
-    python -m bench.throughput [--customers 2000 --days 30 --rounds 3] [--metrics]
+    python -m bench.throughput [--stream mixed|card] [--customers N --days D] [--rounds 3]
+    python -m bench.throughput --input EVENTS.jsonl[.gz] [--rounds 3]
+    python -m bench.throughput --metrics [--customers 1000 --days 14]
 
-Generates the simulator's mixed stream (transactions, app events, feedback, profiles),
-loads and validates it once, then alternates, ``rounds`` times:
+Streams: ``mixed`` is the simulator's (transactions, app events, feedback, profiles; 2,000
+customers, 30 days by default); ``card`` is a card issuer's (``bench.cardsim``: card payments
+at terminals and ``fraud``/``legit`` feedback 7 days later; 5,000 customers, 10,000
+terminals, 60 days by default); ``--input`` takes a recorded file. Each round runs, one after
+the other, on the same file:
 
-- ``bare loop``: the same step objects called in a plain Python loop (``bench.bare_loop``);
-- ``engine``: the Bytewax dataflow on one worker, reading the loaded stream and writing
-  alerts, scores and customer state to JSONL files, as ``run.py replay`` does.
+- ``bare loop``: the engine's per-event logic (``engine.shard.Shard``) in a plain loop over
+  the loaded stream (``bench.bare_loop``), in this process;
+- ``engine``: the Bytewax dataflow on one worker over the loaded stream, writing alerts,
+  scores and customer state to JSONL files as ``run.py replay`` does, in this process;
+- ``run.py replay``: the whole process, file reading and parsing included, as a user runs it;
+- ``reference``: ``bench.reference``, the 60-line online script a card issuer would write
+  first (1/7/30-day spend windows, terminal fraud rate, River logistic regression), as a
+  whole process on the same file.
 
-Both are timed from the first event to the last output (CPU time of this process and wall
-time); the medians of the rounds and their ratio are printed. A final ``run.py replay``
-subprocess gives the end-to-end figure including reading and parsing the file. Runs are
-interleaved so that a noisy, shared machine slows both alike.
+The first two are timed from the first event to the last output (wall and CPU time of this
+process), the last two as whole processes (wall). Rounds alternate so that a noisy, shared
+machine slows every kind alike; medians and their ratios are printed.
 
 ``--metrics`` measures the cost of the Prometheus metrics instead: it alternates the engine
 without metrics and the engine with them wired (``ops.metrics.EngineMetrics`` on a fresh
-registry: the observing steps and the step timers of ``--metrics-port``) and prints both
-throughputs and the loss.
+registry, as ``--metrics-port`` wires it) and prints both throughputs and the loss.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.bare_loop import run_bare
+from bench.cardsim import SimConfig, simulate, write_events
 from config.settings import load_settings
 from flows.modes import ReplayPaths, execute, replay_flow, tune_gc
 from flows.sources import ReplayInput, load_replay
@@ -39,9 +49,9 @@ from simulator import SimulatorConfig, write_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _timed(fn: object) -> tuple[float, float]:
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -56,6 +66,10 @@ def run_engine(replay: ReplayInput, input_path: Path, out: Path, metrics: bool =
     paths = ReplayPaths(input_path, out / "alerts.jsonl", out / "scores.jsonl", out / "state.jsonl")
     observer = EngineMetrics(CollectorRegistry(), ("replay",)) if metrics else None
     execute(replay_flow(settings, paths, replay, metrics=observer), settings, workers=1)
+
+
+def run_process(args: list[str]) -> None:
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
 def compare_metrics(replay: ReplayInput, events: Path, work: Path, rounds: int) -> None:
@@ -75,47 +89,65 @@ def compare_metrics(replay: ReplayInput, events: Path, work: Path, rounds: int) 
               f"{[f'{n / t[i]:,.0f}' for t in off]}, with {[f'{n / t[i]:,.0f}' for t in on]})")
 
 
+def make_stream(args: argparse.Namespace, work: Path) -> Path:
+    """The stream to measure: ``--input``, or one generated into ``work``."""
+    if args.input is not None:
+        return Path(args.input)
+    events = work / "events.jsonl"
+    if args.stream == "card":
+        config = SimConfig(customers=args.customers or 5000, terminals=args.terminals,
+                           days=int(args.days or 60), seed=args.seed)
+        write_events(simulate(config), config, events)
+    else:
+        write_jsonl(SimulatorConfig(customers=args.customers or 2000, days=args.days or 30.0, seed=args.seed,
+                                    fraud_rate=0.03), events)
+    return events
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=2000)
-    parser.add_argument("--days", type=float, default=30.0)
+    parser.add_argument("--stream", choices=("mixed", "card"), default="mixed")
+    parser.add_argument("--input", type=Path, help="a recorded stream instead of a generated one")
+    parser.add_argument("--customers", type=int, help="default: 2,000 (mixed), 5,000 (card)")
+    parser.add_argument("--terminals", type=int, default=10_000, help="card stream")
+    parser.add_argument("--days", type=float, help="default: 30 (mixed), 60 (card)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--metrics", action="store_true", help="measure the overhead of the metrics instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        events = work / "events.jsonl"
-        counts = write_jsonl(SimulatorConfig(customers=args.customers, days=args.days, seed=args.seed,
-                                             fraud_rate=0.03), events)
+        events = make_stream(args, work)
         replay = load_replay(events)
         tune_gc()  # as the engine runs (flows.modes.execute), for the bare loop too
         n = len(replay.events)
-        print(f"stream: {n:,} events {counts['by_kind']}")
+        print(f"stream: {n:,} events from {events.name}")
         if args.metrics:
             compare_metrics(replay, events, work, args.rounds)
             return
-        bare: list[tuple[float, float]] = []
-        engine: list[tuple[float, float]] = []
         settings = load_settings()
+        outputs = ["--alerts-out", str(work / "a.jsonl"), "--scores-out", str(work / "s.jsonl"),
+                   "--state-out", str(work / "t.jsonl"), "--dead-letter-out", str(work / "d.jsonl")]
+        replay_args = ["run.py", "replay", "--input", str(events), *outputs]
+        reference_args = ["-m", "bench.reference", "--input", str(events), "--scores-out", str(work / "r.jsonl")]
+        kinds: dict[str, Callable[[], object]] = {
+            "bare loop (in process)": lambda: run_bare(settings, replay),
+            "engine, Bytewax, 1 worker (in process)": lambda: run_engine(replay, events, work),
+            "run.py replay (whole process)": lambda: run_process(replay_args),
+            "reference (whole process)": lambda: run_process(reference_args),
+        }
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in kinds}
         for _ in range(args.rounds):
-            bare.append(_timed(lambda: run_bare(settings, replay)))
-            engine.append(_timed(lambda: run_engine(replay, events, work)))
-        e2e = _timed(lambda: subprocess.run(
-            [sys.executable, "run.py", "replay", "--input", str(events), "--alerts-out",
-             str(work / "a.jsonl"), "--scores-out", str(work / "s.jsonl"), "--state-out",
-             str(work / "t.jsonl")], cwd=ROOT, check=True))
-    bare_wall = statistics.median(w for w, _ in bare)
-    engine_wall = statistics.median(w for w, _ in engine)
-    print(f"{'':<34}{'events/s (wall)':>16}{'events/s (cpu)':>16}")
-    print(f"{'bare loop (reference)':<34}{n / bare_wall:>16,.0f}"
-          f"{n / statistics.median(c for _, c in bare):>16,.0f}")
-    print(f"{'engine, Bytewax, 1 worker':<34}{n / engine_wall:>16,.0f}"
-          f"{n / statistics.median(c for _, c in engine):>16,.0f}")
-    print(f"{'run.py replay end to end':<34}{n / e2e[0]:>16,.0f}{'':>16}")
-    print(f"engine / bare loop (median wall): {bare_wall / engine_wall:.2f}  "
-          f"(rounds: {args.rounds}; per round engine {[f'{n / w:,.0f}' for w, _ in engine]}, "
-          f"bare {[f'{n / w:,.0f}' for w, _ in bare]})")
+            for name, run in kinds.items():
+                times[name].append(_timed(run))
+    wall = {name: statistics.median(w for w, _ in ts) for name, ts in times.items()}
+    print(f"{'':<42}{'events/s (wall)':>16}{'events/s (cpu)':>16}   per round (wall)")
+    for name, ts in times.items():
+        cpu = f"{n / statistics.median(c for _, c in ts):>16,.0f}" if "in process" in name else f"{'':>16}"
+        print(f"{name:<42}{n / wall[name]:>16,.0f}{cpu}   {[f'{n / w:,.0f}' for w, _ in ts]}")
+    names = list(kinds)
+    print(f"engine / bare loop: {wall[names[0]] / wall[names[1]]:.2f}; "
+          f"run.py replay / reference: {wall[names[3]] / wall[names[2]]:.2f} (medians of {args.rounds} rounds)")
 
 
 if __name__ == "__main__":
