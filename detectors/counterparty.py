@@ -9,7 +9,7 @@ the recency of the latest known fraud as of each row's own time. The features of
 transaction never see its own label.
 
 The state lives in numpy columns, one slot per counterparty (``_slots`` maps an id to its
-slot, least recently used first), so that a batch of transactions is featurised in a few
+slot; past ``capacity`` the least recently seen are forgotten), so that a batch of transactions is featurised in a few
 array operations. Windowed counts are kept exact by a heap of the times at which each
 counted value leaves its window.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -72,7 +71,8 @@ class CounterpartyRisk:
             "cp_new": 1.0, "cp_fraud_rate_28d": p.prior_rate, "cp_fraud_logodds": self._prior_odds,
             "cp_recent_label_rate": p.prior_rate}
         self._empty = np.array(list(empty.values()))
-        self._slots: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._slots: dict[str, int] = {}
+        self._ids: list[str | None] = [None] * 1024  # the counterparty in each slot
         self._free: list[int] = []
         self._size = 0
         size = 1024
@@ -82,6 +82,7 @@ class CounterpartyRisk:
         # traffic over a day and a week, as of (time)
         self._state = np.zeros((size, 9))
         self._generation = np.zeros(size, dtype=np.int64)  # a reused slot's old heap entries are void
+        self._seen = np.full(size, -np.inf)  # when each was last seen (transactions and labels)
         self._expiries: list[tuple[float, int, int, int]] = []  # (time, slot, window, generation)
 
     def __len__(self) -> int:
@@ -89,18 +90,19 @@ class CounterpartyRisk:
 
     # -- slots -----------------------------------------------------------------------------
 
-    def _slot(self, cp: str) -> int:
-        """``cp``'s slot, made if new (forgetting the least recently seen when full)."""
-        slot = self._slots.pop(cp, None)
+    def _slot(self, cp: str, t: float) -> int:
+        """``cp``'s slot, made if new; it was last seen at ``t``."""
+        slot = self._slots.get(cp)
         if slot is None:
-            slot = self._new_slot()
-        self._slots[cp] = slot  # most recently used last
+            slot = self._slots[cp] = self._new_slot(cp)
+        if t > self._seen[slot]:
+            self._seen[slot] = t
         return slot
 
-    def _new_slot(self) -> int:
+    def _new_slot(self, cp: str) -> int:
         if len(self._slots) >= self.params.capacity:
-            _, slot = self._slots.popitem(last=False)
-        elif self._free:
+            self._forget()
+        if self._free:
             slot = self._free.pop()
         else:
             slot = self._size
@@ -110,10 +112,25 @@ class CounterpartyRisk:
                 self._counts = np.concatenate([self._counts, np.zeros_like(self._counts[:grow])])
                 self._state = np.concatenate([self._state, np.zeros_like(self._state[:grow])])
                 self._generation = np.concatenate([self._generation, np.zeros(grow, dtype=np.int64)])
+                self._seen = np.concatenate([self._seen, np.full(grow, -np.inf)])
+                self._ids.extend([None] * grow)
         self._counts[slot] = 0.0
         self._state[slot] = (0.0, 0.0, 0.0, self.params.prior_rate, -np.inf, -np.inf, 0.0, 0.0, 0.0)
         self._generation[slot] += 1
+        self._seen[slot] = -np.inf
+        self._ids[slot] = cp
         return slot
+
+    def _forget(self) -> None:
+        """Forget the least recently seen sixteenth of the counterparties (at least one): one
+        selection for many new ones, where a list in use order would cost every sighting."""
+        used = np.flatnonzero(np.array([cp is not None for cp in self._ids[:self._size]]))
+        k = max(1, len(used) // 16)
+        oldest = used[np.argpartition(self._seen[used], k - 1)[:k]]
+        for slot in sorted(oldest.tolist(), key=lambda s: (self._seen[s], s)):
+            del self._slots[self._ids[slot]]
+            self._ids[slot] = None
+            self._free.append(slot)
 
     def _count(self, slot: int, window: int, t: float) -> None:
         self._counts[slot, window] += 1.0
@@ -176,7 +193,7 @@ class CounterpartyRisk:
         """Count transactions (counterparty, time) at once: each counterparty's decayed
         traffic is brought to its newest time, and every transaction added decayed from its
         own, as one by one in time order."""
-        known = [(self._slot(cp), t) for cp, t in seen if cp is not None]
+        known = [(self._slot(cp, t), t) for cp, t in seen if cp is not None]
         if not known:
             return
         touched, where = np.unique(np.array([slot for slot, _ in known], dtype=np.intp), return_inverse=True)
@@ -196,7 +213,7 @@ class CounterpartyRisk:
         """A label for a transaction with ``cp`` (at ``txn_t``) became known at ``known_at``."""
         if cp is None:
             return
-        slot = self._slot(cp)
+        slot = self._slot(cp, known_at)
         self._count(slot, _LABELS_28D, known_at)
         if fraud:
             self._count(slot, _FRAUDS_7D, known_at)
@@ -218,8 +235,10 @@ class CounterpartyRisk:
 
     def __getstate__(self) -> dict[str, Any]:
         size = self._size
-        return {**self.__dict__, "_counts": self._counts[:max(size, 1)].copy(),
-                "_state": self._state[:max(size, 1)].copy(), "_generation": self._generation[:max(size, 1)].copy()}
+        keep = max(size, 1)
+        return {**self.__dict__, "_counts": self._counts[:keep].copy(), "_state": self._state[:keep].copy(),
+                "_generation": self._generation[:keep].copy(), "_seen": self._seen[:keep].copy(),
+                "_ids": self._ids[:keep]}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

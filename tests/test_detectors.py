@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyRisk
+from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
 from detectors.customer import CustomerModel
 from detectors.fraud import FraudDetector, FraudParams
 from detectors.profile import FEATURES, CustomerProfile, named
@@ -213,3 +213,19 @@ def test_the_classifier_learns_exactly_as_rivers_logistic_regression(optimizer: 
     x = ours.vector(dict.fromkeys(names, 1.5))
     assert ours.predict_proba_one(x) == pytest.approx(river.predict_proba_one(
         dict(zip(names, ours._standardised(x).tolist(), strict=True)))[True], rel=1e-9)
+
+
+def test_counterparties_past_capacity_forget_the_least_recently_seen() -> None:
+    risk = CounterpartyRisk(CounterpartyParams(capacity=32))
+    for i in range(40):
+        risk.observe_transaction(f"m{i}", float(i))
+    risk.observe_label("m0", 100.0, fraud=True)  # seen again: recent
+    for i in range(40, 80):
+        risk.observe_transaction(f"m{i}", float(i))
+    assert len(risk) <= 32
+    assert risk.features("m0", 101.0)[COUNTERPARTY_FEATURES.index("cp_new")] == 0.0  # kept
+    assert risk.features("m1", 101.0)[COUNTERPARTY_FEATURES.index("cp_new")] == 1.0  # forgotten
+    assert risk.features("m79", 101.0)[COUNTERPARTY_FEATURES.index("cp_frauds_7d")] == 0.0
+    clone = pickle.loads(pickle.dumps(risk))
+    clone.observe_transaction("new", 200.0)
+    assert len(clone) <= 32
