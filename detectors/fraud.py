@@ -100,7 +100,7 @@ class FraudParams:
     counterparty: CounterpartyParams = field(default_factory=CounterpartyParams)
     supervised: SupervisedParams = field(default_factory=SupervisedParams)
     rate_tables: RateTableParams = field(default_factory=RateTableParams)
-    model_tick_s: float = 300.0  # the shared models learn at the end of every tick of this much event time
+    model_tick_s: float = 3600.0  # the shared models learn at the end of every tick of this much event time
 
     def __post_init__(self) -> None:
         if not self.model_tick_s > 0:
