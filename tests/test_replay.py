@@ -169,3 +169,26 @@ def test_two_processes_give_the_same_alerts_as_one(sim_stream: tuple[Path, Path]
         assert proc.returncode == 0, err.decode()[-2000:]
     assert sorted((out / "alerts.jsonl").read_bytes().splitlines()) == sorted(single.raw("alerts").splitlines())
     assert sorted((out / "scores.jsonl").read_bytes().splitlines()) == sorted(single.raw("scores").splitlines())
+
+
+def test_a_customer_known_only_from_a_profile_has_a_state_and_every_output_exists(tmp_path: Path) -> None:
+    """A profile is an event of the contract: its customer gets a final state (the replay
+    once ended with an AssertionError), and every output asked for is created, empty if
+    nothing went there (no alert, no dead letter here)."""
+    path = tmp_path / "profiles.jsonl"
+    path.write_bytes(orjson.dumps({"kind": "profile", "event_id": "p1", "customer_id": "quiet",
+                                   "ts": "2026-03-01T00:00:00Z", "rm_id": "rm1", "risk_level": 2}) + b"\n"
+                     + orjson.dumps({"kind": "transaction", "event_id": "t1", "customer_id": "busy",
+                                     "ts": "2026-03-02T00:00:00Z", "amount": 10.0}) + b"\n")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "run.py", "replay", "--input", str(path), "--alerts-out", str(out / "a.jsonl"),
+         "--scores-out", str(out / "s.jsonl"), "--state-out", str(out / "t.jsonl"),
+         "--dead-letter-out", str(out / "d.jsonl"), "--prompts-out", str(out / "p.jsonl")],
+        cwd=ROOT, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    for name in ("a", "d", "p"):
+        assert (out / f"{name}.jsonl").read_bytes() == b""
+    states = {s["customer_id"]: s for s in map(orjson.loads, (out / "t.jsonl").read_bytes().splitlines())}
+    assert states["quiet"]["last_event_ts"] == "2026-03-01T00:00:00.000Z" and states["quiet"]["rm_id"] == "rm1"
+    assert states["busy"]["n_txns"] == 1
