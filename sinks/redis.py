@@ -168,26 +168,49 @@ def default_route(record: Record, limits: RedisLimits, keys: RedisKeys) -> Redis
 Router = Callable[[Record, RedisLimits, RedisKeys], RedisRoute | None]
 
 
-class RedisSink(BufferedSink):
+class _ScriptedSink(BufferedSink):
+    """A buffered Redis sink that writes each record with one call of its Lua ``script``, a
+    batch in one pipelined round trip (``_settle``)."""
+
+    def __init__(self, name: str, script: str, url: str, dead_letters: DeadLetterOut, prefix: str,
+                 socket_timeout_s: float, capacity: int, policy: RetryPolicy | None, batch_size: int) -> None:
+        super().__init__(name, dead_letters, capacity=capacity, batch_size=batch_size, policy=policy)
+        self._url, self._script_source = url, script
+        self.prefix = prefix
+        self.keys = RedisKeys(prefix)
+        self._socket_timeout_s = socket_timeout_s
+        self._client: Any = None
+        self._script: Any = None
+        self.duplicates = 0  # records delivered before (not written again)
+
+    def connect(self) -> None:
+        self._client, self._script = _connect(self._url, self._socket_timeout_s, self._script_source)
+
+    def _settle(self, pipe: Any, records: list[Record]) -> list[tuple[Record, str]] | None:
+        """Run the pipelined calls of ``records``; the records refused for good."""
+        if not records:
+            return None
+        duplicates, refused = _outcomes(records, pipe.execute(raise_on_error=False))
+        self.duplicates += duplicates
+        return refused
+
+    def disconnect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class RedisSink(_ScriptedSink):
     """Write records to Redis streams, hashes and a channel, each id at most once."""
 
     def __init__(self, url: str, dead_letters: DeadLetterOut, prefix: str = "crm:",
                  limits: RedisLimits | None = None, route: Router = default_route,
                  socket_timeout_s: float = 5.0, capacity: int = 10_000,
                  policy: RetryPolicy | None = None, batch_size: int = 100) -> None:
-        super().__init__("redis", dead_letters, capacity=capacity, batch_size=batch_size, policy=policy)
-        self._url = url
-        self.prefix = prefix
+        super().__init__("redis", _WRITE_ONCE, url, dead_letters, prefix, socket_timeout_s, capacity, policy,
+                         batch_size)
         self.limits = limits or RedisLimits()
         self._route = route
-        self.keys = RedisKeys(prefix)
-        self._socket_timeout_s = socket_timeout_s
-        self._client: Any = None
-        self._script: Any = None
-        self.duplicates = 0  # records whose id had been delivered before (not written again)
-
-    def connect(self) -> None:
-        self._client, self._script = _connect(self._url, self._socket_timeout_s, _WRITE_ONCE)
 
     def deliver(self, records: list[Record]) -> list[tuple[Record, str]] | None:
         pipe = self._client.pipeline(transaction=False)
@@ -204,17 +227,7 @@ class RedisSink(BufferedSink):
                                *fields],
                          client=pipe)
             routed.append(record)
-        if not routed:
-            return None
-        duplicates, refused = _outcomes(routed, pipe.execute(raise_on_error=False))
-        self.duplicates += duplicates
-        return refused
-
-    def disconnect(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
+        return self._settle(pipe, routed)
 
 # KEYS: 1 the customer's list, 2 layout. ARGV: 1 the summary, 2 the list's length,
 # 3 layout version.
@@ -237,7 +250,7 @@ return 1
 """
 
 
-class RedisEventsSink(BufferedSink):
+class RedisEventsSink(_ScriptedSink):
     """Each customer's ``length`` latest events in ``{prefix}customer:{id}:events``, newest
     first (in the order the engine accepted them), one pipelined round trip per batch.
 
@@ -251,18 +264,9 @@ class RedisEventsSink(BufferedSink):
                  policy: RetryPolicy | None = None, batch_size: int = 500) -> None:
         if length < 1:
             raise ValueError(f"recent events: the list length must be at least 1, not {length}")
-        super().__init__("redis_events", dead_letters, capacity=capacity, batch_size=batch_size, policy=policy)
-        self._url = url
-        self.prefix = prefix
-        self.keys = RedisKeys(prefix)
+        super().__init__("redis_events", _PUSH_RECENT, url, dead_letters, prefix, socket_timeout_s, capacity,
+                         policy, batch_size)
         self.length = length
-        self._socket_timeout_s = socket_timeout_s
-        self._client: Any = None
-        self._script: Any = None
-        self.duplicates = 0  # summaries already in their list (not pushed again)
-
-    def connect(self) -> None:
-        self._client, self._script = _connect(self._url, self._socket_timeout_s, _PUSH_RECENT)
 
     def deliver(self, records: list[Record]) -> list[tuple[Record, str]] | None:
         pipe = self._client.pipeline(transaction=False)
@@ -273,13 +277,4 @@ class RedisEventsSink(BufferedSink):
                 self._script(keys=[self.keys.customer_events(record.customer_id), self.keys.layout()],
                              args=[record.to_bytes(), length, LAYOUT_VERSION], client=pipe)
                 pushed.append(record)
-        if not pushed:
-            return None
-        duplicates, refused = _outcomes(pushed, pipe.execute(raise_on_error=False))
-        self.duplicates += duplicates
-        return refused
-
-    def disconnect(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        return self._settle(pipe, pushed)
