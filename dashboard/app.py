@@ -385,7 +385,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         if attempt.outcome == "throttled":
             wait = retry_after(attempt.retry_after_s)
             raise HTTPException(429, f"too many failed sign-ins: try again in {wait['Retry-After']} s", headers=wait)
-        users.refresh()
+        users.refresh(now=True)
         user = await asyncio.to_thread(users.authenticate, body.username, body.password)
         if user is None:
             await failed_login(body.username, ip, attempt)

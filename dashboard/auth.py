@@ -135,9 +135,11 @@ class UserStore:
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def refresh(self) -> bool:
-        """Read the file again if it changed since it was read; whether it was read."""
-        if self._path is None or time.monotonic() - self._checked < self._reload_interval_s:
+    def refresh(self, now: bool = False) -> bool:
+        """Read the file again if it changed since it was read; whether it was read. Checked
+        at most every ``reload_interval_s`` unless ``now`` (a sign-in: a user disabled a
+        moment ago must not get in)."""
+        if self._path is None or (not now and time.monotonic() - self._checked < self._reload_interval_s):
             return False
         self._checked = time.monotonic()
         stamp = self._file_stamp()
