@@ -73,6 +73,9 @@ class ProfileParams:
     fraud_memory_days: float = 14.0  # how long a confirmed fraud raises the customer's risk
     amount_halflife_txns: float = 50.0  # memory of the typical amount, in transactions
     seen_capacity: int = 128  # counterparties / devices / countries remembered per customer
+    # A country is "new" only against a history: a card's first transactions have nothing to
+    # be new against (and no typical amount to compare with).
+    new_country_min_txns: int = 3
     window_capacity: int = 2048  # transactions kept for the 30 d windows
 
 
@@ -215,7 +218,8 @@ class CustomerProfile:
             1.0 if cp is not None and cp not in self.counterparties else 0.0,  # new_counterparty
             1.0 if device is not None and device not in self.devices else 0.0,  # new_device
             1.0 if foreign else 0.0,  # foreign
-            1.0 if foreign and country not in self.countries else 0.0,  # new_country
+            1.0 if foreign and n_txns >= p.new_country_min_txns
+            and country not in self.countries else 0.0,  # new_country
             1.0 if local_hour < 6.0 else 0.0,  # night
             float(small_1h.counts[0] + (amount < p.small_amount)),  # small_cnt_1h
             1.0 if last_security_t is not None

@@ -101,6 +101,22 @@ def test_structuring_needs_several_deposits_just_under_the_threshold() -> None:
     assert not quiet
 
 
+
+def test_a_new_country_needs_a_history_to_be_new_against() -> None:
+    """A card's first transactions abroad (or on a stream whose customers all live outside
+    the configured home country) are not "unusual spend in a new country"; a country first
+    seen after a history is."""
+    model = CustomerModel()
+    first = [model.observe(event(kind="transaction", amount=amount, counterparty_country="US",
+                                 ts=at(i * 3600.0)))
+             for i, amount in enumerate([900, 40, 35, 42])]
+    assert all("unusual_foreign" not in {hit.code for hit in o.hits or []} for o in first)
+    assert all(named(o.features)["new_country"] == 0.0 for o in first)
+    later = model.observe(event(kind="transaction", amount=2_000, counterparty_country="BR",
+                                ts=at(5 * 3600.0)))
+    assert named(later.features)["new_country"] == 1.0
+    assert "unusual_foreign" in {hit.code for hit in later.hits or []}
+
 def test_counterparty_features_only_know_labels_that_arrived_before() -> None:
     risk = CounterpartyRisk()
     risk.observe_transaction("t1", 0.0)
