@@ -243,7 +243,7 @@ def _snooze(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import Producer
 
     servers = args.bootstrap_servers or settings.kafka.bootstrap_servers
-    producer = Producer({**settings.kafka.client_config(), "bootstrap.servers": servers})
+    producer = Producer({**settings.kafka.producer_config(), "bootstrap.servers": servers})
     producer.produce(topic, orjson.dumps({k: v for k, v in command.items() if v is not None}),
                      args.customer.encode())
     if producer.flush(15):

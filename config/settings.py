@@ -89,15 +89,36 @@ class KafkaSettings:
     control_topic: str = ""
     starting_offset: Literal["earliest", "latest"] = "earliest"
     batch_size: int = 1000
-    # Extra librdkafka properties (security.protocol, sasl.*, ...) for consumers and producers.
+    # Extra librdkafka properties: `client` for every client (security.protocol, sasl.*,
+    # ssl.*, client.id, ...), `consumer` for the engine's consumers only (fetch.*, ...),
+    # `producer` for its producers only (linger.ms, compression.type, ...). librdkafka warns
+    # (CONFWARN) about a consumer property given to a producer, and the other way round.
     client: dict[str, str] = field(default_factory=dict)
+    consumer: dict[str, str] = field(default_factory=dict)
+    producer: dict[str, str] = field(default_factory=dict)
 
     def topics(self) -> tuple[str, ...]:
         inputs = (self.transactions_topic, self.app_topic, self.feedback_topic, self.profile_topic)
         return (*inputs, self.control_topic) if self.control_topic else inputs
 
     def client_config(self) -> dict[str, str | int | float | bool]:
+        """Properties every client takes (an admin client takes just these)."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.client}
+
+    def consumer_config(self) -> dict[str, str | int | float | bool]:
+        """Properties of the engine's consumers; a producer gets none of them.
+
+        >>> k = KafkaSettings(bootstrap_servers="b:9092", client={"security.protocol": "SSL"},
+        ...                   consumer={"fetch.wait.max.ms": "10"}, producer={"linger.ms": "2"})
+        >>> k.consumer_config()
+        {'bootstrap.servers': 'b:9092', 'security.protocol': 'SSL', 'fetch.wait.max.ms': '10'}
+        >>> k.producer_config()
+        {'bootstrap.servers': 'b:9092', 'security.protocol': 'SSL', 'linger.ms': '2'}
+        """
+        return {**self.client_config(), **self.consumer}
+
+    def producer_config(self) -> dict[str, str | int | float | bool]:
+        return {**self.client_config(), **self.producer}
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.prompts["console"] = as_single_writer(sink("console_prompts", ConsoleSink))
     if kafka_out:
         k = settings.kafka
-        client = k.client_config()
+        client = k.producer_config()
         # What the broker refuses for good goes to the Kafka sinks' own dead-letter file.
         refused = k.sink_dead_letter_path
         # One writer that knows what it delivered since the last snapshot, so a restart
@@ -241,7 +241,7 @@ def redis_input(settings: Settings, stop: threading.Event | None) -> RedisStream
 def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
     """A sink's dead letters: to ``topic`` if set (and to ``path`` what it refuses), else to ``path``."""
     if topic:
-        return KafkaDeadLetters(settings.kafka.client_config(), topic, JsonlDeadLetters(path))
+        return KafkaDeadLetters(settings.kafka.producer_config(), topic, JsonlDeadLetters(path))
     return JsonlDeadLetters(path)
 
 

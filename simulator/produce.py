@@ -57,7 +57,7 @@ def produce_simulation(settings: Settings, rate: float, max_events: int | None =
     def on_delivery(err: object, _msg: object) -> None:
         delivered[err is not None] += 1
 
-    producer = Producer({**client, "linger.ms": 5})
+    producer = Producer({"linger.ms": 5, **k.producer_config()})
     events = generate(SimulatorConfig(customers=customers or sim.customers, days=sim.days,
                                       seed=sim.seed if seed is None else seed, fraud_rate=sim.fraud_rate))
     stream = paced(islice(events, max_events), rate if rate > 0 else math.inf)

@@ -89,14 +89,17 @@ def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, P
     replayed = replay(events, tmp_path / "replay")
     expected, expected_prompts = replayed.raw("alerts").splitlines(), replayed.raw("prompts").splitlines()
     assert expected and expected_prompts
+    # Consumer and producer properties apart: no client is given one of the other kind's.
+    kinds = {"consumer__fetch.wait.max.ms": "40", "producer__linger.ms": "2"}
     engine = start_engine(broker, tmp_path / "engine.log", transactions_topic="events",
-                          app_topic="events", feedback_topic="events", profile_topic="events")
+                          app_topic="events", feedback_topic="events", profile_topic="events", **kinds)
     try:
         alerts = consume_all(broker, "alerts", expect=len(expected), timeout=120)
         dead = consume_all(broker, "dead_letter", expect=len(bad), timeout=60)
         prompts = consume_all(broker, "nba_prompts", expect=len(expected_prompts), timeout=60)
     finally:
         assert stop(engine) == 0, (tmp_path / "engine.log").read_text()[-3000:]
+    assert "CONFWARN" not in (tmp_path / "engine.log").read_text()
     assert sorted(map(without_emitted_at, alerts), key=str) == sorted(map(without_emitted_at, expected), key=str)
     assert sorted(prompts) == sorted(expected_prompts)
     letters = [orjson.loads(raw) for raw in dead]

@@ -34,7 +34,8 @@ class KafkaPosition:
 
 
 def consumer_config(settings: KafkaSettings) -> dict[str, str | int | float | bool]:
-    """The engine's consumer settings: latency defaults, ``[kafka.client]``, fixed semantics."""
+    """The engine's consumer settings: latency defaults, ``[kafka.client]`` and
+    ``[kafka.consumer]``, fixed semantics."""
     return {
         # Latency: a broker answers a fetch as soon as it has one byte (fetch.min.bytes) and
         # holds one that found nothing for at most fetch.wait.max.ms. Kafka answers the moment
@@ -46,7 +47,7 @@ def consumer_config(settings: KafkaSettings) -> dict[str, str | int | float | bo
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 50,
         "socket.nagle.disable": True,
-        **settings.client_config(),
+        **settings.consumer_config(),
         # Offsets live in Bytewax recovery, not in the group: never commit, never rebalance.
         "group.id": "crm-engine",
         "enable.auto.commit": False,
