@@ -9,10 +9,12 @@ COPY pyproject.toml run.py ./
 COPY config config
 COPY schemas schemas
 COPY detectors detectors
+COPY engine engine
 COPY flows flows
 COPY sinks sinks
 COPY simulator simulator
 COPY ops ops
+COPY dashboard dashboard
 COPY bench bench
 RUN useradd --uid 10001 --no-create-home engine && mkdir -p /var/lib/crm-engine && chown engine /var/lib/crm-engine
 USER 10001

@@ -44,12 +44,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None,
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _common(parser: argparse.ArgumentParser, sub: bool = True) -> None:
+    # Given before or after the subcommand, alike: a subcommand's defaults are suppressed so
+    # that they do not overwrite what was given before it (the top level holds the defaults).
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if sub else value
+
+    parser.add_argument("--config", type=Path, default=default(None),
                         help="TOML configuration file (default: config/default.toml)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=int, default=default(None),
                         help="Bytewax workers in this process (default: [engine] workers)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=default("INFO"),
+                        help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
 
 
 def _ops(parser: argparse.ArgumentParser, log_default: str, sub: bool = False) -> None:
@@ -65,10 +74,19 @@ def _ops(parser: argparse.ArgumentParser, log_default: str, sub: bool = False) -
                         help=f"log lines as text or one JSON object each (default: {log_default})")
 
 
+def _version() -> str:
+    """The project's version, from ``pyproject.toml`` (the one place it is written)."""
+    import tomllib
+
+    with open(Path(__file__).resolve().parent / "pyproject.toml", "rb") as handle:
+        return str(tomllib.load(handle)["project"]["version"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _common(parser, sub=False)
     _ops(parser, "text")
     sub = parser.add_subparsers(dest="command")
 

@@ -100,6 +100,18 @@ def test_dashboard_panels_have_a_datasource_and_unique_ids() -> None:
             assert panel["datasource"]["uid"] == uid and panel["targets"], panel["title"]
 
 
+def test_the_image_holds_every_package_the_commands_import() -> None:
+    """The image cannot be built here (no registry for its base image), so its file list is
+    checked: every package of the project but the tests, and ``run.py`` with its
+    ``pyproject.toml`` (``--version``)."""
+    copied: set[str] = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            copied.update(line.split()[1:-1])
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests"}
+    assert packages | {"run.py", "pyproject.toml", "requirements.txt"} <= copied, packages - copied
+
+
 def test_compose_stack() -> None:
     compose = load(DEPLOY / "docker-compose.yml")
     services = compose["services"]

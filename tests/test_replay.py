@@ -138,6 +138,28 @@ def test_every_command_documents_its_options(argv: list[str]) -> None:
     assert proc.returncode == 0 and b"usage:" in proc.stdout
 
 
+@pytest.mark.parametrize("before", [True, False])
+def test_common_options_count_before_the_subcommand_as_after_it(tmp_path: Path, before: bool) -> None:
+    """``--config`` given before the subcommand is read (here: a file with an unknown key is
+    refused), and ``--log-level`` takes only a level."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fraud]\nno_such_key = 1\n")
+    options, command = ["--config", str(bad)], ["replay", "--input", str(tmp_path / "none.jsonl")]
+    argv = [*options, *command] if before else [*command, *options]
+    proc = subprocess.run([sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "configuration error" in proc.stderr and "no_such_key" in proc.stderr
+    level = ["--log-level", "LOUD"]
+    proc = subprocess.run([sys.executable, "run.py", *([*level, *command] if before else [*command, *level])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "invalid choice: 'LOUD'" in proc.stderr
+
+
+def test_version() -> None:
+    proc = subprocess.run([sys.executable, "run.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split() == ["run.py", "0.1.0"]
+
+
 def test_replay_with_recovery_snapshots_gives_the_same_results(
         sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
     from config.settings import load_settings
