@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from schemas.outputs import DeadLetter, format_ts
-from tests.brokers import consume_all, create_topics, produce, tansu_broker, tansu_process
+from tests.brokers import consume_all, create_topics, free_port, produce, tansu_broker, tansu_process
 from tests.conftest import ROOT, malformed_line, replay
 
 #: The Kafka sinks' own dead letters (records the broker refused), beside the engine's log.
@@ -30,21 +30,27 @@ def broker(tmp_path: Path) -> Iterator[str]:
         yield address
 
 
-def start_engine(bootstrap: str, log: Path, *args: str, **topics: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap, "CRM__ENGINE__EPOCH_INTERVAL_S": "0.5",
-           "CRM__KAFKA__SINK_DEAD_LETTER_PATH": str(log.parent / REFUSED)}
-    env.update({f"CRM__KAFKA__{name.upper()}": value for name, value in topics.items()})
-    return subprocess.Popen([sys.executable, "run.py", "live", "--quiet", *args], cwd=ROOT, env=env,
+def start_engine(bootstrap: str, log: Path, *args: str, env: dict[str, str] | None = None,
+                 **topics: str) -> subprocess.Popen[bytes]:
+    environ = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap, "CRM__ENGINE__EPOCH_INTERVAL_S": "0.5",
+               "CRM__KAFKA__SINK_DEAD_LETTER_PATH": str(log.parent / REFUSED), **(env or {})}
+    environ.update({f"CRM__KAFKA__{name.upper()}": value for name, value in topics.items()})
+    return subprocess.Popen([sys.executable, "run.py", "live", "--quiet", *args], cwd=ROOT, env=environ,
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
 
 
-def stop(engine: subprocess.Popen[bytes]) -> int:
-    engine.send_signal(signal.SIGINT)
-    try:
-        return engine.wait(20)
-    finally:
-        if engine.poll() is None:
-            engine.kill()
+def stop(*engines: subprocess.Popen[bytes]) -> int:
+    """Ask every process (of one cluster) to stop, then wait for each; the worst exit code."""
+    for engine in engines:
+        engine.send_signal(signal.SIGINT)
+    codes = []
+    for engine in engines:
+        try:
+            codes.append(engine.wait(20))
+        finally:
+            if engine.poll() is None:
+                engine.kill()
+    return max(codes, key=abs)
 
 
 def without_emitted_at(raw: bytes) -> dict:
@@ -112,8 +118,13 @@ def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, P
     assert all(letter["source"]["topic"] == "events" and letter["reason"] for letter in letters)
 
 
+@pytest.mark.parametrize("layout", ["two workers", "two processes"])
 def test_four_topics_many_partitions_two_workers(broker: str, sim_stream: tuple[Path, Path],
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, layout: str) -> None:
+    """Three partitions a topic, read by two workers of one process or by two processes of one
+    Bytewax cluster (``[engine] addresses`` and ``process_id``, as the StatefulSet runs them):
+    every partition is read, the bad messages are dead-lettered once, and every alert comes
+    out once."""
     events, _ = sim_stream
     by_topic: dict[str, list[bytes]] = {"transactions": [], "app_events": [], "feedback": [], "profiles": []}
     topic_of = {"transaction": "transactions", "app": "app_events", "feedback": "feedback",
@@ -126,12 +137,18 @@ def test_four_topics_many_partitions_two_workers(broker: str, sim_stream: tuple[
     for topic, values in by_topic.items():
         produce(broker, topic, values, key_of=lambda v: orjson.loads(v)["customer_id"].encode())
     produce(broker, "transactions", bad)
-    engine = start_engine(broker, tmp_path / "engine.log", "--workers", "2")
+    if layout == "two workers":
+        engines = {tmp_path / "engine.log": start_engine(broker, tmp_path / "engine.log", "--workers", "2")}
+    else:
+        addresses = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+        engines = {tmp_path / f"engine-{i}.log": start_engine(
+            broker, tmp_path / f"engine-{i}.log", "--workers", "1",
+            env={"CRM__ENGINE__ADDRESSES": addresses, "CRM__ENGINE__PROCESS_ID": str(i)}) for i in range(2)}
     try:
         dead = consume_all(broker, "dead_letter", expect=len(bad), timeout=60)
         alerts = consume_all(broker, "alerts", timeout=90, idle=5.0)
     finally:
-        assert stop(engine) == 0, (tmp_path / "engine.log").read_text()[-3000:]
+        assert stop(*engines.values()) == 0, "\n".join(log.read_text()[-3000:] for log in engines)
     assert len(dead) == len(bad)
     records = [orjson.loads(raw) for raw in alerts]
     assert records, "no alerts arrived on the alerts topic"
