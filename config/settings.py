@@ -54,6 +54,10 @@ class EngineSettings:
     epoch_interval_s: float = 2.0  # how often state is snapshotted (and recovery can resume)
     recovery_dir: str = ""  # a directory of SQLite recovery partitions; empty disables recovery
     backup_interval_s: float = 0.0
+    # Where `run.py live` reads its events: the Kafka topics of [kafka], or the Redis stream
+    # [redis] input_stream (for deployments with Redis and no Kafka; alerts and prompts then
+    # go to Redis streams only, so [redis] enabled must be true).
+    source: Literal["kafka", "redis"] = "kafka"
 
 
 @dataclass(frozen=True)
@@ -137,8 +141,11 @@ class RedisSettings:
     dead_letter_path: str = "dead_letter_redis.jsonl"
     dead_letter_topic: str = ""  # a Kafka topic instead of the file
     # Live modes: a stream of input events (any kind of the contract; the dashboard writes its
-    # feedback there) read as one more source partition; "" = none.
+    # feedback there) read as one more source partition; "" = none. With [engine] source =
+    # "redis", the engine's only input, and what it refuses goes to input_dead_letter_path
+    # (unless `run.py live --dead-letter-out` names another file).
     input_stream: str = ""
+    input_dead_letter_path: str = "dead_letter_input.jsonl"
     # Live modes: keep each customer's latest N input events (a compact summary of each) in
     # the capped list <key_prefix>customer:<id>:events for the dashboard's timelines; 0 = none.
     recent_events: int = 0
@@ -237,6 +244,11 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+
+    def __post_init__(self) -> None:
+        if self.engine.source == "redis" and not (self.redis.enabled and self.redis.input_stream):
+            raise ConfigError("engine.source = \"redis\" needs redis.enabled = true (alerts and prompts go to "
+                              "Redis streams) and redis.input_stream (the stream events are read from)")
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secret values replaced, for logs and ``--help``."""

@@ -229,13 +229,20 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
                       side_input=redis_input(settings, stop), snapshots=bool(settings.engine.recovery_dir))
 
 
-def redis_input(settings: Settings, stop: threading.Event | None) -> RedisStreamSource | None:
-    """The Redis input stream of ``[redis] input_stream``, if one is configured."""
+#: How long the Redis source's read waits on the server when the stream has nothing new: an
+#: entry is read as it arrives, and a stop request is seen within this (plus one batch).
+REDIS_SOURCE_BLOCK_MS = 5
+
+
+def redis_input(settings: Settings, stop: threading.Event | None, side: bool = True) -> RedisStreamSource | None:
+    """The Redis input stream of ``[redis] input_stream``, if one is configured (and, as a
+    ``side`` input, if it is not the source already)."""
     r = settings.redis
-    if not r.input_stream:
+    if not r.input_stream or (side and settings.engine.source == "redis"):
         return None
     return RedisStreamSource(r.url, f"{r.key_prefix}{r.input_stream}", stop,
-                             socket_timeout_s=r.socket_timeout_s, bounds=settings.input)
+                             socket_timeout_s=r.socket_timeout_s, bounds=settings.input,
+                             block_ms=0 if side else REDIS_SOURCE_BLOCK_MS)
 
 
 def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
@@ -320,7 +327,14 @@ def run_demo(settings: Settings, stop: threading.Event, events: EventsFrom, work
 def run_live(settings: Settings, stop: threading.Event, console: bool, workers: int | None = None,
              alerts_path: Path | None = None, dead_letter_path: Path | None = None,
              telemetry: Telemetry | None = None) -> None:
-    source = KafkaSource(settings.kafka, stop=stop, telemetry=telemetry, bounds=settings.input)
-    flow = live_flow(settings, source, console=console, kafka_out=True, alerts_path=alerts_path,
+    """Kafka topics in and out, or with ``[engine] source = "redis"`` the Redis input stream
+    in and Redis streams out."""
+    from_redis = settings.engine.source == "redis"
+    source: Source[Any] | None = (redis_input(settings, stop, side=False) if from_redis else
+                                  KafkaSource(settings.kafka, stop=stop, telemetry=telemetry, bounds=settings.input))
+    assert source is not None  # the settings require [redis] input_stream for a Redis source
+    if from_redis and dead_letter_path is None:  # no Kafka dead-letter topic: never drop them
+        dead_letter_path = Path(settings.redis.input_dead_letter_path)
+    flow = live_flow(settings, source, console=console, kafka_out=not from_redis, alerts_path=alerts_path,
                      dead_letter_path=dead_letter_path, telemetry=telemetry, stop=stop)
     execute(flow, settings, workers)

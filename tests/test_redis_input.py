@@ -5,6 +5,10 @@ customer's latest events are kept in a capped list."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +17,7 @@ import orjson
 import pytest
 import redis
 
+from tests.conftest import ROOT, replay
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover, wait_for
 from tests.services import RedisServer, redis_server
 
@@ -60,3 +65,47 @@ def test_injected_events_reach_the_engine_and_alert(redis_srv: RedisServer, tmp_
         time.sleep(0.3)
     assert [a["customer_id"] for a in alerts(client, "ri:")] == ["c-in-1", "c-in-2"]
     assert client.llen("ri:customer:c-in-1:events") == 3 and client.llen("ri:customer:c-in-2:events") == 3
+
+
+def test_redis_as_the_only_source_gives_the_replays_alerts(redis_srv: RedisServer, sim_stream: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    """``[engine] source = "redis"``: ``run.py live`` reads every kind of event from the Redis
+    input stream, with no Kafka anywhere; the alerts on the Redis alerts stream are exactly
+    the replay's, and the bad entries are in the input dead-letter file with their ids."""
+    events, _ = sim_stream
+    lines = [line for line in events.read_bytes().splitlines() if line]
+    client = redis.Redis.from_url(redis_srv.url)
+    bad = {3: b"not json", len(lines) // 2: b'{"kind":"transaction","event_id":"x"}'}
+    pipe = client.pipeline(transaction=False)
+    for i, line in enumerate(lines):
+        if i in bad:
+            pipe.xadd("rs:events", {"data": bad[i]})
+        pipe.xadd("rs:events", {"data": line})
+    pipe.execute()
+    client.set("rs:events:cursor", "0-0")  # read the stream from its start
+    expected = replay(events, tmp_path / "replay").raw("alerts").splitlines()
+    assert expected
+    dead_file = tmp_path / "dead.jsonl"
+    env = {**os.environ, "CRM__ENGINE__SOURCE": "redis", "CRM__REDIS__ENABLED": "true",
+           "CRM__REDIS__URL": redis_srv.url, "CRM__REDIS__KEY_PREFIX": "rs:", "CRM__REDIS__INPUT_STREAM": "events",
+           "CRM__REDIS__INPUT_DEAD_LETTER_PATH": str(dead_file), "CRM__ENGINE__EPOCH_INTERVAL_S": "0.5",
+           "CRM__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # no broker: none may be needed
+    log = tmp_path / "engine.log"
+    with open(log, "wb") as stderr:
+        engine = subprocess.Popen([sys.executable, "run.py", "live", "--quiet"], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            got = wait_for(lambda: (found := alerts(client, "rs:")) and len(found) >= len(expected) and found,
+                           timeout=120, every=0.5)
+        finally:
+            engine.send_signal(signal.SIGINT)
+            assert engine.wait(30) == 0, log.read_text()[-3000:]
+
+    def without_emitted_at(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k != "emitted_at"}
+
+    assert sorted(map(without_emitted_at, got), key=str) == sorted(
+        (without_emitted_at(orjson.loads(line)) for line in expected), key=str)
+    letters = [orjson.loads(line) for line in dead_file.read_bytes().splitlines()]
+    assert len(letters) == len(bad) and all(letter["source"]["stream"] == "rs:events" for letter in letters)
+    assert b"rdkafka" not in log.read_bytes()

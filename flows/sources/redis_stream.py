@@ -28,18 +28,23 @@ class StreamPosition:
 
 
 class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
-    """Reads new entries of one stream without ever blocking the worker.
+    """Reads new entries of one stream.
 
-    An idle stream is polled every ``IDLE_POLL_S``; an unreachable Redis is logged once per
-    outage and retried every ``RETRY_S``: the rest of the dataflow goes on meanwhile.
+    An idle side stream is polled every ``IDLE_POLL_S``, without ever blocking the worker. As
+    the engine's only source (``block_ms`` > 0), a read that found nothing waits up to
+    ``block_ms`` on the server for the next entry instead (``XREAD BLOCK``): an entry is read
+    the moment it arrives, and the worker has nothing else to do meanwhile. An unreachable
+    Redis is logged once per outage and retried every ``RETRY_S``: the rest of the dataflow
+    goes on meanwhile.
     """
 
     IDLE_POLL_S = 0.02
     RETRY_S = 1.0
 
     def __init__(self, client: Any, key: str, start: StreamPosition, stop: threading.Event,
-                 batch_size: int, guard: WallClockGuard) -> None:
+                 batch_size: int, guard: WallClockGuard, block_ms: int = 0) -> None:
         self._client, self._key, self._stop, self._batch = client, key, stop, batch_size
+        self._block_ms, self._idle = block_ms, False
         self._guard = guard
         self._part = f"redis:{key}"
         self._last, self._seq = start.last_id, start.seq
@@ -53,7 +58,8 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
         if self._stop.is_set():
             raise StopIteration
         try:
-            reply = self._client.xread({self._key: self._last}, count=self._batch)
+            block = self._block_ms if self._idle and self._block_ms else None
+            reply = self._client.xread({self._key: self._last}, count=self._batch, block=block)
         except redis.RedisError as exc:
             if not self._down:
                 log.warning("input stream %s unreachable, retrying: %s", self._key, exc)
@@ -79,7 +85,8 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
         if batch:
             # The cursor lets a run without recovery carry on where the last one stopped.
             self._client.set(self._cursor, self._last)
-        self._wait = 0.0 if batch else self.IDLE_POLL_S
+        self._idle = not reply
+        self._wait = 0.0 if batch or self._block_ms else self.IDLE_POLL_S
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -94,8 +101,9 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
 
 class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
     """Input events from a Redis stream (entries with a ``data`` field holding one event of
-    the contract, of any kind): how the dashboard's feedback reaches the engine in the
-    built-in simulator mode, beside the simulator (``[redis] input_stream``).
+    the contract, of any kind): how the dashboard's feedback reaches the engine beside the
+    simulator or Kafka (``[redis] input_stream``), or the engine's only input (``[engine]
+    source = "redis"``, read with ``block_ms``).
 
     One partition, read from the snapshotted position with recovery; without, from the
     stream's ``:cursor`` key (where the last run stopped), else from the stream's end.
@@ -104,8 +112,10 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
     """
 
     def __init__(self, url: str, key: str, stop: threading.Event | None = None,
-                 batch_size: int = 500, socket_timeout_s: float = 5.0, bounds: InputBounds | None = None) -> None:
+                 batch_size: int = 500, socket_timeout_s: float = 5.0, bounds: InputBounds | None = None,
+                 block_ms: int = 0) -> None:
         self._url, self._key, self._stop = url, key, stop or threading.Event()
+        self._block_ms = block_ms
         self._batch, self._timeout = batch_size, socket_timeout_s
         self._guard = WallClockGuard(bounds or InputBounds())
 
@@ -125,4 +135,5 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
                 last: Any = client.xrevrange(self._key, count=1)
                 cursor = last[0][0] if last else b"0-0"
             start = StreamPosition(bytes(cursor).decode(), 0)
-        return _RedisStreamPartition(client, self._key, start, self._stop, self._batch, self._guard)
+        return _RedisStreamPartition(client, self._key, start, self._stop, self._batch, self._guard,
+                                     self._block_ms)
