@@ -19,7 +19,8 @@ class Sequenced:
     seq: int
     event: Event
     # Wall-clock seconds when the event entered the pipeline: the Kafka message timestamp
-    # (CreateTime or LogAppendTime) in live mode; None in replay. Latency metrics start here.
+    # (CreateTime or LogAppendTime), or when Redis added the stream entry (its id), in live
+    # mode; None in replay. Latency metrics start here.
     source_time: float | None = None
     # Wall-clock seconds when the engine read it from the broker (None in replay): the
     # engine's own share of the latency starts here.

@@ -17,6 +17,7 @@ observes itself, the sources report readiness and lag, and every sink is metered
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -107,9 +108,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def execute(flow: Dataflow, settings: Settings, workers: int | None = None) -> None:
+#: Live modes: how long a thread may hold the interpreter lock while another waits for it
+#: (Python's default: 5 ms). The sinks deliver from their own threads, and the metrics
+#: server answers from another; with the default, a record handed to a sink could wait up
+#: to 5 ms behind the busy dataflow worker before its delivery starts.
+LIVE_SWITCH_INTERVAL_S = 0.0005
+
+
+def execute(flow: Dataflow, settings: Settings, workers: int | None = None, live: bool = False) -> None:
     """Run ``flow`` in this process (or as one process of a cluster) with recovery if set."""
     tune_gc()
+    if live:
+        sys.setswitchinterval(LIVE_SWITCH_INTERVAL_S)
     engine = settings.engine
     recovery = None
     if engine.recovery_dir:
@@ -321,7 +331,7 @@ def demo_flow(settings: Settings, stop: threading.Event, events: EventsFrom, tel
 
 def run_demo(settings: Settings, stop: threading.Event, events: EventsFrom, workers: int | None = None,
              telemetry: Telemetry | None = None, loopback: PromptAnswerer | None = None) -> None:
-    execute(demo_flow(settings, stop, events, telemetry, loopback), settings, workers)
+    execute(demo_flow(settings, stop, events, telemetry, loopback), settings, workers, live=True)
 
 
 def run_live(settings: Settings, stop: threading.Event, console: bool, workers: int | None = None,
@@ -337,4 +347,4 @@ def run_live(settings: Settings, stop: threading.Event, console: bool, workers: 
         dead_letter_path = Path(settings.redis.input_dead_letter_path)
     flow = live_flow(settings, source, console=console, kafka_out=not from_redis, alerts_path=alerts_path,
                      dead_letter_path=dead_letter_path, telemetry=telemetry, stop=stop)
-    execute(flow, settings, workers)
+    execute(flow, settings, workers, live=True)

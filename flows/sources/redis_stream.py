@@ -78,8 +78,9 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
                     batch.append(result)
                 elif (problem := self._guard.problem(result, now)) is not None:
                     batch.append(refuse(raw, problem, origin, limit))
-                else:
-                    batch.append(Sequenced(self._part, self._seq, result, now, now))
+                else:  # an entry's id starts with the milliseconds Redis added it at
+                    added = int(entry.partition("-")[0]) / 1000.0
+                    batch.append(Sequenced(self._part, self._seq, result, added, now))
                     self._seq += 1
                 self._last = entry
         if batch:
