@@ -19,6 +19,7 @@ import pytest
 from schemas.outputs import DeadLetter, format_ts
 from tests.brokers import consume_all, create_topics, free_port, produce, tansu_broker, tansu_process
 from tests.conftest import ROOT, malformed_line, replay
+from tests.live_engine import wait_for
 
 #: The Kafka sinks' own dead letters (records the broker refused), beside the engine's log.
 REFUSED = "kafka_refused.jsonl"
@@ -37,6 +38,20 @@ def start_engine(bootstrap: str, log: Path, *args: str, env: dict[str, str] | No
     environ.update({f"CRM__KAFKA__{name.upper()}": value for name, value in topics.items()})
     return subprocess.Popen([sys.executable, "run.py", "live", "--quiet", *args], cwd=ROOT, env=environ,
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+
+
+def group_offsets(bootstrap: str, topics: list[str], group: str = "crm-engine") -> dict[tuple[str, int], int]:
+    """Each partition's committed offset in ``group``, as ``kafka-consumer-groups`` shows it
+    (0 where none is committed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        parts = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
+        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10)}
+    finally:
+        consumer.close()
 
 
 def stop(*engines: subprocess.Popen[bytes]) -> int:
@@ -147,6 +162,11 @@ def test_four_topics_many_partitions_two_workers(broker: str, sim_stream: tuple[
     try:
         dead = consume_all(broker, "dead_letter", expect=len(bad), timeout=60)
         alerts = consume_all(broker, "alerts", timeout=90, idle=5.0)
+        # the group's committed offsets (as kafka-consumer-groups shows them) reach every
+        # partition's end while the engine runs
+        total = sum(map(len, by_topic.values())) + len(bad)  # every message: offsets from 0, no gaps
+        wait_for(lambda: sum(group_offsets(broker, list(by_topic)).values()) == total, timeout=30,
+                 what="the committed offsets reaching the ends of the partitions")
     finally:
         assert stop(*engines.values()) == 0, "\n".join(log.read_text()[-3000:] for log in engines)
     assert len(dead) == len(bad)

@@ -48,7 +48,8 @@ def consumer_config(settings: KafkaSettings) -> dict[str, str | int | float | bo
         "fetch.wait.max.ms": 50,
         "socket.nagle.disable": True,
         **settings.consumer_config(),
-        # Offsets live in Bytewax recovery, not in the group: never commit, never rebalance.
+        # Positions live in Bytewax recovery, not in the group: partitions are assigned (no
+        # rebalancing) and only each epoch's end position is committed, for lag tools to see.
         "group.id": "crm-engine",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -91,6 +92,18 @@ class _SharedConsumer:
         else:
             self.closed = True
             self._consumer.close()
+
+    def commit(self, topic: str, partition: int, position: int) -> None:
+        """Tell the consumer group ``position`` (the next offset to read) for lag tools; the
+        engine itself resumes from its recovery snapshot, never from the group."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if self.closed or position < 0:
+            return
+        try:
+            self._consumer.commit(offsets=[TopicPartition(topic, partition, position)], asynchronous=True)
+        except KafkaException as exc:  # informational: never the engine's problem
+            log.warning("could not commit the position of %s#%d to the consumer group: %s", topic, partition, exc)
 
     def lag(self, topic: str, partition: int, position: int) -> int | None:
         """Messages after ``position`` (the next offset to read, or the logical start offset),
@@ -141,6 +154,7 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
         self._source, self._shared, self._topic, self._partition = source, shared, topic, partition
         self._part = f"{topic}#{partition}"
         self._offset: int = resume.offset if resume else start
+        self._committed = self._offset
         self._seq = resume.seq if resume else 0
         shared.add(topic, partition, self._offset)
 
@@ -187,6 +201,11 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
             telemetry.metrics.consumer_lag(self._topic, self._partition, lag)
 
     def snapshot(self) -> KafkaPosition:
+        """The position at the end of an epoch; also committed to the consumer group (when it
+        moved), so that ``kafka-consumer-groups`` and lag exporters see the engine's progress."""
+        if self._offset != self._committed:
+            self._shared.commit(self._topic, self._partition, self._offset)
+            self._committed = self._offset
         return KafkaPosition(self._offset, self._seq)
 
     def close(self) -> None:
