@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from tests.conftest import ROOT
-from tests.ops_flow import run_observed, small_stream
+from tests.ops_flow import Observed, run_observed, small_stream
 
 DEPLOY = ROOT / "deploy"
 PROM = DEPLOY / "prometheus"
@@ -66,10 +67,27 @@ def dashboard_exprs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported() -> set[str]:
+def observed() -> Observed:
+    return run_observed(small_stream(customers=20, days=4))
+
+
+def test_promtool_check_metrics_finds_nothing_in_the_exposition(observed: Observed) -> None:
+    """The engine's /metrics after a real run, engine latency histograms included, passes
+    ``promtool check metrics`` (naming, units, help texts) without a remark."""
+    text = generate_latest(observed.registry).decode()
+    assert 'crm_engine_alert_latency_seconds_bucket{le="0.005",since="read"}' in text
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail("promtool is not installed: `apt-get install -y prometheus` (make test does it)")
+    proc = subprocess.run([binary, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(observed: Observed) -> set[str]:
     """Every sample name the engine's registry exports after a small stream, plus the sample
     names of the labelled families that stream left without samples (lag, sinks)."""
-    run = run_observed(small_stream(customers=20, days=4))
+    run = observed
     names: set[str] = set()
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
                 "info": ("_info",)}
