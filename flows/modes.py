@@ -184,12 +184,13 @@ def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = Non
 def live_flow(settings: Settings, source: Source[Any], console: bool = True,
               kafka_out: bool = False, alerts_path: Path | None = None,
               dead_letter_path: Path | None = None, telemetry: Telemetry | None = None,
-              loopback: PromptAnswerer | None = None, stop: threading.Event | None = None) -> Dataflow:
+              loopback: PromptAnswerer | None = None, stop: threading.Event | None = None,
+              redis_side: bool = True) -> Dataflow:
     """The dataflow of a live run: console and/or Kafka and/or JSONL outputs; with
     ``telemetry``, every sink is metered under its name and the dataflow observed; with
     ``loopback``, prompts also go to it (the simulation running in this process); with
-    ``[redis] input_stream``, events from that stream (the dashboard's feedback) join the
-    source's until ``stop``."""
+    ``[redis] input_stream`` and ``redis_side``, events from that stream (the dashboard's
+    feedback) join the source's until ``stop``."""
     def sink(name: str, factory: Callable[[], Sink]) -> Callable[[], Sink]:
         if telemetry is None:
             return factory
@@ -236,7 +237,8 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.audit[name] = as_single_writer(sink(name, factory))
     return build_flow(source, outputs, engine_config(settings, wall_clock),
                       metrics=telemetry.metrics if telemetry is not None else None,
-                      side_input=redis_input(settings, stop), snapshots=bool(settings.engine.recovery_dir))
+                      side_input=redis_input(settings, stop) if redis_side else None,
+                      snapshots=bool(settings.engine.recovery_dir))
 
 
 #: How long the Redis source's read waits on the server when the stream has nothing new: an
@@ -245,10 +247,10 @@ REDIS_SOURCE_BLOCK_MS = 5
 
 
 def redis_input(settings: Settings, stop: threading.Event | None, side: bool = True) -> RedisStreamSource | None:
-    """The Redis input stream of ``[redis] input_stream``, if one is configured (and, as a
-    ``side`` input, if it is not the source already)."""
+    """The Redis input stream of ``[redis] input_stream``, if one is configured: beside
+    another source (``side``), or as the only one."""
     r = settings.redis
-    if not r.input_stream or (side and settings.engine.source == "redis"):
+    if not r.input_stream:
         return None
     return RedisStreamSource(r.url, f"{r.key_prefix}{r.input_stream}", stop,
                              socket_timeout_s=r.socket_timeout_s, bounds=settings.input,
@@ -346,5 +348,5 @@ def run_live(settings: Settings, stop: threading.Event, console: bool, workers: 
     if from_redis and dead_letter_path is None:  # no Kafka dead-letter topic: never drop them
         dead_letter_path = Path(settings.redis.input_dead_letter_path)
     flow = live_flow(settings, source, console=console, kafka_out=not from_redis, alerts_path=alerts_path,
-                     dead_letter_path=dead_letter_path, telemetry=telemetry, stop=stop)
+                     dead_letter_path=dead_letter_path, telemetry=telemetry, stop=stop, redis_side=not from_redis)
     execute(flow, settings, workers, live=True)
