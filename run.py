@@ -74,18 +74,23 @@ def _ops(parser: argparse.ArgumentParser, log_default: str, sub: bool = False) -
                         help=f"log lines as text or one JSON object each (default: {log_default})")
 
 
-def _version() -> str:
-    """The project's version, from ``pyproject.toml`` (the one place it is written)."""
-    import tomllib
+class _Version(argparse.Action):
+    """``--version``: the project's version, read only when asked."""
 
-    with open(Path(__file__).resolve().parent / "pyproject.toml", "rb") as handle:
-        return str(tomllib.load(handle)["project"]["version"])
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from ops.metrics import project_version
+
+        print(f"{parser.prog} {project_version()}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version)
     _common(parser, sub=False)
     _ops(parser, "text")
     sub = parser.add_subparsers(dest="command")

@@ -45,7 +45,16 @@ from pathlib import Path
 from platform import python_version
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -106,7 +115,8 @@ def source_of(part: str) -> str:
     return part.partition("#")[0]
 
 
-def _version() -> str:
+def project_version() -> str:
+    """The project's version, from ``pyproject.toml`` (the one place it is written)."""
     try:
         project = tomllib.loads(Path(__file__).resolve().parents[1].joinpath("pyproject.toml").read_text())
         return str(project["project"]["version"])
@@ -290,8 +300,15 @@ class EngineMetrics:
         self.registry = registry
         self.alert_threshold = alert_threshold
         ns = NAMESPACE
+        # The process's own signals (process_resident_memory_bytes, process_cpu_seconds_total,
+        # process_open_fds, process_start_time_seconds, python_gc_*, python_info), and no
+        # `_created` series beside every counter and histogram (nothing here reads them).
+        disable_created_metrics()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         Info("build", "Engine build: version, Python and Bytewax versions.", namespace=ns,
-             registry=registry).info({"version": _version(), "python": python_version(),
+             registry=registry).info({"version": project_version(), "python": python_version(),
                                       "bytewax": metadata.version("bytewax")})
         self.events = Counter("events", "Valid events consumed, by kind and source (topic).",
                               ["kind", "source"], namespace=ns, subsystem="source", registry=registry)

@@ -76,6 +76,8 @@ def test_promtool_check_metrics_finds_nothing_in_the_exposition(observed: Observ
     ``promtool check metrics`` (naming, units, help texts) without a remark."""
     text = generate_latest(observed.registry).decode()
     assert 'crm_engine_alert_latency_seconds_bucket{le="0.005",since="read"}' in text
+    assert "process_resident_memory_bytes" in text and "process_open_fds" in text and "python_gc_" in text
+    assert "_created" not in text
     binary = shutil.which("promtool")
     if binary is None:
         pytest.fail("promtool is not installed: `apt-get install -y prometheus` (make test does it)")
