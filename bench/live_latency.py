@@ -1,6 +1,11 @@
 """Event-to-alert latency, live through a real Kafka-protocol broker on loopback.
 
     python -m bench.live_latency [--rate 2000 --seconds 60 --warmup 10 --workers 1]
+    python -m bench.live_latency --mock [--fetch-wait-ms 5]      # librdkafka's mock cluster
+
+In the same run, a plain consumer of the transactions topic measures the **bare hop** on the
+same broker (event handed to the producer -> read by a consumer), so the engine's two hops
+can be compared with it.
 
 Starts a broker (Tansu, from the test dependencies) and the engine (``run.py live``), then
 produces the simulator's stream into the four input topics (``--partitions`` each, 2 by default) at a fixed
@@ -25,7 +30,11 @@ on each fetch that finds data there (about 0.4 us per batch on this machine), so
 cost grows with the run: at 2,000 events/s with linger.ms=1 (about one record per batch) a
 partition holds ~9,000 batches after 40 s and each fetch round over the 8 input partitions
 costs ~30 ms of broker CPU. Late in a long run the figures then measure the broker, not
-the engine. ``--bootstrap`` runs the same measurement against an existing Kafka instead.
+the engine. ``--bootstrap`` runs the same measurement against an existing Kafka instead, and
+``--mock`` against librdkafka's mock cluster (``tests.mockbroker``; topics of 4 partitions,
+created by a metadata request since it does not answer CreateTopics). The mock answers a
+fetch that finds nothing only when the consumer's ``fetch.wait.max.ms`` has passed, so
+``--fetch-wait-ms`` sets it for the engine (``[kafka.consumer]``) and the bench's readers.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from simulator import SimulatorConfig, generate
 from tests.brokers import create_topics, free_port, http_get, tansu_broker
+from tests.mockbroker import mock_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 # event kind -> the engine setting naming its topic, and that topic's default name
@@ -59,13 +69,25 @@ CLIENT = {"socket.nagle.disable": True}
 
 
 @contextmanager
-def broker(external: str | None, log_dir: Path) -> Iterator[str]:
-    """``external`` if given (an existing Kafka), else a fresh Tansu broker on loopback."""
+def broker(external: str | None, log_dir: Path, mock: bool = False) -> Iterator[str]:
+    """``external`` if given (an existing Kafka), else librdkafka's mock cluster (``mock``)
+    or a fresh Tansu broker on loopback."""
     if external:
         yield external
+    elif mock:
+        with mock_cluster() as bootstrap:
+            yield bootstrap
     else:
         with tansu_broker(log_dir) as bootstrap:
             yield bootstrap
+
+
+def mock_topics(bootstrap: str, topics: list[str]) -> int:
+    """Create ``topics`` on the mock cluster (a metadata request does); their partitions."""
+    metadata = Producer({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    for topic in topics:
+        metadata = Producer({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    return len(metadata.topics[topics[-1]].partitions)
 
 
 @dataclass
@@ -85,6 +107,7 @@ class Reader:
     topic: str
     partitions: int
     sent: dict[str, float]
+    fetch_wait_ms: int = 1
     received: list[Received] = field(default_factory=list)
     unknown: int = 0
     last: float = field(default_factory=time.monotonic)
@@ -95,7 +118,8 @@ class Reader:
         # fetch.wait.max.ms bounds how long a fetch that found nothing is held by the broker;
         # keep it short so the reader adds little to what is measured.
         consumer = Consumer({**CLIENT, "bootstrap.servers": self.bootstrap, "group.id": "bench",
-                             "enable.auto.commit": False, "fetch.wait.max.ms": 1, "fetch.min.bytes": 1})
+                             "enable.auto.commit": False, "fetch.wait.max.ms": self.fetch_wait_ms,
+                             "fetch.min.bytes": 1})
         consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in range(self.partitions)])
         consumer.poll(0.5)  # resolve the end offsets before any alert can be produced
         self.ready.set()
@@ -196,15 +220,24 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=None,
                         help="use this existing Kafka (topics named *.bench-<time> are created) "
                         "instead of starting a Tansu broker")
+    parser.add_argument("--mock", action="store_true", help="librdkafka's mock cluster instead of Tansu")
+    parser.add_argument("--fetch-wait-ms", type=int, default=None,
+                        help="fetch.wait.max.ms of the engine's consumers (default: its own, 50) and of "
+                        "the bench's readers (default 1)")
     args = parser.parse_args()
     suffix = f".bench-{int(time.time())}" if args.bootstrap else ""
     topic_of = {kind: name + suffix for kind, (_, name) in TOPICS.items()}
     alerts, dead_letter = "alerts" + suffix, "dead_letter" + suffix
     prompts = "nba_prompts" + suffix
-    with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp)) as bootstrap:
-        create_topics(bootstrap, {**dict.fromkeys(topic_of.values(), args.partitions), alerts: args.partitions,
-                                  prompts: 1, dead_letter: 1})
-        env = {**os.environ, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+    with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp), args.mock) as bootstrap:
+        if args.mock:
+            args.partitions = mock_topics(bootstrap, [*topic_of.values(), alerts, prompts, dead_letter])
+        else:
+            create_topics(bootstrap, {**dict.fromkeys(topic_of.values(), args.partitions),
+                                      alerts: args.partitions, prompts: 1, dead_letter: 1})
+        waits = {} if args.fetch_wait_ms is None else {
+            "CRM__KAFKA__CONSUMER__FETCH.WAIT.MAX.MS": str(args.fetch_wait_ms)}
+        env = {**os.environ, **waits, "CRM__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "CRM__KAFKA__STARTING_OFFSET": "latest", "CRM__KAFKA__ALERTS_TOPIC": alerts,
                "CRM__KAFKA__PROMPTS_TOPIC": prompts,
                "CRM__KAFKA__DEAD_LETTER_TOPIC": dead_letter,
@@ -216,12 +249,16 @@ def main() -> None:
              "--metrics-port", str(metrics_port)],
             cwd=ROOT, env=env, stderr=log)
         sent: dict[str, float] = {}
-        reader = Reader(bootstrap, alerts, args.partitions, sent)
+        reader_wait = args.fetch_wait_ms or 1
+        reader = Reader(bootstrap, alerts, args.partitions, sent, reader_wait)
+        bare = Reader(bootstrap, topic_of["transaction"], args.partitions, sent, reader_wait)  # the bare hop
         thread = threading.Thread(target=reader.run, daemon=True)
+        bare_thread = threading.Thread(target=bare.run, daemon=True)
         try:
             thread.start()
+            bare_thread.start()
             time.sleep(4.0)  # imports and partition assignment before the clock starts
-            if engine.poll() is not None or not reader.ready.wait(10):
+            if engine.poll() is not None or not (reader.ready.wait(10) and bare.ready.wait(10)):
                 raise SystemExit(f"the engine exited with {engine.returncode} before the run"
                                  if engine.poll() is not None else "the alerts reader did not start")
             offered = produce_stream(bootstrap, topic_of, args.rate, args.warmup + args.seconds,
@@ -233,7 +270,9 @@ def main() -> None:
             engine_metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
         finally:
             reader.stop.set()
+            bare.stop.set()
             thread.join(10)
+            bare_thread.join(10)
             engine.send_signal(signal.SIGTERM)
             try:
                 engine.wait(30)
@@ -242,6 +281,13 @@ def main() -> None:
                 engine.wait()
             log.close()
     report(args, offered, reader, sum(r.consumed > stopped_wall for r in reader.received))
+    bare_hop = np.array([r.consumed - r.sent for r in bare.received
+                         if r.sent >= offered.started + args.warmup]) * 1000.0
+    if bare_hop.size:
+        p50, p99, p999 = np.percentile(bare_hop, [50, 99, 99.9])
+        print(f"bare hop (event handed to the producer -> read by a plain consumer, {bare_hop.size:,} "
+              f"transactions): p50 {p50:.2f} ms, p99 {p99:.2f} ms, p99.9 {p999:.2f} ms; two hops' p99 + 5 ms: "
+              f"{2 * p99 + 5:.1f} ms")
     report_engine_share(engine_metrics)
 
 
