@@ -59,7 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from simulator import SimulatorConfig, generate
 from tests.brokers import create_topics, free_port, http_get, tansu_broker
-from tests.mockbroker import mock_cluster
+from tests.mockbroker import mock_cluster, mock_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 # event kind -> the engine setting naming its topic, and that topic's default name
@@ -81,13 +81,6 @@ def broker(external: str | None, log_dir: Path, mock: bool = False) -> Iterator[
         with tansu_broker(log_dir) as bootstrap:
             yield bootstrap
 
-
-def mock_topics(bootstrap: str, topics: list[str]) -> int:
-    """Create ``topics`` on the mock cluster (a metadata request does); their partitions."""
-    metadata = Producer({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
-    for topic in topics:
-        metadata = Producer({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
-    return len(metadata.topics[topics[-1]].partitions)
 
 
 @dataclass

@@ -66,6 +66,18 @@ def mock_cluster(brokers: int = 1, timeout: float = 10.0) -> Iterator[str]:
         thread.join(5)
 
 
+def mock_topics(bootstrap: str, topics: list[str]) -> int:
+    """Create ``topics`` on the mock cluster (it does not answer CreateTopics; a producer's
+    metadata request for a topic creates it); how many partitions each has."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    partitions = 0
+    for topic in topics:
+        partitions = len(producer.list_topics(topic, timeout=10).topics[topic].partitions)
+    return partitions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--brokers", type=int, default=1)
