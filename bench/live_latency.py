@@ -47,10 +47,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -156,6 +157,33 @@ class Offered:
     undelivered: int = 0
 
 
+def on_schedule(events: Iterable[dict[str, Any]], rate: float, seconds: float, out: Offered,
+                idle: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield ``events`` at ``rate`` per second for ``seconds``, each when it is due, counting
+    them and how far the loop ever fell behind its schedule into ``out``; ``idle`` is called
+    whenever the next event is not due yet (before waiting for it)."""
+    started = time.perf_counter()
+    out.started = time.time()
+    for event in events:
+        due = started + out.count / rate
+        if idle is not None and due > time.perf_counter():
+            idle()
+        while (ahead := due - time.perf_counter()) > 0:
+            time.sleep(min(ahead, 0.0005))
+        now = time.perf_counter()
+        if now - started >= seconds:
+            break
+        out.max_behind_ms = max(out.max_behind_ms, (now - due) * 1000.0)
+        yield event
+        out.count += 1
+    out.loop_seconds = time.perf_counter() - started
+
+
+def simulated_events(customers: int) -> Iterator[dict[str, Any]]:
+    """The stream both latency benchmarks offer: a year of the simulator, half its cases fraud."""
+    return generate(SimulatorConfig(customers=customers, days=365, seed=5, fraud_rate=0.5))
+
+
 def produce_stream(bootstrap: str, topic_of: dict[str, str], rate: float, seconds: float, customers: int,
                    linger_ms: float, sent: dict[str, float]) -> Offered:
     """Hand the simulator's events to a producer at ``rate`` per second for ``seconds``."""
@@ -168,18 +196,7 @@ def produce_stream(bootstrap: str, topic_of: dict[str, str], rate: float, second
             out.failed += 1
 
     producer = Producer({**CLIENT, "bootstrap.servers": bootstrap, "linger.ms": linger_ms})
-    events = generate(SimulatorConfig(customers=customers, days=365, seed=5, fraud_rate=0.5))
-    started = time.perf_counter()
-    out.started = time.time()
-    n = 0
-    for event in events:
-        due = started + n / rate
-        while (ahead := due - time.perf_counter()) > 0:
-            time.sleep(min(ahead, 0.001))
-        now = time.perf_counter()
-        if now - started >= seconds:
-            break
-        out.max_behind_ms = max(out.max_behind_ms, (now - due) * 1000.0)
+    for event in on_schedule(simulated_events(customers), rate, seconds, out):
         value, key = orjson.dumps(event), event["customer_id"].encode()
         sent[event["event_id"]] = time.time()
         while True:
@@ -190,9 +207,6 @@ def produce_stream(bootstrap: str, topic_of: dict[str, str], rate: float, second
                 out.queue_full += 1
                 producer.poll(0.001)
         producer.poll(0)
-        n += 1
-    out.count = n
-    out.loop_seconds = time.perf_counter() - started
     out.undelivered = producer.flush(30)
     return out
 

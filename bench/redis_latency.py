@@ -40,10 +40,9 @@ import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.live_latency import histogram_quantile, report_engine_share
+from bench.live_latency import Offered, histogram_quantile, on_schedule, report_engine_share, simulated_events
 from flows.modes import REDIS_SOURCE_BLOCK_MS
 from schemas.events import parse_timestamp
-from simulator import SimulatorConfig, generate
 from tests.brokers import free_port, http_get
 from tests.services import redis_server
 
@@ -89,38 +88,21 @@ class StreamReader:
                     self.last = time.monotonic()
 
 
-@dataclass
-class Offered:
-    count: int = 0
-    started: float = 0.0
-    loop_seconds: float = 0.0
-    max_behind_ms: float = 0.0
-
-
 def offer(url: str, rate: float, seconds: float, customers: int, sent: dict[str, float]) -> Offered:
-    """Add the simulator's events to the input stream at ``rate`` per second for ``seconds``."""
+    """Add the simulator's events to the input stream at ``rate`` per second for ``seconds``:
+    what is due goes in one pipelined round trip, before waiting for the next event."""
     client = redis.Redis.from_url(url)
-    out = Offered(started=time.time())
-    events = generate(SimulatorConfig(customers=customers, days=365, seed=5, fraud_rate=0.5))
-    started = time.perf_counter()
-    n = 0
+    out = Offered()
     pending: list[dict] = []
-    for event in events:
-        due = started + n / rate
-        if due > time.perf_counter() and pending:  # hand over what is due, then wait
+
+    def flush() -> None:
+        if pending:
             _send(client, pending, sent)
-            pending = []
-        while (ahead := due - time.perf_counter()) > 0:
-            time.sleep(min(ahead, 0.0005))
-        now = time.perf_counter()
-        if now - started >= seconds:
-            break
-        out.max_behind_ms = max(out.max_behind_ms, (now - due) * 1000.0)
+            pending.clear()
+
+    for event in on_schedule(simulated_events(customers), rate, seconds, out, idle=flush):
         pending.append(event)
-        n += 1
-    if pending:
-        _send(client, pending, sent)
-    out.count, out.loop_seconds = n, time.perf_counter() - started
+    flush()
     return out
 
 
