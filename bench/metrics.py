@@ -3,11 +3,8 @@
 All functions take plain sequences (or numpy arrays) and return Python floats. They follow
 the scikit-learn definitions, so figures are comparable with published baselines:
 
-- ``roc_auc``: the Mann-Whitney statistic with average ranks for tied scores, i.e. the
-  probability that a random fraud scores above a random legitimate transaction (ties
-  count one half); ``sklearn.metrics.roc_auc_score``.
-- ``average_precision``: ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds
-  in decreasing order (tied scores form one threshold); ``sklearn.metrics.average_precision_score``.
+- ``roc_auc`` and ``average_precision``: from ``detectors.quality``, where the engine's own
+  prequential evaluation takes them too.
 - ``card_precision_at_k``: the "card precision top-k" of the Fraud Detection Handbook
   (Le Borgne et al.): for each day, rank the cards (customers) by their highest score of
   the day, take the ``k`` first and count the share that had a fraud that day; the mean
@@ -32,82 +29,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from detectors.quality import _as_arrays, average_precision, average_ranks, roc_auc
+
+__all__ = ["average_precision", "average_ranks", "card_precision_at_k", "card_precision_by_day",
+           "precision_recall_at_threshold", "roc_auc"]
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-
-def _as_arrays(labels: Sequence[bool | int] | npt.ArrayLike,
-               scores: Sequence[float] | npt.ArrayLike) -> tuple[BoolArray, FloatArray]:
-    """Labels as booleans and scores as floats, checked for equal length and no NaN."""
-    y = np.asarray(labels).astype(bool, copy=False).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length: {y.size} != {s.size}")
-    if np.isnan(s).any():
-        raise ValueError("scores contain NaN")
-    return y, s
-
-
-def average_ranks(values: Sequence[float] | npt.ArrayLike) -> FloatArray:
-    """1-based ranks of ``values`` in increasing order; tied values share their mean rank.
-
-    >>> average_ranks([0.5, 0.1, 0.5, 0.9]).tolist()
-    [2.5, 1.0, 2.5, 4.0]
-    """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    order = np.argsort(v, kind="mergesort")
-    sorted_v = v[order]
-    # Start index (in sorted order) of each run of equal values, and the run lengths.
-    starts = np.flatnonzero(np.r_[True, sorted_v[1:] != sorted_v[:-1]])
-    lengths = np.diff(np.r_[starts, v.size])
-    mean_rank = starts + (lengths + 1) / 2.0  # mean of the 1-based ranks start+1 .. start+length
-    ranks = np.empty(v.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, lengths)
-    return ranks
-
-
-def roc_auc(labels: Sequence[bool | int] | npt.ArrayLike,
-            scores: Sequence[float] | npt.ArrayLike) -> float:
-    """Area under the ROC curve; ``nan`` without both classes.
-
-    >>> roc_auc([0, 1], [0.2, 0.9]), roc_auc([0, 1], [0.9, 0.2]), roc_auc([0, 1], [0.5, 0.5])
-    (1.0, 0.0, 0.5)
-    >>> roc_auc([1, 1], [0.2, 0.9])
-    nan
-    """
-    y, s = _as_arrays(labels, scores)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    rank_sum = float(average_ranks(s)[y].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
-def average_precision(labels: Sequence[bool | int] | npt.ArrayLike,
-                      scores: Sequence[float] | npt.ArrayLike) -> float:
-    """Average precision (area under the step precision-recall curve); ``nan`` without positives.
-
-    >>> average_precision([1, 0, 1], [0.9, 0.8, 0.7])  # P = 1, 1/2, 2/3 at R = 1/2, 1/2, 1
-    0.8333333333333333
-    >>> average_precision([1, 0], [0.5, 0.5])  # one threshold: P = 1/2 at R = 1
-    0.5
-    """
-    y, s = _as_arrays(labels, scores)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return math.nan
-    order = np.argsort(-s, kind="mergesort")
-    s_desc, y_desc = s[order], y[order]
-    # Last index of each run of equal scores: one threshold per distinct score.
-    ends = np.flatnonzero(np.r_[s_desc[1:] != s_desc[:-1], True])
-    tps = np.cumsum(y_desc)[ends].astype(np.float64)
-    flagged = (ends + 1).astype(np.float64)
-    precision = tps / flagged
-    recall = tps / n_pos
-    gains = np.diff(np.r_[0.0, recall])
-    return float(np.sum(gains * precision))
 
 
 def precision_recall_at_threshold(labels: Sequence[bool | int] | npt.ArrayLike,
