@@ -33,6 +33,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+# numpy's BLAS would start a thread per core for its matrix products, which here are small
+# (a tick's transactions by the model's features): the threads only spin on the core the
+# sinks, the metrics server and the challenger's training need. Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from config.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -105,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--prompts-out", type=Path, help="next-best-action prompts JSONL")
     replay.add_argument("--state-out", type=Path, help="customer state JSONL, as of the last event time")
     replay.add_argument("--dead-letter-out", type=Path, help="rejected input with reasons JSONL")
+    replay.add_argument("--models-out", type=Path,
+                        help="fraud model reports (prequential AUC/AP, champion) and champion changes JSONL")
 
     live = sub.add_parser("live", help="consume the Kafka topics and produce alerts to Kafka",
                           description="Consume the configured Kafka topics ([kafka] in the config) "
@@ -706,7 +713,7 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
             return 2
         modes.run_replay(settings, modes.ReplayPaths(
             args.input, args.alerts_out, args.scores_out, args.state_out, args.dead_letter_out,
-            args.prompts_out),
+            args.prompts_out, args.models_out),
             args.workers)
     elif args.command == "live":
         assert settings is not None

@@ -28,6 +28,7 @@ the label horizon are taken as legitimate.
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -37,13 +38,14 @@ from typing import Final
 import numpy as np
 
 from detectors.anomaly import SQUASHED, AnomalyModel, AnomalyParams, squash_rows
+from detectors.challengers import LINEAR, TREES, BoostedTrees, ChampionChallenger, ChampionParams, Change, TreesParams
 from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
 from detectors.profile import FEATURES, INDEX
 from detectors.risk_tables import TABLES, RateTableParams, RateTables
 from detectors.risk_tables import cells_batch as risk_cells_batch
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
-from schemas.outputs import AlertType, Reason, Severity
+from schemas.outputs import AlertType, ModelFigures, Reason, Severity
 
 RULE_CODES: Final = (
     "large_vs_history", "velocity_burst", "card_testing", "takeover_sequence", "structuring",
@@ -56,6 +58,8 @@ MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly",
 _MODEL_INDEX: Final = {name: i for i, name in enumerate(MODEL_FEATURES)}
 _RULE_INDEX: Final = {code: i for i, code in enumerate(RULE_CODES)}
 _SQUASHED_COLUMNS: Final = np.array([INDEX[name] for name in SQUASHED])
+
+log = logging.getLogger(__name__)
 
 
 def profile_matrix(rows: list[list[float]] | np.ndarray) -> np.ndarray:
@@ -101,10 +105,14 @@ class FraudParams:
     supervised: SupervisedParams = field(default_factory=SupervisedParams)
     rate_tables: RateTableParams = field(default_factory=RateTableParams)
     model_tick_s: float = 3600.0  # the shared models learn at the end of every tick of this much event time
+    gbm: TreesParams = field(default_factory=TreesParams)
+    champion: ChampionParams = field(default_factory=ChampionParams)
 
     def __post_init__(self) -> None:
         if not self.model_tick_s > 0:
             raise ValueError(f"model_tick_s must be positive, got {self.model_tick_s}")
+        if self.champion.champion == TREES and not self.gbm.enabled:
+            raise ValueError("the champion is the gradient-boosted model, which is not enabled (fraud.gbm.enabled)")
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -119,6 +127,7 @@ class Assessment:
     severity: Severity
     reasons: tuple[Reason, ...]
     model_version: str
+    model_scores: tuple[float, ...] = ()  # every model's score, in ``FraudDetector.models`` order
 
 
 def severity_of(score: float, bands: tuple[float, float, float]) -> Severity:
@@ -162,10 +171,32 @@ class FraudDetector:
         self.tick_end: float | None = None  # the end of the current model tick (event time)
         self._labels: list[tuple[Pending, float, bool, float]] = []  # learned at the tick's end
         self._traffic: list[tuple[str | None, float]] = []
+        self.trees = BoostedTrees(len(MODEL_FEATURES), p.gbm) if p.gbm.enabled else None
+        self.models: tuple[str, ...] = (LINEAR, TREES) if self.trees is not None else (LINEAR,)
+        self.selection = ChampionChallenger(p.champion, self.models)
+        self.evaluated: list[tuple[float, str, tuple[ModelFigures, ...]]] = []  # (as of, champion, figures)
+        self.changes: list[Change] = []  # to report (``drain``)
 
     @property
     def model_version(self) -> str:
-        return f"{MODEL_REVISION}.{self.classifier.n_labels}"
+        """The version of the champion, the model whose score decides alerts."""
+        return self.versions()[self.selection.champion]
+
+    def versions(self) -> dict[str, str]:
+        versions = {LINEAR: f"{MODEL_REVISION}.{self.classifier.n_labels}"}
+        if self.trees is not None:
+            versions[TREES] = self.trees.version
+        return versions
+
+    def reconfigure(self, params: FraudParams) -> None:
+        """After a restore: the configured champion rule (applied at the next evaluation)."""
+        self.selection.params = params.champion
+
+    def drain(self) -> tuple[list[tuple[float, str, tuple[ModelFigures, ...]]], list[Change]]:
+        """The evaluations and champion changes since the last call."""
+        evaluated, changes = self.evaluated, self.changes
+        self.evaluated, self.changes = [], []
+        return evaluated, changes
 
     def anomaly_scores(self, rows: list[list[float]] | np.ndarray) -> list[float]:
         """Anomaly scores of a batch of transactions' profile features (rows in
@@ -211,21 +242,40 @@ class FraudDetector:
             sampled = zlib.crc32(event_id.encode()) < threshold
             labels.append((entry, end, False, 1.0 / rate if sampled else 0.0))
         if labels:
-            self._learn(labels)
+            self._learn(labels, end)
         counterparties.expire(end)
+        if self.trees is not None:
+            try:
+                self.trees.tick(end)
+            except RuntimeError:  # the model in place goes on scoring; the next training may succeed
+                log.exception("the gradient-boosted model's training failed", extra={"step": "shared_scoring"})
+        selection = self.selection
+        if selection.due(end):
+            ready = {LINEAR: True, TREES: self.trees is not None and self.trees.ready}
+            change = selection.evaluate(end, self.versions(), ready)
+            self.evaluated.append((end, selection.champion, selection.figures))
+            if change is not None:
+                log.info("fraud champion %s -> %s (%s): %s", change.from_model, change.to_model, change.action,
+                         change.reason)
+                self.changes.append(change)
 
-    def _learn(self, labels: list[tuple[Pending, float, bool, float]]) -> None:
-        """Labels (entry, known at, fraud, classifier weight) into every shared model, in order."""
+    def _learn(self, labels: list[tuple[Pending, float, bool, float]], end: float) -> None:
+        """Labels (entry, known at, fraud, classifier weight) known by tick end ``end`` into
+        every shared model, in order, and every model's score of them into the evaluation."""
         for entry, known_at, is_fraud, _ in labels:
             self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud, entry.t)
+        frauds = np.array([is_fraud for _, _, is_fraud, _ in labels])
         self.rate_tables.learn_batch(np.array([entry.cells for entry, _, _, _ in labels]),
-                                     np.array([known_at for _, known_at, _, _ in labels]),
-                                     np.array([is_fraud for _, _, is_fraud, _ in labels], dtype=np.float64))
+                                     np.array([known_at for _, known_at, _, _ in labels]), frauds.astype(np.float64))
+        self.selection.observe(np.frombuffer(b"".join(e.scores for e, _, _, _ in labels)).reshape(len(labels), -1),
+                               frauds)
         learned = [(entry, is_fraud, weight) for entry, _, is_fraud, weight in labels if weight > 0]
         if learned:
             vectors = np.frombuffer(b"".join(e.vector for e, _, _ in learned)).reshape(len(learned), -1)
-            self.classifier.learn_batch(vectors, np.array([f for _, f, _ in learned]),
-                                        np.array([w for _, _, w in learned]))
+            learned_frauds, weights = np.array([f for _, f, _ in learned]), np.array([w for _, _, w in learned])
+            self.classifier.learn_batch(vectors, learned_frauds, weights)
+            if self.trees is not None:
+                self.trees.learn(vectors, learned_frauds, weights, end)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -267,23 +317,38 @@ class FraudDetector:
         model = clf.predict_proba_batch(vectors) if clf.n_frauds else np.zeros(n)
         trust = clf.n_frauds / (clf.n_frauds + p.warmup_frauds)
         prior = np.array(priors)
-        scores = np.round(np.clip(trust * model + (1.0 - trust) * prior, 0.0, 1.0), 6).tolist()
+        linear = np.clip(trust * model + (1.0 - trust) * prior, 0.0, 1.0)
+        trees = self.trees if self.trees is not None and self.trees.ready else None
+        # Every model's score; the gradient-boosted one scores like the linear one until its first training.
+        by_model = np.round(np.column_stack([linear, trees.predict(vectors)] if trees is not None else
+                                            [linear] * len(self.models)), 6)
+        champion = self.models.index(self.selection.champion)
+        scores = by_model[:, champion].tolist()
+        verdicts = [self._alert(score, row.hits) for score, row in zip(scores, rows, strict=True)]
+        contributions: dict[int, list[float]] = {}
+        if champion and trees is not None:  # the trees' reasons: TreeSHAP of the alerted rows, at once
+            alerted = [i for i, (alert_type, _) in enumerate(verdicts) if alert_type is not None and finite[i]]
+            if alerted:
+                contributions = dict(zip(alerted, trees.contributions(vectors[alerted])[:, :-1].tolist(), strict=True))
         version, traffic, pending = self.model_version, self._traffic, self.pending
         out: list[Assessment | ValueError] = []
-        for i, (row, score, model_score, prior_score, anomaly, ok, row_cells) in enumerate(zip(
+        for i, (row, score, model_score, prior_score, anomaly, ok, row_cells, row_scores) in enumerate(zip(
                 rows, scores, np.round(model, 6).tolist(), np.round(prior, 6).tolist(),
-                np.round(x[:, -1], 6).tolist(), finite.tolist(), cells.tolist(), strict=True)):
+                np.round(x[:, -1], 6).tolist(), finite.tolist(), cells.tolist(), by_model.tolist(), strict=True)):
             if not ok:
                 out.append(ValueError("a transaction whose features are not all finite"))
                 continue
-            alert_type, severity = self._alert(score, row.hits)
-            reasons = self._reasons(vectors[i], row.hits, trust, row.anomaly) if alert_type else ()
+            alert_type, severity = verdicts[i]
+            reasons = (self._reasons(vectors[i], row.hits, trust, row.anomaly, contributions.get(i))
+                       if alert_type else ())
             # Learn only after scoring: the transaction must not explain itself.
             traffic.append((row.counterparty_id, row.t))
-            entry = Pending(row.t, row.counterparty_id, vectors[i].tobytes(), tuple(row_cells), score)
+            entry = Pending(row.t, row.counterparty_id, vectors[i].tobytes(), tuple(row_cells), score,
+                            by_model[i].tobytes())
             for _overflow in pending.add(row.event_id, entry):
                 self.dropped_pending += 1
-            out.append(Assessment(score, model_score, prior_score, anomaly, alert_type, severity, reasons, version))
+            out.append(Assessment(score, model_score, prior_score, anomaly, alert_type, severity, reasons, version,
+                                  tuple(row_scores)))
         return out
 
     def _alert(self, score: float, hits: list[RuleHit]) -> tuple[AlertType | None, Severity]:
@@ -302,8 +367,18 @@ class FraudDetector:
         return (typed[0].alert_type if typed else "suspicious_transaction"), severity
 
     def _reasons(self, vector: np.ndarray, hits: list[RuleHit], trust: float,
-                 anomaly_score: float) -> tuple[Reason, ...]:
+                 anomaly_score: float, contributions: list[float] | None = None) -> tuple[Reason, ...]:
+        """The rules hit, then the features that pushed the champion's score up most: the
+        linear model's weighted by its trust, or the trees' ``contributions`` (TreeSHAP)."""
         reasons = [Reason(h.code, h.text, h.value, round(h.weight, 4)) for h in hits]
+        if contributions is not None:
+            top = sorted(zip(MODEL_FEATURES, contributions, strict=True), key=lambda item: (-item[1], item[0]))[:3]
+            for name, contribution in top:
+                if contribution > 0:
+                    text = FEATURE_TEXT.get(name, name.replace("_", " "))
+                    reasons.append(Reason(f"model:{name}", text, round(float(vector[_MODEL_INDEX[name]]), 4),
+                                          round(contribution, 4)))
+            return tuple(reasons)
         if trust > 0:
             for name, contribution in self.classifier.explain(vector):
                 text = FEATURE_TEXT.get(name, name.replace("_", " "))

@@ -213,6 +213,7 @@ class Pending(NamedTuple):
     vector: bytes  # the model vector it was scored with (float64, MODEL_FEATURES order)
     cells: tuple[int, ...]  # its cells in the rate tables (detectors.risk_tables.TABLES)
     score: float  # the fraud_score it was given
+    scores: bytes  # every model's score of it (float64, ``FraudDetector.models`` order)
 
 
 class DelayedLabels:

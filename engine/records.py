@@ -1,14 +1,28 @@
 """The output records the engine assembles from its detectors' verdicts: alerts (fraud and
-churn), per-event scores and the customer state (``schemas.outputs``)."""
+churn), per-event scores, the customer state and the fraud models' reports and champion
+changes (``schemas.outputs``)."""
 
 from __future__ import annotations
 
 from typing import Final
 
+from detectors.challengers import Change
 from detectors.customer import CustomerView, ViewParams
 from detectors.fraud import Assessment
 from schemas.events import Event, Transaction
-from schemas.outputs import Alert, CustomerState, Reason, Score, Severity, alert_id_for, format_ts
+from schemas.outputs import (
+    Alert,
+    CustomerState,
+    ModelChange,
+    ModelFigures,
+    ModelReport,
+    Reason,
+    Score,
+    Severity,
+    alert_id_for,
+    format_ts,
+    model_record_id,
+)
 
 CHURN_MODEL_VERSION: Final = "churn-bgnbd-prior-2"
 #: A churn score from which a churn alert is ``high`` rather than ``medium``.
@@ -33,11 +47,26 @@ def churn_alert(event: Event, rm_id: str | None, score: float, reasons: list[Rea
                  model_version=CHURN_MODEL_VERSION)
 
 
-def score_record(event: Transaction, assessment: Assessment) -> Score:
-    """The per-event scores of a transaction (replay output)."""
-    return Score(event.event_id, event.customer_id, event.ts, assessment.fraud_score, {
-        "model_score": assessment.model_score, "prior_score": assessment.prior_score,
-        "anomaly_score": assessment.anomaly_score})
+def score_record(event: Transaction, assessment: Assessment, models: tuple[str, ...]) -> Score:
+    """The per-event scores of a transaction (replay output): beside the champion's
+    ``fraud_score``, every model's as ``score_<model>``."""
+    extra = {"model_score": assessment.model_score, "prior_score": assessment.prior_score,
+             "anomaly_score": assessment.anomaly_score}
+    extra.update(zip([f"score_{model}" for model in models], assessment.model_scores, strict=True))
+    return Score(event.event_id, event.customer_id, event.ts, assessment.fraud_score, extra)
+
+
+def model_report(as_of: float, champion: str, figures: tuple[ModelFigures, ...]) -> ModelReport:
+    """The fraud models' evaluation at event time ``as_of``."""
+    ts = format_ts(as_of)
+    return ModelReport(model_record_id("mr", ts), ts, champion, figures)
+
+
+def model_change(change: Change, versions: dict[str, str]) -> ModelChange:
+    """A change of champion fraud model, for the audit trail."""
+    ts = format_ts(change.at)
+    return ModelChange(model_record_id("mc", ts, change.to_model), change.action, change.from_model,
+                       change.to_model, versions[change.to_model], change.reason, ts, change.figures)
 
 
 def customer_state(customer_id: str, view: CustomerView, now: float, churn_score: float,

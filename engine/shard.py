@@ -49,13 +49,22 @@ from detectors.fraud import Transaction as FraudTransaction
 from detectors.lifecycle import AlertLifecycle
 from detectors.nba import NextBestActions
 from engine.config import EngineConfig
-from engine.records import churn_alert, customer_state, fraud_alert, score_record
+from engine.records import churn_alert, customer_state, fraud_alert, model_change, model_report, score_record
 from schemas.events import Control, Event, Feedback, Transaction
-from schemas.outputs import Alert, CustomerState, DeadLetter, LifecycleChange, Prompt, Score
+from schemas.outputs import (
+    Alert,
+    CustomerState,
+    DeadLetter,
+    LifecycleChange,
+    ModelChange,
+    ModelReport,
+    Prompt,
+    Score,
+)
 
 log = logging.getLogger(__name__)
 
-Record = Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter
+Record = Alert | Prompt | Score | CustomerState | LifecycleChange | ModelReport | ModelChange | DeadLetter
 #: The stages of an event's processing, as failures and timings name them.
 STAGES = ("customer_profile", "shared_scoring", "customer_view")
 
@@ -108,6 +117,7 @@ class Shard:
     def configure(self, config: EngineConfig) -> None:
         """After a restore: the run's configuration (not part of the state)."""
         self.config = config
+        self.detector.reconfigure(config.fraud)
         for customer in self.customers.values():
             customer.model.churn_params = config.view.churn
 
@@ -137,7 +147,16 @@ class Shard:
                 entry = observed[i]
                 assert entry is not None
                 self._event(*entry, verdicts.get(i), out)
+        self._models(out)
         return out
+
+    def _models(self, out: list[Record]) -> None:
+        """The fraud models' evaluations and champion changes made during the batch."""
+        evaluated, changes = self.detector.drain()
+        if changes:
+            versions = self.detector.versions()
+            out.extend(model_change(change, versions) for change in changes)
+        out.extend(model_report(*each) for each in evaluated)
 
     def _segments(self, observed: list[tuple[Event, Customer, Observation] | None]) -> Iterator[list[int]]:
         """The indices of the processed events, cut where the shared models' clock crosses
@@ -260,6 +279,7 @@ class Shard:
                                    read_times[i] if read_times else None))
                 elif isinstance(event, Feedback):
                     feedback.append((event.label, *outcome) if outcome is not None else (event.label, None, False))
+        self._models(out)
         observer.stage_times((profiled - started, times[0], times[1]), len(events))
         if len(self.customers) > known:
             observer.customers_added(len(self.customers) - known)
@@ -354,7 +374,7 @@ class Shard:
         if prompt is not None:
             out.append(prompt)
         if assessment is not None and self.config.emit_scores:
-            out.append(score_record(event, assessment))  # type: ignore[arg-type]
+            out.append(score_record(event, assessment, self.detector.models))  # type: ignore[arg-type]
 
     # -- the end of a replay ---------------------------------------------------------------
 

@@ -8,9 +8,11 @@
                       │              churn evidence, view and alert lifecycle; shared by
                       │              the shard's customers the fraud models, the churn
                       │              model and the next-best-action policy
-                      │ Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter
+                      │ Alert | Prompt | Score | CustomerState | LifecycleChange
+                      │ | ModelReport | ModelChange | DeadLetter
                       ▼
-                   sinks (by record kind; dead letters: bad input and failed events)
+                   sinks (by record kind; dead letters: bad input and failed events;
+                          the audit trail: alerts, lifecycle and champion changes)
 
 The per-event logic is ``engine.shard.Shard``, plain Python; the one keyed step here only
 hands it each batch of its shard's events (``flows.steps.EngineStep``). An event whose
@@ -39,7 +41,17 @@ from engine.shard import Record
 from flows import observing
 from flows.items import Sequenced
 from flows.steps import EngineStep
-from schemas.outputs import Alert, CustomerState, DeadLetter, EventSummary, LifecycleChange, Prompt, Score
+from schemas.outputs import (
+    Alert,
+    CustomerState,
+    DeadLetter,
+    EventSummary,
+    LifecycleChange,
+    ModelChange,
+    ModelReport,
+    Prompt,
+    Score,
+)
 
 if TYPE_CHECKING:
     from ops.metrics import EngineMetrics
@@ -58,6 +70,7 @@ class Outputs:
     audit: dict[str, Sink[Any]] = field(default_factory=dict)  # alerts and lifecycle changes
     prompts: dict[str, Sink[Any]] = field(default_factory=dict)  # next-best-action prompts
     events: dict[str, Sink[Any]] = field(default_factory=dict)  # summaries of valid input events
+    models: dict[str, Sink[Any]] = field(default_factory=dict)  # fraud model reports and champion changes
 
 
 def _record_key(record: Any) -> str:
@@ -111,6 +124,10 @@ def build_flow(source: Source[Any], outputs: Outputs, config: EngineConfig,
     _write("prompts", op.filter("prompts", records, _is(Prompt)), outputs.prompts)
     _write("scores", op.filter("scores", records, _is(Score)), outputs.scores)
     _write("states", op.filter("states", records, _is(CustomerState)), outputs.states)
+    models = op.filter("models", records, _is(ModelReport | ModelChange))
+    if metrics is not None:  # each model's prequential figures and the champion
+        models = op.flat_map_batch("observe_models", models, metrics.observe_models)
+    _write("models", models, outputs.models)
     if outputs.audit:
         _write("audit", op.filter("audited", records, _is_audited), outputs.audit)
     return flow
@@ -130,10 +147,10 @@ def _value(pair: tuple[str, Any]) -> Any:
 
 
 def _is_audited(item: Any) -> bool:
-    return isinstance(item, Alert | LifecycleChange)
+    return isinstance(item, Alert | LifecycleChange | ModelChange)
 
 
-def _is(cls: type) -> Any:
+def _is(cls: Any) -> Any:
     def check(item: Record) -> bool:
         return isinstance(item, cls)
     return check

@@ -148,6 +148,7 @@ class ReplayPaths:
     state: Path | None = None
     dead_letters: Path | None = None
     prompts: Path | None = None
+    models: Path | None = None  # the fraud models' reports and champion changes
 
 
 def _files(path: Path | None, name: str) -> dict[str, Any]:
@@ -161,7 +162,9 @@ def replay_flow(settings: Settings, paths: ReplayPaths, replay: ReplayInput | No
     replay = replay or load_replay(paths.input, settings.input)
     outputs = Outputs(alerts=_files(paths.alerts, "file"), scores=_files(paths.scores, "file"),
                       states=_files(paths.state, "file"),
-                      dead_letters=_files(paths.dead_letters, "file"), prompts=_files(paths.prompts, "file"))
+                      dead_letters=_files(paths.dead_letters, "file"), prompts=_files(paths.prompts, "file"),
+                      models=_files(paths.models, "file"),
+                      audit={name: as_single_writer(factory) for name, factory in audit_sinks(settings).items()})
     config = engine_config(settings, event_clock, replay.watermark, emit_scores=paths.scores is not None)
     return build_flow(ReplaySource(replay), outputs, config, metrics=metrics,
                       snapshots=bool(settings.engine.recovery_dir))
@@ -173,7 +176,7 @@ def run_replay(settings: Settings, paths: ReplayPaths, workers: int | None = Non
     # to its snapshot: the outputs hold what the run wrote so far and must not be emptied.
     recovery = settings.engine.recovery_dir
     resuming = bool(recovery) and any(Path(recovery).glob(RECOVERY_PARTITIONS))
-    for path in (paths.alerts, paths.scores, paths.state, paths.dead_letters, paths.prompts):
+    for path in (paths.alerts, paths.scores, paths.state, paths.dead_letters, paths.prompts, paths.models):
         if path is not None:  # every output asked for exists at the end, empty if nothing went there
             path.parent.mkdir(parents=True, exist_ok=True)
             if not (resuming and path.exists()):
@@ -231,6 +234,8 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.prompts["loopback"] = as_output(sink("loopback_prompts", lambda: LoopbackSink(target)))
     if settings.redis.enabled:  # prompts to each RM's stream (the webhook carries alerts only)
         outputs.prompts["redis"] = as_single_writer(sink("redis_prompts", delivery_sinks(settings)["redis"]))
+        # The fraud models' reports and champion changes, for the risk dashboard.
+        outputs.models["redis"] = as_single_writer(sink("redis_models", delivery_sinks(settings)["redis"]))
     if settings.redis.enabled and settings.redis.recent_events > 0:
         outputs.events["redis"] = as_single_writer(sink("redis_events", recent_events_sink(settings)))
     for name, factory in audit_sinks(settings).items():

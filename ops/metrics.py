@@ -34,6 +34,7 @@ take plain per-event facts (kinds, source partitions, scores, timestamps) and ou
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import tomllib
@@ -59,7 +60,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 
 from schemas.events import KIND_FIELDS
-from schemas.outputs import Alert, DeadLetter
+from schemas.outputs import Alert, DeadLetter, ModelChange, ModelReport
 
 NAMESPACE: Final = "crm_engine"
 #: Event-to-alert latency buckets (seconds), from 0.5 ms to 5 minutes.
@@ -347,6 +348,20 @@ class EngineMetrics:
         self.labelled_scores = FastHistogram(f"{ns}_model_labelled_score",
                                              "Fraud score a labelled transaction had, by label.", SCORE_BUCKETS,
                                              registry, ["label"])
+        self.model_auc = Gauge("prequential_auc", "Each fraud model's ROC AUC over the last labels (the "
+                               "same labels for every model), at the last evaluation.", ["model"], namespace=ns,
+                               subsystem="model", registry=registry)
+        self.model_ap = Gauge("prequential_average_precision", "Each fraud model's average precision over "
+                              "the last labels, at the last evaluation.", ["model"], namespace=ns,
+                              subsystem="model", registry=registry)
+        self.model_labels = Gauge("prequential_labels", "Labels (and, frauds=\"true\", frauds among them) "
+                                  "each model was evaluated on at the last evaluation.", ["model", "frauds"],
+                                  namespace=ns, subsystem="model", unit="labels", registry=registry)
+        self.champion = Gauge("champion", "1 for the fraud model whose score decides alerts, 0 for the others.",
+                              ["model"], namespace=ns, subsystem="model", registry=registry)
+        self.champion_changes = Counter("champion_changes", "Changes of champion fraud model, by action "
+                                        "(promoted by the engine's rule, or configured).", ["action"],
+                                        namespace=ns, subsystem="model", registry=registry)
         labels = ("records", "Records handed to a sink."), ("errors", "Records a sink failed to deliver."), \
             ("retries", "Writes a sink attempted again (back-pressure, transient errors)."), \
             ("lost", "Records a sink could neither deliver nor store in its dead letters.")
@@ -379,6 +394,8 @@ class EngineMetrics:
         self.scoring_latency.labels()
         for label in FEEDBACK_LABELS:
             self.feedback.labels(label)
+        for action in ("promoted", "configured"):
+            self.champion_changes.labels(action)
         for outcome in OUTCOMES:
             self.outcomes.labels(outcome)
         for label in ("fraud", "legit"):
@@ -458,6 +475,21 @@ class EngineMetrics:
         """Count the alerts emitted to the sinks (after de-duplication and grouping)."""
         for alert in batch:
             self._alerts_by[(alert.type, alert.severity)].inc()
+        return batch
+
+    def observe_models(self, batch: list[ModelReport | ModelChange]) -> list[ModelReport | ModelChange]:
+        """Each fraud model's prequential figures and the champion, from the engine's reports."""
+        for record in batch:
+            if isinstance(record, ModelChange):
+                self.champion_changes.labels(record.action).inc()
+                continue
+            for figures in record.models:
+                model = figures.model
+                self.model_auc.labels(model).set(math.nan if figures.auc is None else figures.auc)
+                self.model_ap.labels(model).set(math.nan if figures.ap is None else figures.ap)
+                self.model_labels.labels(model, "false").set(figures.labels)
+                self.model_labels.labels(model, "true").set(figures.frauds)
+                self.champion.labels(model).set(1.0 if model == record.champion else 0.0)
         return batch
 
     # -- hooks for sources and sinks -------------------------------------------------------

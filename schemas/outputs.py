@@ -154,6 +154,59 @@ class LifecycleChange(_Record):
 
 
 @dataclass(frozen=True, slots=True)
+class ModelFigures:
+    """One fraud model's prequential figures: ROC AUC and average precision of the scores it
+    gave the transactions of the last ``labels`` labels (``frauds`` of them fraud), computed
+    when the labels arrived; ``None`` where undefined (no fraud, or no legitimate label, yet)."""
+
+    model: str
+    version: str
+    auc: float | None
+    ap: float | None
+    labels: int
+    frauds: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReport(_Record):
+    """The fraud models' evaluation at event time ``as_of``: the ``champion`` (whose score
+    decides alerts) and every model's figures over the same labels."""
+
+    report_id: str
+    as_of: str
+    champion: str
+    models: tuple[ModelFigures, ...]
+    kind: str = "model_report"
+    schema_version: str = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChange(_Record):
+    """A change of champion fraud model, for the audit trail: ``promoted`` by the engine's
+    rule or ``configured`` by an operator; ``models`` are the figures it was decided on."""
+
+    change_id: str
+    action: str
+    from_model: str
+    to_model: str
+    to_version: str
+    reason: str
+    as_of: str
+    models: tuple[ModelFigures, ...]
+    kind: str = "model_change"
+    schema_version: str = SCHEMA_VERSION
+
+
+def model_record_id(kind: str, as_of: str, *parts: str) -> str:
+    """Stable id of a model report or change: the same replay gives the same ids.
+
+    >>> model_record_id("mr", "2026-01-01T00:00:00.000Z")
+    'mr-2026-01-01T00:00:00.000Z'
+    """
+    return "-".join((kind, as_of, *parts))
+
+
+@dataclass(frozen=True, slots=True)
 class UserAction(_Record):
     """What a dashboard user did, for the audit trail: ``login``, ``logout``,
     ``acknowledge``, ``assign``, ``snooze``, ``close``, ``answer_prompt``; failed sign-ins

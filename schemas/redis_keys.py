@@ -87,6 +87,14 @@ class RedisKeys:
         """A ``SCAN`` pattern matching every ``rm_prompts`` key."""
         return f"{_glob_literal(self.prefix)}rm:*:prompts"
 
+    def models(self) -> str:
+        """A hash: the fraud models' latest report (``report``) and champion change (``change``)."""
+        return f"{self.prefix}models"
+
+    def model_changes(self) -> str:
+        """A stream: every change of champion fraud model."""
+        return f"{self.prefix}models:changes"
+
     def delivered(self, record_id: str) -> str:
         """A string with a time to live: the record was delivered (idempotency marker)."""
         return f"{self.prefix}delivered:{encode(record_id)}"

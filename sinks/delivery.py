@@ -227,14 +227,14 @@ class KafkaDeadLetters:
 
 def record_id(record: Record) -> str:
     """The id a record is de-duplicated by: ``action_id``, ``change_id``, ``alert_id``,
-    ``prompt_id`` or ``event_id``; for a dead letter, where its payload came from.
+    ``prompt_id``, ``report_id`` or ``event_id``; for a dead letter, where its payload came from.
 
     >>> record_id(DeadLetter.of(b"x", "invalid JSON", {"topic": "events", "partition": 0, "offset": 7}))
     'dead letter of topic=events/partition=0/offset=7'
     """
     if isinstance(record, DeadLetter):
         return "dead letter of " + "/".join(f"{k}={v}" for k, v in record.source.items())
-    for name in ("action_id", "change_id", "alert_id", "prompt_id", "event_id"):
+    for name in ("action_id", "change_id", "alert_id", "prompt_id", "report_id", "event_id"):
         value = getattr(record, name, None)
         if isinstance(value, str):
             return value

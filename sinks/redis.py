@@ -11,6 +11,8 @@ key). The default routing (``default_route``) sends
 - a record with an ``rm_id`` and a ``prompt_id`` (a next-best-action prompt) to the RM's
   stream ``{prefix}rm:{rm_id}:prompts``;
 - a customer state to the customer's hash (its scores).
+- a fraud model report to the ``{prefix}models`` hash (``report``: the latest), and a change
+  of champion model to the ``{prefix}models:changes`` stream and that hash (``change``).
 
 Delivery: at least once from the engine, exactly once into Redis. One Lua script writes a
 record only if its id was not delivered before: it checks the marker
@@ -37,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.outputs import Alert, CustomerState, EventSummary
+from schemas.outputs import Alert, CustomerState, EventSummary, ModelChange, ModelReport
 from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
 from sinks.base import Record
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, record_id
@@ -159,6 +161,11 @@ def default_route(record: Record, limits: RedisLimits, keys: RedisKeys) -> Redis
         return RedisRoute(hash_key=keys.customer(record.customer_id), hash_fields={
             "churn_score": repr(record.churn_score), "fraud_risk": repr(record.fraud_risk),
             "last_event_ts": record.last_event_ts, "state": record.to_bytes().decode("utf-8")})
+    if isinstance(record, ModelReport):
+        return RedisRoute(hash_key=keys.models(), hash_fields={"report": record.to_bytes().decode("utf-8")})
+    if isinstance(record, ModelChange):
+        return RedisRoute(stream=keys.model_changes(), maxlen=limits.prompts_maxlen, hash_key=keys.models(),
+                          hash_fields={"change": record.to_bytes().decode("utf-8")})
     rm_id, prompt_id = getattr(record, "rm_id", None), getattr(record, "prompt_id", None)
     if isinstance(rm_id, str) and isinstance(prompt_id, str):
         return RedisRoute(stream=keys.rm_prompts(rm_id), maxlen=limits.prompts_maxlen)

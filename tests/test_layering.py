@@ -36,8 +36,8 @@ UNRESTRICTED = frozenset({"run", "bench", "tests"})
 #: Third-party packages the plain-Python layers may use (and the standard library).
 THIRD_PARTY: dict[str, frozenset[str]] = {
     "schemas": frozenset({"orjson"}),
-    "detectors": frozenset({"numpy", "river", "scipy"}),
-    "engine": frozenset({"numpy", "orjson", "river", "scipy"}),
+    "detectors": frozenset({"lightgbm", "numpy", "river", "scipy"}),
+    "engine": frozenset({"lightgbm", "numpy", "orjson", "river", "scipy"}),
 }
 #: Where the dataflow runtime may be imported: the wiring, and the tests that drive it.
 BYTEWAX_ALLOWED = frozenset({"flows", "tests"})
