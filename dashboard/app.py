@@ -570,6 +570,10 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             return {"rm": (await store.stats(who.rm_id))["rm"]}
         return await store.stats(None)
 
+    @app.get("/api/models", summary="The fraud models: prequential AUC and AP, the champion, its last change")
+    async def models(who: Reader) -> dict[str, Any]:
+        return await store.models()
+
     @app.get("/api/audit", summary="The latest audit entries (admin), identifiers masked")
     async def audit(who: Annotated[Session, role("admin")],
                     limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:

@@ -347,6 +347,13 @@ class Store:
                             "conversion_rate": stat.get("converted", 0) / prompts if prompts else 0.0}
         return result
 
+    async def models(self) -> dict[str, Any]:
+        """The fraud models' latest report (each model's prequential AUC and AP, the champion)
+        and the latest change of champion, as the engine wrote them (None before the first)."""
+        stored = await self.r.hgetall(self.k.models())
+        return {name: orjson.loads(stored[name.encode()]) if name.encode() in stored else None
+                for name in ("report", "change")}
+
     # -- actions -------------------------------------------------------------------------
     #
     # An action reads the state, decides (``alert_verdict``, ``prompt_verdict``), builds the

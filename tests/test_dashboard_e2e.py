@@ -114,3 +114,62 @@ def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp
         finally:
             stop.set()
             engine.join(30)
+
+
+def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(browser: object,
+                                                                              tmp_path: Path) -> None:
+    """Live, from the Redis input stream: the challenger that is better on the delayed labels
+    is promoted; its figures are in the metrics, the change in the Redis audit log, and both
+    in the risk view."""
+    import threading
+    from dataclasses import replace
+
+    from bytewax.testing import TestingSource, run_main
+    from prometheus_client import CollectorRegistry
+
+    from flows.modes import live_flow
+    from ops import EngineMetrics, Telemetry
+    from tests.challenger_stream import quick_challenger, xor_events
+
+    with redis_server(tmp_path) as srv:
+        client = redis.Redis.from_url(srv.url)
+        settings = engine_settings(srv.url, "cc:", tmp_path)
+        settings = replace(settings, fraud=quick_challenger(settings.fraud))
+        stop = threading.Event()
+        registry = CollectorRegistry()
+        metrics = EngineMetrics(registry, ("redis",), alert_threshold=settings.fraud.alert_threshold)
+        flow = live_flow(settings, TestingSource([]), console=False, stop=stop,
+                         telemetry=Telemetry(metrics, Readiness(stop)))
+        engine = threading.Thread(target=run_main, args=(flow,), daemon=True)
+        engine.start()
+
+        def gauge(name: str, model: str) -> float | None:
+            return registry.get_sample_value(f"crm_engine_model_{name}", {"model": model})
+        try:
+            pipe = client.pipeline(transaction=False)
+            for event in xor_events():
+                pipe.xadd("cc:feedback:in", {"data": orjson.dumps(event)})
+            pipe.execute()
+            change = orjson.loads(wait_for(lambda: client.hget("cc:models", "change"), timeout=120,
+                                           what="a change of champion in Redis"))
+            assert (change["action"], change["from_model"], change["to_model"]) == ("promoted", "linear", "gbm")
+            wait_for(lambda: gauge("champion", "gbm") == 1.0, what="the champion gauge")
+            assert gauge("champion", "linear") == 0.0
+            assert (gauge("prequential_average_precision", "gbm") or 0.0) > (
+                gauge("prequential_average_precision", "linear") or 1.0)
+            assert (gauge("prequential_auc", "gbm") or 0.0) > (gauge("prequential_auc", "linear") or 1.0)
+            assert registry.get_sample_value("crm_engine_model_champion_changes_total", {"action": "promoted"}) == 1.0
+            def audited() -> list[str]:
+                entries = [orjson.loads(entry) for entry in client.lrange("cc:audit", 0, -1)]
+                return [e["id"] for e in entries if e["kind"] == "model_change"]
+            assert wait_for(audited, what="the change in the audit log") == [change["change_id"]]
+            with dashboard(settings, tmp_path) as dash:
+                analyst = sign_in(browser, dash.url, "ana")
+                row = '#models-body tr[data-model="gbm"]'
+                analyst.wait_for_selector(row)  # type: ignore[attr-defined]
+                assert analyst.inner_text(row).split("\t")[-1] == "champion"  # type: ignore[attr-defined]
+                assert "linear -> gbm (promoted)" in analyst.inner_text("#models-change")  # type: ignore[attr-defined]
+                analyst.screenshot(path=str(tmp_path / "risk-models.png"))  # type: ignore[attr-defined]
+        finally:
+            stop.set()
+            engine.join(30)

@@ -183,12 +183,25 @@ async function loadPlots() {
   if (s.volume) {
     bars($("plot-volume"), s.volume.map((v) => v.alerts), s.volume.map((v, i) => (i % 6 === 0 ? v.hour.slice(5, 13) : "")));
     bars($("plot-scores"), s.scores.map((b) => b.alerts), s.scores.map((b) => b.from.toFixed(1)));
+    await loadModels();
   }
   if (s.rm) {
     const r = s.rm;
     bars($("plot-rm"), [r.prompts, r.accepted, r.dismissed, r.converted],
       ["prompts", "accepted", "dismissed", `converted (${(100 * r.conversion_rate).toFixed(1)} %)`]);
   }
+}
+
+async function loadModels() {
+  const m = await api("/api/models");
+  const fmt = (v) => (v === null || v === undefined ? "n/a" : v.toFixed(3));
+  const report = m.report;
+  $("models-as-of").textContent = report ? `as of ${report.as_of}` : "(no evaluation yet)";
+  $("models-body").replaceChildren(...(report ? report.models : []).map((f) => el("tr", { "data-model": f.model },
+    el("td", {}, f.model), el("td", {}, f.version), el("td", {}, fmt(f.auc)), el("td", {}, fmt(f.ap)),
+    el("td", {}, f.labels), el("td", {}, f.frauds), el("td", {}, f.model === report.champion ? "champion" : "challenger"))));
+  const c = m.change;
+  $("models-change").textContent = c ? `${c.as_of}: ${c.from_model} -> ${c.to_model} (${c.action}): ${c.reason}` : "";
 }
 
 // -- live updates ------------------------------------------------------------------------
