@@ -47,6 +47,7 @@ import orjson
 
 from bench.cardsim import DAY_S, SCENARIO_NAMES, SimConfig, simulate, summary, write_events, write_truth
 from bench.metrics import average_precision, card_precision_by_day, roc_auc
+from detectors.quality import auc_and_average_precision
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -91,6 +92,10 @@ class BenchPaths:
     @property
     def dead_letters(self) -> Path:
         return self.workdir / "dead_letters.jsonl"
+
+    @property
+    def models(self) -> Path:
+        return self.workdir / "models.jsonl"
 
     @property
     def replay_log(self) -> Path:
@@ -155,12 +160,13 @@ def replay_command(paths: BenchPaths) -> list[str]:
     """The replay exactly as an external check runs it (from the project root)."""
     return [sys.executable, "run.py", "replay", "--input", str(paths.events),
             "--alerts-out", str(paths.alerts), "--scores-out", str(paths.scores),
-            "--state-out", str(paths.state), "--dead-letter-out", str(paths.dead_letters)]
+            "--state-out", str(paths.state), "--dead-letter-out", str(paths.dead_letters),
+            "--models-out", str(paths.models)]
 
 
 def run_replay(paths: BenchPaths, n_events: int, timeout_s: float | None) -> ReplayRun:
     """Run the replay as a subprocess, its output in ``replay.log``; never raises on failure."""
-    for out in (paths.alerts, paths.scores, paths.state, paths.dead_letters):
+    for out in (paths.alerts, paths.scores, paths.state, paths.dead_letters, paths.models):
         out.unlink(missing_ok=True)
     started = time.perf_counter()
     with paths.replay_log.open("wb") as log:
@@ -217,16 +223,24 @@ def load_truth(path: Path) -> Truth:
                  np.asarray(frauds, dtype=bool), np.asarray(scenarios, dtype=np.int8))
 
 
-def load_scores(path: Path, n: int) -> tuple[FloatArray, int]:
-    """``fraud_score`` per transaction number (missing ones 0.0) and how many were missing."""
-    scores = np.full(n, np.nan)
+def load_scores(path: Path, n: int) -> tuple[dict[str, FloatArray], int]:
+    """Per transaction number (missing ones 0.0), the engine's ``fraud_score`` (``engine``:
+    the champion's) and each of its models' (``score_<model>``, as ``engine:<model>``); and
+    how many transactions had no score."""
+    scores: dict[str, FloatArray] = {"engine": np.full(n, np.nan)}
     for obj in _jsonl(path):
         number = _tx_number(obj.get("event_id"))
-        value = obj.get("fraud_score")
-        if number is not None and number < n and isinstance(value, int | float):
-            scores[number] = float(value)
-    missing = int(np.isnan(scores).sum())
-    scores[np.isnan(scores)] = 0.0
+        if number is None or number >= n:
+            continue
+        for key, value in obj.items():
+            name = "engine" if key == "fraud_score" else "engine:" + key[6:] if key.startswith("score_") else None
+            if name is not None and isinstance(value, int | float):
+                if name not in scores:
+                    scores[name] = np.full(n, np.nan)
+                scores[name][number] = float(value)
+    missing = int(np.isnan(scores["engine"]).sum())
+    for values in scores.values():
+        values[np.isnan(values)] = 0.0
     return scores, missing
 
 
@@ -264,6 +278,9 @@ class OnlineReference:
         self._ratio_counts = np.zeros((2, 41))
         self._terminal_counts: dict[int, list[float]] = {}  # frauds, labels, as-of time
         self._customer_sums: dict[int, list[float]] = {}  # count, sum of amounts
+        self._last_fraud_label: dict[int, float] = {}  # terminal -> when its latest fraud label came
+        #: Per transaction: a fraud label had come for its terminal in the 28 days before it.
+        self.terminal_fraud_known = np.zeros(n_tx, dtype=bool)
 
     def _rate(self, frauds: float, labels: float) -> float:
         return (frauds + self._strength * self._prior) / (labels + self._strength)
@@ -283,6 +300,8 @@ class OnlineReference:
         amount_bucket = min(100, int(amount // 10))
         self._amount_bucket[number], self._ratio_bucket[number] = amount_bucket, ratio_bucket
         self._terminal[number] = terminal
+        last = self._last_fraud_label.get(terminal)
+        self.terminal_fraud_known[number] = last is not None and t - last < 28 * DAY_S
         sums = self._customer_sums[customer]
         sums[0] += 1.0
         sums[1] += amount
@@ -297,6 +316,8 @@ class OnlineReference:
         self._ratio_counts[:, self._ratio_bucket[number]] += (float(fraud), 1.0)
         term = self._terminal_state(int(self._terminal[number]), t)
         term[0] += float(fraud)
+        if fraud:
+            self._last_fraud_label[int(self._terminal[number])] = t
         term[1] += 1.0
 
 
@@ -310,8 +331,10 @@ def _count_lines(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
-def reference_scores(events: Path, n: int) -> dict[str, FloatArray]:
-    """Scores of the reference models for every transaction, from the event file alone."""
+def reference_scores(events: Path, n: int) -> tuple[dict[str, FloatArray], BoolArray]:
+    """Scores of the reference models for every transaction, from the event file alone, and
+    for each transaction whether a fraud label had come for its terminal in the 28 days
+    before it (``OnlineReference.terminal_fraud_known``)."""
     amount = np.zeros(n)
     online = np.zeros(n)
     model = OnlineReference(n)
@@ -331,7 +354,7 @@ def reference_scores(events: Path, n: int) -> dict[str, FloatArray]:
             number = _tx_number(obj.get("ref_event_id"))
             if number is not None and number < n:
                 model.learn(number, _epoch(str(obj["ts"])), obj["label"] == "fraud")
-    return {"amount": amount, "online": online}
+    return {"amount": amount, "online": online}, model.terminal_fraud_known
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -386,6 +409,37 @@ def handbook_test_mask(truth: Truth, test_start: int, n_test_days: int = 7, dela
     return mask
 
 
+def bootstrap_interval(mask: BoolArray, truth: Truth, scores: FloatArray, rounds: int = 200,
+                       seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """95 % intervals of AUC and AP over the transactions in ``mask``, from a bootstrap that
+    resamples cards (a card's frauds come together, so resampling transactions would
+    understate the spread)."""
+    rows = np.flatnonzero(mask)
+    cards, first = np.unique(truth.customer[rows], return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(first, minlength=len(cards)))]
+    by_card = [rows[order[starts[i]:starts[i + 1]]] for i in range(len(cards))]
+    rng = np.random.default_rng(seed)
+    figures = []
+    for _ in range(rounds):
+        picked = np.concatenate([by_card[i] for i in rng.integers(0, len(cards), len(cards))])
+        figures.append(auc_and_average_precision(truth.fraud[picked], scores[picked]))
+    auc_lo, ap_lo = np.nanpercentile(figures, 2.5, axis=0)
+    auc_hi, ap_hi = np.nanpercentile(figures, 97.5, axis=0)
+    return (float(auc_lo), float(auc_hi)), (float(ap_lo), float(ap_hi))
+
+
+def ceiling(mask: BoolArray, truth: Truth, knowable: BoolArray, seed: int = 0) -> tuple[float, float]:
+    """AUC and AP of an oracle that knows every fraud except those nobody can know yet: the
+    compromised-terminal frauds at a terminal with no fraud label in the 28 days before
+    (labels come 7 days late, so a terminal's first week of frauds looks legitimate). Those
+    it ranks at random among the legitimate transactions."""
+    rng = np.random.default_rng(seed)
+    blind = truth.fraud & (truth.scenario == 2) & ~knowable
+    oracle = np.where(truth.fraud & ~blind, 1.0 + rng.random(len(truth)), rng.random(len(truth)))
+    return auc_and_average_precision(truth.fraud[mask], oracle[mask])
+
+
 @dataclass(frozen=True)
 class ScenarioRow:
     """Detection of one fraud scenario in a period."""
@@ -422,17 +476,25 @@ def _f(value: float, width: int = 6) -> str:
     return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.3f}"
 
 
-def print_period(title: str, models: dict[str, PeriodMetrics], k: int) -> None:
+def print_period(title: str, models: dict[str, PeriodMetrics], k: int,
+                 intervals: dict[str, tuple[tuple[float, float], tuple[float, float]]] | None = None) -> None:
+    """One period's table; with ``intervals``, each model's 95 % bootstrap intervals."""
+    intervals = intervals or {}
     print(f"\n{title}")
-    print(f"  {'score':<8} {'tx':>8} {'frauds':>7} {'AUC':>6} {'AP':>6} {f'CP@{k}':>7}   CP@k by day")
+    print(f"  {'score':<14} {'tx':>8} {'frauds':>7} {'AUC':>6} {'AP':>6} {f'CP@{k}':>7}   CP@k by day")
     for name, m in models.items():
         days = " ".join(f"{p:.2f}" for p in m.cp_by_day)
-        print(f"  {name:<8} {m.n_tx:>8} {m.n_fraud:>7} {_f(m.auc)} {_f(m.ap)} {_f(m.cp, 7)}   {days}")
+        print(f"  {name:<14} {m.n_tx:>8} {m.n_fraud:>7} {_f(m.auc)} {_f(m.ap)} {_f(m.cp, 7)}   {days}")
+        if name in intervals:
+            (auc_lo, auc_hi), (ap_lo, ap_hi) = intervals[name]
+            print(f"  {'':<14} {'':>8} {'95 %':>7} AUC {auc_lo:.3f}-{auc_hi:.3f}, AP {ap_lo:.3f}-{ap_hi:.3f}"
+                  " (bootstrap over cards)")
 
 
-def print_weeks(weeks: list[tuple[tuple[int, int], dict[str, PeriodMetrics]]], k: int) -> None:
+def print_weeks(weeks: list[tuple[tuple[int, int], dict[str, PeriodMetrics]]], k: int,
+                title: str = "Per week") -> None:
     names = list(weeks[0][1]) if weeks else []
-    print(f"\nPer week (AUC / AP / CP@{k})")
+    print(f"\n{title} (AUC / AP / CP@{k})")
     print(f"  {'days':<9} {'tx':>7} {'frauds':>6}" + "".join(f"  {n:^20}" for n in names))
     for (lo, hi), models in weeks:
         first = next(iter(models.values()))
@@ -474,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="files here (default out/card_benchmark/<size> under the project)")
-    parser.add_argument("--test-start-day", type=int, default=None,
-                        help="first day of the test week (default: days - 7)")
+    parser.add_argument("--test-start-day", type=int, nargs="+", default=None,
+                        help="first day of each test week (default: days - 7)")
     parser.add_argument("--k", type=int, default=100, help="cards per day for card precision@k")
     parser.add_argument("--skip-replay", action="store_true",
                         help="score the existing scores file of the work directory")
@@ -483,26 +545,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(paths: BenchPaths, test_start: int, n_days: int, k: int) -> None:
-    """Read truth, scores, alerts and events of ``paths`` and print every table."""
+def evaluate(paths: BenchPaths, test_starts: list[int], n_days: int, k: int) -> None:
+    """Read truth, scores, alerts and events of ``paths`` and print every table: for each
+    test week the handbook protocol first (with bootstrap intervals and the ceiling), then
+    all its transactions; then every week, both ways, and the scenarios."""
     truth = load_truth(paths.truth)
     n = len(truth)
     engine, missing = load_scores(paths.scores, n)
     if missing:
         print(f"warning: {missing} of {n} transactions have no score (counted as 0.0)")
     alerted = load_alerted(paths.alerts, n)
-    models = {"engine": engine, **reference_scores(paths.events, n)}
+    references, knowable = reference_scores(paths.events, n)
+    models = {**engine, **references}
+    print_champions(paths.models)
+    for test_start in test_starts:
+        days = f"days {test_start}-{min(test_start + 7, n_days) - 1}"
+        handbook = handbook_test_mask(truth, test_start)
+        print_period(f"Test week {days}, handbook test set (cards with a known fraud removed)",
+                     {name: period_metrics(handbook, truth, s, k) for name, s in models.items()}, k,
+                     {name: bootstrap_interval(handbook, truth, s) for name, s in engine.items()})
+        top_auc, top_ap = ceiling(handbook, truth, knowable)
+        print(f"  ceiling (every fraud known but a compromised terminal's before its first label): "
+              f"AUC {top_auc:.3f}, AP {top_ap:.3f}")
+        test = (truth.day >= test_start) & (truth.day < test_start + 7)
+        print_period(f"Test week {days}, all transactions",
+                     {name: period_metrics(test, truth, s, k) for name, s in models.items()}, k)
+        print(f"  engine alerts in the test week: {alert_quality(test, truth, alerted)}")
+    test_start = test_starts[-1]
     test = (truth.day >= test_start) & (truth.day < test_start + 7)
-    print_period(f"Test week, days {test_start}-{min(test_start + 7, n_days) - 1}: all transactions",
-                 {name: period_metrics(test, truth, s, k) for name, s in models.items()}, k)
-    handbook = handbook_test_mask(truth, test_start)
-    print_period("Test week, handbook test set (cards with a known fraud removed)",
-                 {name: period_metrics(handbook, truth, s, k) for name, s in models.items()}, k)
-    print(f"  engine alerts in the test week: {alert_quality(test, truth, alerted)}")
+    ranges = week_ranges(n_days, test_start)
+    print_weeks([((lo, hi), {name: period_metrics(handbook_test_mask(truth, lo, hi - lo), truth, s, k)
+                             for name, s in models.items()}) for lo, hi in ranges if lo >= 14],
+                k, "Per week, handbook test set")
     weeks = [((lo, hi), {name: period_metrics((truth.day >= lo) & (truth.day < hi), truth, s, k)
                          for name, s in models.items()})
-             for lo, hi in week_ranges(n_days, test_start)]
-    print_weeks(weeks, k)
+             for lo, hi in ranges]
+    print_weeks(weeks, k, "Per week, all transactions")
     print_scenarios("Per scenario, test week (top-N: N = frauds in the week; alerted: engine)",
                     {name: scenario_rows(test, truth, s, alerted) for name, s in models.items()})
     after_first = truth.day >= 7
@@ -510,11 +588,28 @@ def evaluate(paths: BenchPaths, test_start: int, n_days: int, k: int) -> None:
                     {name: scenario_rows(after_first, truth, s, alerted) for name, s in models.items()})
 
 
+def print_champions(path: Path) -> None:
+    """The engine's own champion changes (``--models-out``), as the audit trail has them."""
+    if not path.exists():
+        return
+    changes = [obj for obj in _jsonl(path) if obj.get("kind") == "model_change"]
+    reports = [obj for obj in _jsonl(path) if obj.get("kind") == "model_report"]
+    print(f"\nEngine's model reports: {len(reports)}; champion changes: {len(changes)}")
+    for change in changes:
+        print(f"  {change['as_of']} {change['from_model']} -> {change['to_model']} ({change['action']}): "
+              f"{change['reason']}")
+    if reports:
+        last = reports[-1]
+        figures = ", ".join(f"{m['model']} AUC {m['auc']} AP {m['ap']}" for m in last["models"])
+        print(f"  last report {last['as_of']}: champion {last['champion']}; {figures} "
+              f"over {last['models'][0]['labels']} labels")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = SimConfig(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
-    test_start = args.days - 7 if args.test_start_day is None else args.test_start_day
-    if not 0 <= test_start < args.days:
+    test_starts = [args.days - 7] if args.test_start_day is None else args.test_start_day
+    if not all(0 <= start < args.days for start in test_starts):
         print(f"--test-start-day must be in [0, {args.days})", file=sys.stderr)
         return 1
     workdir = args.workdir or PROJECT_ROOT / "out" / "card_benchmark" / (
@@ -533,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"end of {paths.replay_log}:\n{_tail(paths.replay_log)}", file=sys.stderr)
                 return 1
             print(f"replay: {run.wall_s:.1f}s wall, {run.events_per_s:,.0f} events/s")
-        evaluate(paths, test_start, args.days, args.k)
+        evaluate(paths, test_starts, args.days, args.k)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
