@@ -14,9 +14,12 @@ from typing import Any
 import orjson
 import redis
 from bytewax.testing import TestingSource, run_main
+from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, load_settings
 from flows.modes import live_flow
+from ops import EngineMetrics, Telemetry
+from ops.health import Readiness
 from schemas.outputs import format_ts
 from tests.conftest import audit_key_file
 
@@ -32,10 +35,15 @@ def engine_settings(url: str, prefix: str, key_dir: Path, audit: bool = True, re
 
 
 @contextmanager
-def live_engine(settings: Settings) -> Iterator[threading.Thread]:
-    """Run the engine until the block ends (then stop it and wait for it to drain)."""
+def live_engine(settings: Settings, registry: CollectorRegistry | None = None) -> Iterator[threading.Thread]:
+    """Run the engine until the block ends (then stop it and wait for it to drain); with a
+    ``registry``, its metrics are wired there as ``--metrics-port`` wires them."""
     stop = threading.Event()
-    flow = live_flow(settings, TestingSource([]), console=False, stop=stop)
+    telemetry = None
+    if registry is not None:
+        metrics = EngineMetrics(registry, ("redis",), alert_threshold=settings.fraud.alert_threshold)
+        telemetry = Telemetry(metrics, Readiness(stop))
+    flow = live_flow(settings, TestingSource([]), console=False, stop=stop, telemetry=telemetry)
     failure: list[BaseException] = []
 
     def run() -> None:

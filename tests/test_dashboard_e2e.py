@@ -8,15 +8,17 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
-from ops.health import Readiness
+from tests.challenger_stream import quick_challenger, xor_events
 from tests.dashboard_env import PASSWORD, dashboard
-from tests.live_engine import engine_settings, history, inject, takeover, wait_for
+from tests.live_engine import engine_settings, history, inject, live_engine, takeover, wait_for
 from tests.services import redis_server
 
 CHROMIUM = shutil.which("chromium")
@@ -44,76 +46,59 @@ def sign_in(browser: object, url: str, username: str) -> object:
 
 
 def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp_path: Path) -> None:
-    import threading
-
-    from bytewax.testing import TestingSource, run_main
-    from prometheus_client import CollectorRegistry
-
-    from flows.modes import live_flow
-    from ops import EngineMetrics, Telemetry
-
     shots = tmp_path / "screenshots"
     shots.mkdir()
+    registry = CollectorRegistry()
+
+    def feedback(label: str) -> float:
+        return registry.get_sample_value("crm_engine_model_feedback_total", {"label": label}) or 0.0
+
     with redis_server(tmp_path) as srv:
         client = redis.Redis.from_url(srv.url)
         settings = engine_settings(srv.url, "e2e:", tmp_path, recent_events=20)
-        stop = threading.Event()
-        registry = CollectorRegistry()
-        metrics = EngineMetrics(registry, ("redis",), alert_threshold=settings.fraud.alert_threshold)
-        flow = live_flow(settings, TestingSource([]), console=False, stop=stop,
-                         telemetry=Telemetry(metrics, Readiness(stop)))
-        engine = threading.Thread(target=run_main, args=(flow,), daemon=True)
-        engine.start()
+        with live_engine(settings, registry), dashboard(settings, tmp_path) as dash:
+            now = time.time()
+            inject(client, settings, *history("c-e2e-1", "rm001", now))
+            analyst = sign_in(browser, dash.url, "ana")
+            # an injected suspicious transaction appears in the risk view within 1 s
+            started = time.monotonic()
+            inject(client, settings, *takeover("c-e2e-1", now))
+            analyst.wait_for_selector('#queue-body tr[data-customer="c-e2e-1"]', timeout=1000)  # type: ignore[attr-defined]
+            seen_after = time.monotonic() - started
+            analyst.screenshot(path=str(shots / "risk-live-alert.png"))  # type: ignore[attr-defined]
+            assert seen_after < 1.0
+            print(f"alert visible {seen_after * 1000:.0f} ms after the transaction was injected")
+            # the analyst opens it and closes it as fraud; the engine receives the label
+            analyst.click('#queue-body tr[data-customer="c-e2e-1"]')  # type: ignore[attr-defined]
+            analyst.wait_for_selector("#act-fraud")  # type: ignore[attr-defined]
+            # the timeline shows the customer's events around the alert: the takeover's transaction
+            analyst.wait_for_selector('#detail li.tl-event[data-event="c-e2e-1-steal"]')  # type: ignore[attr-defined]
+            analyst.wait_for_selector('#detail li.tl-event[data-event="c-e2e-1-reset"]')  # type: ignore[attr-defined]
+            analyst.screenshot(path=str(shots / "risk-detail.png"))  # type: ignore[attr-defined]
+            analyst.click("#act-fraud")  # type: ignore[attr-defined]
+            analyst.wait_for_selector("#detail-status:text('closed_fraud')")  # type: ignore[attr-defined]
+            wait_for(lambda: feedback("fraud") == 1.0)
+            sent = [orjson.loads(f[b"data"]) for _, f in client.xrange("e2e:feedback:in")]
+            label = [e for e in sent if e.get("label") == "fraud"]
+            assert len(label) == 1 and label[0]["ref_event_id"] == "c-e2e-1-steal"
+            analyst.screenshot(path=str(shots / "risk-closed.png"))  # type: ignore[attr-defined]
 
-        def feedback(label: str) -> float:
-            return registry.get_sample_value("crm_engine_model_feedback_total", {"label": label}) or 0.0
-        try:
-            with dashboard(settings, tmp_path) as dash:
-                now = time.time()
-                inject(client, settings, *history("c-e2e-1", "rm001", now))
-                analyst = sign_in(browser, dash.url, "ana")
-                # an injected suspicious transaction appears in the risk view within 1 s
-                started = time.monotonic()
-                inject(client, settings, *takeover("c-e2e-1", now))
-                analyst.wait_for_selector('#queue-body tr[data-customer="c-e2e-1"]', timeout=1000)  # type: ignore[attr-defined]
-                seen_after = time.monotonic() - started
-                analyst.screenshot(path=str(shots / "risk-live-alert.png"))  # type: ignore[attr-defined]
-                assert seen_after < 1.0
-                print(f"alert visible {seen_after * 1000:.0f} ms after the transaction was injected")
-                # the analyst opens it and closes it as fraud; the engine receives the label
-                analyst.click('#queue-body tr[data-customer="c-e2e-1"]')  # type: ignore[attr-defined]
-                analyst.wait_for_selector("#act-fraud")  # type: ignore[attr-defined]
-                # the timeline shows the customer's events around the alert: the takeover's transaction
-                analyst.wait_for_selector('#detail li.tl-event[data-event="c-e2e-1-steal"]')  # type: ignore[attr-defined]
-                analyst.wait_for_selector('#detail li.tl-event[data-event="c-e2e-1-reset"]')  # type: ignore[attr-defined]
-                analyst.screenshot(path=str(shots / "risk-detail.png"))  # type: ignore[attr-defined]
-                analyst.click("#act-fraud")  # type: ignore[attr-defined]
-                analyst.wait_for_selector("#detail-status:text('closed_fraud')")  # type: ignore[attr-defined]
-                wait_for(lambda: feedback("fraud") == 1.0)
-                sent = [orjson.loads(f[b"data"]) for _, f in client.xrange("e2e:feedback:in")]
-                label = [e for e in sent if e.get("label") == "fraud"]
-                assert len(label) == 1 and label[0]["ref_event_id"] == "c-e2e-1-steal"
-                analyst.screenshot(path=str(shots / "risk-closed.png"))  # type: ignore[attr-defined]
-
-                # an RM accepts a prompt (the engine's, on a large credit) and it leaves the queue
-                rm = sign_in(browser, dash.url, "rm1")
-                inject(client, settings, *history("c-e2e-2", "rm001", now),
-                       {"kind": "transaction", "event_id": "c-e2e-2-credit", "ts": takeover("c-e2e-2", now)[1]["ts"],
-                        "customer_id": "c-e2e-2", "amount": 250_000.0, "direction": "credit",
-                        "txn_type": "transfer", "channel": "app"})
-                card = '#prompts li[data-customer="c-e2e-2"]'
-                rm.wait_for_selector(card, timeout=10_000)  # type: ignore[attr-defined]
-                rm.screenshot(path=str(shots / "rm-prompt.png"))  # type: ignore[attr-defined]
-                rm.click(f"{card} button.accept")  # type: ignore[attr-defined]
-                rm.wait_for_selector(card, state="detached")  # type: ignore[attr-defined]
-                rm.wait_for_selector('#accepted li[data-customer="c-e2e-2"]')  # type: ignore[attr-defined]
-                wait_for(lambda: feedback("nba_accepted") == 1.0)
-                rm.screenshot(path=str(shots / "rm-accepted.png"))  # type: ignore[attr-defined]
-                assert {p.name for p in shots.iterdir()} >= {"risk-live-alert.png", "rm-accepted.png"}
-                print(f"screenshots in {shots}")
-        finally:
-            stop.set()
-            engine.join(30)
+            # an RM accepts a prompt (the engine's, on a large credit) and it leaves the queue
+            rm = sign_in(browser, dash.url, "rm1")
+            inject(client, settings, *history("c-e2e-2", "rm001", now),
+                   {"kind": "transaction", "event_id": "c-e2e-2-credit", "ts": takeover("c-e2e-2", now)[1]["ts"],
+                    "customer_id": "c-e2e-2", "amount": 250_000.0, "direction": "credit",
+                    "txn_type": "transfer", "channel": "app"})
+            card = '#prompts li[data-customer="c-e2e-2"]'
+            rm.wait_for_selector(card, timeout=10_000)  # type: ignore[attr-defined]
+            rm.screenshot(path=str(shots / "rm-prompt.png"))  # type: ignore[attr-defined]
+            rm.click(f"{card} button.accept")  # type: ignore[attr-defined]
+            rm.wait_for_selector(card, state="detached")  # type: ignore[attr-defined]
+            rm.wait_for_selector('#accepted li[data-customer="c-e2e-2"]')  # type: ignore[attr-defined]
+            wait_for(lambda: feedback("nba_accepted") == 1.0)
+            rm.screenshot(path=str(shots / "rm-accepted.png"))  # type: ignore[attr-defined]
+            assert {p.name for p in shots.iterdir()} >= {"risk-live-alert.png", "rm-accepted.png"}
+            print(f"screenshots in {shots}")
 
 
 def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(browser: object,
@@ -121,31 +106,16 @@ def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(b
     """Live, from the Redis input stream: the challenger that is better on the delayed labels
     is promoted; its figures are in the metrics, the change in the Redis audit log, and both
     in the risk view."""
-    import threading
-    from dataclasses import replace
+    registry = CollectorRegistry()
 
-    from bytewax.testing import TestingSource, run_main
-    from prometheus_client import CollectorRegistry
-
-    from flows.modes import live_flow
-    from ops import EngineMetrics, Telemetry
-    from tests.challenger_stream import quick_challenger, xor_events
+    def gauge(name: str, model: str) -> float | None:
+        return registry.get_sample_value(f"crm_engine_model_{name}", {"model": model})
 
     with redis_server(tmp_path) as srv:
         client = redis.Redis.from_url(srv.url)
         settings = engine_settings(srv.url, "cc:", tmp_path)
         settings = replace(settings, fraud=quick_challenger(settings.fraud))
-        stop = threading.Event()
-        registry = CollectorRegistry()
-        metrics = EngineMetrics(registry, ("redis",), alert_threshold=settings.fraud.alert_threshold)
-        flow = live_flow(settings, TestingSource([]), console=False, stop=stop,
-                         telemetry=Telemetry(metrics, Readiness(stop)))
-        engine = threading.Thread(target=run_main, args=(flow,), daemon=True)
-        engine.start()
-
-        def gauge(name: str, model: str) -> float | None:
-            return registry.get_sample_value(f"crm_engine_model_{name}", {"model": model})
-        try:
+        with live_engine(settings, registry):
             pipe = client.pipeline(transaction=False)
             for event in xor_events():
                 pipe.xadd("cc:feedback:in", {"data": orjson.dumps(event)})
@@ -170,6 +140,3 @@ def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(b
                 assert analyst.inner_text(row).split("\t")[-1] == "champion"  # type: ignore[attr-defined]
                 assert "linear -> gbm (promoted)" in analyst.inner_text("#models-change")  # type: ignore[attr-defined]
                 analyst.screenshot(path=str(tmp_path / "risk-models.png"))  # type: ignore[attr-defined]
-        finally:
-            stop.set()
-            engine.join(30)
