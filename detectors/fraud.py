@@ -24,6 +24,13 @@ the same ticks scores alike. A label is used at most one tick after it arrives.
 ``observe_label`` turns a ``fraud``/``legit`` label into a training example (the vector the
 transaction was scored with) and a counterparty label; unlabelled transactions older than
 the label horizon are taken as legitimate.
+
+Champion and challenger (``detectors.challengers``). The score above is the ``linear``
+model's; a gradient-boosted challenger (``gbm``) scores the same vectors, learns from the
+same labels (retrained at event-time intervals on a window of them) and every model's score
+is kept with the transaction until its label comes, for the prequential evaluation at the
+tick ends. ``fraud_score`` is the champion's; ``drain`` hands the engine the evaluations
+and champion changes to report.
 """
 
 from __future__ import annotations
