@@ -146,6 +146,13 @@ class RedisSettings:
     # (unless `run.py live --dead-letter-out` names another file).
     input_stream: str = ""
     input_dead_letter_path: str = "dead_letter_input.jsonl"
+    # Read input_stream as this consumer group ("" = plain reads from a cursor): entries are
+    # acknowledged (XACK) at the end of the epoch that processed them, a restart first reads
+    # its own unacknowledged entries again, and the group's lag is exported. input_consumer
+    # names this process in the group ("" = host name and [engine] process_id); it must stay
+    # the same across restarts (a StatefulSet's pod name does).
+    input_group: str = ""
+    input_consumer: str = ""
     # Live modes: keep each customer's latest N input events (a compact summary of each) in
     # the capped list <key_prefix>customer:<id>:events for the dashboard's timelines; 0 = none.
     recent_events: int = 0

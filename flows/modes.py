@@ -42,10 +42,12 @@ from flows.recovery import prepare as prepare_recovery
 from flows.sources import (
     EventsFrom,
     GeneratedSource,
+    Group,
     KafkaSource,
     RedisStreamSource,
     ReplayInput,
     ReplaySource,
+    consumer_name,
     load_replay,
 )
 from schemas.audit import AuditKeys
@@ -242,7 +244,7 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.audit[name] = as_single_writer(sink(name, factory))
     return build_flow(source, outputs, engine_config(settings, wall_clock),
                       metrics=telemetry.metrics if telemetry is not None else None,
-                      side_input=redis_input(settings, stop) if redis_side else None,
+                      side_input=redis_input(settings, stop, telemetry=telemetry) if redis_side else None,
                       snapshots=bool(settings.engine.recovery_dir))
 
 
@@ -251,15 +253,17 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
 REDIS_SOURCE_BLOCK_MS = 5
 
 
-def redis_input(settings: Settings, stop: threading.Event | None, side: bool = True) -> RedisStreamSource | None:
+def redis_input(settings: Settings, stop: threading.Event | None, side: bool = True,
+                telemetry: Telemetry | None = None) -> RedisStreamSource | None:
     """The Redis input stream of ``[redis] input_stream``, if one is configured: beside
-    another source (``side``), or as the only one."""
+    another source (``side``), or as the only one; as ``[redis] input_group`` if set."""
     r = settings.redis
     if not r.input_stream:
         return None
+    group = Group(r.input_group, consumer_name(r.input_consumer, settings.engine.process_id)) if r.input_group else None
     return RedisStreamSource(r.url, f"{r.key_prefix}{r.input_stream}", stop,
                              socket_timeout_s=r.socket_timeout_s, bounds=settings.input,
-                             block_ms=0 if side else REDIS_SOURCE_BLOCK_MS)
+                             block_ms=0 if side else REDIS_SOURCE_BLOCK_MS, group=group, telemetry=telemetry)
 
 
 def _dead_letters(settings: Settings, path: str, topic: str) -> DeadLetterOut:
@@ -347,7 +351,7 @@ def run_live(settings: Settings, stop: threading.Event, console: bool, workers: 
     """Kafka topics in and out, or with ``[engine] source = "redis"`` the Redis input stream
     in and Redis streams out."""
     from_redis = settings.engine.source == "redis"
-    source: Source[Any] | None = (redis_input(settings, stop, side=False) if from_redis else
+    source: Source[Any] | None = (redis_input(settings, stop, side=False, telemetry=telemetry) if from_redis else
                                   KafkaSource(settings.kafka, stop=stop, telemetry=telemetry, bounds=settings.input))
     assert source is not None  # the settings require [redis] input_stream for a Redis source
     if from_redis and dead_letter_path is None:  # no Kafka dead-letter topic: never drop them

@@ -109,3 +109,97 @@ def test_redis_as_the_only_source_gives_the_replays_alerts(redis_srv: RedisServe
     letters = [orjson.loads(line) for line in dead_file.read_bytes().splitlines()]
     assert len(letters) == len(bad) and all(letter["source"]["stream"] == "rs:events" for letter in letters)
     assert b"rdkafka" not in log.read_bytes()
+
+
+# -- consumer groups ([redis] input_group) ----------------------------------------------------
+
+
+def _event(i: int) -> bytes:
+    return orjson.dumps({"kind": "transaction", "event_id": f"g-{i}", "ts": "2026-01-05T10:00:00Z",
+                         "customer_id": "c-g", "amount": 10.0 + i})
+
+
+def _group_part(url: str, key: str, consumer: str = "c1", telemetry: object = None) -> object:
+    from flows.sources import Group, RedisStreamSource
+
+    source = RedisStreamSource(url, key, batch_size=4, group=Group("engine", consumer),
+                               telemetry=telemetry)  # type: ignore[arg-type]
+    return source.build_part("events_in", f"redis:{key}", None)
+
+
+def _ids(batch: list) -> list[str]:
+    return [item.event.event_id for item in batch]
+
+
+def test_a_group_member_acknowledges_at_the_epochs_end_and_rereads_what_it_had_not(redis_srv: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_srv.url)
+    part = _group_part(redis_srv.url, "g:in")  # the group is created at the stream's end
+    for i in range(6):
+        client.xadd("g:in", {"data": _event(i)})
+    assert _ids(part.next_batch()) == ["g-0", "g-1", "g-2", "g-3"]  # type: ignore[attr-defined]
+    assert client.xpending("g:in", "engine")["pending"] == 4
+    part.snapshot()  # type: ignore[attr-defined]  # the epoch that processed them ended
+    assert client.xpending("g:in", "engine")["pending"] == 0
+    assert _ids(part.next_batch()) == ["g-4", "g-5"]  # type: ignore[attr-defined]
+    # The process dies before the epoch ends: g-4 and g-5 stay pending, and the same consumer
+    # reads them again first after the restart, then new entries.
+    client.xadd("g:in", {"data": _event(6)})
+    restarted = _group_part(redis_srv.url, "g:in")
+    assert _ids(restarted.next_batch()) == ["g-4", "g-5"]  # type: ignore[attr-defined]
+    assert _ids(restarted.next_batch()) == ["g-6"]  # type: ignore[attr-defined]
+    restarted.snapshot()  # type: ignore[attr-defined]
+    assert client.xpending("g:in", "engine")["pending"] == 0
+    # A pending entry trimmed from the stream before it was processed is a dead letter, not lost.
+    client.xadd("g:in", {"data": _event(7)})
+    assert _ids(restarted.next_batch()) == ["g-7"]  # type: ignore[attr-defined]
+    client.xtrim("g:in", maxlen=0)
+    letters = _group_part(redis_srv.url, "g:in").next_batch()  # type: ignore[attr-defined]
+    assert [letter.reason for letter in letters] == ["entry deleted from the stream before it was processed"]
+
+
+def test_a_group_members_lag_is_exported(redis_srv: RedisServer) -> None:
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from ops import EngineMetrics, Telemetry
+    from ops.health import Readiness
+
+    registry = CollectorRegistry()
+    telemetry = Telemetry(EngineMetrics(registry, ("g:lag",)), Readiness(threading.Event()))
+    client = redis.Redis.from_url(redis_srv.url)
+    part = _group_part(redis_srv.url, "g:lag", telemetry=telemetry)
+    for i in range(10):
+        client.xadd("g:lag", {"data": _event(i)})
+    part.next_batch()  # type: ignore[attr-defined]
+    part._lag_due = 0.0  # type: ignore[attr-defined]  # report now, not a second later
+    part.next_batch()  # type: ignore[attr-defined]
+
+    def lag() -> float | None:
+        return registry.get_sample_value("crm_engine_source_consumer_lag_messages",
+                                         {"topic": "g:lag", "partition": "0"})
+    assert lag() == 10.0  # after the second read: 8 read and pending, 2 not delivered yet
+    part.snapshot()  # type: ignore[attr-defined]
+    part._lag_due = 0.0  # type: ignore[attr-defined]
+    part.next_batch()  # type: ignore[attr-defined]
+    assert lag() == 2.0  # 8 acknowledged; the last 2, just read, pending
+
+
+def test_the_live_engine_reads_as_a_group_and_acknowledges(redis_srv: RedisServer, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    client = redis.Redis.from_url(redis_srv.url)
+    settings = engine_settings(redis_srv.url, "rg:", tmp_path)
+    settings = replace(settings, redis=replace(settings.redis, input_group="crm-engine", input_consumer="engine-0"))
+    now = time.time()
+    with live_engine(settings):
+        wait_for(lambda: client.exists("rg:feedback:in"), what="the group and its stream created")
+        inject(client, settings, *history("c-g-1", "rm001", now), *takeover("c-g-1", now))
+        found = wait_for(lambda: [a for a in alerts(client, "rg:") if a["customer_id"] == "c-g-1"],
+                         what="the takeover's alert")
+        assert found[0]["type"] == "account_takeover"
+        wait_for(lambda: client.xpending("rg:feedback:in", "crm-engine")["pending"] == 0,
+                 what="every entry acknowledged at an epoch's end")
+    groups = client.xinfo_groups("rg:feedback:in")
+    assert [g["name"] for g in groups] == [b"crm-engine"] and groups[0]["consumers"] == 1
+    assert not client.exists("rg:feedback:in:cursor")  # the group, not a cursor, keeps the position

@@ -18,7 +18,7 @@ partitions are built and polled) and the Kafka source the consumer lag of each p
 from flows.sources.common import SourceItem, decode, read_lines, refuse
 from flows.sources.generated import EventsFrom, GeneratedPosition, GeneratedSource
 from flows.sources.kafka import KafkaPosition, KafkaSource, consumer_config
-from flows.sources.redis_stream import RedisStreamSource, StreamPosition
+from flows.sources.redis_stream import Group, RedisStreamSource, StreamPosition, consumer_name
 from flows.sources.replay import ReplayInput, ReplaySource, load_replay
 
 # The resume positions are also found where recovery snapshots taken before the sources
@@ -29,6 +29,7 @@ __all__ = [
     "EventsFrom",
     "GeneratedPosition",
     "GeneratedSource",
+    "Group",
     "KafkaPosition",
     "KafkaSource",
     "RedisStreamSource",
@@ -37,6 +38,7 @@ __all__ = [
     "SourceItem",
     "StreamPosition",
     "consumer_config",
+    "consumer_name",
     "decode",
     "load_replay",
     "read_lines",
