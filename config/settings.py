@@ -176,6 +176,10 @@ class WebhookSettings:
     retry_budget_s: float = 300.0
     dead_letter_path: str = "dead_letter_webhook.jsonl"
     dead_letter_topic: str = ""
+    # Sign every request (X-CRM-Timestamp, X-CRM-Signature: HMAC-SHA256 of "timestamp.body",
+    # schemas/webhook.py); "" = unsigned. Give it in the environment
+    # (CRM__WEBHOOK__SIGNING_SECRET, from a Secret), not in a file kept with the config.
+    signing_secret: str = ""
 
 
 @dataclass(frozen=True)

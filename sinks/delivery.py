@@ -75,6 +75,15 @@ class RetryPolicy:
         return rng.uniform(0.0, min(self.max_s, self.base_s * 2.0 ** attempt))
 
 
+class RetryLater(ConnectionError):
+    """A transient failure whose receiver said when to try again (HTTP ``Retry-After``):
+    the next attempt waits that long (within the retry budget) instead of the backoff."""
+
+    def __init__(self, message: str, after_s: float) -> None:
+        super().__init__(message)
+        self.after_s = after_s
+
+
 class DeadLetterOut(Protocol):
     """Where a sink puts what it could not deliver. ``write`` never raises: what it cannot
     store is logged and counted as lost (on the sink's metrics, once attached)."""
@@ -373,7 +382,10 @@ class BufferedSink(Sink):
                 self._metrics.retry()
                 if attempt == 0:
                     log.warning("%s: delivery failed, retrying: %s", self.name, exc)
-                self._closing.wait(self.policy.delay(attempt, self._rng))
+                pause = self.policy.delay(attempt, self._rng)
+                if isinstance(exc, RetryLater):
+                    pause = min(exc.after_s, max(0.0, self.policy.budget_s - waited))
+                self._closing.wait(pause)
                 attempt += 1
             else:
                 self._done(batch)

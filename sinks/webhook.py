@@ -7,10 +7,13 @@ group-robot markdown message.
   4,096 bytes as the robot API allows; a reply whose ``errcode`` is not 0 is a failure.
 
 Every request carries ``Idempotency-Key`` (the record id, e.g. ``alert_id``) and has a
-timeout. 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are retried with
-exponential backoff and full jitter (``sinks.delivery``); any other 4xx is a permanent
-refusal and goes straight to the sink's dead letter, as does what is still undelivered
-when the retry budget is spent.
+timeout; with a signing secret, also ``X-CRM-Timestamp`` and ``X-CRM-Signature``, an
+HMAC-SHA256 of the timestamp and the body (``schemas.webhook``, which receivers verify
+with). 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are retried with
+exponential backoff and full jitter (``sinks.delivery``), or after the ``Retry-After`` the
+receiver sent (seconds or an HTTP date; within the retry budget); any other 4xx is a
+permanent refusal and goes straight to the sink's dead letter, as does what is still
+undelivered when the retry budget is spent.
 
 Delivery: at least once to the endpoint; exactly once for a receiver that de-duplicates by
 ``Idempotency-Key`` (a retried request whose first attempt timed out may have arrived). The
@@ -19,7 +22,9 @@ stdlib HTTP client is enough: alerts are few, and a sink blocks only its own thr
 
 from __future__ import annotations
 
+import email.utils
 import http.client
+import time
 import urllib.error
 import urllib.request
 from typing import Literal
@@ -27,8 +32,9 @@ from typing import Literal
 import orjson
 
 from schemas.outputs import Alert
+from schemas.webhook import sign
 from sinks.base import Record
-from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, Undeliverable, record_id
+from sinks.delivery import BufferedSink, DeadLetterOut, RetryLater, RetryPolicy, Undeliverable, record_id
 
 WebhookFormat = Literal["json", "wecom"]
 WECOM_MAX_BYTES = 4096
@@ -67,16 +73,36 @@ def wecom_markdown(record: Record) -> bytes:
     return orjson.dumps({"msgtype": "markdown", "markdown": {"content": content}})
 
 
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` value (delay-seconds or an HTTP date);
+    None if absent or unreadable.
+
+    >>> retry_after_s("120"), retry_after_s("Thu, 01 Jan 2026 00:01:00 GMT", now=1767225600.0)
+    (120.0, 60.0)
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 class WebhookSink(BufferedSink):
     """POST every record to ``url`` (see the module doc)."""
 
     def __init__(self, url: str, dead_letters: DeadLetterOut, fmt: WebhookFormat = "json",
                  timeout_s: float = 5.0, capacity: int = 10_000,
-                 policy: RetryPolicy | None = None) -> None:
+                 policy: RetryPolicy | None = None, signing_secret: bytes = b"") -> None:
         super().__init__("webhook", dead_letters, capacity=capacity, batch_size=1, policy=policy)
         self._url = url
         self._format = fmt
         self._timeout_s = timeout_s
+        self._secret = signing_secret
 
     def connect(self) -> None:
         if not self._url.startswith(("http://", "https://")):
@@ -90,13 +116,19 @@ class WebhookSink(BufferedSink):
             self._post(record)
 
     def _post(self, record: Record) -> None:
-        request = urllib.request.Request(self._url, data=self.body(record), method="POST", headers={
-            "Content-Type": "application/json", "Idempotency-Key": record_id(record)})
+        body = self.body(record)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": record_id(record)}
+        if self._secret:  # signed at each attempt: the timestamp is when it was sent
+            headers.update(sign(self._secret, body))
+        request = urllib.request.Request(self._url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
                 reply = response.read()
         except urllib.error.HTTPError as exc:
             if exc.code in _RETRIED_STATUS or exc.code >= 500:
+                after = retry_after_s(exc.headers.get("Retry-After") if exc.headers else None)
+                if after is not None:
+                    raise RetryLater(f"HTTP {exc.code}, retry after {after:.0f} s", after) from None
                 raise ConnectionError(f"HTTP {exc.code}") from None
             raise Undeliverable(f"HTTP {exc.code}") from None
         except (TimeoutError, OSError, http.client.HTTPException) as exc:

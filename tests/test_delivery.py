@@ -224,11 +224,14 @@ def test_buffer_overflow_goes_to_the_dead_letter(redis_srv: RedisServer, tmp_pat
 class Receiver:
     """A local webhook endpoint: fails the first ``fail`` requests with 500, makes every
     ``stall_every``-th request wait ``stall_s`` (past the client's timeout), and keeps what
-    arrives by ``Idempotency-Key``."""
+    arrives by ``Idempotency-Key``; each request's arrival time, headers and body in ``log``;
+    failures carry ``Retry-After: retry_after`` if given."""
 
     def __init__(self, fail: int = 0, stall_every: int = 0, stall_s: float = 0.0, status: int = 500,
-                 reply: bytes = b'{"errcode":0,"errmsg":"ok"}') -> None:
+                 reply: bytes = b'{"errcode":0,"errmsg":"ok"}', retry_after: str | None = None) -> None:
         self.fail, self.stall_every, self.stall_s, self.status, self.reply = fail, stall_every, stall_s, status, reply
+        self.retry_after = retry_after
+        self.log: list[tuple[float, dict[str, str], bytes]] = []
         self.requests = 0
         self.received: dict[str, bytes] = {}
         self.order: list[str] = []
@@ -241,8 +244,11 @@ class Receiver:
                 with receiver.lock:
                     receiver.requests += 1
                     n = receiver.requests
+                    receiver.log.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
                 if n <= receiver.fail:
                     self.send_response(receiver.status)
+                    if receiver.retry_after is not None:
+                        self.send_header("Retry-After", receiver.retry_after)
                     self.end_headers()
                     return
                 if receiver.stall_every and n % receiver.stall_every == 0:
@@ -436,3 +442,35 @@ def test_kafka_alerts_survive_a_second_crash_before_the_replay_catches_up(tmp_pa
     assert c.skipped == 5
     assert sorted(ids) == [a.alert_id for a in alerts]
     assert not (tmp_path / "refused.jsonl").exists()
+
+
+def test_webhook_requests_are_signed_and_verifiable(tmp_path: Path) -> None:
+    from schemas.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+
+    alerts = make_alerts(3)
+    with Receiver() as receiver:
+        sink = WebhookSink(receiver.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), signing_secret=b"s3cret")
+        sink.open()
+        sink.write_batch(alerts)
+        assert wait_until(lambda: sink.buffer_depth == 0, 30)
+        sink.close()
+    assert len(receiver.log) == 3
+    for _, headers, body in receiver.log:
+        stamp, signature = headers[TIMESTAMP_HEADER.lower()], headers[SIGNATURE_HEADER.lower()]
+        assert verify(b"s3cret", stamp, body, signature)
+        assert not verify(b"other", stamp, body, signature)  # another secret
+        assert not verify(b"s3cret", stamp, body.replace(b"al-", b"xx-"), signature)  # a changed body
+        assert not verify(b"s3cret", stamp, body, signature, now=int(stamp) + 600)  # replayed 10 min later
+
+
+def test_webhook_waits_as_long_as_retry_after_says(tmp_path: Path) -> None:
+    with Receiver(fail=1, status=429, retry_after="1") as receiver:
+        sink = WebhookSink(receiver.url, JsonlDeadLetters(tmp_path / "dead.jsonl"),
+                           policy=RetryPolicy(base_s=0.01, max_s=0.02, budget_s=30))
+        sink.open()
+        sink.write_batch(make_alerts(1))
+        assert wait_until(lambda: sink.buffer_depth == 0, 30)
+        sink.close()
+    (first, _, _), (second, _, _) = receiver.log
+    assert second - first >= 0.95  # not the 10-20 ms backoff
+    assert sink.retried == 1 and sink.dead_lettered == 0
