@@ -159,7 +159,7 @@ def test_kubernetes_manifests() -> None:
     k8s = DEPLOY / "k8s"
     kustomization = load(k8s / "kustomization.yaml")
     docs = {load(k8s / name)["kind"]: load(k8s / name) for name in kustomization["resources"]}
-    assert set(docs) == {"ConfigMap", "Service", "StatefulSet", "PodMonitor"}
+    assert set(docs) == {"ConfigMap", "Service", "StatefulSet", "PodMonitor", "PodDisruptionBudget", "NetworkPolicy"}
     sts, svc, config = docs["StatefulSet"], docs["Service"], docs["ConfigMap"]
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
@@ -184,3 +184,18 @@ def test_kubernetes_manifests() -> None:
     endpoint = docs["PodMonitor"]["spec"]["podMetricsEndpoints"][0]
     assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
     assert {key for key in config["data"] if key.startswith("CRM__")} == set(config["data"])
+    # Pod Security "restricted"
+    pod = sts["spec"]["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    # credentials from a Secret, never the ConfigMap
+    assert {"secretRef": {"name": "crm-engine", "optional": True}} in container["envFrom"]
+    secret = load(k8s / "secret.example.yaml")
+    assert secret["kind"] == "Secret" and all(key.startswith("CRM__") for key in secret["stringData"])
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        selector = docs[kind]["spec"].get("selector") or docs[kind]["spec"]["podSelector"]
+        assert selector["matchLabels"].items() <= labels.items(), kind
+    assert docs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    allowed = {port["port"] for rule in docs["NetworkPolicy"]["spec"]["ingress"] for port in rule["ports"]}
+    assert allowed == {2101, 9100}
