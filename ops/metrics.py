@@ -335,6 +335,10 @@ class EngineMetrics:
         self.step_duration = FastHistogram(
             f"{ns}_step_batch_duration_seconds", "Time one batch of one shard spends in a stage of the engine.",
             STEP_BUCKETS, registry, ["step"], items_name=f"{ns}_step_items", items_doc="Events processed by a stage.")
+        self.last_poll = Gauge("last_poll_timestamp", "When a worker last polled its sources (Unix time, "
+                               "updated at most every second): it stops while the dataflow is stuck, even "
+                               "though the HTTP endpoints still answer.", namespace=ns, subsystem="source",
+                               unit="seconds", registry=registry)
         self.customers = Gauge("customers_tracked", "Customers with state in this process.", namespace=ns,
                                registry=registry)
         self.scores = FastHistogram(f"{ns}_model_fraud_score", "Fraud score of every scored transaction.",
@@ -493,6 +497,10 @@ class EngineMetrics:
         return batch
 
     # -- hooks for sources and sinks -------------------------------------------------------
+
+    def source_polled(self) -> None:
+        """A worker polled its sources (the dataflow is moving)."""
+        self.last_poll.set(time.time())
 
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         self.lag.labels(topic, str(partition)).set(lag)

@@ -179,6 +179,8 @@ def test_a_group_members_lag_is_exported(redis_srv: RedisServer) -> None:
         return registry.get_sample_value("crm_engine_source_consumer_lag_messages",
                                          {"topic": "g:lag", "partition": "0"})
     assert lag() == 10.0  # after the second read: 8 read and pending, 2 not delivered yet
+    polled = registry.get_sample_value("crm_engine_source_last_poll_timestamp_seconds")
+    assert polled is not None and abs(polled - time.time()) < 5  # the dataflow's heartbeat
     part.snapshot()  # type: ignore[attr-defined]
     part._lag_due = 0.0  # type: ignore[attr-defined]
     part.next_batch()  # type: ignore[attr-defined]

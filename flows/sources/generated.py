@@ -51,6 +51,7 @@ class _GeneratedPartition(StatefulSourcePartition[SourceItem, GeneratedPosition]
                  telemetry: Telemetry | None = None) -> None:
         self._part, self._events, self._rate, self._stop = part, events, rate_per_s, stop
         self._telemetry = telemetry
+        self._poll_due = 0.0  # when it next tells the metrics it polled
         self._guard = WatermarkGuard(bounds)
         self._limit = bounds.dead_letter_max_payload_bytes
         self._next = self._emitted_at_start = start.generated
@@ -68,6 +69,9 @@ class _GeneratedPartition(StatefulSourcePartition[SourceItem, GeneratedPosition]
             raise StopIteration
         if self._telemetry is not None:
             self._telemetry.readiness.source_connected()
+            if time.monotonic() >= self._poll_due:
+                self._poll_due = time.monotonic() + 1.0
+                self._telemetry.metrics.source_polled()
         batch: list[SourceItem] = []
         now = time.time()  # when the events entered the pipeline (latency metrics)
         for _ in range(self._allowed()):

@@ -196,6 +196,7 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
         telemetry = self._telemetry
         assert telemetry is not None
         telemetry.readiness.source_connected()
+        telemetry.metrics.source_polled()
         lag = self._shared.lag(self._topic, self._partition, self._offset)
         if lag is not None:
             telemetry.metrics.consumer_lag(self._topic, self._partition, lag)

@@ -99,7 +99,7 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
             raise StopIteration
         try:
             reply = self._read()
-            if self._telemetry is not None and self._group is not None:
+            if self._telemetry is not None:
                 self._report()
         except redis.RedisError as exc:
             if not self._down:
@@ -149,13 +149,17 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
         return datetime.now(UTC) + timedelta(seconds=self._wait) if self._wait else None
 
     def _report(self) -> None:
-        """The group's lag (entries not yet delivered to it) once per ``LAG_INTERVAL_S``."""
+        """Once per ``LAG_INTERVAL_S``: the worker polled, and a group's lag (entries not yet
+        delivered to it, plus those pending)."""
         now = time.monotonic()
         if now < self._lag_due:
             return
         self._lag_due = now + LAG_INTERVAL_S
-        assert self._telemetry is not None and self._group is not None
+        assert self._telemetry is not None
         self._telemetry.readiness.source_connected()
+        self._telemetry.metrics.source_polled()
+        if self._group is None:
+            return
         for info in self._client.xinfo_groups(self._key):
             name = info.get("name")
             if (name.decode() if isinstance(name, bytes) else name) == self._group.name:
