@@ -228,7 +228,6 @@ class BoostedTrees:
         self.model: str | None = None  # the installed model's string
         self.installed = 0  # models installed so far
         self.trained_on = 0  # labelled rows the installed model learned from
-        self.failures = 0
         self._booster: lightgbm.Booster | None = None  # built from ``model``
         self._training: _Training | None = None
         self._next_training: float | None = None
@@ -252,12 +251,9 @@ class BoostedTrees:
         training = self._training
         if training is not None and end >= training.install_at:
             self._training = None
-            try:
-                self._install(training.result(), training.labels)
-                installed = True
-            except RuntimeError:
-                self.failures += 1  # the installed model (if any) goes on scoring
-                raise
+            # A failed training raises here; the installed model (if any) goes on scoring.
+            self._install(training.result(), training.labels)
+            installed = True
         if self._training is None and (self._next_training is None or end >= self._next_training):
             self._start(end)
         return installed
@@ -385,18 +381,16 @@ class ChampionChallenger:
     champion: str = ""
     configured: str = ""  # the configured champion this state last applied
     streak: dict[str, int] = field(default_factory=dict)
-    evaluation: Prequential | None = None
+    evaluation: Prequential = field(init=False)
     figures: tuple[ModelFigures, ...] = ()
     next_evaluation: float | None = None
 
     def __post_init__(self) -> None:
         if not self.champion:
             self.champion = self.configured = self.params.champion
-        if self.evaluation is None:
-            self.evaluation = Prequential(self.models, self.params.window_labels)
+        self.evaluation = Prequential(self.models, self.params.window_labels)
 
     def observe(self, scores: np.ndarray, is_fraud: np.ndarray) -> None:
-        assert self.evaluation is not None
         self.evaluation.add(scores, is_fraud)
 
     def due(self, end: float) -> bool:
@@ -408,7 +402,6 @@ class ChampionChallenger:
 
     def evaluate(self, end: float, versions: dict[str, str], ready: dict[str, bool]) -> Change | None:
         """The figures as of tick end ``end``, and the change of champion they call for."""
-        assert self.evaluation is not None
         p = self.params
         self.next_evaluation = end + p.evaluate_every_s
         self.figures = tuple(self.evaluation.figures(versions))

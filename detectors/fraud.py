@@ -200,9 +200,10 @@ class FraudDetector:
         self.selection.params = params.champion
 
     def drain(self) -> tuple[list[tuple[float, str, tuple[ModelFigures, ...]]], list[Change]]:
-        """The evaluations and champion changes since the last call."""
+        """The evaluations and champion changes since the last call (a few a day of event time)."""
         evaluated, changes = self.evaluated, self.changes
-        self.evaluated, self.changes = [], []
+        if evaluated or changes:
+            self.evaluated, self.changes = [], []
         return evaluated, changes
 
     def anomaly_scores(self, rows: list[list[float]] | np.ndarray) -> list[float]:
