@@ -17,7 +17,7 @@ run: $(STAMP)
 
 # The operations tests run promtool and a Prometheus server (Debian package `prometheus`);
 # the delivery tests start private redis-server processes; the dashboard's browser tests
-# drive Debian's chromium.
+# drive Debian's chromium (with a Chinese font for the zh-CN pages).
 test-services:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
@@ -28,6 +28,9 @@ test-services:
 	@command -v chromium >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "the dashboard's browser tests need chromium: apt-get install -y chromium" >&2; exit 1; }
+	@fc-list :lang=zh 2>/dev/null | grep -q . || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null; } || \
+		{ echo "the zh-CN screenshots need a Chinese font: apt-get install -y fonts-wqy-microhei" >&2; exit 1; }
 
 test: $(STAMP) test-services
 	$(PY) -m pytest $(PYTEST_ARGS)

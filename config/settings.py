@@ -32,6 +32,7 @@ from detectors.nba import NBAParams
 from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
 from engine.admission import InputBounds
+from schemas import texts
 
 DEFAULT_PATH: Final = Path(__file__).with_name("default.toml")
 ENV_PREFIX: Final = "CRM__"
@@ -239,6 +240,24 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class DisplaySettings:
+    """What people read: the language of alert and prompt reasons, chat messages and the
+    dashboard, and the time zone times are shown in (the data itself stays in UTC)."""
+
+    locale: Literal["en", "zh-CN"] = "en"
+    timezone: str = ""  # an IANA name; "" = the locale's (en: UTC, zh-CN: Asia/Shanghai)
+
+    def __post_init__(self) -> None:
+        if self.timezone:
+            texts.timezone(self.timezone)  # ValueError names the problem
+
+    @property
+    def zone(self) -> str:
+        """The display time zone in effect."""
+        return self.timezone or texts.DEFAULT_TIMEZONE[self.locale]
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything configurable, validated."""
 
@@ -255,6 +274,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    display: DisplaySettings = field(default_factory=DisplaySettings)
 
     def __post_init__(self) -> None:
         if self.engine.source == "redis" and not (self.redis.enabled and self.redis.input_stream):

@@ -58,6 +58,7 @@ from dashboard.store import (
 )
 from schemas.audit import AuditKeys
 from schemas.outputs import format_ts
+from schemas.texts import EN, localized_text
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -88,6 +89,8 @@ class DashboardConfig:
     page_size_max: int = 200
     session_check_s: float = 1.0  # how often an open event stream checks that its session is still open
     login: LoginPolicy = field(default_factory=LoginPolicy)
+    locale: str = EN  # [display]: the language of the pages, reasons and timelines
+    timezone: str = "UTC"  # the time zone times are shown in
 
 
 # -- live updates ---------------------------------------------------------------------------
@@ -200,7 +203,7 @@ def mask_alert(summary: dict[str, Any]) -> dict[str, Any]:
     return dict(out)
 
 
-def mask_events(customer: dict[str, Any]) -> dict[str, Any]:
+def mask_events(customer: dict[str, Any], locale: str = EN) -> dict[str, Any]:
     """A customer's detail for a role that may not see personal fields: the payees and payers
     of the timeline's events masked (the customer id is scrubbed with the rest)."""
     def masked(item: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +211,23 @@ def mask_events(customer: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(event, dict) or "counterparty_id" not in event:
             return item
         event = {**event, "counterparty_id": MASK}
-        return {**item, "event": event, "what": describe_event(event)}
+        return {**item, "event": event, "what": describe_event(event, locale)}
     return {**customer, "timeline": [masked(t) for t in customer.get("timeline", [])]}
+
+
+def localize(item: dict[str, Any] | None, locale: str) -> dict[str, Any] | None:
+    """An alert summary (its ``alert``'s reasons) or a prompt (its reasons) with the reasons'
+    texts in ``locale``, rendered again from their arguments (``schemas.texts``)."""
+    if item is None or locale == EN:
+        return item
+    def texts(reasons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "text": localized_text(r.get("code", ""), r.get("text", ""), r.get("args"), locale)}
+                for r in reasons]
+    if isinstance(item.get("alert"), dict):
+        return {**item, "alert": {**item["alert"], "reasons": texts(item["alert"].get("reasons", []))}}
+    if isinstance(item.get("reasons"), list):
+        return {**item, "reasons": texts(item["reasons"])}
+    return item
 
 
 def for_rm_timeline(item: dict[str, Any]) -> bool:
@@ -353,10 +371,13 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     def shown_alert(who: Session) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
         if who.role == "admin":
-            return mask_alert
+            return lambda s: localize(mask_alert(s), config.locale)
         if who.role == "rm":
-            return lambda s: for_rm(s, who.rm_id)
-        return lambda s: s
+            return lambda s: localize(for_rm(s, who.rm_id), config.locale)
+        return lambda s: localize(s, config.locale)
+
+    def shown_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
+        return localize(prompt, config.locale) or prompt
 
     async def alert_or_404(ref: str) -> dict[str, Any]:
         try:
@@ -436,6 +457,10 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                 f"refused while locked"))
         return {"username": body.username, "was_locked": held is not None}
 
+    @app.get("/api/display", summary="The pages' language and time zone ([display]); no sign-in needed")
+    async def display() -> dict[str, str]:
+        return {"locale": config.locale, "timezone": config.timezone}
+
     @app.get("/api/me", summary="Who is signed in, and the session's CSRF token")
     async def me(who: AnyUser) -> dict[str, Any]:
         return {"username": who.username, "role": who.role, "rm_id": who.rm_id, "csrf": signer.csrf(who),
@@ -454,9 +479,10 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     async def alert(ref: str, who: Reader) -> dict[str, Any]:
         summary = await alert_or_404(ref)
         customer = await store.customer(summary["customer_id"])
+        shown = localize(summary, config.locale) or summary
         if who.role == "admin":
-            return mask_alert({**summary, "customer": mask_events(customer)})
-        return {**summary, "customer": customer}
+            return mask_alert({**shown, "customer": mask_events(customer, config.locale)})
+        return {**shown, "customer": customer}
 
     async def act(ref: str, who: Session, action: str, status: str, detail: str | None = None,
                   event: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
@@ -524,14 +550,14 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                 data.pop(key, None)
         if who.role == "admin":
             data["alerts"] = [mask_alert(a) for a in data["alerts"]]
-            data = scrub(mask_events(data), {customer_id})
+            data = scrub(mask_events(data, config.locale), {customer_id})
         return data
 
     @app.get("/api/rm/prompts", summary="The RM's prompts: waiting for an answer (new) or accepted")
     async def prompts(who: RMRead, offset: Offset = 0, limit: Limit = 50,
                       which: Annotated[str, Query(pattern="^(new|accepted)$")] = "new") -> dict[str, Any]:
         page = await store.prompts(who.rm_id, which, offset, min(limit, config.page_size_max))
-        return page_json(page, lambda p: p)
+        return page_json(page, shown_prompt)
 
     @app.post("/api/rm/prompts/{prompt_id}/answer", summary="Accept, dismiss or mark converted (feedback)")
     async def answer(prompt_id: str, body: Answer, who: RMWrite) -> dict[str, Any]:
@@ -562,7 +588,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     @app.get("/api/rm/churn", summary="Churn warnings about the RM's customers")
     async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
         page = await store.alerts("all", "churn_risk", None, who.rm_id, offset, min(limit, config.page_size_max))
-        return page_json(page, lambda s: for_rm(s, who.rm_id))
+        return page_json(page, shown_alert(who))
 
     @app.get("/api/stats", summary="Plots: alert volume per hour, score distribution, the RM's conversion")
     async def stats(who: AnyUser) -> dict[str, Any]:
@@ -589,7 +615,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             if kind == "alert":
                 return shape(item)
             if kind == "prompt":
-                return item if who.role == "rm" and item.get("rm_id") == who.rm_id else None
+                return shown_prompt(item) if who.role == "rm" and item.get("rm_id") == who.rm_id else None
             return None
 
         sid, queue = hub.subscribe(allow)

@@ -25,11 +25,13 @@ def build_app(settings: Settings, users: UserStore | None = None) -> Any:
     keys = AuditKeys.load(settings.audit.key_file)
     client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
                                           socket_connect_timeout=r.socket_timeout_s)
-    store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key)
+    store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key,
+                  settings.display.locale)
     secret = d.secret.encode() if d.secret else secrets.token_bytes(32)
     return create_app(store, users or UserStore.load(d.users_file),
                       DashboardConfig(secret, keys, d.session_ttl_s, not d.insecure_http, d.page_size_max,
-                                      login=login_policy(settings)))
+                                      login=login_policy(settings), locale=settings.display.locale,
+                                      timezone=settings.display.zone))
 
 
 def login_policy(settings: Settings) -> LoginPolicy:

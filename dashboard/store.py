@@ -48,6 +48,7 @@ from schemas.events import event_from_obj
 from schemas.events import parse_timestamp as parse_ts
 from schemas.outputs import UserAction, format_ts
 from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
+from schemas.texts import EN, ZH_CN, format_money, label
 
 STATUSES: Final = ("open", "acknowledged", "assigned", "snoozed", "closed_fraud", "closed_legit")
 ACTIVE: Final = ("open", "acknowledged", "assigned", "snoozed")
@@ -61,38 +62,70 @@ TIMELINE_MAX: Final = 100  # items in a customer's timeline
 RECENT_EVENTS_MAX: Final = 50  # of which at most this many raw events
 
 
-def describe_event(event: dict[str, Any]) -> str:
-    """One line about an event summary (``schemas.outputs.EventSummary`` as JSON) for a
-    timeline.
+_EVENT_WORDS: Final = {
+    ZH_CN: {"transaction": "交易", "app": "App 操作", "feedback": "反馈", "profile": "客户资料", "control": "操作指令",
+            "debit": "支出", "credit": "收入", "product": "产品", "via": "渠道", "to": "收款方", "from": "付款方",
+            "alert": "关于告警", "prompt": "关于建议", "event": "关于事件"},
+}
 
-    >>> describe_event({"kind": "transaction", "amount": 48000.0, "currency": "CNY",
-    ...                 "direction": "debit", "txn_type": "transfer", "channel": "app",
-    ...                 "counterparty_id": "p-1"})
+
+def describe_event(event: dict[str, Any], locale: str = EN) -> str:
+    """One line about an event summary (``schemas.outputs.EventSummary`` as JSON) for a
+    timeline, in ``locale``.
+
+    >>> e = {"kind": "transaction", "amount": 48000.0, "currency": "CNY", "direction": "debit",
+    ...      "txn_type": "transfer", "channel": "app", "counterparty_id": "p-1"}
+    >>> describe_event(e)
     'transaction debit 48,000.00 CNY transfer via app to p-1'
+    >>> describe_event(e, "zh-CN")
+    '交易 支出 ¥48,000.00 transfer 渠道 app 收款方 p-1'
     >>> describe_event({"kind": "feedback", "label": "nba_accepted", "ref_prompt_id": "nb-1"})
     'feedback nba_accepted on prompt nb-1'
     """
+    words = _EVENT_WORDS.get(locale, {})
+    word = lambda w: words.get(w, w)  # noqa: E731
     kind = str(event.get("kind", "event"))
-    parts = [kind]
+    parts = [word(kind)]
     if kind == "transaction":
-        parts += [str(event.get("direction", "")), f"{float(event.get('amount', 0.0)):,.2f}",
-                  str(event.get("currency", ""))]
+        amount, currency = float(event.get("amount", 0.0)), str(event.get("currency", ""))
+        parts.append(word(str(event.get("direction", ""))))
+        parts += [format_money(amount, currency, locale)] if locale != EN else [f"{amount:,.2f}", currency]
         parts += [str(event["txn_type"])] if event.get("txn_type") else []
     elif kind == "app":
         parts.append(str(event.get("action", "")))
     elif kind == "feedback":
         parts.append(str(event.get("label", "")))
     if event.get("product_id"):
-        parts.append(f"product {event['product_id']}")
+        parts.append(f"{word('product')} {event['product_id']}")
     if event.get("channel"):
-        parts.append(f"via {event['channel']}")
+        parts.append(f"{word('via')} {event['channel']}")
     if event.get("counterparty_id"):
-        parts.append(("from " if event.get("direction") == "credit" else "to ") + str(event["counterparty_id"]))
+        parts.append(f"{word('from' if event.get('direction') == 'credit' else 'to')} {event['counterparty_id']}")
     for ref, name in (("ref_alert_id", "alert"), ("ref_prompt_id", "prompt"), ("ref_event_id", "event")):
         if event.get(ref):
-            parts.append(f"on {name} {event[ref]}")
+            parts.append(f"{words[name]} {event[ref]}" if name in words else f"on {name} {event[ref]}")
             break
     return " ".join(p for p in parts if p)
+
+
+def describe_item(item: dict[str, Any], locale: str = EN) -> str:
+    """One line about a timeline item (an alert, a prompt or an event) in ``locale``.
+
+    >>> describe_item({"kind": "alert", "alert_type": "aml_pattern", "severity": "high", "score": 0.9,
+    ...                "status": "open"}, "zh-CN")
+    '反洗钱可疑模式（高，评分 0.90），状态：待处理'
+    """
+    if item["kind"] == "event":
+        return describe_event(item["event"], locale)
+    if item["kind"] == "prompt":
+        if locale == EN:
+            return f"prompt {item['action']} ({item['status']})"
+        return f"{label('field', 'prompt', locale)} {item['action']}（{label('status', item['status'], locale)}）"
+    kind, severity = item["alert_type"], item["severity"]
+    if locale == EN:
+        return f"{kind} ({severity}, score {item['score']:.2f}), status {item['status']}"
+    return (f"{label('alert_type', kind, locale)}（{label('severity', severity, locale)}，"
+            f"{label('field', 'score', locale)} {item['score']:.2f}），状态：{label('status', item['status'], locale)}")
 
 
 def _ms(ts: str) -> int:
@@ -117,8 +150,9 @@ class Store:
     """Reads and writes the dashboard's keys; every method is one or two round trips."""
 
     def __init__(self, client: Any, prefix: str, feedback_stream: str, feedback_time: str = "wall",
-                 audit_key: str = "audit") -> None:
+                 audit_key: str = "audit", locale: str = EN) -> None:
         self.r = client  # a redis.asyncio.Redis
+        self.locale = locale  # of the timelines' lines (schemas.texts)
         self.k = RedisKeys(prefix)
         self.feedback_key = f"{prefix}{feedback_stream}"
         self.feedback_time = feedback_time
@@ -285,14 +319,16 @@ class Store:
         rows = await pipe.execute()
         alerts = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows[:len(refs)], strict=True) if row]
         prompts = [orjson.loads(raw) for raw in rows[len(refs):] if raw]
-        timeline = [{"ts": a["event_ts"], "kind": "alert", "what": f"{a['type']} ({a['severity']}, score "
-                     f"{a['score']:.2f}), status {a['status']}", "ref": a["ref"], "event_id": a["alert"]["event_id"],
-                     "alert_type": a["type"]} for a in alerts]
-        timeline += [{"ts": p["event_ts"], "kind": "prompt", "what": f"prompt {p['action']} ({p['status']})",
-                      "ref": p["prompt_id"], "event_id": p["event_id"], "alert_type": ""} for p in prompts]
+        timeline = [{"ts": a["event_ts"], "kind": "alert", "ref": a["ref"], "event_id": a["alert"]["event_id"],
+                     "alert_type": a["type"], "severity": a["severity"], "score": a["score"], "status": a["status"]}
+                    for a in alerts]
+        timeline += [{"ts": p["event_ts"], "kind": "prompt", "ref": p["prompt_id"], "event_id": p["event_id"],
+                      "alert_type": "", "action": p["action"], "status": p["status"]} for p in prompts]
         events = [orjson.loads(raw) for raw in recent]
-        timeline += [{"ts": e["ts"], "kind": "event", "what": describe_event(e), "ref": "", "event_id": e["event_id"],
-                      "alert_type": "", "event": e} for e in events]
+        timeline += [{"ts": e["ts"], "kind": "event", "ref": "", "event_id": e["event_id"], "alert_type": "",
+                      "event": e} for e in events]
+        for item in timeline:
+            item["what"] = describe_item(item, self.locale)
         # By event time (offsets differ between producers, so not as strings); at one instant
         # an alert or prompt above the event that triggered it; events keep the list's order.
         timeline.sort(key=lambda item: (_ms(item["ts"]), item["kind"] != "event"), reverse=True)

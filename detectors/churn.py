@@ -84,10 +84,6 @@ EXIT_ACTIONS: Final = {"complaint": "complaint", "account_close_view": "close_vi
 SIGNALS: Final = ("complaint", "close_view", "transfer_out_view", "unsubscribe", "outflow",
                   "balance_decline", "activity_decline")
 _SIGNAL_INDEX: Final = {name: i for i, name in enumerate(SIGNALS)}
-_SIGNAL_TEXT: Final = {"complaint": "complaints", "close_view": "account-closing page views",
-                       "transfer_out_view": "transfer-out page views", "unsubscribe": "unsubscribes",
-                       "outflow": "money moved out", "balance_decline": "balance below half its peak",
-                       "activity_decline": "activity slowing down"}
 NO_SIGNALS: Final = (0.0,) * len(SIGNALS)
 CHURN_LABELS: Final = frozenset({"churned", "retained"})
 
@@ -149,19 +145,18 @@ class ChurnEvidence:
 
     def reasons(self, score: float, params: ChurnParams) -> list[Reason]:
         """Why the score is what it is, for an alert."""
-        out = [Reason("churn_no_activity", f"probability of no activity in the next "
-                      f"{params.horizon_days:g} d", round(score, 4), 1.0)]
+        out = [Reason.of("churn_no_activity", round(score, 4), 1.0, horizon_days=params.horizon_days)]
         if self.usual_gap and self.silent_days > 2 * max(1.0, self.usual_gap):
-            out.append(Reason("churn_recency", f"silent {self.silent_days:.0f} d against a usual gap "
-                              f"of {self.usual_gap:.1f} d", round(self.silent_days, 1), 1.0))
+            out.append(Reason.of("churn_recency", round(self.silent_days, 1), 1.0,
+                                 silent_days=self.silent_days, usual_gap=self.usual_gap))
         if self.recent_gap and self.usual_gap and self.recent_gap > 2 * self.usual_gap:
-            out.append(Reason("churn_activity_decline", f"recent gap {self.recent_gap:.1f} d against "
-                              f"{self.usual_gap:.1f} d", round(self.recent_gap / self.usual_gap, 2), 1.0))
+            out.append(Reason.of("churn_activity_decline", round(self.recent_gap / self.usual_gap, 2), 1.0,
+                                 recent_gap=self.recent_gap, usual_gap=self.usual_gap))
         if self.hazard > 0.1:
-            shown = [f"{_SIGNAL_TEXT[name]} {w * s:.2f}" for name, w, s
+            shown = [[name, round(w * s, 4)] for name, w, s
                      in sorted(zip(SIGNALS, _weights(params), self.exit_signals(), strict=True),
                                key=lambda item: -item[1] * item[2]) if w * s > 0.05]
-            out.append(Reason("churn_exit_signals", ", ".join(shown), round(self.hazard, 2), 1.0))
+            out.append(Reason.of("churn_exit_signals", round(self.hazard, 2), 1.0, signals=shown))
         return out
 
 

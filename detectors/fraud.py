@@ -53,6 +53,7 @@ from detectors.risk_tables import cells_batch as risk_cells_batch
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
 from schemas.outputs import AlertType, ModelFigures, Reason, Severity
+from schemas.texts import EN, localized_text
 
 RULE_CODES: Final = (
     "large_vs_history", "velocity_burst", "card_testing", "takeover_sequence", "structuring",
@@ -75,28 +76,16 @@ def profile_matrix(rows: list[list[float]] | np.ndarray) -> np.ndarray:
         return rows
     n = len(rows)
     return np.fromiter(chain.from_iterable(rows), float, count=n * len(FEATURES)).reshape(n, len(FEATURES))
+
+
+def _feature_reason(name: str, value: float, weight: float) -> Reason:
+    """A model feature as a reason: its text from the catalogue (``schemas.texts``), or its name."""
+    code = f"model:{name}"
+    return Reason(code, localized_text(code, name.replace("_", " "), None, EN), value, weight)
+
+
 MODEL_REVISION: Final = "fraud-1"
 
-FEATURE_TEXT: Final = {
-    "amount_to_mean": "amount relative to the customer's typical amount",
-    "amount_z": "amount unusual for this customer",
-    "log_amount": "large amount",
-    "cp_fraud_rate_28d": "counterparty's recent confirmed fraud rate",
-    "cp_frauds_7d": "frauds confirmed at this counterparty in the last 7 days",
-    "cp_frauds_28d": "frauds confirmed at this counterparty in the last 28 days",
-    "cust_frauds_14d": "fraud confirmed on this customer in the last 14 days",
-    "new_counterparty": "first transaction with this counterparty",
-    "new_device": "first use of this device",
-    "new_country": "first transaction in this country",
-    "velocity_1d": "more transactions today than usual",
-    "cnt_1h": "many transactions in the last hour",
-    "anomaly": "behaviour unlike the customer population's",
-    "risk_amount": "amounts like this were often fraud recently",
-    "risk_amount_to_mean": "amounts this far above the customer's usual were often fraud recently",
-    "risk_counterparty_state": "counterparties in this state were often fraud recently",
-    "risk_customer_state": "customers in this state were often defrauded recently",
-    "cp_fraud_logodds": "counterparty's recent confirmed fraud rate",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,23 +367,21 @@ class FraudDetector:
                  anomaly_score: float, contributions: list[float] | None = None) -> tuple[Reason, ...]:
         """The rules hit, then the features that pushed the champion's score up most: the
         linear model's weighted by its trust, or the trees' ``contributions`` (TreeSHAP)."""
-        reasons = [Reason(h.code, h.text, h.value, round(h.weight, 4)) for h in hits]
+        reasons = [Reason(h.code, h.text, h.value, round(h.weight, 4), h.args) for h in hits]
         if contributions is not None:
             top = sorted(zip(MODEL_FEATURES, contributions, strict=True), key=lambda item: (-item[1], item[0]))[:3]
             for name, contribution in top:
                 if contribution > 0:
-                    text = FEATURE_TEXT.get(name, name.replace("_", " "))
-                    reasons.append(Reason(f"model:{name}", text, round(float(vector[_MODEL_INDEX[name]]), 4),
-                                          round(contribution, 4)))
+                    reasons.append(_feature_reason(name, round(float(vector[_MODEL_INDEX[name]]), 4),
+                                                   round(contribution, 4)))
             return tuple(reasons)
         if trust > 0:
             for name, contribution in self.classifier.explain(vector):
-                text = FEATURE_TEXT.get(name, name.replace("_", " "))
-                reasons.append(Reason(f"model:{name}", text, round(float(vector[_MODEL_INDEX[name]]), 4),
-                                      round(contribution * trust, 4)))
+                reasons.append(_feature_reason(name, round(float(vector[_MODEL_INDEX[name]]), 4),
+                                               round(contribution * trust, 4)))
         if anomaly_score >= 0.5:
-            reasons.append(Reason("anomaly", FEATURE_TEXT["anomaly"], round(anomaly_score, 4),
-                                  round(self.params.anomaly_weight * anomaly_score * (1 - trust), 4)))
+            reasons.append(Reason.of("anomaly", round(anomaly_score, 4),
+                                     round(self.params.anomaly_weight * anomaly_score * (1 - trust), 4)))
         return tuple(reasons)
 
     def observe_label(self, ref_event_id: str, known_at: float, is_fraud: bool) -> float | None:

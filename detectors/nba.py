@@ -74,7 +74,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
@@ -172,7 +172,7 @@ class Trigger:
     product_id: str | None = None
     category: str | None = None  # of product_id, when the catalogue knows it
     churn_score: float = 0.0
-    detail: str = ""
+    args: dict[str, Any] = field(default_factory=dict, compare=False)  # what the trigger reason says
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,27 +418,27 @@ class NextBestAction:
         p = self.params
         kind: str | None = None
         product_id: str | None = None
-        detail = ""
+        args: dict[str, Any] = {}
         if isinstance(event, Transaction):
             if event.direction == "credit" and event.txn_type in p.maturity_txn_types:
-                kind, product_id, detail = "maturity", event.product_id, event.txn_type or ""
+                kind, product_id, args = "maturity", event.product_id, {"source": event.txn_type}
             elif event.direction == "credit" and event.amount >= p.large_credit:
-                kind, detail = "large_credit", f"{event.amount:,.2f} {event.currency}"
+                kind, args = "large_credit", {"amount": event.amount, "currency": event.currency}
         elif isinstance(event, AppEvent):
             if event.action == "product_view" and (event.duration_ms or 0) >= p.view_ms:
                 kind, product_id = "product_view", event.product_id
-                detail = f"viewed {event.product_id} for {(event.duration_ms or 0) / 1000:.0f} s"
+                args = {"product": event.product_id, "seconds": (event.duration_ms or 0) / 1000}
             elif event.action == p.maturity_app_action:
-                kind, product_id, detail = "maturity", event.product_id, "maturity notice"
+                kind, product_id = "maturity", event.product_id
             elif (event.action == "login" and state.last_seen_t is not None
                   and event.t - state.last_seen_t >= p.absence_days * 86400.0):
                 kind = "login_after_absence"
-                detail = f"first login in {(event.t - state.last_seen_t) / 86400.0:.0f} days"
+                args = {"days": (event.t - state.last_seen_t) / 86400.0}
         if kind is None:
             return None
         return Trigger(kind, event.event_id, event.ts, event.t, event.customer_id, product_id,
                        self._category_of.get(product_id) if product_id else None, state.churn_score,
-                       detail)
+                       args)
 
     # -- the decision ---------------------------------------------------------------------
     def eligible(self, state: NBAState, facts: CustomerFacts, trigger: Trigger) -> list[Action]:
@@ -476,15 +476,11 @@ class NextBestAction:
 
     def _reasons(self, action: Action, facts: CustomerFacts, trigger: Trigger, mean: float,
                  width: float, n_eligible: int) -> tuple[Reason, ...]:
-        reasons = [Reason(f"trigger_{trigger.type}", trigger.detail or trigger.type.replace("_", " "),
-                          trigger.product_id, 1.0)]
+        reasons = [Reason.of(f"trigger_{trigger.type}", trigger.product_id, 1.0, **trigger.args)]
         if action.kind == "product":
-            reasons.append(Reason("suitability", f"product risk R{action.risk} within the customer's "
-                                  f"grade C{facts.risk_level}", action.risk, 0.0))
-        reasons.append(Reason("expected_reward", f"expected outcome {mean:.2f} for this context, "
-                              f"best of {n_eligible} eligible actions", round(mean, 6), 1.0))
-        reasons.append(Reason("exploration", "uncertainty of the estimate", round(width, 6),
-                              self.params.alpha))
+            reasons.append(Reason.of("suitability", action.risk, 0.0, risk=action.risk, grade=facts.risk_level))
+        reasons.append(Reason.of("expected_reward", round(mean, 6), 1.0, mean=mean, eligible=n_eligible))
+        reasons.append(Reason.of("exploration", round(width, 6), self.params.alpha))
         return tuple(reasons)
 
     # -- learning ---------------------------------------------------------------------------
@@ -562,8 +558,7 @@ class NextBestAction:
         state.churn_score = score
         if not rising:
             return None
-        return Trigger("churn_rising", event_id, ts, t, customer_id, churn_score=score,
-                       detail=f"churn score rose to {score:.2f}")
+        return Trigger("churn_rising", event_id, ts, t, customer_id, churn_score=score, args={"score": score})
 
     def on_churn(self, state: NBAState, facts: CustomerFacts, score: float, event_id: str, ts: str,
                  t: float, customer_id: str) -> Prompt | None:

@@ -20,12 +20,13 @@ must review whatever the model score.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from detectors.profile import INDEX
 from schemas.events import Transaction
 from schemas.outputs import AlertType
+from schemas.texts import EN, render_reason
 
 OUTGOING_TRANSFER_TYPES: Final = frozenset({"transfer"})
 
@@ -58,6 +59,13 @@ class RuleHit:
     value: float
     weight: float
     always_alert: bool = False
+    args: dict[str, Any] | None = field(default=None, compare=False)  # what ``text`` says (schemas.texts)
+
+
+def _hit(code: str, alert_type: AlertType, value: float, weight: float, always_alert: bool = False,
+         **args: Any) -> RuleHit:
+    """A hit whose text the catalogue renders from ``args`` (in English; alerts localize it)."""
+    return RuleHit(code, alert_type, render_reason(code, EN, args), value, weight, always_alert, args)
 
 
 _HIST_TXNS, _AMOUNT_TO_MEAN, _LOG_AMOUNT, _CNT_1H, _SMALL_CNT_1H = (
@@ -83,42 +91,33 @@ def evaluate_rules(f: list[float], txn: Transaction, params: RuleParams) -> list
     ratio = f[_AMOUNT_TO_MEAN]
     if (debit and ratio >= params.large_amount_ratio and amount >= params.large_amount_min
             and math.expm1(f[_HIST_TXNS]) >= params.large_amount_min_history):
-        hits.append(RuleHit("large_vs_history", "suspicious_transaction",
-                            f"amount {amount:,.2f} is {ratio:.1f}x the customer's typical "
-                            f"{_typical(f):,.2f}", round(ratio, 3), 0.35))
+        hits.append(_hit("large_vs_history", "suspicious_transaction", round(ratio, 3), 0.35,
+                         amount=amount, ratio=ratio, typical=_typical(f), currency=txn.currency))
     per_hour = round(math.expm1(f[_CNT_1H])) + 1
     if per_hour >= params.velocity_1h:
-        hits.append(RuleHit("velocity_burst", "suspicious_transaction",
-                            f"{per_hour} transactions within one hour", float(per_hour), 0.3))
+        hits.append(_hit("velocity_burst", "suspicious_transaction", float(per_hour), 0.3, count=per_hour))
     small = f[_SMALL_CNT_1H]
     if small >= params.card_testing_small_1h:
-        hits.append(RuleHit("card_testing", "suspicious_transaction",
-                            f"{small:.0f} tiny payments within one hour (card testing)", small, 0.5))
+        hits.append(_hit("card_testing", "suspicious_transaction", small, 0.5, count=small))
     outgoing = debit and (txn.txn_type in OUTGOING_TRANSFER_TYPES or txn.txn_type is None)
     if (outgoing and amount >= params.takeover_min_amount
             and (f[_SECURITY] > 0 or f[_FAILED_LOGINS] >= params.takeover_failed_logins)
             and (f[_NEW_COUNTERPARTY] > 0 or f[_NEW_DEVICE] > 0)):
-        hits.append(RuleHit("takeover_sequence", "account_takeover",
-                            f"outgoing {amount:,.2f} to a new payee or from a new device within 24 h "
-                            "of a security change or failed logins", amount, 0.6, True))
+        hits.append(_hit("takeover_sequence", "account_takeover", amount, 0.6, True,
+                         amount=amount, currency=txn.currency))
     near = f[_NEAR_THRESHOLD]
     if near >= params.structuring_count_3d:
-        hits.append(RuleHit("structuring", "aml_pattern",
-                            f"{near:.0f} cash deposits just under the reporting threshold within 3 days",
-                            near, 0.6, True))
+        hits.append(_hit("structuring", "aml_pattern", near, 0.6, True, count=near))
     # Mule pattern: money that just came in leaves at once, by transfer, to someone new.
     out_ratio = f[_OUT_OF_IN]
     if outgoing and out_ratio >= params.in_out_ratio and f[_NEW_COUNTERPARTY] > 0:
         inflow = math.expm1(f[_LOG_INFLOW])
         if inflow >= params.in_out_min_amount:
-            hits.append(RuleHit("rapid_in_out", "aml_pattern",
-                                f"{out_ratio:.0%} of the last day's inflow of {inflow:,.2f} already sent out",
-                                round(out_ratio, 3), 0.45, True))
+            hits.append(_hit("rapid_in_out", "aml_pattern", round(out_ratio, 3), 0.45, True,
+                             ratio=out_ratio, inflow=inflow, currency=txn.currency))
     if f[_DORMANT] > 0 and amount >= params.dormant_min_amount:
-        hits.append(RuleHit("dormant_reactivation", "aml_pattern",
-                            f"{amount:,.2f} moved after a long dormant period", amount, 0.4))
+        hits.append(_hit("dormant_reactivation", "aml_pattern", amount, 0.4, amount=amount, currency=txn.currency))
     if f[_NEW_COUNTRY] > 0 and ratio >= params.foreign_ratio:
-        hits.append(RuleHit("unusual_foreign", "suspicious_transaction",
-                            f"{ratio:.1f}x typical spend in a new country {txn.counterparty_country}",
-                            round(ratio, 3), 0.4))
+        hits.append(_hit("unusual_foreign", "suspicious_transaction", round(ratio, 3), 0.4,
+                         ratio=ratio, country=txn.counterparty_country))
     return hits

@@ -33,3 +33,4 @@ class EngineConfig:
     nba: NBAParams = field(default_factory=lambda: NBAParams(enabled=False))
     actions: tuple[Action, ...] = ()  # the next-best-action catalogue
     failures: Failures = field(default_factory=Failures)  # per-event exceptions -> dead letters
+    locale: str = "en"  # the language of alert and prompt reasons (schemas.texts)

@@ -4,6 +4,7 @@ changes (``schemas.outputs``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from detectors.challengers import Change
@@ -23,27 +24,35 @@ from schemas.outputs import (
     format_ts,
     model_record_id,
 )
+from schemas.texts import EN
 
 CHURN_MODEL_VERSION: Final = "churn-bgnbd-prior-2"
 #: A churn score from which a churn alert is ``high`` rather than ``medium``.
 CHURN_HIGH: Final = 0.95
 
 
-def fraud_alert(event: Transaction, assessment: Assessment, rm_id: str | None, emitted_at: str) -> Alert:
+def localized(reasons: Iterable[Reason], locale: str) -> tuple[Reason, ...]:
+    """``reasons`` with their texts in ``locale`` (``schemas.texts``)."""
+    return tuple(reason.localized(locale) for reason in reasons)
+
+
+def fraud_alert(event: Transaction, assessment: Assessment, rm_id: str | None, emitted_at: str,
+                locale: str = EN) -> Alert:
     """The alert a transaction's assessment calls for (``assessment.alert_type`` is set)."""
     assert assessment.alert_type is not None
     return Alert(alert_id=alert_id_for(event.event_id, assessment.alert_type), type=assessment.alert_type,
                  severity=assessment.severity, score=assessment.fraud_score, customer_id=event.customer_id,
                  rm_id=rm_id, event_id=event.event_id, event_ts=event.ts, emitted_at=emitted_at,
-                 reasons=assessment.reasons, model_version=assessment.model_version)
+                 reasons=localized(assessment.reasons, locale), model_version=assessment.model_version)
 
 
-def churn_alert(event: Event, rm_id: str | None, score: float, reasons: list[Reason], emitted_at: str) -> Alert:
+def churn_alert(event: Event, rm_id: str | None, score: float, reasons: list[Reason], emitted_at: str,
+                locale: str = EN) -> Alert:
     """A ``churn_risk`` alert to the customer's RM, as of this event of theirs."""
     severity: Severity = "high" if score >= CHURN_HIGH else "medium"
     return Alert(alert_id=alert_id_for(event.event_id, "churn_risk"), type="churn_risk", severity=severity,
                  score=round(score, 6), customer_id=event.customer_id, rm_id=rm_id, event_id=event.event_id,
-                 event_ts=event.ts, emitted_at=emitted_at, reasons=tuple(reasons),
+                 event_ts=event.ts, emitted_at=emitted_at, reasons=localized(reasons, locale),
                  model_version=CHURN_MODEL_VERSION)
 
 

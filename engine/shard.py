@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from time import perf_counter
 from typing import Protocol
 
@@ -49,7 +50,15 @@ from detectors.fraud import Transaction as FraudTransaction
 from detectors.lifecycle import AlertLifecycle
 from detectors.nba import NextBestActions
 from engine.config import EngineConfig
-from engine.records import churn_alert, customer_state, fraud_alert, model_change, model_report, score_record
+from engine.records import (
+    churn_alert,
+    customer_state,
+    fraud_alert,
+    localized,
+    model_change,
+    model_report,
+    score_record,
+)
 from schemas.events import Control, Event, Feedback, Transaction
 from schemas.outputs import (
     Alert,
@@ -61,6 +70,7 @@ from schemas.outputs import (
     Prompt,
     Score,
 )
+from schemas.texts import EN
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +343,8 @@ class Shard:
         if isinstance(event, Transaction) and verdict is not None:
             assessment = verdict
             if assessment.alert_type is not None:
-                alert = fraud_alert(event, assessment, observation.summary.rm_id, config.clock(event.t))
+                alert = fraud_alert(event, assessment, observation.summary.rm_id, config.clock(event.t),
+                                    config.locale)
         elif isinstance(event, Feedback) and event.ref_event_id and event.label in FRAUD_LABELS:
             is_fraud = event.label == "fraud"
             labelled = detector.observe_label(event.ref_event_id, event.t, is_fraud)
@@ -341,6 +352,8 @@ class Shard:
         prompt = None
         if self.nba is not None:
             prompt = self.nba.on_event(event, observation.summary, alert is not None, churn_score=nba_churn)
+            if prompt is not None and config.locale != EN:
+                prompt = replace(prompt, reasons=localized(prompt.reasons, config.locale))
         return assessment, alert, prompt, churn, outcome
 
     def _view(self, event: Event, customer: Customer, observation: Observation, assessment: Assessment | None,
@@ -362,7 +375,8 @@ class Shard:
         if churn is not None and evidence is not None:
             due = view.churn_alert_due(churn, evidence, params)
             if due is not None:
-                alerts.append(churn_alert(event, observation.summary.rm_id, *due, self.config.clock(event.t)))
+                alerts.append(churn_alert(event, observation.summary.rm_id, *due, self.config.clock(event.t),
+                                          self.config.locale))
         for each in alerts:
             if params.lifecycle.enabled:
                 emitted, changes = lifecycle.on_alert(each, event.t, params.lifecycle)

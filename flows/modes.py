@@ -91,7 +91,7 @@ def engine_config(settings: Settings, clock: Clock, watermark: float | None = No
     actions = load_actions(nba.catalogue or None) if nba.enabled else ()
     return EngineConfig(profile=settings.profile, rules=settings.rules, fraud=settings.fraud,
                         view=settings.view, clock=clock, watermark=watermark, emit_scores=emit_scores, nba=nba,
-                        actions=actions)
+                        actions=actions, locale=settings.display.locale)
 
 
 #: Garbage-collector thresholds for the engine (Python's default: 700, 10, 10). The engine

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from schemas.events import SCHEMA_VERSION, AppEvent, Event, Feedback, Transaction
+from schemas.texts import EN, localized_text, render_reason
 
 AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -51,12 +52,32 @@ class _Record:
 
 @dataclass(frozen=True, slots=True)
 class Reason:
-    """Why an alert fired: a rule hit or a feature that drove the model score."""
+    """Why an alert fired (a rule hit, a feature that drove the model score) or why a prompt
+    was made. Beyond the contract's ``{code, text, value, weight}``: ``args``, the values the
+    text was rendered from (``schemas.texts``), so that a reader can render it in another
+    locale; None for a text that has none.
+
+    >>> r = Reason.of("velocity_burst", 7.0, 0.3, count=7)
+    >>> r.text, r.localized("zh-CN").text
+    ('7 transactions within one hour', '一小时内 7 笔交易')
+    """
 
     code: str
     text: str
     value: float | str | None
     weight: float
+    args: dict[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, code: str, value: float | str | None, weight: float, **args: Any) -> Reason:
+        """Reason ``code`` with its English text rendered from ``args`` by the catalogue."""
+        return cls(code, render_reason(code, EN, args), value, weight, args or None)
+
+    def localized(self, locale: str) -> Reason:
+        """This reason with its text in ``locale`` (itself for English)."""
+        if locale == EN:
+            return self
+        return replace(self, text=localized_text(self.code, self.text, self.args, locale))
 
 
 @dataclass(frozen=True, slots=True)

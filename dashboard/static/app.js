@@ -4,6 +4,58 @@
 const state = { me: null, offset: 0, limit: 50, total: 0, source: null };
 const $ = (id) => document.getElementById(id);
 
+// -- language ----------------------------------------------------------------------------
+// The server's [display] locale and time zone (GET /api/display). Texts are keyed by their
+// English; the data's own codes (types, severities, statuses) are translated as labels.
+// Reasons and timeline lines come from the server already in the locale.
+const display = { locale: "en", timezone: "UTC" };
+const I18N = {
+  "zh-CN": {
+    "CRM risk dashboard": "CRM 风险看板", "CRM stream engine": "CRM 实时事件引擎", "Sign in": "登录",
+    "Sign out": "退出", "User": "用户名", "Password": "密码", "Alerts per hour (event time)": "每小时告警数（事件时间）",
+    "Alert scores": "告警评分分布", "Fraud models (prequential, on the same delayed labels)": "欺诈模型（基于相同延迟标签的前序评估）",
+    "model": "模型", "version": "版本", "labels": "标签数", "frauds": "欺诈数", "role": "角色", "Status": "状态",
+    "Type": "类型", "Severity": "严重程度", "live": "实时", "time": "时间", "type": "类型", "severity": "严重程度",
+    "score": "评分", "customer": "客户", "RM": "客户经理", "status": "状态", "Previous": "上一页", "Next": "下一页",
+    "My prompts": "我的行动建议", "Prompts waiting for an answer": "待处理的行动建议",
+    "Accepted (waiting for conversion)": "已接受（等待转化）", "Churn warnings": "流失预警",
+    "active": "未结案", "all": "全部", "any": "不限", "open": "待处理", "acknowledged": "已确认", "assigned": "已分派",
+    "snoozed": "已暂停", "closed_fraud": "结案：确认欺诈", "closed_legit": "结案：误报",
+    "suspicious_transaction": "可疑交易", "account_takeover": "账户盗用", "aml_pattern": "反洗钱可疑模式",
+    "churn_risk": "流失风险", "low": "低", "medium": "中", "high": "高", "critical": "严重",
+    "of": "共", "Reasons": "告警原因", "Timeline": "时间线", "weight": "权重", "revision": "版本", "event": "事件",
+    "at": "时间", "customer fraud score": "客户欺诈评分", "fraud risk": "欺诈风险", "churn": "流失评分",
+    "open alert groups": "未结告警组", "Acknowledge": "确认", "Assign to me": "分派给我", "Snooze 24 h": "暂停 24 小时",
+    "Close: confirmed fraud": "结案：确认欺诈", "Close: false positive": "结案：误报", "closed": "已结案",
+    "read-only": "只读", "Accept": "接受", "Dismiss": "忽略", "Converted": "已转化", "for": "客户", "until": "有效期至",
+    "churn risk": "流失风险", "churn score": "流失评分", "prompts": "建议", "accepted": "已接受", "dismissed": "已忽略",
+    "converted": "已转化", "as of": "截至", "(no evaluation yet)": "（尚无评估）", "champion": "主模型",
+    "challenger": "挑战模型", "n/a": "无", "risk_analyst": "风险分析师", "rm": "客户经理", "admin": "管理员",
+    "maturity": "产品到期", "large_credit": "大额入账", "product_view": "浏览产品",
+    "login_after_absence": "久未登录后登录", "churn_rising": "流失风险上升", "new": "新建",
+  },
+};
+const t = (text) => (I18N[display.locale] || {})[text] || text;
+
+// A time of the data (UTC, RFC 3339) as people read it: in English and UTC as it is, else
+// in the display time zone.
+function when(ts) {
+  if (display.locale === "en" && display.timezone === "UTC") return ts;
+  const d = new Date(ts);
+  if (Number.isNaN(d.getTime())) return ts;
+  return new Intl.DateTimeFormat(display.locale, { timeZone: display.timezone, year: "numeric", month: "2-digit",
+    day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" }).format(d);
+}
+
+async function loadDisplay() {
+  try { Object.assign(display, await (await fetch("/api/display", { credentials: "same-origin" })).json()); }
+  catch { /* English and UTC */ }
+  document.documentElement.lang = display.locale;
+  document.title = t(document.title);
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.textContent.trim());
+  for (const option of document.querySelectorAll("select option")) option.textContent = t(option.textContent);
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -36,7 +88,7 @@ function showLogin() {
 async function start() {
   try { state.me = await api("/api/me"); } catch { showLogin(); return; }
   $("login").hidden = true; $("logout").hidden = false;
-  $("who").textContent = `${state.me.username} (${state.me.role}${state.me.rm_id ? " " + state.me.rm_id : ""})`;
+  $("who").textContent = `${state.me.username} (${t(state.me.role)}${state.me.rm_id ? " " + state.me.rm_id : ""})`;
   if (state.me.role === "rm") { $("rm").hidden = false; await loadRM(); }
   else { $("risk").hidden = false; await loadQueue(); }
   await loadPlots();
@@ -59,9 +111,9 @@ function matches(a) {
 
 function row(a) {
   return el("tr", { "data-ref": a.ref, "data-customer": a.customer_id, onclick: () => openAlert(a.ref) },
-    el("td", {}, a.event_ts), el("td", {}, a.type), el("td", { class: `sev-${a.severity}` }, a.severity),
+    el("td", {}, when(a.event_ts)), el("td", {}, t(a.type)), el("td", { class: `sev-${a.severity}` }, t(a.severity)),
     el("td", {}, a.score.toFixed(2)), el("td", {}, a.customer_id), el("td", {}, a.rm_id || ""),
-    el("td", { class: "status" }, a.status + (a.assignee ? ` (${a.assignee})` : "")));
+    el("td", { class: "status" }, t(a.status) + (a.assignee ? ` (${a.assignee})` : "")));
 }
 
 async function loadQueue() {
@@ -73,7 +125,7 @@ async function loadQueue() {
 
 function pageInfo() {
   const end = Math.min(state.offset + state.limit, state.total);
-  $("page-info").textContent = `${state.total ? state.offset + 1 : 0}-${end} of ${state.total}`;
+  $("page-info").textContent = `${state.total ? state.offset + 1 : 0}-${end} ${t("of")} ${state.total}`;
   $("prev").disabled = state.offset === 0; $("next").disabled = end >= state.total;
 }
 
@@ -101,28 +153,30 @@ async function openAlert(ref) {
   const closed = a.status.startsWith("closed");  // a closed alert takes no further action
   const c = a.customer;
   d.replaceChildren(
-    el("h2", {}, `${a.type} — ${a.severity} — score ${a.score.toFixed(2)}`),
-    el("p", {}, `customer ${a.customer_id} · RM ${a.rm_id || "-"} · status `, el("b", { id: "detail-status" }, a.status),
-      ` · revision ${a.revision} · event ${a.alert.event_id} at ${a.event_ts}`),
-    el("h3", {}, "Reasons"),
-    el("ul", { class: "reasons" }, ...a.alert.reasons.map((r) => el("li", {}, `${r.text} (weight ${r.weight})`))),
-    el("p", {}, `customer fraud score ${fmt(c.fraud_score)} · fraud risk ${fmt(c.fraud_risk)} · churn ${fmt(c.churn_score)} · open alert groups ${c.open_groups}`),
-    el("h3", {}, "Timeline"),
+    el("h2", {}, `${t(a.type)} — ${t(a.severity)} — ${t("score")} ${a.score.toFixed(2)}`),
+    el("p", {}, `${t("customer")} ${a.customer_id} · ${t("RM")} ${a.rm_id || "-"} · ${t("status")} `,
+      el("b", { id: "detail-status", "data-status": a.status }, t(a.status)),
+      ` · ${t("revision")} ${a.revision} · ${t("event")} ${a.alert.event_id} ${t("at")} ${when(a.event_ts)}`),
+    el("h3", {}, t("Reasons")),
+    el("ul", { class: "reasons" }, ...a.alert.reasons.map((r) => el("li", {}, `${r.text} (${t("weight")} ${r.weight})`))),
+    el("p", {}, `${t("customer fraud score")} ${fmt(c.fraud_score)} · ${t("fraud risk")} ${fmt(c.fraud_risk)} · ` +
+      `${t("churn")} ${fmt(c.churn_score)} · ${t("open alert groups")} ${c.open_groups}`),
+    el("h3", {}, t("Timeline")),
     timeline(c.timeline),
     analyst && !closed ? el("div", { class: "actions" },
-      el("button", { id: "act-ack", onclick: act("acknowledge", {}) }, "Acknowledge"),
-      el("button", { id: "act-assign", onclick: act("assign", { assignee: state.me.username }) }, "Assign to me"),
-      el("button", { id: "act-snooze", onclick: act("snooze", { hours: 24 }) }, "Snooze 24 h"),
-      el("button", { id: "act-fraud", onclick: act("close", { label: "fraud" }) }, "Close: confirmed fraud"),
-      el("button", { id: "act-legit", onclick: act("close", { label: "legit" }) }, "Close: false positive"))
-      : el("p", {}, closed ? "closed" : "read-only"));
+      el("button", { id: "act-ack", onclick: act("acknowledge", {}) }, t("Acknowledge")),
+      el("button", { id: "act-assign", onclick: act("assign", { assignee: state.me.username }) }, t("Assign to me")),
+      el("button", { id: "act-snooze", onclick: act("snooze", { hours: 24 }) }, t("Snooze 24 h")),
+      el("button", { id: "act-fraud", onclick: act("close", { label: "fraud" }) }, t("Close: confirmed fraud")),
+      el("button", { id: "act-legit", onclick: act("close", { label: "legit" }) }, t("Close: false positive")))
+      : el("p", {}, closed ? t("closed") : t("read-only")));
 }
 
 // A customer's timeline, newest first: the events the engine received (with [redis]
 // recent_events) between the alerts and prompts it decided, each kind styled apart.
 function timeline(items) {
   return el("ul", { class: "timeline" }, ...items.map((t) => el("li", { class: `tl-${t.kind}`, "data-kind": t.kind,
-    "data-event": t.event_id }, el("span", { class: "ts" }, t.ts), " ", t.what)));
+    "data-event": t.event_id }, el("span", { class: "ts" }, when(t.ts)), " ", t.what)));
 }
 
 const fmt = (x) => (x === null || x === undefined ? "-" : Number(x).toFixed(2));
@@ -134,14 +188,14 @@ function promptCard(p) {
     catch (e) { alert(e.message); }
   };
   const buttons = p.status === "new"
-    ? [el("button", { class: "accept", onclick: answer("accepted") }, "Accept"),
-       el("button", { class: "dismiss", onclick: answer("dismissed") }, "Dismiss")]
-    : [el("button", { class: "convert", onclick: answer("converted") }, "Converted"),
-       el("button", { class: "dismiss", onclick: answer("dismissed") }, "Dismiss")];
+    ? [el("button", { class: "accept", onclick: answer("accepted") }, t("Accept")),
+       el("button", { class: "dismiss", onclick: answer("dismissed") }, t("Dismiss"))]
+    : [el("button", { class: "convert", onclick: answer("converted") }, t("Converted")),
+       el("button", { class: "dismiss", onclick: answer("dismissed") }, t("Dismiss"))];
   return el("li", { "data-prompt": p.prompt_id, "data-customer": p.customer_id },
-    el("b", {}, p.action), ` ${p.product_id || ""} for `,
+    el("b", {}, p.action), ` ${p.product_id || ""} ${t("for")} `,
     el("a", { href: "#", onclick: (e) => { e.preventDefault(); openCustomer(p.cref); } }, p.customer_id),
-    el("div", {}, `score ${p.score.toFixed(2)} · ${p.trigger} · until ${p.expires_at}`),
+    el("div", {}, `${t("score")} ${p.score.toFixed(2)} · ${t(p.trigger)} · ${t("until")} ${when(p.expires_at)}`),
     el("div", {}, p.reasons.map((r) => r.text).join("; ")), el("div", {}, ...buttons));
 }
 
@@ -152,7 +206,7 @@ async function loadRM() {
   $("prompt-count").textContent = `(${fresh.total})`;
   $("accepted").replaceChildren(...accepted.items.map(promptCard));
   $("churn").replaceChildren(...churn.items.map((a) => el("li", { "data-ref": a.ref },
-    el("b", {}, `churn risk ${a.score.toFixed(2)}`), " ",
+    el("b", {}, `${t("churn risk")} ${a.score.toFixed(2)}`), " ",
     el("a", { href: "#", onclick: (e) => { e.preventDefault(); openCustomer(a.cref); } }, a.customer_id),
     el("div", {}, a.alert.reasons.map((r) => r.text).join("; ")))));
 }
@@ -160,7 +214,7 @@ async function loadRM() {
 async function openCustomer(cref) {
   const c = await api(`/api/customers/${cref}`);
   const d = $("rm-detail"); d.hidden = false;
-  d.replaceChildren(el("h2", {}, `customer ${c.customer_id}`), el("p", {}, `churn score ${fmt(c.churn_score)}`),
+  d.replaceChildren(el("h2", {}, `${t("customer")} ${c.customer_id}`), el("p", {}, `${t("churn score")} ${fmt(c.churn_score)}`),
     timeline(c.timeline));
 }
 
@@ -188,20 +242,20 @@ async function loadPlots() {
   if (s.rm) {
     const r = s.rm;
     bars($("plot-rm"), [r.prompts, r.accepted, r.dismissed, r.converted],
-      ["prompts", "accepted", "dismissed", `converted (${(100 * r.conversion_rate).toFixed(1)} %)`]);
+      [t("prompts"), t("accepted"), t("dismissed"), `${t("converted")} (${(100 * r.conversion_rate).toFixed(1)} %)`]);
   }
 }
 
 async function loadModels() {
   const m = await api("/api/models");
-  const fmt = (v) => (v === null || v === undefined ? "n/a" : v.toFixed(3));
+  const fmt = (v) => (v === null || v === undefined ? t("n/a") : v.toFixed(3));
   const report = m.report;
-  $("models-as-of").textContent = report ? `as of ${report.as_of}` : "(no evaluation yet)";
+  $("models-as-of").textContent = report ? `${t("as of")} ${when(report.as_of)}` : t("(no evaluation yet)");
   $("models-body").replaceChildren(...(report ? report.models : []).map((f) => el("tr", { "data-model": f.model },
     el("td", {}, f.model), el("td", {}, f.version), el("td", {}, fmt(f.auc)), el("td", {}, fmt(f.ap)),
-    el("td", {}, f.labels), el("td", {}, f.frauds), el("td", {}, f.model === report.champion ? "champion" : "challenger"))));
+    el("td", {}, f.labels), el("td", {}, f.frauds), el("td", {}, t(f.model === report.champion ? "champion" : "challenger")))));
   const c = m.change;
-  $("models-change").textContent = c ? `${c.as_of}: ${c.from_model} -> ${c.to_model} (${c.action}): ${c.reason}` : "";
+  $("models-change").textContent = c ? `${when(c.as_of)}: ${c.from_model} -> ${c.to_model} (${c.action}): ${c.reason}` : "";
 }
 
 // -- live updates ------------------------------------------------------------------------
@@ -231,7 +285,8 @@ function listen() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
+  await loadDisplay();
   $("login-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
