@@ -3,7 +3,8 @@
 Each ``[[action]]`` table has ``id``, ``kind`` (``product`` or ``service``), ``category`` and,
 for a product, ``risk`` (1..5 for R1..R5) and ``product_id``; optional ``sales`` (default: true
 for products, false for services), ``triggers`` (the trigger moments the action is for; empty
-= any) and ``ttl_hours``. Unknown keys, missing keys and bad values are errors naming the action.
+= any), ``ttl_hours`` and ``title``, what the RM reads, by locale (``title = { en = "...",
+"zh-CN" = "..." }``). Unknown keys, missing keys and bad values are errors naming the action.
 
 >>> actions = load_actions()
 >>> len(actions) >= 10, {a.kind for a in actions} == {"product", "service"}
@@ -21,9 +22,10 @@ from typing import Any, Final
 
 from config.settings import ConfigError, read_toml
 from detectors.nba import Action
+from schemas.texts import LOCALES
 
 DEFAULT_ACTIONS_PATH: Final = Path(__file__).with_name("actions.toml")
-_KEYS: Final = {"id", "kind", "category", "risk", "product_id", "sales", "triggers", "ttl_hours"}
+_KEYS: Final = {"id", "kind", "category", "risk", "product_id", "sales", "triggers", "ttl_hours", "title"}
 
 
 def _action(entry: dict[str, Any], index: int) -> Action:
@@ -49,9 +51,15 @@ def _action(entry: dict[str, Any], index: int) -> Action:
     product_id = entry.get("product_id")
     if entry["kind"] == "product" and not isinstance(product_id, str):
         raise ConfigError(f"action {name}: a product needs a product_id")
+    titles = entry.get("title", {})
+    if not isinstance(titles, dict) or not all(isinstance(v, str) and v for v in titles.values()):
+        raise ConfigError(f"action {name}: title must be a table of locale = \"text\"")
+    unknown_locales = sorted(set(titles) - set(LOCALES))
+    if unknown_locales:
+        raise ConfigError(f"action {name}: title for unknown locales {unknown_locales}; expected {list(LOCALES)}")
     try:
         return Action(entry["id"], entry["kind"], entry["category"], risk, product_id, sales,
-                      tuple(triggers), float(ttl))
+                      tuple(triggers), float(ttl), tuple(sorted(titles.items())))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -108,6 +108,13 @@ class Action:
     sales: bool | None = None
     triggers: tuple[str, ...] = ()  # empty: any trigger
     ttl_hours: float = 72.0
+    titles: tuple[tuple[str, str], ...] = ()  # (locale, what the RM reads), e.g. ("zh-CN", "推荐定期存款")
+
+    def title(self, locale: str) -> str:
+        """What the RM reads for this action in ``locale``: the catalogue's title, else the
+        English one, else the id with spaces."""
+        titles = dict(self.titles)
+        return titles.get(locale) or titles.get("en") or self.action_id.replace("_", " ")
 
     def __post_init__(self) -> None:
         if self.kind not in ("product", "service"):
@@ -472,7 +479,7 @@ class NextBestAction:
             score=round(min(1.0, max(0.0, mean)), 6),
             reasons=self._reasons(action, facts, trigger, mean, width, len(actions)),
             expires_at=format_ts(expires_t), policy_version=POLICY_VERSION,
-            trigger=trigger.type, event_id=trigger.event_id, event_ts=trigger.ts)
+            trigger=trigger.type, event_id=trigger.event_id, event_ts=trigger.ts, title=action.title("en"))
 
     def _reasons(self, action: Action, facts: CustomerFacts, trigger: Trigger, mean: float,
                  width: float, n_eligible: int) -> tuple[Reason, ...]:

@@ -353,7 +353,9 @@ class Shard:
         if self.nba is not None:
             prompt = self.nba.on_event(event, observation.summary, alert is not None, churn_score=nba_churn)
             if prompt is not None and config.locale != EN:
-                prompt = replace(prompt, reasons=localized(prompt.reasons, config.locale))
+                action = next((a for a in config.actions if a.action_id == prompt.action), None)
+                prompt = replace(prompt, reasons=localized(prompt.reasons, config.locale),
+                                 title=action.title(config.locale) if action is not None else prompt.title)
         return assessment, alert, prompt, churn, outcome
 
     def _view(self, event: Event, customer: Customer, observation: Observation, assessment: Assessment | None,

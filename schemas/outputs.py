@@ -125,7 +125,8 @@ class Prompt(_Record):
     ``action`` is an id of the action catalogue (``config/actions.toml``), ``product_id`` the
     product it proposes (None for a service action), ``score`` the policy's expected outcome
     in [0, 1] (1 = converts), ``expires_at`` when the prompt stops being valid. Beyond the
-    contract: the ``trigger`` type and the triggering ``event_id`` / ``event_ts``.
+    contract: the ``trigger`` type, the triggering ``event_id`` / ``event_ts`` and the action's
+    ``title`` in the display locale.
 
     >>> Prompt("nb-1", "c1", "rm1", "rm_call", None, 0.5, (), "2026-01-01T00:00:00.000Z",
     ...        "nba-linucb-1", "churn_rising", "e1", "2025-12-30T00:00:00Z").to_bytes()[:60]
@@ -145,6 +146,7 @@ class Prompt(_Record):
     event_id: str
     event_ts: str
     schema_version: str = SCHEMA_VERSION
+    title: str = ""  # what the RM reads: the action's title in the display locale
 
 
 def prompt_id_for(event_id: str, action: str) -> str:

@@ -71,15 +71,15 @@ def prompt_markdown(prompt: Prompt, locale: str = EN, zone: str = "") -> tuple[s
     >>> from schemas.outputs import Reason
     >>> p = Prompt("nb-1", "c1", "rm7", "offer_time_deposit", "DEP-TD-12M", 0.42,
     ...            (Reason.of("trigger_churn_rising", None, 1.0, score=0.71),), "2026-01-08T00:00:00.000Z",
-    ...            "nba-linucb-1", "churn_rising", "e1", "2026-01-05T00:00:00Z")
+    ...            "nba-linucb-1", "churn_rising", "e1", "2026-01-05T00:00:00Z", title="推荐 12 个月定期存款")
     >>> print(prompt_markdown(p, "zh-CN")[1])
-    **下一步最佳行动：offer time deposit**
+    **下一步最佳行动：推荐 12 个月定期存款**
     > 客户：c1 · 产品：DEP-TD-12M · 评分：0.42
     > 有效期至：2026-01-08 08:00:00 (北京时间)
     - 流失评分升至 0.71
     """
     head = label("field", "prompt", locale)
-    title = f"{head}{': ' if locale == EN else '：'}{label('action', prompt.action, locale)}"
+    title = f"{head}{': ' if locale == EN else '：'}{prompt.title or label('action', prompt.action, locale)}"
     lines = [f"**{title}**",
              "> " + " · ".join((f"{_field('customer', locale)}{prompt.customer_id}",
                                 f"{_field('product', locale)}{prompt.product_id or '-'}",

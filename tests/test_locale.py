@@ -82,7 +82,8 @@ def test_bad_display_settings_are_refused() -> None:
 
 def test_the_locale_changes_the_texts_and_nothing_else(sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
     """The same replay in English and in Chinese: the same alerts and prompts (ids, types,
-    scores, reason codes, values and arguments); every catalogued reason text in Chinese."""
+    scores, reason codes, values and arguments); every catalogued reason text and every
+    action's title in Chinese."""
     events, _ = sim_stream
     en = replay(events, tmp_path / "en", load_settings(environ={}))
     zh = replay(events, tmp_path / "zh", zh_settings())
@@ -92,6 +93,8 @@ def test_the_locale_changes_the_texts_and_nothing_else(sim_stream: tuple[Path, P
         for a, b in zip(left, right, strict=True):
             ra, rb = a.pop("reasons"), b.pop("reasons")
             a.pop("emitted_at", None), b.pop("emitted_at", None)
+            if kind == "prompts":  # the action's title
+                assert not CJK.search(a.pop("title")) and CJK.search(b.pop("title"))
             assert a == b
             assert [{**r, "text": ""} for r in ra] == [{**r, "text": ""} for r in rb]
             for r in rb:
@@ -164,6 +167,22 @@ def test_the_dashboard_and_a_wecom_message_in_chinese(browser: object, tmp_path:
             assert "告警原因" in detail and "时间线" in detail
             assert "转出 ¥" in detail  # the takeover rule's reason, the amount in CNY
             assert "交易 支出 ¥" in detail  # the timeline's transaction
+            # an RM reads a prompt's action and reasons in Chinese
+            inject(client, settings, *history("c-zh-2", "rm001", now),
+                   {"kind": "transaction", "event_id": "c-zh-2-credit", "ts": takeover("c-zh-2", now)[1]["ts"],
+                    "customer_id": "c-zh-2", "amount": 250_000.0, "direction": "credit", "txn_type": "transfer",
+                    "channel": "app"})
+            rm = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()  # type: ignore[attr-defined]
+            rm.goto(dash.url)
+            rm.fill("#username", "rm1")
+            rm.fill("#password", PASSWORD)
+            rm.click("button[type=submit]")
+            card = '#prompts li[data-customer="c-zh-2"]'
+            rm.wait_for_selector(card, timeout=10_000)
+            rm.screenshot(path=str(shots / "zh-rm-prompt.png"))
+            text = rm.inner_text(card)
+            assert "大额入账 ¥250,000.00" in text and "接受" in text, text
+            assert CJK.search(rm.inner_text(f"{card} b")), text  # the action's title
             stored = [orjson.loads(f[b"data"]) for _, f in client.xrange("zh:alerts")]
             alert = next(a for a in stored if a["customer_id"] == "c-zh-1")
             # Beijing time on the page for the event's UTC time

@@ -193,7 +193,7 @@ function promptCard(p) {
     : [el("button", { class: "convert", onclick: answer("converted") }, t("Converted")),
        el("button", { class: "dismiss", onclick: answer("dismissed") }, t("Dismiss"))];
   return el("li", { "data-prompt": p.prompt_id, "data-customer": p.customer_id },
-    el("b", {}, p.action), ` ${p.product_id || ""} ${t("for")} `,
+    el("b", {}, p.title || p.action), ` ${p.product_id || ""} ${t("for")} `,
     el("a", { href: "#", onclick: (e) => { e.preventDefault(); openCustomer(p.cref); } }, p.customer_id),
     el("div", {}, `${t("score")} ${p.score.toFixed(2)} · ${t(p.trigger)} · ${t("until")} ${when(p.expires_at)}`),
     el("div", {}, p.reasons.map((r) => r.text).join("; ")), el("div", {}, ...buttons));
