@@ -126,7 +126,11 @@ def execute(flow: Dataflow, settings: Settings, workers: int | None = None, live
     recovery = None
     if engine.recovery_dir:
         db_dir = Path(engine.recovery_dir)
-        prepare_recovery(db_dir)
+        # A cluster: one set of partitions, a worker's worth per worker, each process keeping
+        # its share in its own directory (a volume per pod; flows/recovery.py).
+        processes = len(engine.addresses) or 1
+        prepare_recovery(db_dir, partitions=(workers or engine.workers) * processes if processes > 1 else 1,
+                         process_id=engine.process_id if processes > 1 else 0, processes=processes)
         recovery = RecoveryConfig(db_dir, timedelta(seconds=engine.backup_interval_s))
     try:
         cli_main(flow, workers_per_process=workers or engine.workers,
