@@ -15,13 +15,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) run.py $(ARGS)
 
-# The operations tests run promtool and a Prometheus server (Debian package `prometheus`);
+# The operations tests run promtool and a Prometheus server (Debian package `prometheus`),
+# amtool and an Alertmanager (Debian package `prometheus-alertmanager`);
 # the delivery tests start private redis-server processes; the dashboard's browser tests
 # drive Debian's chromium (with a Chinese font for the zh-CN pages).
 test-services:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || \
 		{ echo "cannot install the Debian package prometheus (promtool); the ops tests need it" >&2; exit 1; }
+	@command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; } || \
+		{ echo "cannot install the Debian package prometheus-alertmanager (amtool); the alerting tests need it" >&2; exit 1; }
 	@command -v redis-server >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
 		{ echo "the tests need redis-server: apt-get install -y redis-server" >&2; exit 1; }

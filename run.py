@@ -14,6 +14,7 @@
     python run.py dashboard add-user   add a dashboard user (scrypt-hashed password)
     python run.py dashboard disable-user   disable a dashboard user, ending their sessions
     python run.py dashboard unlock     lift the lock of a username after failed sign-ins
+    python run.py alert-bridge         Alertmanager's notifications to a WeCom/DingTalk/Feishu robot
 
 Live modes take ``--metrics-port PORT``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``.
 
@@ -229,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--add", action="store_true", help="add a new active key to the existing --out file")
     keygen.add_argument("--id", dest="key_id", default=None,
                         help="the new key's id (letters, digits, _ and -; default: k-<8 random hex digits>)")
+
+    bridge = sub.add_parser(
+        "alert-bridge", help="post Alertmanager's notifications to WeCom / DingTalk / Feishu group robots",
+        description="Serve Alertmanager's webhook receiver (webhook_configs url: http://HOST:PORT/): each "
+        "notification becomes one markdown message to every [alert_bridge] robot_urls, in [alert_bridge] "
+        "format, signed with robot_secret (DingTalk, Feishu). Answers 502 when a robot did not take it, so "
+        "Alertmanager retries. GET /healthz answers 200. SIGTERM or Ctrl-C stops it.")
+    _common(bridge)
+    bridge.add_argument("--listen", default=None, metavar="HOST:PORT",
+                        help="override [alert_bridge] listen (0.0.0.0:9095 in a container)")
+    bridge.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="log lines as text or one JSON object each (default: json)")
 
     snooze = sub.add_parser(
         "snooze", help="suppress one customer's alerts of a type until a time",
@@ -599,6 +612,31 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if broken else 2 if unread else 0
 
 
+def _alert_bridge(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.alert_bridge import AlertBridge, BridgeServer, Robot, parse_listen
+
+    b = settings.alert_bridge
+    try:
+        host, port = parse_listen(args.listen or b.listen)
+        bridge = AlertBridge([Robot(url, b.format, b.robot_secret) for url in b.robot_urls], timeout_s=b.timeout_s,
+                             attempts=b.attempts, backoff_s=b.backoff_s, max_alerts=b.max_alerts)
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    server = BridgeServer(bridge, host, port)
+
+    def stop(signum: int, frame: object) -> None:
+        print(f"{signal.Signals(signum).name}: stopping", file=sys.stderr)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"alert bridge on http://{host}:{server.address[1]}/ -> {len(b.robot_urls)} {b.format} robot(s)",
+          file=sys.stderr, flush=True)
+    server.serve_forever()
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, os.environ)
 
@@ -644,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RUST_BACKTRACE"] = "0"
     from ops.logs import configure_logging
 
-    log_format = getattr(args, "log_format", None) or ("json" if args.command == "live" else "text")
+    log_format = getattr(args, "log_format", None) or ("json" if args.command in ("live", "alert-bridge") else "text")
     configure_logging(getattr(args, "log_level", "INFO"), log_format)
     if args.command == "audit" and args.audit_command == "keygen":  # needs no configuration
         return _audit_keygen(args)
@@ -664,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dashboard":
         assert settings is not None
         return _dashboard(args, settings)
+    if args.command == "alert-bridge":
+        assert settings is not None
+        return _alert_bridge(args, settings)
     server = telemetry = None
     try:
         if live:

@@ -165,11 +165,12 @@ class RedisSettings:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """The webhook sink (live modes): generic JSON or WeCom group-robot markdown."""
+    """The webhook sink (live modes): generic JSON or a group robot's markdown (WeCom,
+    DingTalk, Feishu)."""
 
     enabled: bool = False
     url: str = ""
-    format: Literal["json", "wecom"] = "json"
+    format: Literal["json", "wecom", "dingtalk", "feishu"] = "json"
     timeout_s: float = 5.0
     buffer_capacity: int = 10_000
     backoff_base_s: float = 0.5
@@ -181,6 +182,34 @@ class WebhookSettings:
     # schemas/webhook.py); "" = unsigned. Give it in the environment
     # (CRM__WEBHOOK__SIGNING_SECRET, from a Secret), not in a file kept with the config.
     signing_secret: str = ""
+    # A DingTalk or Feishu robot's signing secret ("加签"; schemas/robots.py); "" = unsigned.
+    # From the environment too (CRM__WEBHOOK__ROBOT_SECRET).
+    robot_secret: str = ""
+
+
+@dataclass(frozen=True)
+class AlertBridgeSettings:
+    """``run.py alert-bridge``: Alertmanager's webhook notifications to a group chat robot."""
+
+    listen: str = "127.0.0.1:9095"  # host:port the bridge serves Alertmanager on
+    # The robot's webhook URL(s): every notification goes to each. They hold the robot's
+    # token: give them in the environment (CRM__ALERT_BRIDGE__ROBOT_URLS, comma-separated).
+    robot_urls: tuple[str, ...] = ()
+    format: Literal["wecom", "dingtalk", "feishu"] = "wecom"
+    # The robot's signing secret (DingTalk, Feishu); "" = unsigned (CRM__ALERT_BRIDGE__ROBOT_SECRET).
+    robot_secret: str = ""
+    timeout_s: float = 5.0  # per attempt
+    attempts: int = 3  # per robot per notification; then Alertmanager is answered 502 and retries
+    backoff_s: float = 0.5  # before the second attempt, doubled before each next one
+    max_alerts: int = 20  # alerts listed in one message (the rest counted)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.timeout_s <= 0 or self.backoff_s < 0 or self.max_alerts < 1:
+            raise ConfigError("alert_bridge: attempts and max_alerts must be 1 or more, timeout_s above 0, "
+                              "backoff_s 0 or more")
+        for url in self.robot_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError("alert_bridge.robot_urls: expected http(s)://... URLs")
 
 
 @dataclass(frozen=True)
@@ -272,6 +301,7 @@ class Settings:
     nba: NBAParams = field(default_factory=NBAParams)
     redis: RedisSettings = field(default_factory=RedisSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    alert_bridge: AlertBridgeSettings = field(default_factory=AlertBridgeSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     display: DisplaySettings = field(default_factory=DisplaySettings)
@@ -291,8 +321,10 @@ def _mask(value: Any, key: str = "") -> Any:
         return {k: _mask(v, k) for k, v in value.items()}
     if value and any(word in key.lower() for word in SECRET_WORDS):
         return "***"
-    if key == "url" and isinstance(value, str) and ("?" in value or "@" in value):
-        return "***"  # credentials in a URL: a Redis password, a WeCom robot's key=...
+    if key == "url" and isinstance(value, str) and ("?" in value or "@" in value or "/hook/" in value):
+        return "***"  # credentials in a URL: a Redis password, a robot's key=... or Feishu's /hook/<token>
+    if key.endswith("_urls") and value:
+        return "***"  # robot URLs carry their tokens
     return value
 
 

@@ -126,7 +126,11 @@ def execute(flow: Dataflow, settings: Settings, workers: int | None = None, live
     recovery = None
     if engine.recovery_dir:
         db_dir = Path(engine.recovery_dir)
-        prepare_recovery(db_dir)
+        # A cluster: one set of partitions, a worker's worth per worker, each process keeping
+        # its share in its own directory (a volume per pod; flows/recovery.py).
+        processes = len(engine.addresses) or 1
+        prepare_recovery(db_dir, partitions=(workers or engine.workers) * processes if processes > 1 else 1,
+                         process_id=engine.process_id if processes > 1 else 0, processes=processes)
         recovery = RecoveryConfig(db_dir, timedelta(seconds=engine.backup_interval_s))
     try:
         cli_main(flow, workers_per_process=workers or engine.workers,
@@ -289,7 +293,7 @@ def delivery_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
             w.url, _dead_letters(settings, w.dead_letter_path, w.dead_letter_topic), fmt=w.format,
             timeout_s=w.timeout_s, capacity=w.buffer_capacity,
             policy=RetryPolicy(w.backoff_base_s, w.backoff_max_s, w.retry_budget_s),
-            signing_secret=w.signing_secret.encode())
+            signing_secret=w.signing_secret.encode(), robot_secret=w.robot_secret)
     return sinks
 
 

@@ -19,12 +19,19 @@ execution, the minimum over its workers of the larger of the execution's resume 
 the worker's recorded frontier. This needs every partition of the cluster, so it runs only
 where all of them are in this process's recovery directory (one process, or a shared
 volume); otherwise it logs that it skipped the clearing.
+
+A cluster of processes with a volume each. Bytewax needs the cluster as a whole to hold
+every partition, each exactly once; no process needs any in particular. So the first start
+of a cluster creates one set of ``partitions`` and each process keeps its share, the
+partitions whose index is its process id modulo the number of processes (``prepare`` with
+``process_id`` and ``processes``); its volume then holds them across restarts.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import tempfile
 from contextlib import closing
 from pathlib import Path
 
@@ -35,12 +42,21 @@ log = logging.getLogger(__name__)
 PATTERN = "part-*.sqlite3"
 
 
-def prepare(db_dir: Path, partitions: int = 1) -> None:
-    """Create ``partitions`` empty recovery partitions in ``db_dir`` if it has none; else
-    clear the snapshots a crashed run left at or after the epoch the next run resumes from."""
-    if not any(db_dir.glob(PATTERN)):
+def prepare(db_dir: Path, partitions: int = 1, process_id: int = 0, processes: int = 1) -> None:
+    """Create this process's share of ``partitions`` empty recovery partitions in ``db_dir``
+    if none of it is there (all of them for a single process); else clear the snapshots a
+    crashed run left at or after the epoch the next run resumes from. Processes sharing one
+    directory each create their own share, so together they create the set once."""
+    share = range(process_id, partitions, processes)
+    if not any((db_dir / f"part-{index}.sqlite3").exists() for index in share):
         db_dir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(db_dir, partitions)
+        if processes == 1:
+            init_db_dir(db_dir, partitions)
+            return
+        with tempfile.TemporaryDirectory(dir=db_dir, prefix=".init-") as tmp:
+            init_db_dir(Path(tmp), partitions)
+            for index in share:
+                (Path(tmp) / f"part-{index}.sqlite3").rename(db_dir / f"part-{index}.sqlite3")
         return
     cleared = clear_stale_snapshots(db_dir)
     if cleared:

@@ -1,10 +1,11 @@
-"""Webhook sink: one HTTP POST per record, as generic JSON or as a WeChat Work (WeCom)
-group-robot markdown message.
+"""Webhook sink: one HTTP POST per record, as generic JSON or as a group-robot markdown
+message (WeCom / WeChat Work, DingTalk, Feishu).
 
 - ``json``: the record's canonical JSON (``to_bytes()``) as the body.
-- ``wecom``: ``{"msgtype": "markdown", "markdown": {"content": ...}}`` with a short,
-  readable summary of an alert (severity, type, customer, RM, score, reasons), at most
-  4,096 bytes as the robot API allows; a reply whose ``errcode`` is not 0 is a failure.
+- ``wecom``, ``dingtalk``, ``feishu``: a short, readable summary of an alert (severity,
+  type, customer, RM, score, reasons; ``alert_text``) shaped into that robot's message and
+  signed with ``robot_secret`` (DingTalk, Feishu) by ``schemas.robots``; a reply whose
+  error code is not 0 is a refusal (the robot's rate limit is retried).
 
 Every request carries ``Idempotency-Key`` (the record id, e.g. ``alert_id``) and has a
 timeout; with a signing secret, also ``X-CRM-Timestamp`` and ``X-CRM-Signature``, an
@@ -32,45 +33,55 @@ from typing import Literal
 import orjson
 
 from schemas.outputs import Alert
+from schemas.robots import coloured, is_robot, reply_error, robot_payload, robot_request
 from schemas.webhook import sign
 from sinks.base import Record
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryLater, RetryPolicy, Undeliverable, record_id
 
-WebhookFormat = Literal["json", "wecom"]
-WECOM_MAX_BYTES = 4096
+WebhookFormat = Literal["json", "wecom", "dingtalk", "feishu"]
 _RETRIED_STATUS = frozenset({408, 425, 429})
-_COLOR = {"critical": "warning", "high": "warning", "medium": "comment", "low": "info"}
 
 
-def wecom_markdown(record: Record) -> bytes:
-    """The WeCom group-robot markdown message for a record.
+def alert_text(record: Record, fmt: str = "wecom") -> tuple[str, str]:
+    """The title and markdown text of a record's robot message (English).
 
     >>> from schemas.outputs import Reason
     >>> a = Alert("al-1", "account_takeover", "high", 0.91, "c1", "rm7", "e1",
     ...           "2026-01-05T11:56:33.860Z", "2026-01-05T11:56:33.900Z",
     ...           (Reason("takeover", "password reset then a new payee", None, 0.6),), "m1")
-    >>> print(orjson.loads(wecom_markdown(a))["markdown"]["content"])
+    >>> title, text = alert_text(a)
+    >>> print(title); print(text)
+    HIGH account_takeover, customer c1
     **<font color="warning">HIGH</font> account_takeover**
     > customer: c1 · RM: rm7 · score: 0.91
     > event time: 2026-01-05T11:56:33.860Z · alert: al-1
     - password reset then a new payee
     """
-    if isinstance(record, Alert):
-        lines = [f'**<font color="{_COLOR.get(record.severity, "comment")}">{record.severity.upper()}'
-                 f"</font> {record.type}**",
-                 f"> customer: {record.customer_id} · RM: {record.rm_id or '-'} · score: {record.score:.2f}",
-                 f"> event time: {record.event_ts} · alert: {record.alert_id}"]
-        status = getattr(record, "status", None)
-        if status and status != "firing":
-            lines[0] += f" ({status})"
-        lines += [f"- {reason.text}" for reason in record.reasons]
-        content = "\n".join(lines)
-    else:
-        content = record.to_bytes().decode("utf-8")
-    encoded = content.encode("utf-8")
-    if len(encoded) > WECOM_MAX_BYTES:
-        content = encoded[:WECOM_MAX_BYTES - 3].decode("utf-8", "ignore") + "..."
-    return orjson.dumps({"msgtype": "markdown", "markdown": {"content": content}})
+    if not isinstance(record, Alert):
+        return type(record).__name__, record.to_bytes().decode("utf-8")
+    severity = record.severity.upper()
+    lines = [f"**{coloured(fmt, severity, record.severity)} {record.type}**",
+             f"> customer: {record.customer_id} · RM: {record.rm_id or '-'} · score: {record.score:.2f}",
+             f"> event time: {record.event_ts} · alert: {record.alert_id}"]
+    status = getattr(record, "status", None)
+    if status and status != "firing":
+        lines[0] += f" ({status})"
+    lines += [f"- {reason.text}" for reason in record.reasons]
+    return f"{severity} {record.type}, customer {record.customer_id}", "\n".join(lines)
+
+
+def wecom_markdown(record: Record) -> bytes:
+    """The WeCom group-robot markdown message for a record (``alert_text`` shaped by
+    ``schemas.robots``).
+
+    >>> from schemas.outputs import Reason
+    >>> a = Alert("al-1", "account_takeover", "high", 0.91, "c1", "rm7", "e1",
+    ...           "2026-01-05T11:56:33.860Z", "2026-01-05T11:56:33.900Z", (), "m1")
+    >>> orjson.loads(wecom_markdown(a))["msgtype"]
+    'markdown'
+    """
+    title, text = alert_text(record, "wecom")
+    return orjson.dumps(robot_payload("wecom", title, text))
 
 
 def retry_after_s(value: str | None, now: float | None = None) -> float | None:
@@ -97,30 +108,37 @@ class WebhookSink(BufferedSink):
 
     def __init__(self, url: str, dead_letters: DeadLetterOut, fmt: WebhookFormat = "json",
                  timeout_s: float = 5.0, capacity: int = 10_000,
-                 policy: RetryPolicy | None = None, signing_secret: bytes = b"") -> None:
+                 policy: RetryPolicy | None = None, signing_secret: bytes = b"",
+                 robot_secret: str = "") -> None:
         super().__init__("webhook", dead_letters, capacity=capacity, batch_size=1, policy=policy)
         self._url = url
         self._format = fmt
         self._timeout_s = timeout_s
         self._secret = signing_secret
+        self._robot_secret = robot_secret
 
     def connect(self) -> None:
         if not self._url.startswith(("http://", "https://")):
             raise ValueError(f"webhook url must be http(s)://..., got {self._url[:40]!r}")
 
-    def body(self, record: Record) -> bytes:
-        return wecom_markdown(record) if self._format == "wecom" else record.to_bytes()
+    def request(self, record: Record) -> tuple[str, bytes]:
+        """The URL and body of ``record``'s POST (a robot's signed at this moment)."""
+        if not is_robot(self._format):
+            return self._url, record.to_bytes()
+        title, text = alert_text(record, self._format)
+        level = record.severity if isinstance(record, Alert) else ""
+        return robot_request(self._format, self._url, title, text, self._robot_secret, level=level)
 
     def deliver(self, records: list[Record]) -> None:
         for record in records:
             self._post(record)
 
     def _post(self, record: Record) -> None:
-        body = self.body(record)
+        url, body = self.request(record)
         headers = {"Content-Type": "application/json", "Idempotency-Key": record_id(record)}
         if self._secret:  # signed at each attempt: the timestamp is when it was sent
             headers.update(sign(self._secret, body))
-        request = urllib.request.Request(self._url, data=body, method="POST", headers=headers)
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
                 reply = response.read()
@@ -133,17 +151,9 @@ class WebhookSink(BufferedSink):
             raise Undeliverable(f"HTTP {exc.code}") from None
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
-        if self._format == "wecom":
-            self._check_wecom(reply)
-
-    @staticmethod
-    def _check_wecom(reply: bytes) -> None:
-        try:
-            answer = orjson.loads(reply)
-        except orjson.JSONDecodeError:
-            raise ConnectionError(f"unreadable robot reply {reply[:80]!r}") from None
-        code = answer.get("errcode", 0) if isinstance(answer, dict) else 0
-        if code == 45009:  # the robot's rate limit (20 messages a minute): retry later
-            raise ConnectionError("WeCom rate limit (errcode 45009)")
-        if code != 0:
-            raise Undeliverable(f"WeCom errcode {code}: {answer.get('errmsg', '')}")
+        if is_robot(self._format):
+            refused = reply_error(self._format, reply)
+            if refused is not None and refused.retryable:  # the robot's rate limit: later
+                raise ConnectionError(refused.message)
+            if refused is not None:
+                raise Undeliverable(refused.message)

@@ -121,15 +121,30 @@ def test_dashboard_panels_have_a_datasource_and_unique_ids() -> None:
 
 
 def test_the_image_holds_every_package_the_commands_import() -> None:
-    """The image cannot be built here (no registry for its base image), so its file list is
-    checked: every package of the project but the tests, and ``run.py`` with its
-    ``pyproject.toml`` (``--version``)."""
+    """The image cannot be built here (no registry for its base image), so its Dockerfile is
+    checked: two stages on one base pinned by version, the requirements installed in the
+    builder, and in the runtime stage every package of the project but the benchmarks and the
+    tests, with ``run.py`` and its ``pyproject.toml`` (``--version``)."""
+    text = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base[1]), "pin the base"
+    stages = text.split("\nFROM ")[1:]
+    assert [stage.split()[0] for stage in stages] == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    builder, runtime = stages
+    assert "requirements.txt" in builder and "pip install" in builder and "pip install" not in runtime
+    assert "COPY --from=builder /opt/venv /opt/venv" in runtime
     copied: set[str] = set()
-    for line in (ROOT / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
-            copied.update(line.split()[1:-1])
-    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests"}
+    for line in text.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied.update(Path(source).name for source in line.split()[1:-1])
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert packages | {"run.py", "pyproject.toml", "requirements.txt"} <= copied, packages - copied
+    assert not copied & {"bench", "tests", "."}, "the image ships neither bench/ nor tests/"
+    assert re.search(r"^USER 10001$", runtime, re.M) and 'ENTRYPOINT ["python", "run.py"]' in runtime
+    # bench/ is imported by `run.py evaluate` only: every other command runs without it
+    run_py = (ROOT / "run.py").read_text()
+    assert {line.strip() for line in run_py.splitlines() if "import" in line and "bench" in line} <= {
+        "from bench import nba_loop", "from bench.evaluate import evaluate"}
 
 
 def test_compose_stack() -> None:
@@ -153,13 +168,69 @@ def test_compose_stack() -> None:
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, (name, dependency)
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (source.startswith("./") and (DEPLOY / source).exists()) or source in compose["volumes"], volume
+
+
+def test_compose_services_run_real_commands_and_keep_their_state() -> None:
+    """Every service built from the engine's image runs a real ``run.py`` command (parsed by
+    its own parser); the engine keeps recovery and dead letters on a volume and writes to
+    Redis; Prometheus alerts through Alertmanager, which posts to the bridge; Grafana has no
+    anonymous access and its password comes from the environment."""
+    import run
+
+    compose = load(DEPLOY / "docker-compose.yml")
+    services = compose["services"]
+    assert {"dashboard", "alertmanager", "alert-bridge"} <= set(services)
+    parser = run.build_parser()
+    commands = set()
+    for name, service in services.items():
+        if service.get("image", "").startswith("crm-engine:") or "build" in service:
+            args = parser.parse_args(service["command"])  # exits (fails the test) on a wrong option
+            assert args.command is not None, name
+            commands.add(args.command)
+    assert commands == {"live", "produce", "dashboard", "alert-bridge"}
+    engine = services["engine"]
+    env = engine["environment"]
+    assert env["CRM__REDIS__ENABLED"] == "true" and env["CRM__REDIS__URL"].startswith("redis://redis:")
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in engine["volumes"]}
+    for key in ("CRM__ENGINE__RECOVERY_DIR", "CRM__KAFKA__SINK_DEAD_LETTER_PATH", "CRM__REDIS__DEAD_LETTER_PATH",
+                "CRM__REDIS__INPUT_DEAD_LETTER_PATH"):
+        assert any(Path(env[key]).is_relative_to(mount) and source in compose["volumes"]
+                   for mount, source in mounts.items()), key
+    assert "redis-data:/data" in services["redis"]["volumes"] and "--appendonly" in services["redis"]["command"]
+    dashboard = services["dashboard"]["environment"]
+    assert any(Path(dashboard["CRM__DASHBOARD__USERS_FILE"]).is_relative_to(v.split(":")[1])
+               for v in services["dashboard"]["volumes"])
+    # Prometheus -> Alertmanager -> bridge, by service name and port
+    prometheus = load(PROM / "prometheus.yml")
+    assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    assert "9093:9093" in services["alertmanager"]["ports"]
+    assert any(v.startswith("./alertmanager:/etc/alertmanager") for v in services["alertmanager"]["volumes"])
+    bridge = services["alert-bridge"]
+    listen = bridge["command"][bridge["command"].index("--listen") + 1]
+    am = load(DEPLOY / "alertmanager" / "alertmanager.yml")
+    for receiver in am["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            assert hook["url"].startswith(f"http://alert-bridge:{listen.rpartition(':')[2]}/"), hook["url"]
+    assert bridge["environment"]["CRM__ALERT_BRIDGE__ROBOT_URLS"].startswith("${CRM_ALERT_ROBOT_URLS:?")
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and "GF_AUTH_ANONYMOUS_ORG_ROLE" not in grafana
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    example = (DEPLOY / ".env.example").read_text()
+    for variable in ("GRAFANA_ADMIN_PASSWORD", "CRM_ALERT_ROBOT_URLS", "CRM_ALERT_ROBOT_FORMAT"):
+        assert f"\n{variable}=" in example, variable
 
 
 def test_kubernetes_manifests() -> None:
     k8s = DEPLOY / "k8s"
     kustomization = load(k8s / "kustomization.yaml")
-    docs = {load(k8s / name)["kind"]: load(k8s / name) for name in kustomization["resources"]}
+    every = [load(k8s / name) for name in kustomization["resources"]]
+    docs = {doc["kind"]: doc for doc in every if doc["metadata"]["name"] == "crm-engine"}
     assert set(docs) == {"ConfigMap", "Service", "StatefulSet", "PodMonitor", "PodDisruptionBudget", "NetworkPolicy"}
+    bridge = {doc["kind"]: doc for doc in every if doc["metadata"]["name"] == "crm-alert-bridge"}
+    assert set(bridge) == {"Deployment", "Service", "NetworkPolicy"} and len(every) == len(docs) + len(bridge)
     sts, svc, config = docs["StatefulSet"], docs["Service"], docs["ConfigMap"]
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
@@ -199,3 +270,80 @@ def test_kubernetes_manifests() -> None:
     assert docs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
     allowed = {port["port"] for rule in docs["NetworkPolicy"]["spec"]["ingress"] for port in rule["ports"]}
     assert allowed == {2101, 9100}
+    # the alert bridge: the engine's image and command, restricted too, reachable only from
+    # Alertmanager's namespace, out to DNS and HTTPS only
+    deployment = bridge["Deployment"]["spec"]
+    labels = deployment["template"]["metadata"]["labels"]
+    bridge_container = deployment["template"]["spec"]["containers"][0]
+    assert bridge_container["image"] == container["image"] and bridge_container["args"][0] == "alert-bridge"
+    assert bridge_container["securityContext"] == container["securityContext"]
+    assert deployment["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    listen = bridge_container["args"][bridge_container["args"].index("--listen") + 1]
+    assert int(listen.rpartition(":")[2]) == bridge_container["ports"][0]["containerPort"] == 9095
+    assert bridge["Service"]["spec"]["selector"].items() <= labels.items()
+    policy = bridge["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert [rule["from"][0]["namespaceSelector"] for rule in policy["ingress"]] == [
+        {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
+    assert {port["port"] for rule in policy["egress"] for port in rule["ports"]} == {53, 443}
+
+
+#: Every setting naming a file or directory the engine writes; a new one must be added here
+#: (``test_every_path_setting_is_known``) so that the deployments give it a writable place.
+WRITTEN_PATHS = {("engine", "recovery_dir"), ("kafka", "sink_dead_letter_path"), ("redis", "dead_letter_path"),
+                 ("redis", "input_dead_letter_path"), ("webhook", "dead_letter_path"), ("audit", "file"),
+                 ("dashboard", "users_file")}
+#: ... and those it only reads.
+READ_PATHS = {("audit", "key_file")}
+
+
+def _path_settings() -> set[tuple[str, str]]:
+    import dataclasses
+
+    from config.settings import Settings
+
+    found = set()
+    for section in dataclasses.fields(Settings):
+        for setting in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            name = setting.name
+            if name == "file" or name.endswith(("_path", "_dir", "_file")):
+                found.add((section.name, name))
+    return found
+
+
+def test_every_path_setting_is_known() -> None:
+    assert _path_settings() <= WRITTEN_PATHS | READ_PATHS, _path_settings() - WRITTEN_PATHS - READ_PATHS
+
+
+def test_every_file_the_engine_writes_is_on_a_writable_volume_of_its_pod() -> None:
+    """With a read-only root file system, each path the engine writes (the ConfigMap's value,
+    or the default, relative to the image's working directory) is under a volume mounted
+    writable; the recovery directory is on the pod's own persistent claim."""
+    from config.settings import load_settings
+
+    k8s = DEPLOY / "k8s"
+    sts, config = load(k8s / "statefulset.yaml"), load(k8s / "configmap.yaml")
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    claims = {claim["metadata"]["name"] for claim in sts["spec"].get("volumeClaimTemplates", [])}
+    volumes = {volume["name"] for volume in pod["volumes"]} | claims
+    writable = {mount["mountPath"].rstrip("/"): mount["name"] for mount in container["volumeMounts"]
+                if not mount.get("readOnly") and mount["name"] in volumes}
+    settings = load_settings(environ=config["data"])
+    workdir = Path(re.search(r"^WORKDIR (\S+)", (ROOT / "Dockerfile").read_text(), re.M)[1])  # type: ignore[index]
+    checked = 0
+    for section, name in sorted(WRITTEN_PATHS):
+        value = getattr(getattr(settings, section), name)
+        if not value:
+            continue  # off
+        path = workdir / value
+        mounts = [mount for mount in writable if path.is_relative_to(mount)]
+        assert mounts, f"[{section}] {name} = {path} is on the read-only root file system"
+        if (section, name) == ("engine", "recovery_dir"):
+            assert writable[max(mounts, key=len)] in claims, "the recovery directory must be on a persistent claim"
+        checked += 1
+    assert checked >= 6
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"] and claim["resources"]["requests"]["storage"]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
