@@ -293,7 +293,8 @@ def delivery_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
             w.url, _dead_letters(settings, w.dead_letter_path, w.dead_letter_topic), fmt=w.format,
             timeout_s=w.timeout_s, capacity=w.buffer_capacity,
             policy=RetryPolicy(w.backoff_base_s, w.backoff_max_s, w.retry_budget_s),
-            signing_secret=w.signing_secret.encode(), robot_secret=w.robot_secret)
+            signing_secret=w.signing_secret.encode(), robot_secret=w.robot_secret,
+            locale=settings.display.locale, zone=settings.display.zone)
     return sinks
 
 

@@ -113,9 +113,7 @@ _LABELS: Final[dict[str, dict[str, dict[str, str]]]] = {
     "field": {
         "customer": {EN: "customer", ZH_CN: "客户"}, "rm": {EN: "RM", ZH_CN: "客户经理"},
         "score": {EN: "score", ZH_CN: "评分"}, "event_time": {EN: "event time", ZH_CN: "事件时间"},
-        "alert": {EN: "alert", ZH_CN: "告警编号"}, "action": {EN: "action", ZH_CN: "建议行动"},
-        "product": {EN: "product", ZH_CN: "产品"}, "expires": {EN: "expires", ZH_CN: "有效期至"},
-        "prompt": {EN: "next best action", ZH_CN: "下一步最佳行动"},
+        "alert": {EN: "alert", ZH_CN: "告警编号"}, "prompt": {EN: "next best action", ZH_CN: "下一步最佳行动"},
     },
     "trigger": {
         "maturity": {EN: "maturity", ZH_CN: "产品到期"}, "large_credit": {EN: "large credit", ZH_CN: "大额入账"},

@@ -3,7 +3,8 @@ message (WeCom / WeChat Work, DingTalk, Feishu).
 
 - ``json``: the record's canonical JSON (``to_bytes()``) as the body.
 - ``wecom``, ``dingtalk``, ``feishu``: a short, readable summary of an alert (severity,
-  type, customer, RM, score, reasons; ``alert_text``) shaped into that robot's message and
+  type, customer, RM, score, reasons; ``alert_text``), in the display locale (English or
+  Chinese, ``schemas.texts``), shaped into that robot's message and
   signed with ``robot_secret`` (DingTalk, Feishu) by ``schemas.robots``; a reply whose
   error code is not 0 is a refusal (the robot's rate limit is retried).
 
@@ -34,6 +35,7 @@ import orjson
 
 from schemas.outputs import Alert
 from schemas.robots import coloured, is_robot, reply_error, robot_payload, robot_request
+from schemas.texts import EN, format_time, label, localized_text
 from schemas.webhook import sign
 from sinks.base import Record
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryLater, RetryPolicy, Undeliverable, record_id
@@ -42,8 +44,16 @@ WebhookFormat = Literal["json", "wecom", "dingtalk", "feishu"]
 _RETRIED_STATUS = frozenset({408, 425, 429})
 
 
-def alert_text(record: Record, fmt: str = "wecom") -> tuple[str, str]:
-    """The title and markdown text of a record's robot message (English).
+def _field(name: str, locale: str) -> str:
+    """``name:`` in English, ``名称：`` in Chinese (full-width colon, no space)."""
+    text = label("field", name, locale)
+    return f"{text}: " if locale == EN else f"{text}："
+
+
+def alert_text(record: Record, fmt: str = "wecom", locale: str = EN, zone: str = "") -> tuple[str, str]:
+    """The title and markdown text of a record's robot message in ``locale`` (``[display]``):
+    reasons rendered from their arguments where they have them, times in ``zone`` (default:
+    the locale's).
 
     >>> from schemas.outputs import Reason
     >>> a = Alert("al-1", "account_takeover", "high", 0.91, "c1", "rm7", "e1",
@@ -56,18 +66,38 @@ def alert_text(record: Record, fmt: str = "wecom") -> tuple[str, str]:
     > customer: c1 · RM: rm7 · score: 0.91
     > event time: 2026-01-05T11:56:33.860Z · alert: al-1
     - password reset then a new payee
+    >>> a = Alert("al-1", "account_takeover", "high", 0.91, "c1", "rm7", "e1",
+    ...           "2026-01-05T11:56:33.860Z", "2026-01-05T11:56:33.900Z",
+    ...           (Reason.of("takeover_sequence", 5000.0, 0.6, amount=5000.0, currency="CNY"),), "m1")
+    >>> title, text = alert_text(a, "wecom", "zh-CN")
+    >>> print(title); print(text)
+    高 账户盗用，客户 c1
+    **<font color="warning">高</font> 账户盗用**
+    > 客户：c1 · 客户经理：rm7 · 评分：0.91
+    > 事件时间：2026-01-05 19:56:33 (北京时间) · 告警编号：al-1
+    - 安全信息变更或登录失败后 24 小时内，向新收款方或从新设备转出 ¥5,000.00
     """
     if not isinstance(record, Alert):
         return type(record).__name__, record.to_bytes().decode("utf-8")
-    severity = record.severity.upper()
-    lines = [f"**{coloured(fmt, severity, record.severity)} {record.type}**",
-             f"> customer: {record.customer_id} · RM: {record.rm_id or '-'} · score: {record.score:.2f}",
-             f"> event time: {record.event_ts} · alert: {record.alert_id}"]
+    severity: str
+    kind: str
+    if locale == EN:  # the engine's own words: type and severity as the data names them
+        severity, kind = record.severity.upper(), record.type
+    else:
+        severity, kind = label("severity", record.severity, locale), label("alert_type", record.type, locale)
+    lines = [f"**{coloured(fmt, severity, record.severity)} {kind}**",
+             "> " + " · ".join((f"{_field('customer', locale)}{record.customer_id}",
+                                f"{_field('rm', locale)}{record.rm_id or '-'}",
+                                f"{_field('score', locale)}{record.score:.2f}")),
+             "> " + " · ".join((f"{_field('event_time', locale)}{format_time(record.event_ts, locale, zone)}",
+                                f"{_field('alert', locale)}{record.alert_id}"))]
     status = getattr(record, "status", None)
     if status and status != "firing":
-        lines[0] += f" ({status})"
-    lines += [f"- {reason.text}" for reason in record.reasons]
-    return f"{severity} {record.type}, customer {record.customer_id}", "\n".join(lines)
+        lines[0] += f" ({label('status', status, locale)})"
+    lines += [f"- {localized_text(r.code, r.text, r.args, locale)}" for r in record.reasons]
+    customer = (f"customer {record.customer_id}" if locale == EN
+                else f"{label('field', 'customer', locale)} {record.customer_id}")
+    return f"{severity} {kind}{', ' if locale == EN else '，'}{customer}", "\n".join(lines)
 
 
 def wecom_markdown(record: Record) -> bytes:
@@ -109,13 +139,14 @@ class WebhookSink(BufferedSink):
     def __init__(self, url: str, dead_letters: DeadLetterOut, fmt: WebhookFormat = "json",
                  timeout_s: float = 5.0, capacity: int = 10_000,
                  policy: RetryPolicy | None = None, signing_secret: bytes = b"",
-                 robot_secret: str = "") -> None:
+                 robot_secret: str = "", locale: str = EN, zone: str = "") -> None:
         super().__init__("webhook", dead_letters, capacity=capacity, batch_size=1, policy=policy)
         self._url = url
         self._format = fmt
         self._timeout_s = timeout_s
         self._secret = signing_secret
         self._robot_secret = robot_secret
+        self._locale, self._zone = locale, zone  # of the robots' messages ([display])
 
     def connect(self) -> None:
         if not self._url.startswith(("http://", "https://")):
@@ -125,7 +156,7 @@ class WebhookSink(BufferedSink):
         """The URL and body of ``record``'s POST (a robot's signed at this moment)."""
         if not is_robot(self._format):
             return self._url, record.to_bytes()
-        title, text = alert_text(record, self._format)
+        title, text = alert_text(record, self._format, self._locale, self._zone)
         level = record.severity if isinstance(record, Alert) else ""
         return robot_request(self._format, self._url, title, text, self._robot_secret, level=level)
 

@@ -1,13 +1,15 @@
-"""A private Redis server for integration tests: its own port and directory; by default
-nothing kept on disk, or an append-only file fsynced on every write when it must survive a
-stop and restart."""
+"""Servers for integration tests: a private Redis server (its own port and directory; by
+default nothing kept on disk, or an append-only file fsynced on every write when it must
+survive a stop and restart), and a local HTTP endpoint that receives webhooks."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,3 +86,64 @@ def wait_until(check, timeout: float = 30.0, every: float = 0.05) -> bool:  # ty
             return True
         time.sleep(every)
     return bool(check())
+
+
+class Receiver:
+    """A local webhook endpoint: fails the first ``fail`` requests with 500, makes every
+    ``stall_every``-th request wait ``stall_s`` (past the client's timeout), and keeps what
+    arrives by ``Idempotency-Key``; each request's arrival time, headers and body in ``log``;
+    failures carry ``Retry-After: retry_after`` if given."""
+
+    def __init__(self, fail: int = 0, stall_every: int = 0, stall_s: float = 0.0, status: int = 500,
+                 reply: bytes = b'{"errcode":0,"errmsg":"ok"}', retry_after: str | None = None) -> None:
+        self.fail, self.stall_every, self.stall_s, self.status, self.reply = fail, stall_every, stall_s, status, reply
+        self.retry_after = retry_after
+        self.log: list[tuple[float, dict[str, str], bytes]] = []
+        self.requests = 0
+        self.received: dict[str, bytes] = {}
+        self.order: list[str] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.requests += 1
+                    n = receiver.requests
+                    receiver.log.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
+                if n <= receiver.fail:
+                    self.send_response(receiver.status)
+                    if receiver.retry_after is not None:
+                        self.send_header("Retry-After", receiver.retry_after)
+                    self.end_headers()
+                    return
+                if receiver.stall_every and n % receiver.stall_every == 0:
+                    time.sleep(receiver.stall_s)
+                key = self.headers["Idempotency-Key"]
+                with receiver.lock:
+                    if key not in receiver.received:
+                        receiver.order.append(key)
+                    receiver.received[key] = body
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(receiver.reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out first: it will retry with the same key
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -5,6 +5,7 @@ headless Chromium; the screenshots go to the test's temporary directory."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import shutil
@@ -20,11 +21,11 @@ import redis
 from config.settings import ConfigError, DisplaySettings, load_settings
 from schemas.outputs import Alert, Reason
 from schemas.texts import LOCALES, REASONS, render_reason
-from sinks.messages import alert_markdown
+from sinks.webhook import alert_text
 from tests.conftest import replay
 from tests.dashboard_env import PASSWORD, dashboard
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover
-from tests.services import redis_server
+from tests.services import Receiver, redis_server, wait_until
 
 CHROMIUM = shutil.which("chromium")
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -56,12 +57,13 @@ def test_amounts_and_times_are_written_for_the_locale() -> None:
     assert usd.localized("zh-CN").text == "长期休眠后转出 9,000.00 USD"
     alert = Alert("al-1", "aml_pattern", "critical", 0.97, "c1", None, "e1", "2026-06-30T16:30:00.000Z",
                   "2026-06-30T16:30:00.010Z", (usd,), "m1", status="escalated")
-    title, body = alert_markdown(alert, "zh-CN")
-    assert title == "严重 反洗钱可疑模式 (已升级)"
+    title, body = alert_text(alert, "wecom", "zh-CN")
+    assert title == "严重 反洗钱可疑模式，客户 c1"
+    assert body.startswith('**<font color="warning">严重</font> 反洗钱可疑模式** (已升级)')
     assert "事件时间：2026-07-01 00:30:00 (北京时间)" in body  # UTC+8 crosses midnight
     assert "客户经理：-" in body
     # another display time zone; the data's time is untouched
-    assert "2026-06-30 12:30:00 (America/New_York)" in alert_markdown(alert, "zh-CN", "America/New_York")[1]
+    assert "2026-06-30 12:30:00 (America/New_York)" in alert_text(alert, "wecom", "zh-CN", "America/New_York")[1]
     assert alert.event_ts == "2026-06-30T16:30:00.000Z"
 
 
@@ -140,10 +142,13 @@ def wecom_preview(markdown: str) -> str:
 def test_the_dashboard_and_a_wecom_message_in_chinese(browser: object, tmp_path: Path) -> None:
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    with redis_server(tmp_path) as srv:
+    with contextlib.ExitStack() as stack:
+        srv = stack.enter_context(redis_server(tmp_path))
         client = redis.Redis.from_url(srv.url)
-        settings = replace(engine_settings(srv.url, "zh:", tmp_path, recent_events=20),
-                           display=DisplaySettings(locale="zh-CN"))
+        settings = engine_settings(srv.url, "zh:", tmp_path, recent_events=20)
+        robot = stack.enter_context(Receiver())  # a WeCom group robot
+        settings = replace(settings, display=DisplaySettings(locale="zh-CN"),
+                           webhook=replace(settings.webhook, enabled=True, url=robot.url, format="wecom"))
         with live_engine(settings), dashboard(settings, tmp_path) as dash:
             now = time.time()
             inject(client, settings, *history("c-zh-1", "rm001", now))
@@ -183,18 +188,16 @@ def test_the_dashboard_and_a_wecom_message_in_chinese(browser: object, tmp_path:
             text = rm.inner_text(card)
             assert "大额入账 ¥250,000.00" in text and "接受" in text, text
             assert CJK.search(rm.inner_text(f"{card} b")), text  # the action's title
-            stored = [orjson.loads(f[b"data"]) for _, f in client.xrange("zh:alerts")]
-            alert = next(a for a in stored if a["customer_id"] == "c-zh-1")
             # Beijing time on the page for the event's UTC time
             assert re.search(r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}", page.inner_text(f"{row} td:nth-child(1)"))
-
-        reasons = tuple(Reason(r["code"], r["text"], r["value"], r["weight"], r.get("args")) for r in alert["reasons"])
-        fields = {k: v for k, v in alert.items() if k in Alert.__dataclass_fields__ and k != "reasons"}
-        title, markdown = alert_markdown(Alert(**fields, reasons=reasons), "zh-CN")
-        message = browser.new_context(viewport={"width": 460, "height": 320}).new_page()  # type: ignore[attr-defined]
-        message.set_content(wecom_preview(markdown))
-        message.screenshot(path=str(shots / "zh-wecom-message.png"))
-        text = message.inner_text("body")
-        assert title.endswith("账户盗用") and "客户：c-zh-1" in text and "事件时间：" in text and "(北京时间)" in text
-        assert "¥" in text
+            # the group robot got the alert as a Chinese WeCom message
+            wait_until(lambda: robot.received)
+        message = orjson.loads(next(iter(robot.received.values())))
+        assert message["msgtype"] == "markdown"
+        shown = browser.new_context(viewport={"width": 460, "height": 320}).new_page()  # type: ignore[attr-defined]
+        shown.set_content(wecom_preview(message["markdown"]["content"]))
+        shown.screenshot(path=str(shots / "zh-wecom-message.png"))
+        text = shown.inner_text("body")
+        assert "账户盗用" in text and "客户：c-zh-1" in text and "事件时间：" in text and "(北京时间)" in text
+        assert "转出 ¥48,000.00" in text
         print(f"screenshots in {shots}")
