@@ -17,7 +17,8 @@ only ``schemas``; the dashboard imports it from here (``tests/test_layering.py``
 than keep a second copy that could drift.
 
 A synchronous cluster client reads the cluster's slots when it is made, so it fails at
-once if no node answers: the sinks make theirs on their first delivery, which is retried.
+once if no node answers (``redis.ConnectionError``, as for any unreachable Redis): the
+sinks make theirs on their first delivery, which is retried.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def connect(target: str | RedisEndpoint, timeout_s: float = 5.0, connect_timeout
         return redis.sentinel.Sentinel(list(s.hosts), **options).master_for(
             s.service, db=s.db, username=s.username, password=s.password, **options)
     if where.cluster:
-        return redis.cluster.RedisCluster.from_url(where.url, **options)
+        try:
+            return redis.cluster.RedisCluster.from_url(where.url, **options)
+        except redis.exceptions.RedisClusterException as exc:  # not a RedisError: callers catch those
+            raise redis.ConnectionError(f"Redis Cluster at {where}: {exc}") from exc
     return redis.Redis.from_url(where.url, **options)
 
 
@@ -82,3 +86,18 @@ def load_scripts(client: Any, *scripts: Any) -> None:
     its script cache (a restart, a failover) answers ``NOSCRIPT`` until they are loaded."""
     for script in scripts:
         client.script_load(script.script)
+
+
+async def initialized(client: Any) -> Any:
+    """``client`` (from ``connect_async``), a cluster's having read the cluster's slots:
+    redis-py's asyncio cluster transactions queue each command on an event loop of their
+    own, where a first use (reading the slots) fails, so a client whose first command may
+    be a ``MULTI`` is initialised first."""
+    import redis
+
+    if is_cluster(client):
+        try:
+            await client.initialize()
+        except redis.exceptions.RedisClusterException as exc:  # not a RedisError: callers catch those
+            raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+    return client
