@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from config.settings import ConfigError, Settings, load_settings
+from schemas.redis_keys import RedisKeys
+from schemas.redis_url import RedisEndpoint
 
 if TYPE_CHECKING:
     from ops import Telemetry
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(verify)
     verify.add_argument("--file", type=Path, help="a JSONL audit log (its signed head is FILE.head)")
     verify.add_argument("--redis", metavar="URL", help="a Redis server holding the log (see --key)")
-    verify.add_argument("--key", help="the Redis list of the log (default: <key_prefix><redis_key>)")
+    verify.add_argument("--key", help="the Redis list of the log (default: <key_prefix>{<redis_key>})")
     verify.add_argument("--key-file", type=Path, help="the HMAC key file (default: [audit] key_file)")
     keygen = audit_sub.add_parser(
         "keygen", help="create the audit log's HMAC key file, or add a new active key to it",
@@ -352,12 +354,12 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no users in {settings.dashboard.users_file}: add one with `python run.py dashboard add-user`",
               file=sys.stderr)
         return 2
-    if not redis_reachable(settings.redis.url):
+    if not redis_reachable(settings.redis.endpoint()):
         print("Redis is not reachable at [redis] url", file=sys.stderr)
         return 1
-    key = f"{settings.redis.key_prefix}{settings.audit.redis_key}"
+    key = RedisKeys(settings.redis.key_prefix).audit_log(settings.audit.redis_key)
     try:  # users' actions are appended to the audit log: its key, and a log that verifies
-        check_redis_log(settings.redis.url, key, AuditKeys.load(settings.audit.key_file),
+        check_redis_log(settings.redis.endpoint(), key, AuditKeys.load(settings.audit.key_file),
                         settings.redis.socket_timeout_s)
     except AuditKeyError as exc:
         print(f"the dashboard audits its users' actions: {exc}", file=sys.stderr)
@@ -414,7 +416,7 @@ def _demo_dashboard(settings: Settings) -> Settings:
         return settings
     from dashboard.server import redis_reachable, start_in_thread
 
-    if not redis_reachable(settings.redis.url):
+    if not redis_reachable(settings.redis.endpoint()):
         print("dashboard off: Redis is not reachable at [redis] url (start redis-server, or set "
               "CRM__REDIS__URL)", file=sys.stderr)
         return settings
@@ -449,8 +451,8 @@ def _demo_audit(settings: Settings, key_file: Path) -> str:
             print(f"audit key created: {key_file} (it signs the audit log; keep it to verify the log)",
                   file=sys.stderr)
         keys = AuditKeys.load(key_file)
-        key = f"{settings.redis.key_prefix}{settings.audit.redis_key}"
-        check_redis_log(settings.redis.url, key, keys, settings.redis.socket_timeout_s)
+        key = RedisKeys(settings.redis.key_prefix).audit_log(settings.audit.redis_key)
+        check_redis_log(settings.redis.endpoint(), key, keys, settings.redis.socket_timeout_s)
     except AuditKeyError as exc:
         return str(exc)
     except OSError as exc:
@@ -478,15 +480,15 @@ def _audit_ready(settings: Settings) -> bool:
         redis_anchor_path,
     )
 
-    key = f"{r.key_prefix}{a.redis_key}"
+    key = RedisKeys(r.key_prefix).audit_log(a.redis_key)
     both = bool(a.file and a.redis)
     try:
         keys = AuditKeys.load(a.key_file)
         if a.file:
-            check_file_log(a.file, keys, RedisHeadAnchor(r.url, file_anchor_key(key), r.socket_timeout_s)
+            check_file_log(a.file, keys, RedisHeadAnchor(r.endpoint(), file_anchor_key(key), r.socket_timeout_s)
                            if both else None)
         if a.redis:
-            check_redis_log(r.url, key, keys, r.socket_timeout_s,
+            check_redis_log(r.endpoint(), key, keys, r.socket_timeout_s,
                             FileHeadAnchor(redis_anchor_path(a.file)) if both else None)
     except AuditKeyError as exc:
         print(f"audit: {exc}", file=sys.stderr)
@@ -567,8 +569,10 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     a, r = settings.audit, settings.redis
     given = args.file is not None or args.redis is not None or args.key is not None
     file: Path | None = args.file if given else (Path(a.file) if a.file else None)
-    redis_url: str | None = (args.redis or (r.url if args.key else None)) if given else (r.url if a.redis else None)
-    redis_key = args.key or f"{r.key_prefix}{a.redis_key}"
+    # --redis names a single server or Sentinels; the configured [redis] may be a cluster.
+    redis_url: str | RedisEndpoint | None = (args.redis or (r.endpoint() if args.key else None)) if given \
+        else (r.endpoint() if a.redis else None)
+    redis_key = args.key or RedisKeys(r.key_prefix).audit_log(a.redis_key)
     if file is None and redis_url is None:
         print("no audit log given: --file F or --redis URL --key K (or configure [audit])", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
 from engine.admission import InputBounds
 from schemas import texts
+from schemas.redis_keys import has_braces
+from schemas.redis_url import InvalidRedisUrl, RedisEndpoint
 
 DEFAULT_PATH: Final = Path(__file__).with_name("default.toml")
 ENV_PREFIX: Final = "CRM__"
@@ -131,7 +133,12 @@ class RedisSettings:
     """The Redis sink (live modes): alert stream, per-RM prompt streams, customer hashes."""
 
     enabled: bool = False
+    # redis://, rediss:// (TLS), unix://, or a master behind Sentinels:
+    # redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
     url: str = "redis://127.0.0.1:6379/0"
+    # The url names one node of a Redis Cluster (the others are discovered). Every key is
+    # hash-tagged (README: Redis key layout), so scripts and transactions stay in one slot.
+    cluster: bool = False
     key_prefix: str = "crm:"
     alerts_maxlen: int = 100_000  # approximate bound of the alerts stream
     prompts_maxlen: int = 10_000  # approximate bound of each RM's prompt stream
@@ -155,12 +162,24 @@ class RedisSettings:
     input_group: str = ""
     input_consumer: str = ""
     # Live modes: keep each customer's latest N input events (a compact summary of each) in
-    # the capped list <key_prefix>customer:<id>:events for the dashboard's timelines; 0 = none.
+    # the capped list <key_prefix>customer:{<id>}:events for the dashboard's timelines; 0 = none.
     recent_events: int = 0
 
     def __post_init__(self) -> None:
         if self.recent_events < 0:
             raise ConfigError(f"redis.recent_events: expected 0 (off) or more, got {self.recent_events}")
+        try:
+            self.endpoint()
+        except InvalidRedisUrl as exc:
+            raise ConfigError(f"redis.url: {exc}") from None
+        for name in ("key_prefix", "input_stream"):
+            if has_braces(getattr(self, name)):
+                raise ConfigError(f"redis.{name}: may not hold {{ or }} (the key layout's hash tags place keys "
+                                  f"in Redis Cluster slots), got {getattr(self, name)!r}")
+
+    def endpoint(self) -> RedisEndpoint:
+        """Where Redis is (``url`` and ``cluster``), checked; printed with its password masked."""
+        return RedisEndpoint(self.url, self.cluster)
 
 
 @dataclass(frozen=True)
@@ -218,13 +237,16 @@ class AuditSettings:
     the dashboard users' actions."""
 
     file: str = ""  # a JSONL log; empty = none
-    redis: bool = False  # also a Redis list at [redis] url, key "<key_prefix><redis_key>"
+    redis: bool = False  # also a Redis list at [redis] url, key "<key_prefix>{<redis_key>}"
     redis_key: str = "audit"
     # The HMAC key file (`run.py audit keygen`), never kept with the log; needed by any audit
     # log and by the dashboard.
     key_file: str = ""
 
     def __post_init__(self) -> None:
+        if has_braces(self.redis_key):
+            raise ConfigError(f"audit.redis_key: may not hold {{ or }} (it is the log's hash tag), got "
+                              f"{self.redis_key!r}")
         if (self.file or self.redis) and not self.key_file:
             raise ConfigError("audit.key_file: an audit log is on ([audit] file or redis) but no HMAC key file "
                               "is set: create one with `python run.py audit keygen --out FILE` and set "
@@ -244,7 +266,7 @@ class DashboardSettings:
     # Cookies are Secure (sent over HTTPS only) and responses carry HSTS; true drops both, for
     # plain-HTTP development only (`make run`'s local demo sets it and says so).
     insecure_http: bool = False
-    feedback_stream: str = "feedback:in"  # where actions send feedback (<key_prefix> + this)
+    feedback_stream: str = "feedback:in"  # where actions send feedback (<key_prefix>{dash}:in:<this>)
     # The time written on feedback events: "wall" (now; live) or "reference" (the event time of
     # the alert or prompt answered; the simulator runs its own clock).
     feedback_time: Literal["wall", "reference"] = "wall"
@@ -259,6 +281,9 @@ class DashboardSettings:
     lockout_s: float = 1800.0  # how long a lock lasts unless an administrator lifts it sooner
 
     def __post_init__(self) -> None:
+        if has_braces(self.feedback_stream):
+            raise ConfigError(f"dashboard.feedback_stream: may not hold {{ or }} (hash tags), got "
+                              f"{self.feedback_stream!r}")
         for name in ("login_free_failures", "login_ip_free_failures", "lockout_failures", "login_backoff_s",
                      "login_backoff_max_s"):
             if getattr(self, name) < 0:

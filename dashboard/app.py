@@ -59,6 +59,7 @@ from dashboard.store import (
 from schemas.audit import AuditKeys
 from schemas.outputs import format_ts
 from schemas.texts import EN, localized_text
+from sinks.redis_client import is_cluster
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -136,6 +137,23 @@ class Indexer:
     def __init__(self, store: Store, hub: Hub, block_ms: int = 500) -> None:
         self.store, self.hub, self.block_ms = store, hub, block_ms
         self.indexed = 0
+        self._cluster = is_cluster(store.r)
+
+    async def _read(self, streams: dict[str, str]) -> Any:
+        """New entries of ``streams``: one ``XREAD BLOCK`` on a single Redis; on a Redis
+        Cluster (the streams are in different slots: the alerts stream in ``{engine}``'s, each
+        RM's in its own) one ``XREAD`` per stream, pipelined, and a pause of ``block_ms``
+        when none had anything."""
+        r = self.store.r
+        if not self._cluster:
+            return await r.xread(streams, count=500, block=self.block_ms)
+        pipe = r.pipeline(transaction=False)
+        for key, last in streams.items():
+            pipe.xread({key: last}, count=500)
+        reply = [item for part in await pipe.execute() for item in part or ()]
+        if not reply:
+            await asyncio.sleep(self.block_ms / 1000)
+        return reply
 
     async def run(self) -> None:
         r, layout = self.store.r, self.store.k
@@ -152,7 +170,7 @@ class Indexer:
                     for key in [alerts_key, *keys]:
                         streams.setdefault(key, saved.get(key, "0-0"))
                     rescan_at = time.monotonic() + 2.0
-                reply = await r.xread(streams, count=500, block=self.block_ms)
+                reply = await self._read(streams)
                 down = False
             except (OSError, ConnectionError) as exc:
                 if not down:

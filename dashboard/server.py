@@ -14,17 +14,17 @@ from dashboard.auth import UserStore
 from dashboard.logins import LoginPolicy
 from dashboard.store import Auditor, Store
 from schemas.audit import AuditKeys
+from schemas.redis_keys import RedisKeys
+from schemas.redis_url import RedisEndpoint
+from sinks.redis_client import connect, connect_async, initialized
 
 
 def build_app(settings: Settings, users: UserStore | None = None) -> Any:
     """The application over ``[redis]``; users' actions are audited with the key file of
     ``[audit] key_file`` (``schemas.audit.AuditKeyError`` if it is not set or not valid)."""
-    import redis.asyncio
-
     d, r = settings.dashboard, settings.redis
     keys = AuditKeys.load(settings.audit.key_file)
-    client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
-                                          socket_connect_timeout=r.socket_timeout_s)
+    client = connect_async(r.endpoint(), r.socket_timeout_s)
     store = Store(client, r.key_prefix, d.feedback_stream, d.feedback_time, settings.audit.redis_key,
                   settings.display.locale)
     secret = d.secret.encode() if d.secret else secrets.token_bytes(32)
@@ -62,7 +62,7 @@ def start_in_thread(settings: Settings, host: str | None = None, port: int | Non
 def operator_auditor(client: Any, settings: Settings) -> Auditor:
     """The audit writer of an operator's command (``run.py dashboard ...``), with the key file of
     ``[audit] key_file`` (``schemas.audit.AuditKeyError`` if it is not set or not valid)."""
-    return Auditor(client, f"{settings.redis.key_prefix}{settings.audit.redis_key}",
+    return Auditor(client, RedisKeys(settings.redis.key_prefix).audit_log(settings.audit.redis_key),
                    AuditKeys.load(settings.audit.key_file))
 
 
@@ -70,16 +70,13 @@ def revoke_sessions(settings: Settings, username: str, action: str, detail: str,
     """Sign every session of ``username`` out, in Redis, and audit it (``action``, by the
     operator ``by``); how many sessions there were, or None if Redis is unreachable."""
     import redis
-    import redis.asyncio
 
     from dashboard.sessions import SessionStore
-    from schemas.redis_keys import RedisKeys
 
     r = settings.redis
 
     async def revoke() -> int:
-        client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
-                                              socket_connect_timeout=min(r.socket_timeout_s, 2.0))
+        client = await initialized(connect_async(r.endpoint(), r.socket_timeout_s, min(r.socket_timeout_s, 2.0)))
         try:
             count = await SessionStore(client, RedisKeys(r.key_prefix), settings.dashboard.session_ttl_s
                                        ).revoke_user(username)
@@ -99,16 +96,12 @@ def unlock_user(settings: Settings, username: str, by: str) -> dict[str, str] | 
     """Lift the lock of ``username`` (and clear its failures) and audit it; what the lock
     held, or None if it was not locked. Raises ``redis.RedisError`` or ``OSError`` if Redis
     is unreachable."""
-    import redis.asyncio
-
     from dashboard.logins import LoginGuard
-    from schemas.redis_keys import RedisKeys
 
     r = settings.redis
 
     async def unlock() -> dict[str, str] | None:
-        client = redis.asyncio.Redis.from_url(r.url, socket_timeout=r.socket_timeout_s,
-                                              socket_connect_timeout=min(r.socket_timeout_s, 2.0))
+        client = await initialized(connect_async(r.endpoint(), r.socket_timeout_s, min(r.socket_timeout_s, 2.0)))
         try:
             held = await LoginGuard(client, RedisKeys(r.key_prefix), login_policy(settings)).unlock(username)
             if held is not None:
@@ -123,10 +116,13 @@ def unlock_user(settings: Settings, username: str, by: str) -> dict[str, str] | 
     return asyncio.run(unlock())
 
 
-def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
+def redis_reachable(url: str | RedisEndpoint, timeout_s: float = 1.0) -> bool:
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        client = connect(url, timeout_s)  # a cluster's client reads the cluster's nodes here
+    except redis.RedisError:
+        return False
     try:
         return bool(client.ping())
     except redis.RedisError:

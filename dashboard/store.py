@@ -154,12 +154,13 @@ class Store:
         self.r = client  # a redis.asyncio.Redis
         self.locale = locale  # of the timelines' lines (schemas.texts)
         self.k = RedisKeys(prefix)
-        self.feedback_key = f"{prefix}{feedback_stream}"
+        self.feedback_key = self.k.input_stream(feedback_stream)
         self.feedback_time = feedback_time
-        self.audit_key = f"{prefix}{audit_key}"
+        self.audit_key = self.k.audit_log(audit_key)
         self._ref_key = b""
         self._change_status = client.register_script(_CHANGE_STATUS)
         self._answer = client.register_script(_ANSWER)
+        self._cache_page = client.register_script(_CACHE_PAGE)
 
     async def start(self) -> None:
         """Check the Redis key layout (the first writer sets it) and load (or create once)
@@ -266,10 +267,7 @@ class Store:
         if len(sets) > 1:
             key = self.k.queue_cache(hashlib.sha1("|".join(sets).encode()).hexdigest())
             if not await self.r.exists(key):
-                pipe = self.r.pipeline(transaction=True)
-                pipe.zinterstore(key, sets, aggregate="MAX")
-                pipe.pexpire(key, 2000)
-                await pipe.execute()
+                await self._cache_page(keys=[key, *sets], args=[2000])
         pipe = self.r.pipeline(transaction=False)
         pipe.zcard(key)
         pipe.zrevrange(key, offset, offset + limit - 1)
@@ -484,6 +482,20 @@ def prompt_verdict(status: str, answer: str) -> Verdict:
         return "repeat"
     return "apply" if answer in PROMPT_MOVES.get(status, ()) else "conflict"
 
+
+# KEYS: 1 the cached page, 2.. the filter's sets. ARGV: 1 how long it is cached (ms).
+# (A script, not a MULTI: redis-py's asyncio cluster transactions cannot route ZINTERSTORE.)
+_CACHE_PAGE = """
+local command = {'ZINTERSTORE', KEYS[1], #KEYS - 1}
+for i = 2, #KEYS do
+  command[#command + 1] = KEYS[i]
+end
+command[#command + 1] = 'AGGREGATE'
+command[#command + 1] = 'MAX'
+redis.call(unpack(command))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 # KEYS: 1 the alert group, 2 its status set now, 3 the new status set, 4 the active set,
 #       5 the engine's input stream

@@ -52,6 +52,7 @@ from flows.sources import (
 )
 from schemas.audit import AuditKeys
 from schemas.outputs import format_ts
+from schemas.redis_keys import RedisKeys
 from sinks.audit import (
     FileAuditSink,
     FileHeadAnchor,
@@ -265,7 +266,7 @@ def redis_input(settings: Settings, stop: threading.Event | None, side: bool = T
     if not r.input_stream:
         return None
     group = Group(r.input_group, consumer_name(r.input_consumer, settings.engine.process_id)) if r.input_group else None
-    return RedisStreamSource(r.url, f"{r.key_prefix}{r.input_stream}", stop,
+    return RedisStreamSource(r.endpoint(), RedisKeys(r.key_prefix).input_stream(r.input_stream), stop,
                              socket_timeout_s=r.socket_timeout_s, bounds=settings.input,
                              block_ms=0 if side else REDIS_SOURCE_BLOCK_MS, group=group, telemetry=telemetry)
 
@@ -284,7 +285,7 @@ def delivery_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
     r, w = settings.redis, settings.webhook
     if r.enabled:
         sinks["redis"] = lambda: RedisSink(
-            r.url, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), prefix=r.key_prefix,
+            r.endpoint(), _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), prefix=r.key_prefix,
             limits=RedisLimits(r.alerts_maxlen, r.prompts_maxlen, r.dedup_ttl_s),
             socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
             policy=RetryPolicy(budget_s=r.retry_budget_s))
@@ -303,7 +304,7 @@ def recent_events_sink(settings: Settings) -> Callable[[], Sink]:
     events for the dashboard (a single writer: one order per customer's list)."""
     r = settings.redis
     return lambda: RedisEventsSink(
-        r.url, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), r.recent_events,
+        r.endpoint(), _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), r.recent_events,
         prefix=r.key_prefix, socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
         policy=RetryPolicy(budget_s=r.retry_budget_s))
 
@@ -318,15 +319,15 @@ def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
     if not (a.file or a.redis):
         return sinks
     keys = AuditKeys.load(a.key_file)
-    redis_key = f"{r.key_prefix}{a.redis_key}"
+    redis_key = RedisKeys(r.key_prefix).audit_log(a.redis_key)
     both = bool(a.file and a.redis)
     if a.file:
         sinks["audit_file"] = lambda: FileAuditSink(
-            a.file, keys, anchor=RedisHeadAnchor(r.url, file_anchor_key(redis_key), r.socket_timeout_s) if both
+            a.file, keys, anchor=RedisHeadAnchor(r.endpoint(), file_anchor_key(redis_key), r.socket_timeout_s) if both
             else None)
     if a.redis:
         sinks["audit_redis"] = lambda: RedisAuditSink(
-            r.url, redis_key, keys, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic),
+            r.endpoint(), redis_key, keys, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic),
             socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
             policy=RetryPolicy(budget_s=r.retry_budget_s),
             anchor=FileHeadAnchor(redis_anchor_path(a.file)) if both else None)

@@ -54,9 +54,11 @@ from schemas.audit import (
     redis_keys,
     verify_log,
 )
+from schemas.redis_url import RedisEndpoint
 from sinks.base import Record, Sink
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, Undeliverable, record_id
 from sinks.jsonl import close_durably
+from sinks.redis_client import connect
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,8 @@ class RedisHeadAnchor:
     background thread so the dataflow never waits for Redis: the latest head put is set,
     retried every second while Redis is down; a close waits ``close_timeout_s`` for it."""
 
-    def __init__(self, url: str, key: str, socket_timeout_s: float = 5.0, close_timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str | RedisEndpoint, key: str, socket_timeout_s: float = 5.0,
+                 close_timeout_s: float = 5.0) -> None:
         self._url, self.key, self._timeout_s, self._close_timeout_s = url, key, socket_timeout_s, close_timeout_s
         self.where = f"Redis key {key}"
         self._pending: bytes | None = None
@@ -143,7 +146,10 @@ class RedisHeadAnchor:
     def get(self) -> bytes | None:
         import redis
 
-        client = redis.Redis.from_url(self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s)
+        try:
+            client = connect(self._url, self._timeout_s)
+        except redis.RedisError:  # a cluster's client reads its nodes when made
+            return None
         try:
             value = client.get(self.key)
             return value if isinstance(value, bytes) else None
@@ -163,8 +169,7 @@ class RedisHeadAnchor:
     def _run(self) -> None:
         import redis
 
-        client = redis.Redis.from_url(self._url, socket_timeout=self._timeout_s,
-                                      socket_connect_timeout=self._timeout_s)
+        client: Any = None
         failing = False
         try:
             while True:
@@ -175,6 +180,7 @@ class RedisHeadAnchor:
                     if head is None:
                         return
                 try:
+                    client = client or connect(self._url, self._timeout_s)
                     client.set(self.key, head)
                 except redis.RedisError as exc:
                     if not failing:
@@ -191,7 +197,8 @@ class RedisHeadAnchor:
                         self._pending = None
                     self._cond.notify_all()
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
     def close(self) -> None:
         with self._cond:
@@ -378,16 +385,17 @@ class FileAuditSink(Sink):
 # -- the Redis log ---------------------------------------------------------------------------
 
 
-def check_redis_log(url: str, key: str, keys: AuditKeys, socket_timeout_s: float = 5.0,
+def check_redis_log(url: str | RedisEndpoint, key: str, keys: AuditKeys, socket_timeout_s: float = 5.0,
                     anchor: HeadAnchor | None = None) -> None:
     """``BrokenLog`` if the Redis log ``key`` does not agree with its signed head (its
     length and last entry) or ends before its head anchored in the other store: a start-up
     check. An unreachable Redis passes (the writers check every append)."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+    client: Any = None
     try:
-        pipe = client.pipeline(transaction=True)
+        client = connect(url, socket_timeout_s)
+        pipe = client.pipeline(transaction=True)  # one slot: the log's keys share its hash tag
         pipe.get(f"{key}:head")
         pipe.llen(key)
         pipe.lindex(key, -1)
@@ -397,7 +405,8 @@ def check_redis_log(url: str, key: str, keys: AuditKeys, socket_timeout_s: float
     except redis.RedisError:
         return
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     head = checked_head(keys, stored, f"Redis key {key}:head")
     if anchor is not None:
         not_behind(keys, anchor.get(), EMPTY_SEQ if head is None else head.seq, f"Redis key {key}", anchor.where)
@@ -421,7 +430,7 @@ class RedisAuditSink(BufferedSink):
     appended once (by id), in order; held in the delivery buffer while Redis is down;
     refused (to the dead letter, with the reason) if the log does not verify."""
 
-    def __init__(self, url: str, key: str, keys: AuditKeys, dead_letters: DeadLetterOut,
+    def __init__(self, url: str | RedisEndpoint, key: str, keys: AuditKeys, dead_letters: DeadLetterOut,
                  socket_timeout_s: float = 5.0, capacity: int = 10_000, policy: RetryPolicy | None = None,
                  anchor: HeadAnchor | None = None) -> None:
         # One record per batch: a refused record goes to the dead letter alone.
@@ -434,11 +443,7 @@ class RedisAuditSink(BufferedSink):
         self.duplicates = 0
 
     def connect(self) -> None:
-        import redis
-
-        self._client = redis.Redis.from_url(self._url, socket_timeout=self._socket_timeout_s,
-                                            socket_connect_timeout=self._socket_timeout_s)
-        self._script = self._client.register_script(REDIS_APPEND_ONCE)
+        self._client = self._script = None  # made on the first delivery (retried while Redis is down)
         if self._anchor is not None:  # the log must not go back from its anchored head either
             try:
                 anchored = checked_head(self._appender.keys, self._anchor.get(), f"anchored in {self._anchor.where}")
@@ -449,6 +454,9 @@ class RedisAuditSink(BufferedSink):
                 self._appender.appended(anchored)
 
     def deliver(self, records: list[Record]) -> None:
+        if self._client is None:
+            client = connect(self._url, self._socket_timeout_s)
+            self._client, self._script = client, client.register_script(REDIS_APPEND_ONCE)
         keys = redis_keys(self.key)
         for record in records:
             fields = record_fields(record)
@@ -521,15 +529,16 @@ def _lrange_all(client: Any, key: str, chunk: int = 1000) -> Iterator[bytes]:
         start += chunk
 
 
-def verify_redis(url: str, key: str, keys: AuditKeys, anchor: bytes | None = None,
+def verify_redis(url: str | RedisEndpoint, key: str, keys: AuditKeys, anchor: bytes | None = None,
                  anchor_name: str = "the other store") -> Verdict:
     """Verify an audit log kept in the Redis list ``key``, its signed ``key:head`` and, if
     given, its head anchored in the other store. ``CannotVerify`` if there is no such log
     or Redis cannot be read."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=10.0)
+    client: Any = None
     try:
+        client = connect(url, 10.0)
         stored = client.get(f"{key}:head")
         if stored is None and anchor is None and not client.exists(key):
             raise CannotVerify("no such list in Redis, nor its head")
@@ -541,6 +550,7 @@ def verify_redis(url: str, key: str, keys: AuditKeys, anchor: bytes | None = Non
     except redis.RedisError as exc:
         raise CannotVerify(f"cannot read the audit log from Redis: {exc}") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 

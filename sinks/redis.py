@@ -1,34 +1,50 @@
 """Redis sink: what RMs' apps and the risk team's live views read.
 
-For every record, ``route`` says where it goes (``RedisRoute``): a bounded stream
-(``XADD ... MAXLEN ~``), optionally fields of a hash and a pub/sub channel. Keys come from
-``schemas.redis_keys`` (customer and RM ids percent-encoded, so no id can name another
-key). The default routing (``default_route``) sends
+For every record, ``route`` says where it goes (``RedisRoute``): one ``RedisWrite`` per
+Redis Cluster hash slot it touches, each a bounded stream (``XADD ... MAXLEN ~``),
+optionally fields of a hash and a pub/sub channel. Keys come from ``schemas.redis_keys``
+(ids percent-encoded, so no id can name another key, and hash-tagged, so each write stays
+in one slot). The default routing (``default_route``) sends
 
-- an alert to the ``{prefix}alerts`` stream, to the customer's hash ``{prefix}customer:{id}``
-  (the latest fraud score and alert, and one ``open:{alert key}`` field per open alert)
-  and to the ``{prefix}alerts:live`` channel for live views;
+- an alert to the customer's hash ``{prefix}customer:{{id}}`` (the latest fraud score and
+  alert, and one ``open:{alert key}`` field per open alert), then to the
+  ``{prefix}{engine}:alerts`` stream and the ``{prefix}alerts:live`` channel for live views;
 - a record with an ``rm_id`` and a ``prompt_id`` (a next-best-action prompt) to the RM's
-  stream ``{prefix}rm:{rm_id}:prompts``;
-- a customer state to the customer's hash (its scores).
-- a fraud model report to the ``{prefix}models`` hash (``report``: the latest), and a change
-  of champion model to the ``{prefix}models:changes`` stream and that hash (``change``).
+  stream ``{prefix}rm:{{rm_id}}:prompts``;
+- a customer state to the customer's hash (its scores);
+- a fraud model report to the ``{prefix}{engine}:models`` hash (``report``: the latest), and
+  a change of champion model to the ``{prefix}{engine}:models:changes`` stream and that
+  hash (``change``).
 
-Delivery: at least once from the engine, exactly once into Redis. One Lua script writes a
-record only if its id was not delivered before: it checks the marker
-``{prefix}delivered:{id}``, checks that the keys it writes are of the right type (or do not
-exist yet), writes, and sets the marker last, in one atomic script. So the duplicates that
-retries and recovery replay produce never reach a stream, a hash or a subscriber twice while
-the id's marker lives (``dedup_ttl_s``, a week by default), and a write that fails leaves no
-marker: it is retried, or refused, never taken for a duplicate. A key of the wrong type (or
-keys under the prefix that follow another layout, ``{prefix}layout``) refuses that record
-for good: it goes to the dead letter with the reason, and the rest of its batch is
-delivered. Back-pressure, retries and the dead letter come from
-``sinks.delivery.BufferedSink``.
+Delivery: at least once from the engine, exactly once into Redis. Each ``RedisWrite`` is
+one Lua script call, in one slot, that writes only if its own delivered marker is absent:
+it checks the marker, checks that the keys it writes are of the right type (or do not
+exist yet), writes, and sets the marker last, atomically. So the duplicates that retries
+and recovery replay produce never reach a stream, a hash or a subscriber twice while the
+markers live (``dedup_ttl_s``, a week by default), and a write that fails leaves no marker:
+it is retried, or refused, never taken for a duplicate.
+
+A record with writes in two slots (an alert: its customer's hash, then the global stream
+and channel) is written in that order, the second only once the first has succeeded or
+was found delivered before. Each write is idempotent on its own, so whatever stops the
+sink between them (a crash, an outage, a lost reply) is completed by the retry or the
+replay of the whole record: the first write is then a duplicate and skipped, the second
+is written. A record counts as a duplicate only if every write was. The global stream is
+last because it is what readers follow (the dashboard's indexer): an alert in it always
+has its customer's hash written already.
+
+A key of the wrong type refuses that record for good: it goes to the dead letter with the
+reason, and the rest of its batch is delivered. A refused first write leaves nothing of
+the record written; a refused second write (the alerts stream replaced by a key of another
+type, so every alert) leaves the customer's hash written. Keys under the prefix that
+follow another layout (``{prefix}layout``, checked once per batch, the first writer sets
+it) refuse the whole batch. Back-pressure, retries and the dead letter come from
+``sinks.delivery.BufferedSink``. Clients come from ``sinks.redis_client``: a single Redis,
+a Redis Cluster or a master behind Sentinels.
 
 ``RedisEventsSink`` (with ``[redis] recent_events``) keeps each customer's latest input
 events, summarised (``schemas.outputs.EventSummary``), in a capped list
-``{prefix}customer:{id}:events``, newest first, for the dashboard's timelines. It is a
+``{prefix}customer:{{id}}:events``, newest first, for the dashboard's timelines. It is a
 sibling of ``RedisSink`` rather than one more route: an event is far more frequent than an
 alert, and a week-long delivered marker per event would cost more memory than the lists.
 """
@@ -41,50 +57,48 @@ from typing import Any
 
 from schemas.outputs import Alert, CustomerState, EventSummary, ModelChange, ModelReport
 from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
+from schemas.redis_url import RedisEndpoint
 from sinks.base import Record
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, record_id
+from sinks.redis_client import connect, load_scripts
 
-
-# Both scripts first check the layout the keys under the prefix follow (set by the first
-# writer) and the type of every key they write, before any write: a script that fails half
-# way keeps what it wrote, so nothing may fail after the first write.
-def _check_layout(key: str, version: str) -> str:
-    return f"""
-local layout = redis.call('GET', {key})
-if layout and layout ~= {version} then
-  return redis.error_reply('LAYOUT the keys under this prefix follow Redis key layout ' .. layout ..
-                           ', this writer uses layout ' .. {version})
-end
-"""
-
-
-def _check_type(key: str, expected: str, what: str) -> str:
-    return f"""
-if {key} ~= '' then
-  local found = redis.call('TYPE', {key})['ok']
-  if found ~= 'none' and found ~= '{expected}' then
-    return redis.error_reply('WRONGTYPE the {what} key holds a ' .. found .. ', not a {expected}')
+# Both scripts check the type of every key they write before any write: a script that
+# fails half way keeps what it wrote, so nothing may fail after the first write. Every
+# key a script touches is one of its KEYS (never an empty name: on a cluster "" has a slot
+# of its own), so the cluster routes it to the one slot they share.
+_WRONG_TYPE = """
+local function wrong_type(key, expected, what)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= expected then
+    return 'WRONGTYPE the ' .. what .. ' key holds a ' .. found .. ', not a ' .. expected
   end
+  return nil
 end
 """
 
-
-# KEYS: 1 delivered marker, 2 stream ("" for none), 3 hash ("" for none), 4 layout
+# KEYS: 1 delivered marker, then the stream if ARGV[6] == '1', then the hash if ARGV[7] == '1'
 # ARGV: 1 ttl ms, 2 stream maxlen, 3 payload, 4 channel ("" for none), 5 record id,
-#       6 layout version, 7.. hash field/value pairs
-_WRITE_ONCE = _check_layout("KEYS[4]", "ARGV[6]") + """
+#       6 has a stream, 7 has a hash, 8.. hash field/value pairs
+_WRITE_ONCE = _WRONG_TYPE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-""" + _check_type("KEYS[2]", "stream", "stream") + _check_type("KEYS[3]", "hash", "customer hash") + """
-if not layout then
-  redis.call('SET', KEYS[4], ARGV[6])
+local stream, hash = nil, nil
+if ARGV[6] == '1' then
+  stream = KEYS[2]
 end
-if KEYS[2] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[5], 'data', ARGV[3])
+if ARGV[7] == '1' then
+  hash = KEYS[#KEYS]
 end
-if KEYS[3] ~= '' and #ARGV > 6 then
-  redis.call('HSET', KEYS[3], unpack(ARGV, 7))
+local problem = (stream and wrong_type(stream, 'stream', 'stream')) or (hash and wrong_type(hash, 'hash', 'hash'))
+if problem then
+  return redis.error_reply(problem)
+end
+if stream then
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[5], 'data', ARGV[3])
+end
+if hash and #ARGV > 7 then
+  redis.call('HSET', hash, unpack(ARGV, 8))
 end
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], ARGV[3])
@@ -94,43 +108,46 @@ return 1
 """
 
 #: Errors of the scripts that no retry can cure: the record is refused (dead letter).
-_REFUSALS = ("WRONGTYPE", "LAYOUT")
+_REFUSALS = ("WRONGTYPE",)
 
 
-def _connect(url: str, timeout_s: float, script: str) -> tuple[Any, Any]:
-    """A client for ``url`` and ``script`` registered on it (no round trip yet)."""
-    try:
-        import redis
-    except ImportError as exc:  # pragma: no cover - a pinned dependency
-        raise RuntimeError("the Redis sink needs the redis package (requirements.txt)") from exc
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return client, client.register_script(script)
+class _ScriptsLost(ConnectionError):
+    """A master answered NOSCRIPT (restarted, or a replica promoted): the scripts were
+    loaded again and the batch is retried."""
 
 
-def _outcomes(records: list[Record], results: list[Any]) -> tuple[int, list[tuple[Record, str]]]:
-    """Of one pipelined batch of script calls: how many were duplicates (0: the id was
-    delivered before) and which records were refused for good, with the reason. Any other
-    error is raised, so the whole batch is retried (what was written is then a duplicate)."""
-    duplicates, refused = 0, []
-    for record, result in zip(records, results, strict=True):
-        if isinstance(result, Exception):
-            if not str(result).startswith(_REFUSALS):
-                raise result
-            refused.append((record, str(result)))
-        elif result == 0:
-            duplicates += 1
-    return duplicates, refused
+def _layout_problem(client: Any, keys: RedisKeys) -> str | None:
+    """Why nothing may be written under the prefix (it follows another key layout), if so;
+    the first writer sets the layout."""
+    pipe = client.pipeline(transaction=False)
+    pipe.set(keys.layout(), LAYOUT_VERSION, nx=True)
+    pipe.get(keys.layout())
+    found = pipe.execute()[1]
+    layout = found.decode() if isinstance(found, bytes) else str(found)
+    if layout == LAYOUT_VERSION:
+        return None
+    return (f"LAYOUT the keys under {keys.prefix!r} follow Redis key layout {layout}, this writer uses layout "
+            f"{LAYOUT_VERSION} (README: Redis key layout)")
 
 
 @dataclass(frozen=True)
-class RedisRoute:
-    """Where one record goes in Redis (full keys, from ``schemas.redis_keys``)."""
+class RedisWrite:
+    """One slot's share of a record (full keys, from ``schemas.redis_keys``): written once,
+    by its own delivered ``marker`` (a key in the same slot)."""
 
+    marker: str
     stream: str = ""
     maxlen: int = 10_000
     hash_key: str = ""
     hash_fields: dict[str, str] = field(default_factory=dict)
     channel: str = ""
+
+
+@dataclass(frozen=True)
+class RedisRoute:
+    """Where one record goes in Redis: its writes, in the order they are made."""
+
+    writes: tuple[RedisWrite, ...]
 
 
 @dataclass(frozen=True)
@@ -150,25 +167,34 @@ def alert_key(alert: Alert) -> str:
 
 def default_route(record: Record, limits: RedisLimits, keys: RedisKeys) -> RedisRoute | None:
     """Alerts, prompts and customer states (see the module doc); ``None`` skips a record."""
+    rid = record_id(record)
     if isinstance(record, Alert):
         payload = record.to_bytes().decode("utf-8")
-        return RedisRoute(
-            stream=keys.alerts(), maxlen=limits.alerts_maxlen, hash_key=keys.customer(record.customer_id),
-            hash_fields={"fraud_score": repr(record.score), "last_alert": payload,
-                         "last_alert_ts": record.event_ts, f"open:{alert_key(record)}": payload},
-            channel=keys.alerts_channel())
+        customer = record.customer_id
+        return RedisRoute((
+            RedisWrite(keys.customer_delivered(customer, rid), hash_key=keys.customer(customer),
+                       hash_fields={"fraud_score": repr(record.score), "last_alert": payload,
+                                    "last_alert_ts": record.event_ts, f"open:{alert_key(record)}": payload}),
+            RedisWrite(keys.delivered(rid), stream=keys.alerts(), maxlen=limits.alerts_maxlen,
+                       channel=keys.alerts_channel())))
     if isinstance(record, CustomerState):
-        return RedisRoute(hash_key=keys.customer(record.customer_id), hash_fields={
-            "churn_score": repr(record.churn_score), "fraud_risk": repr(record.fraud_risk),
-            "last_event_ts": record.last_event_ts, "state": record.to_bytes().decode("utf-8")})
+        customer = record.customer_id
+        return RedisRoute((RedisWrite(keys.customer_delivered(customer, rid), hash_key=keys.customer(customer),
+                                      hash_fields={"churn_score": repr(record.churn_score),
+                                                   "fraud_risk": repr(record.fraud_risk),
+                                                   "last_event_ts": record.last_event_ts,
+                                                   "state": record.to_bytes().decode("utf-8")}),))
     if isinstance(record, ModelReport):
-        return RedisRoute(hash_key=keys.models(), hash_fields={"report": record.to_bytes().decode("utf-8")})
+        return RedisRoute((RedisWrite(keys.delivered(rid), hash_key=keys.models(),
+                                      hash_fields={"report": record.to_bytes().decode("utf-8")}),))
     if isinstance(record, ModelChange):
-        return RedisRoute(stream=keys.model_changes(), maxlen=limits.prompts_maxlen, hash_key=keys.models(),
-                          hash_fields={"change": record.to_bytes().decode("utf-8")})
+        return RedisRoute((RedisWrite(keys.delivered(rid), stream=keys.model_changes(),
+                                      maxlen=limits.prompts_maxlen, hash_key=keys.models(),
+                                      hash_fields={"change": record.to_bytes().decode("utf-8")}),))
     rm_id, prompt_id = getattr(record, "rm_id", None), getattr(record, "prompt_id", None)
     if isinstance(rm_id, str) and isinstance(prompt_id, str):
-        return RedisRoute(stream=keys.rm_prompts(rm_id), maxlen=limits.prompts_maxlen)
+        return RedisRoute((RedisWrite(keys.rm_delivered(rm_id, rid), stream=keys.rm_prompts(rm_id),
+                                      maxlen=limits.prompts_maxlen),))
     return None
 
 
@@ -176,10 +202,11 @@ Router = Callable[[Record, RedisLimits, RedisKeys], RedisRoute | None]
 
 
 class _ScriptedSink(BufferedSink):
-    """A buffered Redis sink that writes each record with one call of its Lua ``script``, a
-    batch in one pipelined round trip (``_settle``)."""
+    """A buffered Redis sink that writes with its Lua ``script``, a batch's calls in one
+    pipelined round trip per step (``_call_script``). The client is made on the first delivery
+    (a cluster's is read from its nodes then), so a Redis down at start is retried."""
 
-    def __init__(self, name: str, script: str, url: str, dead_letters: DeadLetterOut, prefix: str,
+    def __init__(self, name: str, script: str, url: str | RedisEndpoint, dead_letters: DeadLetterOut, prefix: str,
                  socket_timeout_s: float, capacity: int, policy: RetryPolicy | None, batch_size: int) -> None:
         super().__init__(name, dead_letters, capacity=capacity, batch_size=batch_size, policy=policy)
         self._url, self._script_source = url, script
@@ -191,15 +218,40 @@ class _ScriptedSink(BufferedSink):
         self.duplicates = 0  # records delivered before (not written again)
 
     def connect(self) -> None:
-        self._client, self._script = _connect(self._url, self._socket_timeout_s, self._script_source)
+        self._client = self._script = None
 
-    def _settle(self, pipe: Any, records: list[Record]) -> list[tuple[Record, str]] | None:
-        """Run the pipelined calls of ``records``; the records refused for good."""
-        if not records:
-            return None
-        duplicates, refused = _outcomes(records, pipe.execute(raise_on_error=False))
-        self.duplicates += duplicates
-        return refused
+    def _ready(self) -> Any:
+        """The client, made and its script loaded on first use; the layout checked."""
+        if self._client is None:
+            client = connect(self._url, self._socket_timeout_s)
+            script = client.register_script(self._script_source)
+            load_scripts(client, script)
+            self._client, self._script = client, script
+        return self._client
+
+    def _call_script(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """The results of the script called with each (keys, args), in one pipeline (on a
+        cluster, one per master, in parallel); errors are returned, not raised, except
+        NOSCRIPT (``_ScriptsLost``, after loading the script again)."""
+        if not calls:
+            return []
+        import redis
+
+        pipe = self._ready().pipeline(transaction=False)
+        for keys, args in calls:
+            # EVALSHA sent as a plain command: redis-py's cluster pipeline has no
+            # script support, but routes EVALSHA by its keys like any command.
+            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        results = list(pipe.execute(raise_on_error=False))
+        if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
+            load_scripts(self._client, self._script)
+            raise _ScriptsLost(f"{self.name}: a Redis master had lost the sink's script; loaded again")
+        return results
+
+    def _layout_refusal(self, records: list[Record]) -> list[tuple[Record, str]] | None:
+        """Every record refused if the prefix follows another layout, else None."""
+        problem = _layout_problem(self._ready(), self.keys)
+        return [(record, problem) for record in records] if problem else None
 
     def disconnect(self) -> None:
         if self._client is not None:
@@ -207,10 +259,20 @@ class _ScriptedSink(BufferedSink):
             self._client = None
 
 
+def _refusal(result: Any) -> str | None:
+    """The reason a script's ``result`` refuses its record for good; other errors raise
+    (the batch is retried: what was written is then a duplicate)."""
+    if not isinstance(result, Exception):
+        return None
+    if str(result).startswith(_REFUSALS):
+        return str(result)
+    raise result
+
+
 class RedisSink(_ScriptedSink):
     """Write records to Redis streams, hashes and a channel, each id at most once."""
 
-    def __init__(self, url: str, dead_letters: DeadLetterOut, prefix: str = "crm:",
+    def __init__(self, url: str | RedisEndpoint, dead_letters: DeadLetterOut, prefix: str = "crm:",
                  limits: RedisLimits | None = None, route: Router = default_route,
                  socket_timeout_s: float = 5.0, capacity: int = 10_000,
                  policy: RetryPolicy | None = None, batch_size: int = 100) -> None:
@@ -220,30 +282,44 @@ class RedisSink(_ScriptedSink):
         self._route = route
 
     def deliver(self, records: list[Record]) -> list[tuple[Record, str]] | None:
-        pipe = self._client.pipeline(transaction=False)
+        routed = [(record, route) for record in records
+                  if (route := self._route(record, self.limits, self.keys)) is not None]
+        if not routed:
+            return None
+        if (refused_all := self._layout_refusal([record for record, _ in routed])) is not None:
+            return refused_all
         ttl_ms = str(int(self.limits.dedup_ttl_s * 1000))
-        routed: list[Record] = []
-        for record in records:
-            route = self._route(record, self.limits, self.keys)
-            if route is None:
-                continue
-            rid = record_id(record)
-            fields = [item for pair in route.hash_fields.items() for item in pair]
-            self._script(keys=[self.keys.delivered(rid), route.stream, route.hash_key, self.keys.layout()],
-                         args=[ttl_ms, str(route.maxlen), record.to_bytes(), route.channel, rid, LAYOUT_VERSION,
-                               *fields],
-                         client=pipe)
-            routed.append(record)
-        return self._settle(pipe, routed)
+        refused: dict[int, str] = {}
+        wrote: set[int] = set()
+        step = 0
+        while todo := [(i, route.writes[step]) for i, (_, route) in enumerate(routed)
+                       if i not in refused and step < len(route.writes)]:
+            # A record's next write only after its previous one is in (see the module doc).
+            calls = []
+            for i, write in todo:
+                keys = [write.marker, *([write.stream] if write.stream else []),
+                        *([write.hash_key] if write.hash_key else [])]
+                fields = [item for pair in write.hash_fields.items() for item in pair]
+                calls.append((keys, [ttl_ms, str(write.maxlen), routed[i][0].to_bytes(), write.channel,
+                                     record_id(routed[i][0]), "1" if write.stream else "0",
+                                     "1" if write.hash_key else "0", *fields]))
+            for (i, _), result in zip(todo, self._call_script(calls), strict=True):
+                if (reason := _refusal(result)) is not None:
+                    refused[i] = reason
+                elif result == 1:
+                    wrote.add(i)
+            step += 1
+        self.duplicates += sum(1 for i in range(len(routed)) if i not in refused and i not in wrote)
+        return [(routed[i][0], reason) for i, reason in sorted(refused.items())] or None
 
-# KEYS: 1 the customer's list, 2 layout. ARGV: 1 the summary, 2 the list's length,
-# 3 layout version.
+# KEYS: 1 the customer's list. ARGV: 1 the summary, 2 the list's length.
 # A summary already in the list is not pushed again: the events a restart replays from the
 # last snapshot were written before the crash, and are still there unless more than the
 # list's length of newer events followed them (then they are pushed again, at the head).
-_PUSH_RECENT = _check_layout("KEYS[2]", "ARGV[3]") + _check_type("KEYS[1]", "list", "recent events") + """
-if not layout then
-  redis.call('SET', KEYS[2], ARGV[3])
+_PUSH_RECENT = _WRONG_TYPE + """
+local problem = wrong_type(KEYS[1], 'list', 'recent events')
+if problem then
+  return redis.error_reply(problem)
 end
 local length = tonumber(ARGV[2])
 for _, held in ipairs(redis.call('LRANGE', KEYS[1], 0, length - 1)) do
@@ -266,7 +342,7 @@ class RedisEventsSink(_ScriptedSink):
     replayed event that had already been trimmed away comes back once, at the head). Records
     other than ``EventSummary`` are ignored."""
 
-    def __init__(self, url: str, dead_letters: DeadLetterOut, length: int, prefix: str = "crm:",
+    def __init__(self, url: str | RedisEndpoint, dead_letters: DeadLetterOut, length: int, prefix: str = "crm:",
                  socket_timeout_s: float = 5.0, capacity: int = 10_000,
                  policy: RetryPolicy | None = None, batch_size: int = 500) -> None:
         if length < 1:
@@ -276,12 +352,18 @@ class RedisEventsSink(_ScriptedSink):
         self.length = length
 
     def deliver(self, records: list[Record]) -> list[tuple[Record, str]] | None:
-        pipe = self._client.pipeline(transaction=False)
+        summaries = [record for record in records if isinstance(record, EventSummary)]
+        if not summaries:
+            return None
+        if (refused_all := self._layout_refusal(list(summaries))) is not None:
+            return refused_all
         length = str(self.length)
-        pushed: list[Record] = []
-        for record in records:
-            if isinstance(record, EventSummary):
-                self._script(keys=[self.keys.customer_events(record.customer_id), self.keys.layout()],
-                             args=[record.to_bytes(), length, LAYOUT_VERSION], client=pipe)
-                pushed.append(record)
-        return self._settle(pipe, pushed)
+        results = self._call_script([([self.keys.customer_events(s.customer_id)], [s.to_bytes(), length])
+                                     for s in summaries])
+        refused: list[tuple[Record, str]] = []
+        for summary, result in zip(summaries, results, strict=True):
+            if (reason := _refusal(result)) is not None:
+                refused.append((summary, reason))
+            elif result == 0:
+                self.duplicates += 1
+        return refused or None

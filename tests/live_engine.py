@@ -21,6 +21,7 @@ from flows.modes import live_flow
 from ops import EngineMetrics, Telemetry
 from ops.health import Readiness
 from schemas.outputs import format_ts
+from schemas.redis_keys import RedisKeys
 from tests.conftest import audit_key_file
 
 
@@ -66,7 +67,7 @@ def live_engine(settings: Settings, registry: CollectorRegistry | None = None) -
 
 def inject(client: redis.Redis, settings: Settings, *events: dict[str, Any]) -> None:
     """Add events to the engine's input stream, as the dashboard adds its feedback."""
-    key = f"{settings.redis.key_prefix}{settings.redis.input_stream}"
+    key = RedisKeys(settings.redis.key_prefix).input_stream(settings.redis.input_stream)
     for event in events:
         client.xadd(key, {"data": orjson.dumps(event)})
 

@@ -147,3 +147,129 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _redis_binaries() -> tuple[str, str]:
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        raise RuntimeError("redis-server and redis-cli are not installed: `apt-get install -y redis-server` "
+                           "(`make test` installs it when missing)")
+    return server, cli
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
+@dataclass(frozen=True)
+class RedisClusterNodes:
+    """A running Redis Cluster of masters without replicas; ``url`` names its first node."""
+
+    ports: tuple[int, ...]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+
+@contextmanager
+def redis_cluster(log_dir: Path, masters: int = 3, timeout: float = 30.0) -> Iterator[RedisClusterNodes]:
+    """A fresh Redis Cluster of ``masters`` ``redis-server --cluster-enabled yes`` on free
+    loopback ports (each with its own directory and bus port), its slots spread by
+    ``redis-cli --cluster create``; killed on exit. ``RuntimeError`` with the logs' tail if
+    it does not reach ``cluster_state:ok`` within ``timeout``."""
+    server, cli = _redis_binaries()
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    logs: list[Path] = []
+    try:
+        for _ in range(masters):
+            port, bus = free_port(), free_port()
+            data = log_dir / f"redis-cluster-{port}"
+            data.mkdir(parents=True, exist_ok=True)
+            logs.append(log_dir / f"redis-cluster-{port}.log")
+            with open(logs[-1], "wb") as log:
+                procs.append(subprocess.Popen(
+                    [server, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
+                     "--cluster-enabled", "yes", "--cluster-config-file", str(data / "nodes.conf"),
+                     "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no", "--dir", str(data)],
+                    stdout=log, stderr=subprocess.STDOUT))
+            ports.append(port)
+        for port, proc in zip(ports, procs, strict=True):
+            _wait_for_port(port, proc)
+        create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                                 "--cluster-replicas", "0", "--cluster-yes"],
+                                capture_output=True, timeout=timeout, check=False)
+        if create.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed ({create.returncode}): "
+                               f"{(create.stdout + create.stderr).decode(errors='replace')[-2000:]}")
+
+        def ready() -> bool:
+            for port in ports:
+                info = subprocess.run([cli, "-p", str(port), "cluster", "info"], capture_output=True, timeout=5,
+                                      check=False).stdout
+                if b"cluster_state:ok" not in info:
+                    return False
+            return True
+        if not wait_until(ready, timeout, every=0.2):
+            tails = "\n".join(f"{path.name}: {path.read_bytes()[-500:].decode(errors='replace')}" for path in logs)
+            raise RuntimeError(f"the Redis Cluster on {ports} did not reach cluster_state:ok in {timeout}s\n{tails}")
+        yield RedisClusterNodes(tuple(ports))
+    finally:
+        _stop(procs)
+
+
+@dataclass(frozen=True)
+class RedisSentinelSetup:
+    """A Redis master watched by one Sentinel under the service ``service``."""
+
+    master_port: int
+    sentinel_port: int
+    service: str
+
+    @property
+    def master_url(self) -> str:
+        return f"redis://127.0.0.1:{self.master_port}/0"
+
+    def url(self, db: int = 0) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}/{db}"
+
+
+@contextmanager
+def redis_sentinel(log_dir: Path, service: str = "crm-master", timeout: float = 30.0) -> Iterator[RedisSentinelSetup]:
+    """A fresh ``redis-server`` master and a ``redis-server <conf> --sentinel`` monitoring
+    it, on free loopback ports; killed on exit. ``RuntimeError`` if the Sentinel does not
+    name the master within ``timeout``."""
+    server, cli = _redis_binaries()
+    master_port, sentinel_port = free_port(), free_port()
+    data = log_dir / f"redis-sentinel-{sentinel_port}"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "sentinel.conf"  # the Sentinel rewrites its configuration file: it must be writable
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {data}\n"
+                    f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
+                    f"sentinel down-after-milliseconds {service} 5000\n")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with open(data / "master.log", "wb") as log:
+            procs.append(subprocess.Popen([server, "--port", str(master_port), "--bind", "127.0.0.1", "--save", "",
+                                           "--appendonly", "no", "--dir", str(data)],
+                                          stdout=log, stderr=subprocess.STDOUT))
+        _wait_for_port(master_port, procs[0])
+        with open(data / "sentinel.log", "wb") as log:
+            procs.append(subprocess.Popen([server, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT))
+        _wait_for_port(sentinel_port, procs[1])
+
+        def named() -> bool:
+            reply = subprocess.run([cli, "-p", str(sentinel_port), "sentinel", "get-master-addr-by-name", service],
+                                   capture_output=True, timeout=5, check=False).stdout
+            return str(master_port).encode() in reply
+        if not wait_until(named, timeout, every=0.2):
+            raise RuntimeError(f"the Sentinel on {sentinel_port} did not name the master of {service} in {timeout}s")
+        yield RedisSentinelSetup(master_port, sentinel_port, service)
+    finally:
+        _stop(procs)

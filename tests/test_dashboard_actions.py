@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from schemas.outputs import Alert, Reason, format_ts
+from schemas.redis_keys import RedisKeys
 from sinks.delivery import JsonlDeadLetters
 from sinks.redis import RedisSink
 from tests.dashboard_env import Dashboard, dashboard
@@ -39,7 +40,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboard,
         sink.open()
         sink.write_batch([alert(i) for i in range(6)])
         sink.close()
-        client.xadd(f"{PREFIX}rm:rm001:prompts", {"id": "nb-act", "data": orjson.dumps({
+        client.xadd(RedisKeys(PREFIX).rm_prompts("rm001"), {"id": "nb-act", "data": orjson.dumps({
             "prompt_id": "nb-act", "customer_id": "c-act-0", "rm_id": "rm001", "action": "rm_call", "product_id": None,
             "score": 0.1, "reasons": [], "expires_at": "2030-01-01T00:00:00.000Z", "policy_version": "p",
             "trigger": "large_credit", "event_id": "e-x", "event_ts": "2026-01-01T00:00:00.000Z",
@@ -52,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboard,
 
 def sent(client: redis.Redis) -> list[dict]:
     """Every event the dashboard added to the engine's input stream."""
-    return [orjson.loads(fields[b"data"]) for _, fields in client.xrange(f"{PREFIX}feedback:in")]
+    return [orjson.loads(fields[b"data"]) for _, fields in client.xrange(RedisKeys(PREFIX).input_stream("feedback:in"))]
 
 
 def test_closing_twice_sends_one_label_and_a_closed_alert_cannot_be_snoozed(

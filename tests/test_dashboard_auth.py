@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from schemas.redis_keys import RedisKeys
 from tests.dashboard_env import Dashboard, dashboard
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover, wait_for
 from tests.services import redis_server
@@ -42,9 +43,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboard,
             inject(client, settings, {"kind": "feedback", "event_id": "fb-rm1", "customer_id": "c-rm1-cust",
                                       "ts": refs["c-rm1-cust"]["event_ts"], "label": "fraud",
                                       "ref_event_id": "c-rm1-cust-steal"})
-            wait_for(lambda: b"fb-rm1" in (client.lindex("da:customer:c-rm1-cust:events", 0) or b""))
+            wait_for(lambda: b"fb-rm1" in (client.lindex(RedisKeys("da:").customer_events("c-rm1-cust"), 0) or b""))
             # a prompt in rm002's stream, as the engine writes one
-            client.xadd("da:rm:rm002:prompts", {"id": "nb-x", "data": (
+            client.xadd(RedisKeys("da:").rm_prompts("rm002"), {"id": "nb-x", "data": (
                 b'{"prompt_id":"nb-x","customer_id":"c-rm2-cust","rm_id":"rm002","action":"rm_call","product_id":null,'
                 b'"score":0.1,"reasons":[],"expires_at":"2030-01-01T00:00:00.000Z","policy_version":"p",'
                 b'"trigger":"large_credit","event_id":"e-x","event_ts":"2026-01-01T00:00:00.000Z","schema_version":"1"}')})

@@ -16,6 +16,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from schemas.redis_keys import RedisKeys
 from tests.challenger_stream import quick_challenger, xor_events
 from tests.dashboard_env import PASSWORD, dashboard
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover, wait_for
@@ -78,7 +79,7 @@ def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp
             analyst.click("#act-fraud")  # type: ignore[attr-defined]
             analyst.wait_for_selector("#detail-status:text('closed_fraud')")  # type: ignore[attr-defined]
             wait_for(lambda: feedback("fraud") == 1.0)
-            sent = [orjson.loads(f[b"data"]) for _, f in client.xrange("e2e:feedback:in")]
+            sent = [orjson.loads(f[b"data"]) for _, f in client.xrange(RedisKeys("e2e:").input_stream("feedback:in"))]
             label = [e for e in sent if e.get("label") == "fraud"]
             assert len(label) == 1 and label[0]["ref_event_id"] == "c-e2e-1-steal"
             analyst.screenshot(path=str(shots / "risk-closed.png"))  # type: ignore[attr-defined]
@@ -118,9 +119,9 @@ def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(b
         with live_engine(settings, registry):
             pipe = client.pipeline(transaction=False)
             for event in xor_events():
-                pipe.xadd("cc:feedback:in", {"data": orjson.dumps(event)})
+                pipe.xadd(RedisKeys("cc:").input_stream("feedback:in"), {"data": orjson.dumps(event)})
             pipe.execute()
-            change = orjson.loads(wait_for(lambda: client.hget("cc:models", "change"), timeout=120,
+            change = orjson.loads(wait_for(lambda: client.hget(RedisKeys("cc:").models(), "change"), timeout=120,
                                            what="a change of champion in Redis"))
             assert (change["action"], change["from_model"], change["to_model"]) == ("promoted", "linear", "gbm")
             wait_for(lambda: gauge("champion", "gbm") == 1.0, what="the champion gauge")
@@ -130,7 +131,7 @@ def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(b
             assert (gauge("prequential_auc", "gbm") or 0.0) > (gauge("prequential_auc", "linear") or 1.0)
             assert registry.get_sample_value("crm_engine_model_champion_changes_total", {"action": "promoted"}) == 1.0
             def audited() -> list[str]:
-                entries = [orjson.loads(entry) for entry in client.lrange("cc:audit", 0, -1)]
+                entries = [orjson.loads(entry) for entry in client.lrange(RedisKeys("cc:").audit_log("audit"), 0, -1)]
                 return [e["id"] for e in entries if e["kind"] == "model_change"]
             assert wait_for(audited, what="the change in the audit log") == [change["change_id"]]
             with dashboard(settings, tmp_path) as dash:

@@ -85,7 +85,7 @@ def test_signing_out_revokes_the_session_and_ends_its_event_stream(world: tuple[
     assert old.post("/api/alerts/x/acknowledge", json={}, headers={"X-CSRF-Token": csrf}).status_code == 401
     assert stream.ends_within(3) - signed_out < 2.5
     assert other.get("/api/alerts").status_code == 200
-    keys = redis.Redis.from_url(srv.url).keys(f"{PREFIX}dash:session:*")
+    keys = redis.Redis.from_url(srv.url).keys(f"{PREFIX}{{dash}}:session:*")
     assert len(keys) == 1  # the other session's, and no session id in clear: its SHA-256
     assert other.cookies["crm_session"].split(".")[0] not in keys[0].decode()
 

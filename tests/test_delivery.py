@@ -14,6 +14,7 @@ import redis
 
 from schemas.events import event_from_obj
 from schemas.outputs import Alert, EventSummary, Reason
+from schemas.redis_keys import RedisKeys
 from sinks.delivery import JsonlDeadLetters, RetryPolicy
 from sinks.redis import RedisEventsSink, RedisSink
 from sinks.webhook import WebhookSink
@@ -52,9 +53,9 @@ def test_redis_sink_routes_alerts_once(redis_srv: RedisServer, tmp_path: Path) -
     sink.write_batch(alerts[:6])
     sink.write_batch(alerts[3:])  # 3..5 again: a retry or a replay after recovery
     sink.close()
-    assert stream_ids(client, "t1:alerts") == [a.alert_id for a in alerts]
+    assert stream_ids(client, RedisKeys("t1:").alerts()) == [a.alert_id for a in alerts]
     assert sink.delivered == 13 and sink.duplicates == 3 and sink.dead_lettered == 0
-    customer = client.hgetall("t1:customer:c1")
+    customer = client.hgetall(RedisKeys("t1:").customer("c1"))
     assert float(customer[b"fraud_score"]) == 0.9
     assert {k for k in customer if k.startswith(b"open:")} == {
         f"open:{a.alert_id}".encode() for a in alerts if a.customer_id == "c1"}
@@ -67,7 +68,7 @@ def test_redis_sink_routes_alerts_once(redis_srv: RedisServer, tmp_path: Path) -
     again.open(resume=alerts[8:])
     again.write_batch(make_alerts(2, start=9))
     again.close()
-    assert stream_ids(client, "t1:alerts") == [a.alert_id for a in alerts] + ["al-00010"]
+    assert stream_ids(client, RedisKeys("t1:").alerts()) == [a.alert_id for a in alerts] + ["al-00010"]
     assert again.duplicates == 3
 
 
@@ -84,7 +85,8 @@ def test_recent_events_are_capped_newest_first_and_replays_are_skipped(redis_srv
     client = redis.Redis.from_url(redis_srv.url)
 
     def listed(customer: str) -> list[str]:
-        return [orjson.loads(raw)["event_id"] for raw in client.lrange(f"t5:customer:{customer}:events", 0, -1)]
+        held = client.lrange(RedisKeys("t5:").customer_events(customer), 0, -1)
+        return [orjson.loads(raw)["event_id"] for raw in held]
 
     sink = RedisEventsSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), 4, prefix="t5:")
     sink.open()
@@ -104,7 +106,7 @@ def test_recent_events_are_capped_newest_first_and_replays_are_skipped(redis_srv
     assert listed("c0") == ["e0012", "e0010", "e0008", "e0006"]
     assert listed("c1") == ["e0011", "e0009", "e0007", "e0005"]
     assert again.duplicates == 5  # 10 and 11 resumed, then 9, 10 and 11 replayed
-    summary = orjson.loads(client.lindex("t5:customer:c0:events", 0))
+    summary = orjson.loads(client.lindex(RedisKeys("t5:").customer_events("c0"), 0))
     assert summary == {"event_id": "e0012", "customer_id": "c0", "kind": "transaction", "ts": "2026-01-05T11:00:12Z",
                        "amount": 12.0, "currency": "CNY", "direction": "debit", "counterparty_id": "p1",
                        "schema_version": summary["schema_version"]}
@@ -119,7 +121,7 @@ def test_redis_stream_is_bounded(redis_srv: RedisServer, tmp_path: Path) -> None
     for start in range(0, 2000, 100):
         sink.write_batch(make_alerts(100, start=start))
     sink.close()
-    length = redis.Redis.from_url(redis_srv.url).xlen("t2:alerts")
+    length = redis.Redis.from_url(redis_srv.url).xlen(RedisKeys("t2:").alerts())
     assert 100 <= length < 400, length  # MAXLEN ~ trims whole macro nodes
 
 
@@ -144,7 +146,7 @@ def test_redis_outage_delays_but_loses_nothing(redis_srv: RedisServer, tmp_path:
         redis_srv.resume()
     assert wait_until(lambda: sink.buffer_depth == 0, 30)
     sink.close()
-    ids = stream_ids(redis.Redis.from_url(redis_srv.url), "t3:alerts")
+    ids = stream_ids(redis.Redis.from_url(redis_srv.url), RedisKeys("t3:").alerts())
     assert ids == [a.alert_id for a in alerts]
     assert dead_letters(dead) == []
 
@@ -154,8 +156,6 @@ def test_a_redis_error_is_never_taken_for_a_duplicate(redis_srv: RedisServer, tm
     layout's): the record is refused with the reason, nothing of it is written (no delivered
     marker, no stream entry), the rest of the batch is delivered, and once the key is gone the
     same record is written, not skipped as already delivered."""
-    from schemas.redis_keys import RedisKeys
-
     client = redis.Redis.from_url(redis_srv.url)
     keys = RedisKeys("t6:")
     client.rpush(keys.customer("c1"), "a list where the customer's hash goes")
@@ -171,8 +171,9 @@ def test_a_redis_error_is_never_taken_for_a_duplicate(redis_srv: RedisServer, tm
     letters = dead_letters(dead)
     assert {letter["source"]["id"] for letter in letters} == refused
     assert all("WRONGTYPE" in letter["reason"] for letter in letters)
-    assert stream_ids(client, "t6:alerts") == [a.alert_id for a in alerts if a.alert_id not in refused]
-    assert not any(client.exists(keys.delivered(rid)) for rid in refused)
+    assert stream_ids(client, RedisKeys("t6:").alerts()) == [a.alert_id for a in alerts if a.alert_id not in refused]
+    assert not any(client.exists(keys.customer_delivered("c1", rid)) or client.exists(keys.delivered(rid))
+                   for rid in refused)
     client.delete(keys.customer("c1"))
     again = RedisSink(redis_srv.url, JsonlDeadLetters(dead), prefix="t6:")
     again.open()
@@ -180,7 +181,7 @@ def test_a_redis_error_is_never_taken_for_a_duplicate(redis_srv: RedisServer, tm
     again.close()
     assert again.duplicates == 4 and again.dead_lettered == 0
     assert float(client.hget(keys.customer("c1"), "fraud_score")) == 0.9
-    assert sorted(stream_ids(client, "t6:alerts")) == sorted(a.alert_id for a in alerts)
+    assert sorted(stream_ids(client, RedisKeys("t6:").alerts())) == sorted(a.alert_id for a in alerts)
 
 
 def test_a_redis_prefix_of_another_key_layout_is_refused(redis_srv: RedisServer, tmp_path: Path) -> None:
@@ -217,7 +218,8 @@ def test_buffer_overflow_goes_to_the_dead_letter(redis_srv: RedisServer, tmp_pat
     assert [letter["source"]["id"] for letter in letters] == [a.alert_id for a in alerts[50:]]
     assert all("buffer full" in letter["reason"] for letter in letters)
     assert orjson.loads(letters[0]["payload"])["alert_id"] == "al-00050"
-    assert stream_ids(redis.Redis.from_url(redis_srv.url), "t4:alerts") == [a.alert_id for a in alerts[:50]]
+    assert stream_ids(redis.Redis.from_url(redis_srv.url), RedisKeys("t4:").alerts()) == [
+        a.alert_id for a in alerts[:50]]
 
 
 def test_webhook_survives_500s_and_timeouts(tmp_path: Path) -> None:

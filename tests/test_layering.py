@@ -30,7 +30,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset({"detectors", "engine", "schemas"}),  # loaded by the entry point, handed down
     "flows": frozenset({"config", "detectors", "engine", "ops", "schemas", "sinks"}),
     "simulator": frozenset({"config", "schemas"}),
-    "dashboard": frozenset({"config", "schemas"}),
+    # sinks: only sinks.redis_client, the one Redis client factory (plain, Cluster, Sentinel).
+    "dashboard": frozenset({"config", "schemas", "sinks"}),
 }
 UNRESTRICTED = frozenset({"run", "bench", "tests"})
 #: Third-party packages the plain-Python layers may use (and the standard library).

@@ -20,6 +20,7 @@ from flows.outputs import as_single_writer
 from flows.sources import ReplaySource, load_replay
 from schemas.audit import AuditKeys
 from schemas.outputs import Alert, Reason, format_ts
+from schemas.redis_keys import RedisKeys
 from sinks.audit import RedisAuditSink, verify_redis
 from sinks.delivery import JsonlDeadLetters
 from sinks.redis import RedisSink
@@ -156,7 +157,7 @@ def test_snoozes_dedup_and_grouping_reach_redis(sim_stream: tuple[Path, Path], t
                           audit={"audit": as_single_writer(lambda: RedisAuditSink(server.url, "lc:audit", keys, dead))})
         execute(build_flow(ReplaySource(load_replay(path)), outputs, engine_config(settings, event_clock)), settings, 1)
         client = redis.Redis.from_url(server.url)
-        stream = [orjson.loads(f[b"data"]) for _, f in client.xrange("lc:alerts")]
+        stream = [orjson.loads(f[b"data"]) for _, f in client.xrange(RedisKeys("lc:").alerts())]
         assert sorted(a["alert_id"] for a in stream) == sorted(a["alert_id"] for a in expected)
         # The customer hash holds one open entry per group, the latest revision of it.
         latest: dict[tuple[str, str], dict] = {}
@@ -165,7 +166,7 @@ def test_snoozes_dedup_and_grouping_reach_redis(sim_stream: tuple[Path, Path], t
             if key not in latest or alert["revision"] > latest[key]["revision"]:
                 latest[key] = alert
         some_customer = expected[0]["customer_id"]
-        fields = client.hgetall(f"lc:customer:{some_customer}")
+        fields = client.hgetall(RedisKeys("lc:").customer(some_customer))
         opened = {k.decode()[5:]: orjson.loads(v) for k, v in fields.items() if k.startswith(b"open:")}
         assert {g: a["alert_id"] for g, a in opened.items()} == {
             g: a["alert_id"] for (c, g), a in latest.items() if c == some_customer}

@@ -13,6 +13,7 @@ import redis
 from config.actions import load_actions
 from schemas.events import parse_timestamp
 from schemas.outputs import Prompt, Reason
+from schemas.redis_keys import RedisKeys
 from sinks.delivery import JsonlDeadLetters
 from sinks.redis import RedisSink
 from tests.conftest import replay
@@ -56,5 +57,5 @@ def test_prompts_reach_their_rms_streams_in_redis(tmp_path: Path) -> None:
         sink.close()
         client = redis.Redis.from_url(server.url)
         for rm in ("rm0", "rm1"):
-            ids = [fields[b"id"].decode() for _, fields in client.xrange(f"p:rm:{rm}:prompts")]
+            ids = [fields[b"id"].decode() for _, fields in client.xrange(RedisKeys("p:").rm_prompts(rm))]
             assert ids == [p.prompt_id for p in prompts if p.rm_id == rm]

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from schemas.audit import AuditKeys
+from schemas.redis_keys import RedisKeys
 from simulator import SimulatorConfig, write_jsonl
 from sinks.audit import verify_file
 from tests.brokers import consume_all, create_topics, produce, tansu_broker, tansu_process
@@ -52,12 +53,12 @@ def stop(engine: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def redis_count(server: RedisServer) -> int:
-    return int(redis.Redis.from_url(server.url).xlen("rec:alerts"))
+    return int(redis.Redis.from_url(server.url).xlen(RedisKeys("rec:").alerts()))
 
 
 def redis_ids(server: RedisServer) -> list[str]:
     client = redis.Redis.from_url(server.url)
-    return [fields[b"id"].decode() for _, fields in client.xrange("rec:alerts")]
+    return [fields[b"id"].decode() for _, fields in client.xrange(RedisKeys("rec:").alerts())]
 
 
 def redis_count_while_down(server: RedisServer) -> int | None:

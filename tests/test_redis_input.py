@@ -17,9 +17,13 @@ import orjson
 import pytest
 import redis
 
+from schemas.redis_keys import RedisKeys
 from tests.conftest import ROOT, replay
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover, wait_for
 from tests.services import RedisServer, redis_server
+
+RI_IN, RG_IN, RS_IN = (RedisKeys("ri:").input_stream("feedback:in"), RedisKeys("rg:").input_stream("feedback:in"),
+                       RedisKeys("rs:").input_stream("events"))
 
 
 @pytest.fixture
@@ -29,18 +33,18 @@ def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def alerts(client: redis.Redis, prefix: str) -> list[dict]:
-    return [orjson.loads(fields[b"data"]) for _, fields in client.xrange(f"{prefix}alerts")]
+    return [orjson.loads(fields[b"data"]) for _, fields in client.xrange(RedisKeys(prefix).alerts())]
 
 
 def test_injected_events_reach_the_engine_and_alert(redis_srv: RedisServer, tmp_path: Path) -> None:
     client = redis.Redis.from_url(redis_srv.url)
     settings = engine_settings(redis_srv.url, "ri:", tmp_path, recent_events=3)
     now = time.time()
-    client.xadd("ri:feedback:in", {"data": b'{"kind":"transaction"}'})  # before the start: not read
+    client.xadd(RI_IN, {"data": b'{"kind":"transaction"}'})  # before the start: not read
     with live_engine(settings):
         time.sleep(0.5)
         inject(client, settings, *history("c-in-1", "rm001", now))
-        client.xadd("ri:feedback:in", {"data": b"not json"})
+        client.xadd(RI_IN, {"data": b"not json"})
         inject(client, settings, *takeover("c-in-1", now))
         found = wait_for(lambda: alerts(client, "ri:"))
         assert found[0]["customer_id"] == "c-in-1" and found[0]["type"] == "account_takeover"
@@ -49,12 +53,12 @@ def test_injected_events_reach_the_engine_and_alert(redis_srv: RedisServer, tmp_
         inject(client, settings, {"kind": "feedback", "event_id": "fb-1", "ts": found[0]["event_ts"],
                                   "customer_id": "c-in-1", "label": "fraud", "ref_event_id": "c-in-1-steal",
                                   "ref_alert_id": found[0]["alert_id"]})
-        wait_for(lambda: client.get("ri:feedback:in:cursor") == client.xrevrange("ri:feedback:in", count=1)[0][0])
+        wait_for(lambda: client.get(RI_IN + ":cursor") == client.xrevrange(RI_IN, count=1)[0][0])
     # the audit trail holds the alert; dead letters of the Redis sink: none
-    audit = [orjson.loads(e) for e in client.lrange("ri:audit", 0, -1)]
+    audit = [orjson.loads(e) for e in client.lrange(RedisKeys("ri:").audit_log("audit"), 0, -1)]
     assert [e["id"] for e in audit if e["kind"] == "alert"] == [found[0]["alert_id"]]
     # each customer's 3 latest valid events, newest first, summarised (no device ids)
-    recent = [orjson.loads(raw) for raw in client.lrange("ri:customer:c-in-1:events", 0, -1)]
+    recent = [orjson.loads(raw) for raw in client.lrange(RedisKeys("ri:").customer_events("c-in-1"), 0, -1)]
     assert [e["event_id"] for e in recent] == ["fb-1", "c-in-1-steal", "c-in-1-reset"]
     assert recent[0]["label"] == "fraud" and recent[1]["amount"] == 48_000.0
     assert recent[1]["counterparty_id"] == "p-unknown" and "device_id" not in recent[1]
@@ -64,7 +68,7 @@ def test_injected_events_reach_the_engine_and_alert(redis_srv: RedisServer, tmp_
         wait_for(lambda: len(alerts(client, "ri:")) >= 2)
         time.sleep(0.3)
     assert [a["customer_id"] for a in alerts(client, "ri:")] == ["c-in-1", "c-in-2"]
-    assert client.llen("ri:customer:c-in-1:events") == 3 and client.llen("ri:customer:c-in-2:events") == 3
+    assert all(client.llen(RedisKeys("ri:").customer_events(c)) == 3 for c in ("c-in-1", "c-in-2"))
 
 
 def test_redis_as_the_only_source_gives_the_replays_alerts(redis_srv: RedisServer, sim_stream: tuple[Path, Path],
@@ -79,10 +83,10 @@ def test_redis_as_the_only_source_gives_the_replays_alerts(redis_srv: RedisServe
     pipe = client.pipeline(transaction=False)
     for i, line in enumerate(lines):
         if i in bad:
-            pipe.xadd("rs:events", {"data": bad[i]})
-        pipe.xadd("rs:events", {"data": line})
+            pipe.xadd(RS_IN, {"data": bad[i]})
+        pipe.xadd(RS_IN, {"data": line})
     pipe.execute()
-    client.set("rs:events:cursor", "0-0")  # read the stream from its start
+    client.set(RS_IN + ":cursor", "0-0")  # read the stream from its start
     expected = replay(events, tmp_path / "replay").raw("alerts").splitlines()
     assert expected
     dead_file = tmp_path / "dead.jsonl"
@@ -107,7 +111,7 @@ def test_redis_as_the_only_source_gives_the_replays_alerts(redis_srv: RedisServe
     assert sorted(map(without_emitted_at, got), key=str) == sorted(
         (without_emitted_at(orjson.loads(line)) for line in expected), key=str)
     letters = [orjson.loads(line) for line in dead_file.read_bytes().splitlines()]
-    assert len(letters) == len(bad) and all(letter["source"]["stream"] == "rs:events" for letter in letters)
+    assert len(letters) == len(bad) and all(letter["source"]["stream"] == RS_IN for letter in letters)
     assert b"rdkafka" not in log.read_bytes()
 
 
@@ -195,13 +199,13 @@ def test_the_live_engine_reads_as_a_group_and_acknowledges(redis_srv: RedisServe
     settings = replace(settings, redis=replace(settings.redis, input_group="crm-engine", input_consumer="engine-0"))
     now = time.time()
     with live_engine(settings):
-        wait_for(lambda: client.exists("rg:feedback:in"), what="the group and its stream created")
+        wait_for(lambda: client.exists(RG_IN), what="the group and its stream created")
         inject(client, settings, *history("c-g-1", "rm001", now), *takeover("c-g-1", now))
         found = wait_for(lambda: [a for a in alerts(client, "rg:") if a["customer_id"] == "c-g-1"],
                          what="the takeover's alert")
         assert found[0]["type"] == "account_takeover"
-        wait_for(lambda: client.xpending("rg:feedback:in", "crm-engine")["pending"] == 0,
+        wait_for(lambda: client.xpending(RG_IN, "crm-engine")["pending"] == 0,
                  what="every entry acknowledged at an epoch's end")
-    groups = client.xinfo_groups("rg:feedback:in")
+    groups = client.xinfo_groups(RG_IN)
     assert [g["name"] for g in groups] == [b"crm-engine"] and groups[0]["consumers"] == 1
-    assert not client.exists("rg:feedback:in:cursor")  # the group, not a cursor, keeps the position
+    assert not client.exists(RG_IN + ":cursor")  # the group, not a cursor, keeps the position

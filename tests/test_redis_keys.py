@@ -36,9 +36,10 @@ ONE_ID: list[Callable[[str], str]] = [
     KEYS.customer_prompts, KEYS.owner, KEYS.customer_ref, KEYS.prompt, KEYS.rm_queue, KEYS.rm_accepted,
     KEYS.rm_stats, KEYS.session, KEYS.user_sessions, KEYS.lock, KEYS.queue, KEYS.queue_cache,
     lambda v: KEYS.queue_by("rm", v), lambda v: KEYS.queue_by("type", v),
-    lambda v: KEYS.login_failures("user", v), lambda v: KEYS.login_failures("ip", v)]
+    lambda v: KEYS.login_failures("user", v), lambda v: KEYS.login_failures("ip", v),
+    lambda v: KEYS.customer_delivered(v, v), lambda v: KEYS.rm_delivered(v, v)]
 FIXED = [KEYS.layout(), KEYS.alerts(), KEYS.alerts_channel(), KEYS.ref_key(), KEYS.cursors(), KEYS.scores(),
-         KEYS.volume()]
+         KEYS.volume(), KEYS.models(), KEYS.model_changes(), KEYS.input_stream("feedback:in"), KEYS.audit_log("audit")]
 
 
 @given(st.lists(st.text(min_size=0, max_size=130), min_size=2, max_size=6, unique=True))
@@ -48,7 +49,21 @@ def test_no_two_ids_or_kinds_of_key_share_a_key(ids: list[str]) -> None:
         for value in ids:
             key = make(value)
             assert owner.setdefault(key, (kind, value)) == (kind, value), (key, owner[key], (kind, value))
-            assert key.count("{") == key.count("}") == 0  # no id chooses a cluster hash slot
+            # one hash tag, the layout's: an id's own encoding, or a fixed tag (no id chooses a slot)
+            assert key.count("{") == key.count("}") == 1, key
+            assert key[key.index("{") + 1:key.index("}")] in (encode(value) or "%", "engine", "dash"), key
+
+
+@given(st.text(max_size=130), st.text(max_size=130))
+def test_one_customers_keys_share_a_hash_tag_and_so_a_slot(customer: str, record: str) -> None:
+    def tag(key: str) -> str:
+        return key[key.index("{") + 1:key.index("}")]
+    assert tag(KEYS.customer(customer)) == tag(KEYS.customer_events(customer)) \
+        == tag(KEYS.customer_delivered(customer, record))
+    assert tag(KEYS.rm_prompts(customer)) == tag(KEYS.rm_delivered(customer, record))
+    assert tag(KEYS.alerts()) == tag(KEYS.delivered(record)) == tag(KEYS.models()) == tag(KEYS.model_changes())
+    assert tag(KEYS.alert(record)) == tag(KEYS.queue("all")) == tag(KEYS.input_stream("in")) \
+        == tag(KEYS.customer_alerts(customer)) == tag(KEYS.owner(customer))
 
 
 @given(st.text(max_size=200))
@@ -116,7 +131,7 @@ def test_hostile_ids_are_written_by_the_engine_and_served_by_the_dashboard(tmp_p
             owned = {c for c in HOSTILE if client.get(keys.owner(c)) == HOSTILE_RM.encode()}
             assert owned == {c for c in HOSTILE if rm_of[c] == HOSTILE_RM}
         assert not dead.exists() or dead.read_text() == ""
-        assert client.get(keys.layout()) == b"2"
+        assert client.get(keys.layout()) == b"3"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # uvicorn exits its thread

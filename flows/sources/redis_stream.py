@@ -17,6 +17,8 @@ from engine.admission import InputBounds, WallClockGuard
 from flows.items import Sequenced
 from flows.sources.common import SourceItem, decode, refuse
 from schemas.outputs import DeadLetter
+from schemas.redis_url import RedisEndpoint
+from sinks.redis_client import connect
 
 if TYPE_CHECKING:
     from ops import Telemetry
@@ -208,7 +210,7 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
     not delivered yet plus those pending) is ``crm_engine_source_consumer_lag_messages``.
     """
 
-    def __init__(self, url: str, key: str, stop: threading.Event | None = None,
+    def __init__(self, url: str | RedisEndpoint, key: str, stop: threading.Event | None = None,
                  batch_size: int = 500, socket_timeout_s: float = 5.0, bounds: InputBounds | None = None,
                  block_ms: int = 0, group: Group | None = None, telemetry: Telemetry | None = None) -> None:
         self._url, self._key, self._stop = url, key, stop or threading.Event()
@@ -224,8 +226,7 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
                    resume_state: StreamPosition | None) -> _RedisStreamPartition:
         import redis
 
-        client = redis.Redis.from_url(self._url, socket_timeout=self._timeout,
-                                      socket_connect_timeout=self._timeout)
+        client = connect(self._url, self._timeout)
         start = resume_state
         if self._group is not None:
             try:
