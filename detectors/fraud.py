@@ -48,7 +48,15 @@ from detectors.anomaly import SQUASHED, AnomalyModel, AnomalyParams, squash_rows
 from detectors.challengers import LINEAR, TREES, BoostedTrees, ChampionChallenger, ChampionParams, Change, TreesParams
 from detectors.counterparty import COUNTERPARTY_FEATURES, CounterpartyParams, CounterpartyRisk
 from detectors.profile import FEATURES, INDEX
-from detectors.risk_tables import TABLES, RateTableParams, RateTables
+from detectors.risk_tables import (
+    CATEGORY_BUCKETS,
+    CHANNEL_BUCKETS,
+    TABLES,
+    AmountNorms,
+    RateTableParams,
+    RateTables,
+    bucket,
+)
 from detectors.risk_tables import cells_batch as risk_cells_batch
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
@@ -60,11 +68,13 @@ RULE_CODES: Final = (
     "rapid_in_out", "dormant_reactivation", "unusual_foreign",
 )
 #: The supervised model's features, in the order of the vectors it is given.
-MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly",
+MODEL_FEATURES: Final = (*FEATURES, *COUNTERPARTY_FEATURES, "anomaly", "amount_vs_category",
                          *(f"risk_{name}" for name in TABLES),
                          *(f"rule_{code}" for code in RULE_CODES))
 _MODEL_INDEX: Final = {name: i for i, name in enumerate(MODEL_FEATURES)}
 _RULE_INDEX: Final = {code: i for i, code in enumerate(RULE_CODES)}
+_ANOMALY_COLUMN: Final = _MODEL_INDEX["anomaly"]
+_LOG_AMOUNT_COLUMN: Final = INDEX["log_amount"]
 _SQUASHED_COLUMNS: Final = np.array([INDEX[name] for name in SQUASHED])
 
 log = logging.getLogger(__name__)
@@ -84,7 +94,7 @@ def _feature_reason(name: str, value: float, weight: float) -> Reason:
     return Reason(code, localized_text(code, name.replace("_", " "), None, EN), value, weight)
 
 
-MODEL_REVISION: Final = "fraud-1"
+MODEL_REVISION: Final = "fraud-2"
 
 
 
@@ -149,6 +159,8 @@ class Transaction:
     counterparty_id: str | None
     hits: list[RuleHit]
     anomaly: float
+    category: str | None = None  # merchant category
+    channel: str | None = None
 
 
 class FraudDetector:
@@ -167,6 +179,8 @@ class FraudDetector:
         self.tick_end: float | None = None  # the end of the current model tick (event time)
         self._labels: list[tuple[Pending, float, bool, float]] = []  # learned at the tick's end
         self._traffic: list[tuple[str | None, float]] = []
+        self.norms = AmountNorms(p.rate_tables.halflife_days)  # each merchant category's usual amount
+        self._amounts: list[tuple[np.ndarray, np.ndarray]] = []  # (category buckets, log-amounts) scored
         self.trees = BoostedTrees(len(MODEL_FEATURES), p.gbm) if p.gbm.enabled else None
         self.models: tuple[str, ...] = (LINEAR, TREES) if self.trees is not None else (LINEAR,)
         self.selection = ChampionChallenger(p.champion, self.models)
@@ -229,6 +243,10 @@ class FraudDetector:
         counterparties = self.counterparties
         counterparties.observe_transactions(self._traffic)
         self._traffic = []
+        if self._amounts:
+            self.norms.learn_batch(np.concatenate([c for c, _ in self._amounts]),
+                                   np.concatenate([a for _, a in self._amounts]), end)
+            self._amounts = []
         labels = self._labels
         self._labels = []
         rate = self.params.supervised.implicit_legit_sample
@@ -296,9 +314,14 @@ class FraudDetector:
         p, clf = self.params, self.classifier
         t = np.array([row.t for row in rows])
         cps = [row.counterparty_id for row in rows]
+        category = np.array([bucket(row.category, CATEGORY_BUCKETS) for row in rows], dtype=np.int64)
+        channel = np.array([bucket(row.channel, CHANNEL_BUCKETS) for row in rows], dtype=np.int64)
+        log_amount = profile[:, _LOG_AMOUNT_COLUMN]
         x = np.hstack([profile, self.counterparties.features_batch(cps, t),
-                       np.array([row.anomaly for row in rows])[:, None]])
-        cells = risk_cells_batch(x)
+                       np.array([row.anomaly for row in rows])[:, None],
+                       self.norms.z_batch(category, log_amount, float(t[0]))[:, None]])
+        self._amounts.append((category, log_amount.copy()))
+        cells = risk_cells_batch(x, category, channel)
         flags = np.zeros((n, len(RULE_CODES)))
         priors = []
         for i, row in enumerate(rows):
@@ -331,7 +354,8 @@ class FraudDetector:
         out: list[Assessment | ValueError] = []
         for i, (row, score, model_score, prior_score, anomaly, ok, row_cells, row_scores) in enumerate(zip(
                 rows, scores, np.round(model, 6).tolist(), np.round(prior, 6).tolist(),
-                np.round(x[:, -1], 6).tolist(), finite.tolist(), cells.tolist(), by_model.tolist(), strict=True)):
+                np.round(x[:, _ANOMALY_COLUMN], 6).tolist(), finite.tolist(), cells.tolist(), by_model.tolist(),
+                strict=True)):
             if not ok:
                 out.append(ValueError("a transaction whose features are not all finite"))
                 continue

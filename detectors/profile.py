@@ -45,7 +45,8 @@ FEATURES: Final = (
     "velocity_1d", "hours_since_prev", "new_counterparty", "new_device", "foreign", "new_country",
     "night", "small_cnt_1h", "security_change_24h", "failed_logins_1h", "dormant",
     "near_threshold_cash_3d", "log_inflow_24h", "outflow_of_inflow_24h", "cust_frauds_14d",
-    "unusual_amount_after_fraud",
+    "unusual_amount_after_fraud", "local_hour", "hour_share", "category_share", "new_category",
+    "spend_1h_to_typical",
 )
 INDEX: Final = {name: i for i, name in enumerate(FEATURES)}
 
@@ -77,6 +78,9 @@ class ProfileParams:
     # be new against (and no typical amount to compare with).
     new_country_min_txns: int = 3
     window_capacity: int = 2048  # transactions kept for the 30 d windows
+    # The customer's hours and merchant categories are counted, and the counts halved whenever
+    # they reach this many transactions: a habit that changes is learned again.
+    habit_memory_txns: int = 400
 
 
 def _remember(seen: dict[str, None], key: str | None, capacity: int) -> bool:
@@ -99,6 +103,7 @@ class CustomerProfile:
     __slots__ = (
         "all_txns",
         "cash_near_3d",
+        "categories",
         "counterparties",
         "countries",
         "credits",
@@ -107,6 +112,8 @@ class CustomerProfile:
         "failed_logins",
         "first_t",
         "fraud_label_times",
+        "habit_n",
+        "hours",
         "last_security_t",
         "last_t",
         "last_txn_t",
@@ -151,6 +158,9 @@ class CustomerProfile:
         self.failed_logins = SlidingWindows((HOUR,), 64)
         self.fraud_label_times: list[float] = []
         self.n_app = 0
+        self.hours = [0.0] * 24  # transactions by local hour of day (halved now and then)
+        self.categories: dict[str, float] = {}  # transactions by merchant category (likewise)
+        self.habit_n = 0.0  # the transactions the two counts hold
 
     # -- updates -------------------------------------------------------------------------
 
@@ -200,6 +210,12 @@ class CustomerProfile:
             frauds_recent = float(sum(1 for ft in self.fraud_label_times if ft > cutoff))
         amount_to_mean = amount / (self.mean_amount + 1.0)
         cp, device, last_security_t = txn.counterparty_id, txn.device_id, self.last_security_t
+        # The customer's own hours (this one and its neighbours) and categories: shares of the
+        # history, smoothed towards even, so that a customer without history is unremarkable.
+        hours, habit_n, hour = self.hours, self.habit_n, int(local_hour)
+        hour_share = (hours[hour - 1] + hours[hour] + hours[(hour + 1) % 24] + 0.125) / (habit_n + 1.0)
+        category = txn.merchant_category
+        seen_category = self.categories.get(category, 0.0) if category is not None else 0.0
         return [
             log_amount,  # log_amount
             1.0 if debit else 0.0,  # is_debit
@@ -233,6 +249,12 @@ class CustomerProfile:
             # A card with confirmed recent fraud is still in danger; what gives the next fraud
             # away is an amount unlike the customer's own (a linear model needs the product).
             log1p(amount_to_mean) if frauds_recent else 0.0,  # unusual_amount_after_fraud
+            local_hour,  # local_hour
+            hour_share,  # hour_share
+            (seen_category + 0.125) / (habit_n + 1.0) if category is not None else 1.0,  # category_share
+            1.0 if category is not None and seen_category == 0.0
+            and habit_n >= p.new_country_min_txns else 0.0,  # new_category
+            log1p((sums[0] + amount) / (self.mean_amount + 1.0)),  # spend_1h_to_typical
         ]
 
     def _near_threshold(self, txn: Transaction) -> bool:
@@ -257,9 +279,27 @@ class CustomerProfile:
             self.small_1h.add(t, amount)
         if self._near_threshold(txn):
             self.cash_near_3d.add(t, amount)
+        self._learn_habits(t, txn.merchant_category)
         _remember(self.counterparties, txn.counterparty_id, p.seen_capacity)
         _remember(self.devices, txn.device_id, p.seen_capacity)
         _remember(self.countries, txn.counterparty_country, p.seen_capacity)
+
+    def _learn_habits(self, t: float, category: str | None) -> None:
+        p, hours, categories = self.params, self.hours, self.categories
+        if self.habit_n >= p.habit_memory_txns:
+            self.habit_n /= 2.0
+            for h in range(24):
+                hours[h] /= 2.0
+            for name in list(categories):
+                kept = categories[name] / 2.0
+                if kept < 0.25:
+                    del categories[name]  # bounded: a category not used for long is forgotten
+                else:
+                    categories[name] = kept
+        self.habit_n += 1.0
+        hours[int(((t / HOUR) + p.utc_offset_hours) % 24.0)] += 1.0
+        if category is not None:
+            categories[category] = categories.get(category, 0.0) + 1.0
 
     def observe_app(self, event: AppEvent) -> None:
         """Fold an app interaction into the profile."""

@@ -27,7 +27,9 @@ True
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 import numpy as np
@@ -35,27 +37,52 @@ import numpy as np
 from detectors.counterparty import COUNTERPARTY_FEATURES
 from detectors.profile import FEATURES, INDEX
 
-#: The tables, in the order of ``cells``.
-TABLES: Final = ("amount", "amount_to_mean", "counterparty_state", "counterparty_episode", "customer_state")
+#: The tables, in the order of ``cells``: amounts, counterparties and customers, then what
+#: carries to any payment stream: the merchant category, by amount band and by hour of day,
+#: and the channel by hour of day.
+TABLES: Final = ("amount", "amount_to_mean", "counterparty_state", "counterparty_episode", "customer_state",
+                 "category", "category_amount", "category_hour", "channel_hour")
+#: Merchant categories and channels are hashed into this many buckets (0: none given).
+CATEGORY_BUCKETS: Final = 64
+CHANNEL_BUCKETS: Final = 8
 
 _BASE: Final = len(FEATURES)  # where the counterparty features start in a model vector
-_LOG_AMOUNT, _AMOUNT_TO_MEAN, _CUST_FRAUDS = (
-    INDEX[n] for n in ("log_amount", "amount_to_mean", "cust_frauds_14d"))
+_LOG_AMOUNT, _AMOUNT_TO_MEAN, _CUST_FRAUDS, _LOCAL_HOUR = (
+    INDEX[n] for n in ("log_amount", "amount_to_mean", "cust_frauds_14d", "local_hour"))
 _CP_RATE, _CP_RECENCY, _CP_EPISODE = (
     _BASE + COUNTERPARTY_FEATURES.index(n)
     for n in ("cp_recent_label_rate", "cp_fraud_recency", "cp_episode_days"))
 
 
-def cells(x: list[float]) -> tuple[int, ...]:
+def bucket(value: str | None, buckets: int) -> int:
+    """The bucket of a category or channel name: 0 for none, else 1 .. ``buckets - 1`` (a
+    stable hash: the same name gets the same bucket in every process and run).
+
+    >>> bucket(None, 64), bucket("grocery_pos", 64) == bucket("grocery_pos", 64), 0 < bucket("x", 8) < 8
+    (0, True, True)
+    """
+    return 0 if value is None else _bucket(value, buckets)
+
+
+@lru_cache(maxsize=4096)
+def _bucket(value: str, buckets: int) -> int:
+    return zlib.crc32(value.encode()) % (buckets - 1) + 1
+
+
+def cells(x: list[float], category: int = 0, channel: int = 0) -> tuple[int, ...]:
     """A transaction's cell in each of ``TABLES``, from its model vector (profile features
-    followed by counterparty features)."""
-    return tuple(int(c) for c in cells_batch(np.array([x[:_BASE + len(COUNTERPARTY_FEATURES)]]))[0])
+    followed by counterparty features) and the buckets of its category and channel."""
+    return tuple(int(c) for c in cells_batch(np.array([x[:_BASE + len(COUNTERPARTY_FEATURES)]]),
+                                             np.array([category]), np.array([channel]))[0])
 
 
-def cells_batch(x: np.ndarray) -> np.ndarray:
-    """``cells`` for every row of ``x`` (profile then counterparty features): (rows, tables)."""
+def cells_batch(x: np.ndarray, category: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """``cells`` for every row of ``x`` (profile then counterparty features) and of the
+    ``category`` and ``channel`` buckets: (rows, tables)."""
     ratio, cp_rate = x[:, _AMOUNT_TO_MEAN], np.minimum(1.0, x[:, _CP_RATE])
     ratio_log = np.log1p(np.maximum(0.0, ratio))
+    amount_band = np.clip(x[:, _LOG_AMOUNT].astype(np.int64), 0, 7)  # e-fold bands: 2.7, 7.4, ... 1,097
+    hour_band = np.clip((x[:, _LOCAL_HOUR] / 3.0).astype(np.int64), 0, 7)  # 3-hour bands
     return np.column_stack([
         np.minimum(200, (x[:, _LOG_AMOUNT] * 8.0).astype(np.int64)),
         np.minimum(200, (ratio_log * 8.0).astype(np.int64)),
@@ -65,12 +92,17 @@ def cells_batch(x: np.ndarray) -> np.ndarray:
         16 * np.round(5.0 * np.clip(cp_rate, 0.0, 1.0)) + np.clip((x[:, _CP_EPISODE] / 4.0).astype(np.int64), 0, 15),
         # A customer with confirmed recent fraud, by how unusual the amount is.
         np.where(x[:, _CUST_FRAUDS] > 0, 64, 0) + np.minimum(200, (ratio_log * 6.0).astype(np.int64)),
+        category,
+        category * 8 + amount_band,
+        category * 8 + hour_band,
+        channel * 8 + hour_band,
     ]).astype(np.int64).clip(0, None)
 
 
 #: The number of cells of each table (``cells_batch`` keeps every cell below it), and where
 #: each table starts in the flat arrays.
-SIZES: Final = (201, 201, 36, 96, 265)
+SIZES: Final = (201, 201, 36, 96, 265, CATEGORY_BUCKETS, CATEGORY_BUCKETS * 8, CATEGORY_BUCKETS * 8,
+                CHANNEL_BUCKETS * 8)
 _OFFSETS: Final = np.cumsum((0, *SIZES[:-1]))
 
 
@@ -136,3 +168,43 @@ class RateTables:
     def learn(self, cells: tuple[int, ...], known_at: float, fraud: bool) -> None:
         """A label for a transaction in these cells became known at ``known_at``."""
         self.learn_batch(np.array([cells]), np.array([known_at]), np.array([float(fraud)]))
+
+
+class AmountNorms:
+    """The usual log-amount of each merchant-category bucket: decayed count, mean and variance
+    of the transactions scored, learned at tick ends (``learn_batch``), so that an amount is
+    judged against its category's norm (a card's first grocery purchase is not its first
+    flight). A bucket with fewer than ``min_count`` transactions has no norm yet (0).
+
+    >>> norms = AmountNorms()
+    >>> norms.learn_batch(np.array([3] * 40 + [5] * 40), np.log1p(np.array([20.0] * 40 + [800.0] * 40)), 0.0)
+    >>> z = norms.z_batch(np.array([3, 5, 9]), np.log1p(np.array([800.0, 800.0, 800.0])), 0.0)
+    >>> [round(float(v), 1) + 0.0 for v in z]   # far above grocery's norm, at travel's, no norm yet
+    [7.3, 0.0, 0.0]
+    """
+
+    def __init__(self, halflife_days: float = 30.0, min_count: float = 20.0) -> None:
+        self.decay = math.log(2.0) / (halflife_days * 86400.0)
+        self.min_count = min_count
+        self._count = np.zeros(CATEGORY_BUCKETS)
+        self._sum = np.zeros(CATEGORY_BUCKETS)
+        self._squares = np.zeros(CATEGORY_BUCKETS)
+        self._as_of = 0.0
+
+    def z_batch(self, category: np.ndarray, log_amount: np.ndarray, t: float) -> np.ndarray:
+        """How many standard deviations each log-amount is above its category's norm."""
+        count = self._count[category]
+        mean = self._sum[category] / np.maximum(count, 1e-9)
+        var = np.maximum(0.0, self._squares[category] / np.maximum(count, 1e-9) - mean * mean)
+        z = (log_amount - mean) / np.sqrt(var + 0.25)
+        return np.where((count >= self.min_count) & (category > 0), z, 0.0)
+
+    def learn_batch(self, category: np.ndarray, log_amount: np.ndarray, t: float) -> None:
+        """The transactions of a tick ending at ``t``: decay to ``t``, then add them."""
+        factor = math.exp(-self.decay * max(0.0, t - self._as_of))
+        self._as_of = max(self._as_of, t)
+        for total in (self._count, self._sum, self._squares):
+            total *= factor
+        self._count += np.bincount(category, minlength=CATEGORY_BUCKETS)
+        self._sum += np.bincount(category, weights=log_amount, minlength=CATEGORY_BUCKETS)
+        self._squares += np.bincount(category, weights=log_amount * log_amount, minlength=CATEGORY_BUCKETS)

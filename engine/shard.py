@@ -205,7 +205,7 @@ class Shard:
                     continue
                 rows.append(i)
                 txns.append(FraudTransaction(event.event_id, event.t, event.counterparty_id, observation.hits,
-                                             anomaly[i]))  # type: ignore[arg-type]
+                                             anomaly[i], event.merchant_category, event.channel))  # type: ignore[arg-type]
         if not txns:
             return verdicts
         features = profile[[where[i] for i in rows]]
