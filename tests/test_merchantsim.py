@@ -1,5 +1,5 @@
 """The profile-based card generator: deterministic, in event-time order, contract-conformant,
-with the fraud bursts it promises."""
+with the fraud bursts it promises; and the batch baseline of its benchmark."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 
 from bench import merchantsim
 from bench.card_benchmark import load_truth
+from bench.merchant_benchmark import BASIC, CUSTOMER, batch_scores, stream_table
 from bench.merchantsim import DAY_S, MerchantSimConfig, Transactions, simulate
+from detectors.quality import auc_and_average_precision
 from schemas.events import parse_event
 
 CONFIG = MerchantSimConfig(customers=300, days=60, seed=3)
@@ -134,3 +136,18 @@ def test_frauds_are_about_two_percent_in_short_night_bursts(generated: Generated
         window = card & ~tx.fraud & (tx.seconds >= tx.seconds[rows].min() - 5 * DAY_S)
         assert window.any()  # the holder keeps spending around the burst
     assert sum(n > 1 for n in cards.values()) <= 0.15 * len(cards)  # rarely compromised twice
+
+
+def test_the_batch_baseline_learns_only_labels_known_before_the_cutoff(generated: Generated) -> None:
+    n = len(generated.tx)
+    table = stream_table(generated.events_path, n, CONFIG.utc_offset_hours)
+    assert np.array_equal(table.features["hour"], generated.tx.local_hour.astype(float))
+    assert np.array_equal(table.label, generated.tx.fraud.astype(float))
+    cutoff = CONFIG.start_epoch + 40 * DAY_S
+    known = table.label_time < cutoff
+    assert np.array_equal(known, generated.tx.seconds + 7 * DAY_S < 40 * DAY_S)
+    test = (generated.tx.seconds >= 40 * DAY_S) & (generated.tx.seconds < 47 * DAY_S)
+    for names in (BASIC, (*BASIC, *CUSTOMER)):
+        scores = batch_scores(table, cutoff, names)
+        auc, _ = auc_and_average_precision(generated.tx.fraud[test], scores[test])
+        assert auc > 0.9
