@@ -35,7 +35,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -121,9 +121,9 @@ def _tx_number(event_id: object) -> int | None:
     return None
 
 
-def prepare_data(config: SimConfig, paths: BenchPaths) -> bool:
-    """Make sure the events and truth of ``config`` exist; True if they were (re)generated."""
-    wanted = asdict(config)
+def ensure_dataset(paths: BenchPaths, wanted: dict[str, object], generate: Callable[[], str]) -> bool:
+    """Make sure the events and truth generated with the parameters ``wanted`` exist, else
+    run ``generate`` (which writes both and returns a summary); True if it ran."""
     if paths.events.exists() and paths.truth.exists() and paths.meta.exists():
         try:
             if json.loads(paths.meta.read_text()) == wanted:
@@ -132,12 +132,22 @@ def prepare_data(config: SimConfig, paths: BenchPaths) -> bool:
             pass
     paths.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tx = simulate(config)
-    write_events(tx, config, paths.events)
-    write_truth(tx, config, paths.truth)
+    done = generate()
     paths.meta.write_text(json.dumps(wanted, indent=1))
-    print(f"generated {summary(tx)} in {time.perf_counter() - started:.1f}s")
+    print(f"generated {done} in {time.perf_counter() - started:.1f}s")
     return True
+
+
+def prepare_data(config: SimConfig, paths: BenchPaths) -> bool:
+    """Make sure the events and truth of ``config`` exist; True if they were (re)generated."""
+
+    def generate() -> str:
+        tx = simulate(config)
+        write_events(tx, config, paths.events)
+        write_truth(tx, config, paths.truth)
+        return summary(tx)
+
+    return ensure_dataset(paths, asdict(config), generate)
 
 
 # -- replay ---------------------------------------------------------------------------------
@@ -331,6 +341,21 @@ def _count_lines(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
+def numbered_stream(events: Path, n: int) -> Iterator[tuple[bool, int, float, dict[str, object]]]:
+    """``(is_label, transaction number, time, event)`` for the transactions ``tx<number>``
+    (number < ``n``) and their ``fraud``/``legit`` labels, in the file's order."""
+    for obj in _jsonl(events):
+        kind = obj.get("kind")
+        if kind == "transaction":
+            number = _tx_number(obj.get("event_id"))
+        elif kind == "feedback" and obj.get("label") in ("fraud", "legit"):
+            number = _tx_number(obj.get("ref_event_id"))
+        else:
+            continue
+        if number is not None and number < n:
+            yield kind == "feedback", number, _epoch(str(obj["ts"])), obj
+
+
 def reference_scores(events: Path, n: int) -> tuple[dict[str, FloatArray], BoolArray]:
     """Scores of the reference models for every transaction, from the event file alone, and
     for each transaction whether a fraud label had come for its terminal in the 28 days
@@ -338,22 +363,16 @@ def reference_scores(events: Path, n: int) -> tuple[dict[str, FloatArray], BoolA
     amount = np.zeros(n)
     online = np.zeros(n)
     model = OnlineReference(n)
-    for obj in _jsonl(events):
-        kind = obj.get("kind")
-        if kind == "transaction":
-            number = _tx_number(obj.get("event_id"))
-            if number is None or number >= n:
-                continue
-            value = float(obj["amount"])  # type: ignore[arg-type]
-            amount[number] = value
-            online[number] = model.score(number, _epoch(str(obj["ts"])),
-                                         int(str(obj["customer_id"]).removeprefix("cust")),
-                                         int(str(obj.get("counterparty_id", "term-1")).removeprefix("term")),
-                                         value)
-        elif kind == "feedback" and obj.get("label") in ("fraud", "legit"):
-            number = _tx_number(obj.get("ref_event_id"))
-            if number is not None and number < n:
-                model.learn(number, _epoch(str(obj["ts"])), obj["label"] == "fraud")
+    counterparties: dict[str, int] = {}  # id -> number, in order of first appearance
+    for is_label, number, t, obj in numbered_stream(events, n):
+        if is_label:
+            model.learn(number, t, obj["label"] == "fraud")
+            continue
+        value = float(obj["amount"])  # type: ignore[arg-type]
+        amount[number] = value
+        online[number] = model.score(number, t, int(str(obj["customer_id"]).removeprefix("cust")),
+                                     counterparties.setdefault(str(obj.get("counterparty_id")), len(counterparties)),
+                                     value)
     return {"amount": amount, "online": online}, model.terminal_fraud_known
 
 
@@ -451,14 +470,15 @@ class ScenarioRow:
     alert_recall: float
 
 
-def scenario_rows(mask: BoolArray, truth: Truth, scores: FloatArray, alerted: BoolArray) -> list[ScenarioRow]:
+def scenario_rows(mask: BoolArray, truth: Truth, scores: FloatArray, alerted: BoolArray,
+                  scenarios: Iterable[int] = (1, 2, 3)) -> list[ScenarioRow]:
     """Per scenario: AUC against legit, recall in the top N (N = frauds in the period), alerted."""
     s = scores[mask]
     n_fraud = int(truth.fraud[mask].sum())
     threshold = np.sort(s)[::-1][n_fraud - 1] if 0 < n_fraud <= s.size else math.inf
     legit = mask & ~truth.fraud
     rows: list[ScenarioRow] = []
-    for scenario in (1, 2, 3):
+    for scenario in scenarios:
         hit = mask & truth.fraud & (truth.scenario == scenario)
         n = int(hit.sum())
         pair = hit | legit
@@ -502,7 +522,8 @@ def print_weeks(weeks: list[tuple[tuple[int, int], dict[str, PeriodMetrics]]], k
         print(f"  {lo:>3}-{hi - 1:<5} {first.n_tx:>7} {first.n_fraud:>6}{cells}")
 
 
-def print_scenarios(title: str, rows_by_model: dict[str, list[ScenarioRow]]) -> None:
+def print_scenarios(title: str, rows_by_model: dict[str, list[ScenarioRow]],
+                    names_of: Mapping[int, str] = SCENARIO_NAMES) -> None:
     print(f"\n{title}")
     names = list(rows_by_model)
     print(f"  {'scenario':<22} {'frauds':>6}" + "".join(f"  {n + ' AUC':>12} {'top-N rec':>9}" for n in names)
@@ -510,7 +531,7 @@ def print_scenarios(title: str, rows_by_model: dict[str, list[ScenarioRow]]) -> 
     for i, row in enumerate(rows_by_model[names[0]]):
         cells = "".join(f"  {_f(rows_by_model[n][i].auc, 12)} {_f(rows_by_model[n][i].recall_top_n, 9)}"
                         for n in names)
-        label = f"{row.scenario} {SCENARIO_NAMES[row.scenario]}"
+        label = f"{row.scenario} {names_of[row.scenario]}"
         print(f"  {label:<22} {row.n:>6}{cells}  {_f(row.alert_recall, 7)}")
 
 
@@ -534,21 +555,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--terminals", type=int, default=10000)
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
+    add_run_arguments(parser)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark run, whatever the generator."""
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="files here (default out/card_benchmark/<size> under the project)")
+                        help="files here (default out/<benchmark>/<size> under the project)")
     parser.add_argument("--test-start-day", type=int, nargs="+", default=None,
                         help="first day of each test week (default: days - 7)")
     parser.add_argument("--k", type=int, default=100, help="cards per day for card precision@k")
     parser.add_argument("--skip-replay", action="store_true",
                         help="score the existing scores file of the work directory")
     parser.add_argument("--timeout", type=float, default=None, help="replay time limit, seconds")
-    return parser
 
 
-def evaluate(paths: BenchPaths, test_starts: list[int], n_days: int, k: int) -> None:
+@dataclass(frozen=True)
+class Scoring:
+    """What differs between the generators' reports: their fraud scenarios, whether the
+    ceiling applies (it is defined by ``bench.cardsim``'s compromised terminals), and the
+    scores of models trained for one test week (``test start -> {name: scores}``), shown in
+    that week's tables only."""
+
+    scenario_names: Mapping[int, str]
+    ceiling: bool = True
+    week_models: Callable[[int], dict[str, FloatArray]] | None = None
+
+
+CARDSIM_SCORING = Scoring(SCENARIO_NAMES)
+
+
+def evaluate(paths: BenchPaths, test_starts: list[int], n_days: int, k: int,
+             scoring: Scoring = CARDSIM_SCORING) -> None:
     """Read truth, scores, alerts and events of ``paths`` and print every table: for each
     test week the handbook protocol first (with bootstrap intervals and the ceiling), then
     all its transactions; then every week, both ways, and the scenarios."""
+    scenarios = [s for s in scoring.scenario_names if s != 0]
     truth = load_truth(paths.truth)
     n = len(truth)
     engine, missing = load_scores(paths.scores, n)
@@ -560,16 +603,19 @@ def evaluate(paths: BenchPaths, test_starts: list[int], n_days: int, k: int) -> 
     print_champions(paths.models)
     for test_start in test_starts:
         days = f"days {test_start}-{min(test_start + 7, n_days) - 1}"
+        week = {**models, **(scoring.week_models(test_start) if scoring.week_models else {})}
         handbook = handbook_test_mask(truth, test_start)
         print_period(f"Test week {days}, handbook test set (cards with a known fraud removed)",
-                     {name: period_metrics(handbook, truth, s, k) for name, s in models.items()}, k,
-                     {name: bootstrap_interval(handbook, truth, s) for name, s in engine.items()})
-        top_auc, top_ap = ceiling(handbook, truth, knowable)
-        print(f"  ceiling (every fraud known but a compromised terminal's before its first label): "
-              f"AUC {top_auc:.3f}, AP {top_ap:.3f}")
+                     {name: period_metrics(handbook, truth, s, k) for name, s in week.items()}, k,
+                     {name: bootstrap_interval(handbook, truth, s) for name, s in week.items()
+                      if name not in references})
+        if scoring.ceiling:
+            top_auc, top_ap = ceiling(handbook, truth, knowable)
+            print(f"  ceiling (every fraud known but a compromised terminal's before its first label): "
+                  f"AUC {top_auc:.3f}, AP {top_ap:.3f}")
         test = (truth.day >= test_start) & (truth.day < test_start + 7)
         print_period(f"Test week {days}, all transactions",
-                     {name: period_metrics(test, truth, s, k) for name, s in models.items()}, k)
+                     {name: period_metrics(test, truth, s, k) for name, s in week.items()}, k)
         print(f"  engine alerts in the test week: {alert_quality(test, truth, alerted)}")
     test_start = test_starts[-1]
     test = (truth.day >= test_start) & (truth.day < test_start + 7)
@@ -582,10 +628,12 @@ def evaluate(paths: BenchPaths, test_starts: list[int], n_days: int, k: int) -> 
              for lo, hi in ranges]
     print_weeks(weeks, k, "Per week, all transactions")
     print_scenarios("Per scenario, test week (top-N: N = frauds in the week; alerted: engine)",
-                    {name: scenario_rows(test, truth, s, alerted) for name, s in models.items()})
+                    {name: scenario_rows(test, truth, s, alerted, scenarios) for name, s in models.items()},
+                    scoring.scenario_names)
     after_first = truth.day >= 7
     print_scenarios("Per scenario, days 7 to the end",
-                    {name: scenario_rows(after_first, truth, s, alerted) for name, s in models.items()})
+                    {name: scenario_rows(after_first, truth, s, alerted, scenarios) for name, s in models.items()},
+                    scoring.scenario_names)
 
 
 def print_champions(path: Path) -> None:
@@ -605,19 +653,17 @@ def print_champions(path: Path) -> None:
               f"over {last['models'][0]['labels']} labels")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = SimConfig(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
+def run_benchmark(args: argparse.Namespace, paths: BenchPaths, prepare: Callable[[], object],
+                  scoring: Scoring = CARDSIM_SCORING, other_events: int = 0) -> int:
+    """Prepare the data, replay it (unless ``--skip-replay`` finds scores) and print the
+    report; the exit status. ``other_events``: events besides transactions and labels."""
     test_starts = [args.days - 7] if args.test_start_day is None else args.test_start_day
     if not all(0 <= start < args.days for start in test_starts):
         print(f"--test-start-day must be in [0, {args.days})", file=sys.stderr)
         return 1
-    workdir = args.workdir or PROJECT_ROOT / "out" / "card_benchmark" / (
-        f"c{args.customers}_t{args.terminals}_d{args.days}_s{args.seed}")
-    paths = BenchPaths(workdir.resolve())
     try:
-        prepare_data(config, paths)
-        n_events = 2 * (_count_lines(paths.truth) - 1)  # a transaction and its feedback
+        prepare()
+        n_events = 2 * (_count_lines(paths.truth) - 1) + other_events  # a transaction and its feedback
         if args.skip_replay and paths.scores.exists():
             print(f"scoring the existing {paths.scores}")
         else:
@@ -628,11 +674,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"end of {paths.replay_log}:\n{_tail(paths.replay_log)}", file=sys.stderr)
                 return 1
             print(f"replay: {run.wall_s:.1f}s wall, {run.events_per_s:,.0f} events/s")
-        evaluate(paths, test_starts, args.days, args.k)
+        evaluate(paths, test_starts, args.days, args.k, scoring)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = SimConfig(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed)
+    workdir = args.workdir or PROJECT_ROOT / "out" / "card_benchmark" / (
+        f"c{args.customers}_t{args.terminals}_d{args.days}_s{args.seed}")
+    paths = BenchPaths(workdir.resolve())
+    return run_benchmark(args, paths, lambda: prepare_data(config, paths))
 
 
 if __name__ == "__main__":
