@@ -247,7 +247,8 @@ class HistogramChild:
 
 
 class SinkMetrics:
-    """What a sink reports: records written, errors, retries, records buffered and records lost.
+    """What a sink reports: records written, errors, retries, records buffered (of its
+    capacity), delivery latencies and records lost.
 
     The Prometheus implementation of the sinks' own ``sinks.base.SinkReport`` protocol (by its
     shape: the sinks do not know it). A sink receives one at construction or through
@@ -255,9 +256,10 @@ class SinkMetrics:
     """
 
     def __init__(self, records: Any = None, errors: Any = None, retries: Any = None,
-                 buffered: Any = None, lost: Any = None) -> None:
+                 buffered: Any = None, lost: Any = None, capacity: Any = None,
+                 latency: HistogramChild | None = None) -> None:
         self._records, self._errors, self._retries, self._buffered = records, errors, retries, buffered
-        self._lost = lost
+        self._lost, self._capacity, self._latency = lost, capacity, latency
 
     @classmethod
     def off(cls) -> SinkMetrics:
@@ -281,6 +283,19 @@ class SinkMetrics:
         """Records accepted by the sink and not yet delivered."""
         if self._buffered is not None:
             self._buffered.set(n)
+
+    def buffer_capacity(self, n: int) -> None:
+        """The most records the sink holds undelivered; 0 for a sink without a buffer."""
+        if self._capacity is not None:
+            self._capacity.set(n)
+
+    def delivered(self, latencies_s: list[float]) -> None:
+        """Records confirmed delivered, each with its seconds since ``write_batch`` (one call
+        per batch of confirmations: a ``FastHistogram``, no lock per record)."""
+        if self._latency is not None and latencies_s:
+            observe = self._latency.observer()
+            for seconds in latencies_s:
+                observe(seconds)
 
     def lost(self, n: int = 1) -> None:
         """Records neither delivered nor stored in the sink's dead letters (their file could
@@ -373,6 +388,14 @@ class EngineMetrics:
                                              registry=registry) for name, text in labels}
         self.sink_buffered = Gauge("buffered", "Records accepted by a sink and not yet delivered.", ["sink"],
                                    namespace=ns, subsystem="sink", unit="records", registry=registry)
+        self.sink_capacity = Gauge("buffer_capacity", "The most records a sink holds undelivered before it "
+                                   "dead-letters (Redis, webhook, audit) or waits (Kafka); 0: no buffer, a record "
+                                   "is delivered when the write returns.", ["sink"], namespace=ns,
+                                   subsystem="sink", unit="records", registry=registry)
+        self.sink_latency = FastHistogram(
+            f"{ns}_sink_delivery_latency_seconds", "From a record handed to a sink to its confirmed delivery "
+            "(Kafka: the broker's acknowledgement; Redis, webhook: the write succeeded, retries included; files, "
+            "console: the write returned).", LATENCY_BUCKETS, registry, ["sink"])
         self._init_labels(tuple(sources), tuple(sinks))
         self._events_by: dict[tuple[str, str], Any] = {}
         self._dead_by = {code: self.dead_letters.labels(code) for code in DEAD_LETTER_REASONS}
@@ -509,4 +532,5 @@ class EngineMetrics:
         """The metrics of the sink called ``name`` (its label), created at zero."""
         c = self._sink_counters
         return SinkMetrics(c["records"].labels(name), c["errors"].labels(name), c["retries"].labels(name),
-                           self.sink_buffered.labels(name), c["lost"].labels(name))
+                           self.sink_buffered.labels(name), c["lost"].labels(name), self.sink_capacity.labels(name),
+                           self.sink_latency.labels(name))

@@ -1,0 +1,87 @@
+"""The operational signals beyond the dataflow's counts: sink delivery latency and buffer
+capacity (against a real Redis), checkpoints and the recovery store, prompts and
+suppressions."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ops import EngineMetrics, MeteredSink, Readiness, Telemetry
+from sinks.delivery import JsonlDeadLetters, RetryPolicy
+from sinks.jsonl import JsonlSink
+from sinks.redis import RedisSink
+from tests.services import RedisServer, redis_server, wait_until
+from tests.test_delivery import make_alerts
+
+
+@pytest.fixture
+def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+def telemetry() -> Telemetry:
+    return Telemetry(EngineMetrics(CollectorRegistry()), Readiness(threading.Event()))
+
+
+def sample(t: Telemetry, name: str, **labels: str) -> float:
+    value = t.metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"no sample {name}{labels}"
+    return value
+
+
+def test_a_buffered_sink_reports_its_capacity_fill_and_delivery_latency(redis_srv: RedisServer,
+                                                                        tmp_path: Path) -> None:
+    """Redis frozen for a second: the records wait in the buffer (of its capacity), and each
+    one's delivery latency, counted once when Redis confirms it, includes the outage."""
+    t = telemetry()
+    sink = MeteredSink(RedisSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), prefix="sig:",
+                                 capacity=500, socket_timeout_s=0.3, policy=RetryPolicy(base_s=0.05, max_s=0.2)),
+                       "redis", t)
+    assert sample(t, "crm_engine_sink_buffer_capacity_records", sink="redis") == 500
+    sink.open()
+    sink.write_batch(make_alerts(20))
+    assert wait_until(lambda: sample(t, "crm_engine_sink_delivery_latency_seconds_count", sink="redis") == 20, 10)
+    redis_srv.pause()
+    try:
+        sink.write_batch(make_alerts(30, start=20))
+        time.sleep(1.0)
+        assert sample(t, "crm_engine_sink_buffered_records", sink="redis") == 30
+        assert sample(t, "crm_engine_sink_delivery_latency_seconds_count", sink="redis") == 20
+    finally:
+        redis_srv.resume()
+    assert wait_until(lambda: sample(t, "crm_engine_sink_delivery_latency_seconds_count", sink="redis") == 50, 30)
+    sink.close()
+    assert sample(t, "crm_engine_sink_buffered_records", sink="redis") == 0
+    # The 30 records written during the outage each waited at least the second it lasted.
+    assert sample(t, "crm_engine_sink_delivery_latency_seconds_bucket", sink="redis", le="1.0") <= 20
+    assert sample(t, "crm_engine_sink_delivery_latency_seconds_sum", sink="redis") >= 30 * 1.0
+    assert sample(t, "crm_engine_sink_errors_total", sink="redis") == 0
+
+
+def test_a_synchronous_sink_has_no_buffer_and_its_write_is_its_latency(tmp_path: Path) -> None:
+    t = telemetry()
+    sink = MeteredSink(JsonlSink(tmp_path / "alerts.jsonl"), "file_alerts", t)
+    sink.open()
+    sink.write_batch(make_alerts(7))
+    sink.write_batch(make_alerts(3, start=7))
+    sink.close()
+    assert sample(t, "crm_engine_sink_buffer_capacity_records", sink="file_alerts") == 0
+    assert sample(t, "crm_engine_sink_delivery_latency_seconds_count", sink="file_alerts") == 10
+    assert 0 < sample(t, "crm_engine_sink_delivery_latency_seconds_sum", sink="file_alerts") < 10
+
+
+def test_a_kafka_sink_exports_its_producer_queue_as_its_capacity(tmp_path: Path) -> None:
+    from sinks.kafka import KafkaSink
+
+    metrics = EngineMetrics(CollectorRegistry())
+    KafkaSink({"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 5000}, "alerts",
+              JsonlDeadLetters(tmp_path / "refused.jsonl"), metrics=metrics.sink("kafka_alerts"))
+    assert metrics.registry.get_sample_value("crm_engine_sink_buffer_capacity_records", {"sink": "kafka_alerts"}) \
+        == 5000
