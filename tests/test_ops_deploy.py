@@ -67,8 +67,9 @@ def dashboard_exprs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def observed() -> Observed:
-    return run_observed(small_stream(customers=20, days=4))
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Observed:
+    """A small run with recovery on (snapshots, the recovery store) and a sink's metrics."""
+    return run_observed(small_stream(customers=20, days=4), recovery_dir=tmp_path_factory.mktemp("recovery"))
 
 
 def test_promtool_check_metrics_finds_nothing_in_the_exposition(observed: Observed) -> None:
@@ -78,6 +79,11 @@ def test_promtool_check_metrics_finds_nothing_in_the_exposition(observed: Observ
     assert 'crm_engine_alert_latency_seconds_bucket{le="0.005",since="read"}' in text
     assert "process_resident_memory_bytes" in text and "process_open_fds" in text and "python_gc_" in text
     assert "_created" not in text
+    for family in ("crm_engine_snapshot_duration_seconds_bucket", "crm_engine_snapshot_size_bytes",
+                   "crm_engine_recovery_store_size_bytes", "crm_engine_nba_prompts_total",
+                   "crm_engine_alerts_suppressed_total", 'crm_engine_sink_delivery_latency_seconds_bucket{le="0.5"',
+                   "crm_engine_sink_buffer_capacity_records"):
+        assert family in text, family
     binary = shutil.which("promtool")
     if binary is None:
         pytest.fail("promtool is not installed: `apt-get install -y prometheus` (make test does it)")

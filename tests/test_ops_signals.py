@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from config.settings import load_settings
 from ops import EngineMetrics, MeteredSink, Readiness, Telemetry
+from ops.metrics import ALERT_TYPES, SUPPRESSION_REASONS
+from schemas.events import Event
+from schemas.outputs import LifecycleChange, Prompt
 from sinks.delivery import JsonlDeadLetters, RetryPolicy
 from sinks.jsonl import JsonlSink
 from sinks.redis import RedisSink
+from tests.ops_flow import run_observed, small_stream
 from tests.services import RedisServer, redis_server, wait_until
 from tests.test_delivery import make_alerts
 
@@ -85,3 +91,49 @@ def test_a_kafka_sink_exports_its_producer_queue_as_its_capacity(tmp_path: Path)
               JsonlDeadLetters(tmp_path / "refused.jsonl"), metrics=metrics.sink("kafka_alerts"))
     assert metrics.registry.get_sample_value("crm_engine_sink_buffer_capacity_records", {"sink": "kafka_alerts"}) \
         == 5000
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    return small_stream()
+
+
+def test_prompts_and_suppressed_alerts_are_counted_from_the_engines_records(events: list[Event]) -> None:
+    """Counted from the records the engine emits (before any sink), so the counts match what
+    the engine decided: every prompt by action and trigger, every trigger the lifecycle held
+    back by alert type and reason."""
+    from engine.shard import Shard
+    from flows.modes import engine_config, wall_clock
+
+    settings = load_settings()
+    config = engine_config(settings, wall_clock, watermark=events[-1].t)
+    records = Shard(config).process(events)
+    prompts = Counter((r.action, r.trigger) for r in records if isinstance(r, Prompt))
+    changes = Counter((r.alert_type, r.action) for r in records if isinstance(r, LifecycleChange))
+    assert prompts and changes[("suspicious_transaction", "deduplicated")] > 0
+    run = run_observed(events)
+    assert sum(run.value("crm_engine_nba_prompts_total", action=a, trigger=t) for a, t in prompts) \
+        == sum(prompts.values())
+    for (action, trigger), n in prompts.items():
+        assert run.value("crm_engine_nba_prompts_total", action=action, trigger=trigger) == n
+    for alert_type in ALERT_TYPES:
+        for change, reason in SUPPRESSION_REASONS.items():
+            assert run.value("crm_engine_alerts_suppressed_total", type=alert_type, reason=reason) \
+                == changes.get((alert_type, change), 0), (alert_type, reason)
+
+
+def test_checkpoints_report_their_duration_and_size_and_the_store_its_bytes(events: list[Event],
+                                                                            tmp_path: Path) -> None:
+    run = run_observed(events[:3000], recovery_dir=tmp_path / "recovery")
+    snapshots = run.value("crm_engine_snapshot_duration_seconds_count")
+    assert snapshots >= 2  # an epoch every 10 ms over the run
+    assert 0 < run.value("crm_engine_snapshot_duration_seconds_sum") < 60
+    assert run.value("crm_engine_snapshot_size_bytes") > 10_000  # the shard, pickled
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "recovery").iterdir())
+    assert run.value("crm_engine_recovery_store_size_bytes") == on_disk > 0
+
+
+def test_without_recovery_no_snapshot_is_taken(events: list[Event]) -> None:
+    run = run_observed(events[:500])
+    assert run.value("crm_engine_snapshot_duration_seconds_count") == 0
+    assert run.registry.get_sample_value("crm_engine_recovery_store_size_bytes") is None
