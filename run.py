@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(dash)
     dash.add_argument("--host", default=None, help="override [dashboard] host")
     dash.add_argument("--port", type=int, default=None, help="override [dashboard] port")
+    # Given before or after the subcommand, alike (the top level holds the defaults).
+    dash.add_argument("--metrics-port", type=int, default=argparse.SUPPRESS,
+                      help="serve the dashboard's Prometheus /metrics on this port (its own, not the dashboard's)")
+    dash.add_argument("--metrics-host", default=argparse.SUPPRESS,
+                      help="address to serve /metrics on (default 127.0.0.1: give the scraper's network only)")
     dash_sub = dash.add_subparsers(dest="dashboard_command")
     add_user = dash_sub.add_parser(
         "add-user", help="add or replace a dashboard user",
@@ -361,7 +366,16 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"dashboard on {where} (cookies are Secure: serve it behind an HTTPS reverse proxy, or set "
               "[dashboard] insecure_http = true for plain-HTTP development)", file=sys.stderr)
-    server(settings, args.host, args.port, users).run()
+    metrics = None
+    if args.metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from dashboard.metrics import DashboardMetrics, serve
+
+        metrics = DashboardMetrics(CollectorRegistry())  # this process's own registry
+        serve(metrics.registry, args.metrics_host, args.metrics_port)
+        print(f"dashboard metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr)
+    server(settings, args.host, args.port, users, metrics).run()
     return 0
 
 
