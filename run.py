@@ -75,6 +75,10 @@ def _ops(parser: argparse.ArgumentParser, log_default: str, sub: bool = False) -
                         help="serve Prometheus /metrics, /healthz and /readyz on this port")
     parser.add_argument("--metrics-host", default=default("127.0.0.1"),
                         help="address to serve them on (0.0.0.0 in a container; default 127.0.0.1)")
+    parser.add_argument("--bytewax-api-port", type=int, default=default(None),
+                        help="with --metrics-port: start Bytewax's own dataflow API on this port and merge its "
+                        "bytewax_* metrics into /metrics (Bytewax listens on every interface, without "
+                        "authentication: keep the port closed to the network)")
     parser.add_argument("--log-format", choices=("text", "json"), default=default(None),
                         help=f"log lines as text or one JSON object each (default: {log_default})")
 
@@ -646,6 +650,11 @@ def _telemetry(args: argparse.Namespace, settings: Settings, stop: threading.Eve
     registry = CollectorRegistry()  # this process's own registry, never the global one
     telemetry = Telemetry(EngineMetrics(registry, sources, alert_threshold=settings.fraud.alert_threshold),
                           Readiness(stop))
+    if args.bytewax_api_port is not None:
+        from ops.dataflow_api import BytewaxMetrics, api_environment
+
+        os.environ.update(api_environment(args.bytewax_api_port))  # read by Bytewax when the dataflow starts
+        BytewaxMetrics(args.bytewax_api_port, registry)
     return telemetry, OpsServer(args.metrics_host, args.metrics_port, registry, telemetry.readiness).start()
 
 

@@ -137,3 +137,13 @@ def test_without_recovery_no_snapshot_is_taken(events: list[Event]) -> None:
     run = run_observed(events[:500])
     assert run.value("crm_engine_snapshot_duration_seconds_count") == 0
     assert run.registry.get_sample_value("crm_engine_recovery_store_size_bytes") is None
+
+
+def test_bytewax_metrics_say_so_when_its_api_does_not_answer() -> None:
+    from ops.dataflow_api import BytewaxMetrics
+    from tests.brokers import free_port
+
+    registry = CollectorRegistry()
+    BytewaxMetrics(free_port(), registry, timeout_s=0.5)
+    assert registry.get_sample_value("crm_engine_bytewax_api_up") == 0
+    assert not [f for f in registry.collect() if f.name.startswith("bytewax_")]
