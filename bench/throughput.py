@@ -25,15 +25,15 @@ machine slows every kind alike; medians and their ratios are printed.
 
 ``--metrics`` measures the cost of the Prometheus metrics instead: it alternates the engine
 without metrics and the engine with them wired (``ops.metrics.EngineMetrics`` on a fresh
-registry, as ``--metrics-port`` wires it, and Bytewax's own dataflow API started, as
-``--bytewax-api-port`` does) and prints both throughputs and the loss.
+registry, as ``--metrics-port`` wires it) and prints both throughputs and the loss. It
+leaves out Bytewax's own dataflow API (``--bytewax-api-port``): Bytewax 0.21 can start it once
+per process only (a second dataflow fails with "Duplicate metrics collector registration
+attempted"), so its cost is measured on whole ``run.py replay`` processes instead (README).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,25 +63,12 @@ def run_engine(replay: ReplayInput, input_path: Path, out: Path, metrics: bool =
     ``metrics``, observed by a fresh ``EngineMetrics``."""
     from prometheus_client import CollectorRegistry
 
-    from ops.dataflow_api import api_environment
     from ops.metrics import EngineMetrics
 
     settings = load_settings()
     paths = ReplayPaths(input_path, out / "alerts.jsonl", out / "scores.jsonl", out / "state.jsonl")
     observer = EngineMetrics(CollectorRegistry(), ("replay",)) if metrics else None
-    api = api_environment(_free_port()) if metrics else {}
-    os.environ.update(api)  # read by Bytewax when the dataflow starts
-    try:
-        execute(replay_flow(settings, paths, replay, metrics=observer), settings, workers=1)
-    finally:
-        for name in api:
-            os.environ.pop(name, None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    execute(replay_flow(settings, paths, replay, metrics=observer), settings, workers=1)
 
 
 def run_process(args: list[str]) -> None:
