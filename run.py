@@ -651,9 +651,14 @@ def _telemetry(args: argparse.Namespace, settings: Settings, stop: threading.Eve
     telemetry = Telemetry(EngineMetrics(registry, sources, alert_threshold=settings.fraud.alert_threshold),
                           Readiness(stop))
     if args.bytewax_api_port is not None:
+        import tempfile
+
         from ops.dataflow_api import BytewaxMetrics, api_environment
 
-        os.environ.update(api_environment(args.bytewax_api_port))  # read by Bytewax when the dataflow starts
+        # Read by Bytewax when the dataflow starts; its dataflow.json goes to a temporary
+        # directory, never the (possibly read-only) working directory.
+        cache = Path(tempfile.mkdtemp(prefix="bytewax-api-"))
+        os.environ.update(api_environment(args.bytewax_api_port, cache))
         BytewaxMetrics(args.bytewax_api_port, registry)
     return telemetry, OpsServer(args.metrics_host, args.metrics_port, registry, telemetry.readiness).start()
 

@@ -11,7 +11,10 @@ and ``bytewax_inp_part_next_batch_size``, ``bytewax_out_part_write_batch_duratio
 through its "dataflow API", a web server it starts when ``BYTEWAX_DATAFLOW_API_ENABLED`` is
 set, on ``BYTEWAX_DATAFLOW_API_PORT`` (3030 by default) and every interface, with no option
 for the address and no authentication; ``/metrics`` there also appends the Python client's
-global registry (``bytewax._metrics``), which the engine does not use.
+global registry (``bytewax._metrics``), which the engine does not use. At start it writes the
+dataflow's graph to ``dataflow.json`` in ``BYTEWAX_DATAFLOW_API_CACHE_PATH`` (by default the
+working directory), and the dataflow does not start if it cannot: ``api_environment`` points
+it at a directory of its own.
 
 ``BytewaxMetrics`` reads that ``/metrics`` over loopback at each scrape of the engine and
 re-exports the ``bytewax_*`` families: without the ``otel_scope_name`` label, and with the
@@ -45,6 +48,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -58,11 +62,14 @@ DROPPED_LABELS: Final = frozenset({"otel_scope_name"})
 #: Bytewax's variables (read by its runtime when the dataflow starts).
 ENABLED_VARIABLE: Final = "BYTEWAX_DATAFLOW_API_ENABLED"
 PORT_VARIABLE: Final = "BYTEWAX_DATAFLOW_API_PORT"
+CACHE_VARIABLE: Final = "BYTEWAX_DATAFLOW_API_CACHE_PATH"
 
 
-def api_environment(port: int) -> dict[str, str]:
-    """The environment variables that make Bytewax serve its dataflow API on ``port``."""
-    return {ENABLED_VARIABLE: "true", PORT_VARIABLE: str(port)}
+def api_environment(port: int, cache_dir: Path) -> dict[str, str]:
+    """The environment variables that make Bytewax serve its dataflow API on ``port``,
+    writing its ``dataflow.json`` to ``cache_dir`` (which must exist and be writable; a
+    read-only working directory, as in the Kubernetes pods, would stop the dataflow)."""
+    return {ENABLED_VARIABLE: "true", PORT_VARIABLE: str(port), CACHE_VARIABLE: str(cache_dir)}
 
 
 def bytewax_families(text: str) -> Iterator[Metric]:
