@@ -78,6 +78,10 @@ def _ops(parser: argparse.ArgumentParser, log_default: str, sub: bool = False) -
                         help="serve Prometheus /metrics, /healthz and /readyz on this port")
     parser.add_argument("--metrics-host", default=default("127.0.0.1"),
                         help="address to serve them on (0.0.0.0 in a container; default 127.0.0.1)")
+    parser.add_argument("--bytewax-api-port", type=int, default=default(None),
+                        help="with --metrics-port: start Bytewax's own dataflow API on this port and merge its "
+                        "bytewax_* metrics into /metrics (Bytewax listens on every interface, without "
+                        "authentication: keep the port closed to the network)")
     parser.add_argument("--log-format", choices=("text", "json"), default=default(None),
                         help=f"log lines as text or one JSON object each (default: {log_default})")
 
@@ -180,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(dash)
     dash.add_argument("--host", default=None, help="override [dashboard] host")
     dash.add_argument("--port", type=int, default=None, help="override [dashboard] port")
+    # Given before or after the subcommand, alike (the top level holds the defaults).
+    dash.add_argument("--metrics-port", type=int, default=argparse.SUPPRESS,
+                      help="serve the dashboard's Prometheus /metrics on this port (its own, not the dashboard's)")
+    dash.add_argument("--metrics-host", default=argparse.SUPPRESS,
+                      help="address to serve /metrics on (default 127.0.0.1: give the scraper's network only)")
     dash_sub = dash.add_subparsers(dest="dashboard_command")
     add_user = dash_sub.add_parser(
         "add-user", help="add or replace a dashboard user",
@@ -376,7 +385,16 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"dashboard on {where} (cookies are Secure: serve it behind an HTTPS reverse proxy, or set "
               "[dashboard] insecure_http = true for plain-HTTP development)", file=sys.stderr)
-    server(settings, args.host, args.port, users).run()
+    metrics = None
+    if args.metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from dashboard.metrics import DashboardMetrics, serve
+
+        metrics = DashboardMetrics(CollectorRegistry())  # this process's own registry
+        serve(metrics.registry, args.metrics_host, args.metrics_port)
+        print(f"dashboard metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr)
+    server(settings, args.host, args.port, users, metrics).run()
     return 0
 
 
@@ -674,6 +692,16 @@ def _telemetry(args: argparse.Namespace, settings: Settings, stop: threading.Eve
     registry = CollectorRegistry()  # this process's own registry, never the global one
     telemetry = Telemetry(EngineMetrics(registry, sources, alert_threshold=settings.fraud.alert_threshold),
                           Readiness(stop))
+    if args.bytewax_api_port is not None:
+        import tempfile
+
+        from ops.dataflow_api import BytewaxMetrics, api_environment
+
+        # Read by Bytewax when the dataflow starts; its dataflow.json goes to a temporary
+        # directory, never the (possibly read-only) working directory.
+        cache = Path(tempfile.mkdtemp(prefix="bytewax-api-"))
+        os.environ.update(api_environment(args.bytewax_api_port, cache))
+        BytewaxMetrics(args.bytewax_api_port, registry)
     return telemetry, OpsServer(args.metrics_host, args.metrics_port, registry, telemetry.readiness).start()
 
 

@@ -25,7 +25,10 @@ machine slows every kind alike; medians and their ratios are printed.
 
 ``--metrics`` measures the cost of the Prometheus metrics instead: it alternates the engine
 without metrics and the engine with them wired (``ops.metrics.EngineMetrics`` on a fresh
-registry, as ``--metrics-port`` wires it) and prints both throughputs and the loss.
+registry, as ``--metrics-port`` wires it) and prints both throughputs and the loss. It
+leaves out Bytewax's own dataflow API (``--bytewax-api-port``): Bytewax 0.21 can start it once
+per process only (a second dataflow fails with "Duplicate metrics collector registration
+attempted"), so its cost is measured on whole ``run.py replay`` processes instead (README).
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ trail; failed sign-ins are summarised there (the first of a burst, the lockout, 
 the next sign-in), so failing to sign in cannot grow it.
 Responses carry security headers (a strict Content-Security-Policy: the pages load only
 their own scripts and styles) and ``Cache-Control: no-store``.
+
+Given a ``dashboard.metrics.DashboardMetrics``, the application counts its requests by route
+template, times them, and counts the open event streams, users' actions and failed sign-ins
+(served on a port of their own, not here).
 """
 
 
@@ -37,10 +41,12 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from dashboard.auth import Session, Signer, UserStore
 from dashboard.logins import Attempt, LoginGuard, LoginPolicy
+from dashboard.metrics import DashboardMetrics, MeasureRequests
 from dashboard.sessions import SessionStore
 from dashboard.store import (
     ALERT_TYPES,
@@ -310,14 +316,17 @@ def page_json(page: Page, shape: Callable[[dict[str, Any]], dict[str, Any] | Non
 # -- the application ------------------------------------------------------------------------
 
 
-def create_app(store: Store, users: UserStore, config: DashboardConfig, index: bool = True) -> FastAPI:
-    """The application; with ``index``, it runs the ``Indexer`` while it serves."""
+def create_app(store: Store, users: UserStore, config: DashboardConfig, index: bool = True,
+               metrics: DashboardMetrics | None = None) -> FastAPI:
+    """The application; with ``index``, it runs the ``Indexer`` while it serves; with
+    ``metrics``, it reports to them."""
     signer = Signer(config.secret)
     sessions = SessionStore(store.r, store.k, config.session_ttl_s)
     guard = LoginGuard(store.r, store.k, config.login)
     hub = Hub()
     auditor = Auditor(store.r, store.audit_key, config.audit_keys)
     indexer = Indexer(store, hub)
+    meter = metrics if metrics is not None else DashboardMetrics(CollectorRegistry(), process=False)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -339,6 +348,9 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                               "also the `X-CSRF-Token` header.",
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.hub, app.state.indexer, app.state.store = hub, indexer, store
+
+    if metrics is not None:
+        app.add_middleware(MeasureRequests, metrics=metrics)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -419,14 +431,17 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         ip = client_ip(request)
         attempt = await guard.attempt(body.username, ip)
         if attempt.outcome == "locked":
+            meter.login_failed("locked")
             raise HTTPException(423, "this account is locked after too many failed sign-ins; an administrator "
                                      "can unlock it", headers=retry_after(attempt.retry_after_s))
         if attempt.outcome == "throttled":
+            meter.login_failed("throttled")
             wait = retry_after(attempt.retry_after_s)
             raise HTTPException(429, f"too many failed sign-ins: try again in {wait['Retry-After']} s", headers=wait)
         users.refresh(now=True)
         user = await asyncio.to_thread(users.authenticate, body.username, body.password)
         if user is None:
+            meter.login_failed("wrong_credentials")
             await failed_login(body.username, ip, attempt)
             raise HTTPException(401, "wrong username or password",
                                 headers=retry_after(await guard.retry_after_s(body.username, ip)))
@@ -470,6 +485,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     async def unlock(body: Unlock, who: Annotated[Session, role("admin", write=True)]) -> dict[str, Any]:
         held = await guard.unlock(body.username)
         if held is not None:
+            meter.action("unlock")
             await auditor.record("login_unlocked", who.username, who.role, body.username, detail=(
                 f"locked after {held.get('failures', '?')} failed sign-ins; {held.get('refused', '0')} attempts "
                 f"refused while locked"))
@@ -520,6 +536,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         else:
             raise HTTPException(409, "the alert kept changing; try again")
         event_id = sent["event_id"] if sent is not None else None
+        meter.action("close_" + status.removeprefix("closed_") if action == "close" else action)
         await auditor.record(action, who.username, who.role, ref, summary["customer_id"], detail, event_id)
         updated = await alert_or_404(ref)
         hub.publish("alert", updated)
@@ -598,6 +615,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                 break
         else:
             raise HTTPException(409, "the prompt kept changing; try again")
+        meter.action(f"prompt_{body.answer}")
         await auditor.record("answer_prompt", who.username, who.role, prompt_id, prompt["customer_id"], body.answer,
                              sent["event_id"])
         hub.publish("prompt", {**updated, "cref": store.ref("c", prompt["customer_id"])})
@@ -639,6 +657,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         sid, queue = hub.subscribe(allow)
 
         async def stream() -> AsyncIterator[bytes]:
+            meter.sse_clients.inc()
             try:
                 yield b"retry: 1000\n\n"
                 checked = quiet = time.monotonic()
@@ -655,6 +674,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                             yield b": keep-alive\n\n"
                             quiet = time.monotonic()
             finally:
+                meter.sse_clients.dec()
                 hub.unsubscribe(sid)
 
         return StreamingResponse(stream(), media_type="text/event-stream")

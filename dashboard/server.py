@@ -12,6 +12,7 @@ from config.settings import Settings
 from dashboard.app import DashboardConfig, create_app
 from dashboard.auth import UserStore
 from dashboard.logins import LoginPolicy
+from dashboard.metrics import DashboardMetrics
 from dashboard.store import Auditor, Store
 from schemas.audit import AuditKeys
 from schemas.redis_keys import RedisKeys
@@ -19,9 +20,10 @@ from schemas.redis_url import RedisEndpoint
 from sinks.redis_client import connect, connect_async, initialized
 
 
-def build_app(settings: Settings, users: UserStore | None = None) -> Any:
+def build_app(settings: Settings, users: UserStore | None = None, metrics: DashboardMetrics | None = None) -> Any:
     """The application over ``[redis]``; users' actions are audited with the key file of
-    ``[audit] key_file`` (``schemas.audit.AuditKeyError`` if it is not set or not valid)."""
+    ``[audit] key_file`` (``schemas.audit.AuditKeyError`` if it is not set or not valid);
+    with ``metrics``, measured."""
     d, r = settings.dashboard, settings.redis
     keys = AuditKeys.load(settings.audit.key_file)
     client = connect_async(r.endpoint(), r.socket_timeout_s)
@@ -31,7 +33,7 @@ def build_app(settings: Settings, users: UserStore | None = None) -> Any:
     return create_app(store, users or UserStore.load(d.users_file),
                       DashboardConfig(secret, keys, d.session_ttl_s, not d.insecure_http, d.page_size_max,
                                       login=login_policy(settings), locale=settings.display.locale,
-                                      timezone=settings.display.zone))
+                                      timezone=settings.display.zone), metrics=metrics)
 
 
 def login_policy(settings: Settings) -> LoginPolicy:
@@ -41,19 +43,21 @@ def login_policy(settings: Settings) -> LoginPolicy:
 
 
 def server(settings: Settings, host: str | None = None, port: int | None = None,
-           users: UserStore | None = None) -> Any:
+           users: UserStore | None = None, metrics: DashboardMetrics | None = None) -> Any:
     import uvicorn
 
     d = settings.dashboard
-    config = uvicorn.Config(build_app(settings, users), host=host or d.host, port=port if port is not None else d.port,
-                            log_level="warning", access_log=False, server_header=False)
+    config = uvicorn.Config(build_app(settings, users, metrics), host=host or d.host,
+                            port=port if port is not None else d.port, log_level="warning", access_log=False,
+                            server_header=False)
     return uvicorn.Server(config)
 
 
 def start_in_thread(settings: Settings, host: str | None = None, port: int | None = None,
-                    users: UserStore | None = None) -> tuple[Any, threading.Thread]:
+                    users: UserStore | None = None, metrics: DashboardMetrics | None = None
+                    ) -> tuple[Any, threading.Thread]:
     """Serve in a daemon thread; ``server.should_exit = True`` stops it."""
-    srv = server(settings, host, port, users)
+    srv = server(settings, host, port, users, metrics)
     thread = threading.Thread(target=srv.run, name="dashboard", daemon=True)
     thread.start()
     return srv, thread

@@ -94,6 +94,10 @@ class Observer(Protocol):
     def customers_added(self, n: int) -> None:
         """``n`` customers were seen for the first time."""
 
+    def snapshot_taken(self, seconds: float, size_bytes: int) -> None:
+        """The shard's state was serialised for a recovery snapshot (by the runtime's adapter,
+        ``flows.steps.EngineStep``): how long that took, and its size."""
+
 
 class Customer:
     """Everything the engine keeps about one customer."""

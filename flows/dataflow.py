@@ -20,8 +20,9 @@ processing raises becomes a dead letter there (``engine.isolation``), and joins 
 on the dead-letter sinks.
 
 Step ids are stable: recovery state is keyed by them. With metrics (``ops.metrics``), the
-source's batches are counted (``observe_input``), the engine reports its stage times, scores
-and labels to the metrics, and the alerts leaving it are counted (``observe_alerts``); without,
+source's batches are counted (``observe_input``), the engine reports its stage times, scores,
+labels and state snapshots to the metrics, its prompts and the alerts its lifecycle suppressed
+are counted (``observe_records``), and the alerts leaving it too (``observe_alerts``); without,
 none of it is wired. Likewise ``event_summaries`` (each valid event's ``EventSummary``, for
 the dashboard's timelines) exists only when ``Outputs.events`` has a sink.
 """
@@ -112,6 +113,8 @@ def build_flow(source: Source[Any], outputs: Outputs, config: EngineConfig,
                                   lambda resume: EngineStep(config, resume, snapshots, metrics))
     # (shard key, Alert | Prompt | Score | CustomerState | LifecycleChange | DeadLetter)
     records = op.map("drop_shard_key", processed, _value)
+    if metrics is not None:  # prompts by action and trigger, alerts the lifecycle suppressed
+        records = op.flat_map_batch("observe_records", records, metrics.observe_records)
     failed = op.filter("step_failures", records, _is(DeadLetter))
     if metrics is not None:
         failed = op.flat_map_batch("observe_failures", failed, metrics.observe_failures)

@@ -34,6 +34,7 @@ from bytewax.run import cli_main
 
 from config.actions import load_actions
 from config.settings import Settings
+from detectors.nba import TRIGGERS
 from engine.config import Clock, EngineConfig
 from flows.dataflow import Outputs, build_flow
 from flows.outputs import as_output, as_single_writer
@@ -247,7 +248,12 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
         outputs.events["redis"] = as_single_writer(sink("redis_events", recent_events_sink(settings)))
     for name, factory in audit_sinks(settings).items():
         outputs.audit[name] = as_single_writer(sink(name, factory))
-    return build_flow(source, outputs, engine_config(settings, wall_clock),
+    config = engine_config(settings, wall_clock)
+    if telemetry is not None:
+        telemetry.metrics.expect_prompts((a.action_id for a in config.actions), TRIGGERS)
+        if settings.engine.recovery_dir:
+            telemetry.metrics.watch_recovery_store(Path(settings.engine.recovery_dir), RECOVERY_PARTITIONS)
+    return build_flow(source, outputs, config,
                       metrics=telemetry.metrics if telemetry is not None else None,
                       side_input=redis_input(settings, stop, telemetry=telemetry) if redis_side else None,
                       snapshots=bool(settings.engine.recovery_dir))

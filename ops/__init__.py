@@ -7,6 +7,7 @@ passes it down to the dataflow, the sources and the sinks. Without it nothing is
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +32,17 @@ class Telemetry:
 
 
 class MeteredSink(Sink):
-    """Any sink, with its records and failed writes counted and its opening tracked."""
+    """Any sink, with its records and failed writes counted and its opening tracked. A sink
+    that does not confirm deliveries itself (``Sink.reports_delivery``: files, the console)
+    delivers a record when ``write_batch`` returns: that write's duration is the delivery
+    latency of each of its records, and the sink has no buffer (capacity 0)."""
 
     def __init__(self, sink: Sink, name: str, telemetry: Telemetry) -> None:
         self._sink, self._name, self._readiness = sink, name, telemetry.readiness
         self._metrics = telemetry.metrics.sink(name)
+        self._timed = not sink.reports_delivery
+        if self._timed:
+            self._metrics.buffer_capacity(0)
         sink.attach_metrics(self._metrics)
         self._readiness.sink_opening(name)
 
@@ -44,12 +51,15 @@ class MeteredSink(Sink):
         self._readiness.sink_opened(self._name)
 
     def write_batch(self, records: list[Record]) -> None:
+        started = time.perf_counter()
         try:
             self._sink.write_batch(records)
         except Exception:
             self._metrics.error(len(records))
             raise
         self._metrics.written(len(records))
+        if self._timed and records:
+            self._metrics.delivered([time.perf_counter() - started] * len(records))
 
     def position(self) -> Any:
         return self._sink.position()

@@ -34,6 +34,7 @@ take plain per-event facts (kinds, source partitions, scores, timestamps) and ou
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -56,11 +57,11 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from schemas.events import KIND_FIELDS
-from schemas.outputs import Alert, DeadLetter, ModelChange, ModelReport
+from schemas.outputs import Alert, DeadLetter, LifecycleChange, ModelChange, ModelReport, Prompt
 
 NAMESPACE: Final = "crm_engine"
 #: Event-to-alert latency buckets (seconds), from 0.5 ms to 5 minutes.
@@ -78,6 +79,13 @@ FEEDBACK_LABELS: Final = ("fraud", "legit", "churned", "retained", "nba_accepted
 STEPS: Final = ("customer_profile", "shared_scoring", "customer_view")
 OUTCOMES: Final = ("true_positive", "false_positive", "false_negative", "true_negative")
 LATENCY_SINCE: Final = ("source", "read", "event")
+#: Why the alert lifecycle emitted no new alert for a trigger, by the change it recorded:
+#: a repeat of an open alert, merged into the customer's open group (emitted as a revision of
+#: the group's alert), or snoozed.
+SUPPRESSION_REASONS: Final = {"deduplicated": "deduplicated", "grouped": "grouped", "suppressed": "snoozed"}
+#: The engine's state snapshot (pickled shard): from 1 ms to 1 minute.
+SNAPSHOT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                           60.0)
 
 #: Dead-letter reason codes, in the order they are tried (the first match wins).
 _REASON_RULES: Final = (
@@ -246,8 +254,45 @@ class HistogramChild:
         return counts, total, items
 
 
+class RecoveryStore:
+    """A collector of the recovery store's size: the bytes of the recovery partitions in
+    ``db_dir`` (the files matching ``pattern`` and their SQLite journals), read from the
+    file system at each scrape (nothing on the dataflow's path).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "part-0.sqlite3").write_bytes(b"x" * 4096)
+    >>> registry = CollectorRegistry(); _ = RecoveryStore(d, "part-*.sqlite3", registry)
+    >>> registry.get_sample_value("crm_engine_recovery_store_size_bytes")
+    4096.0
+    """
+
+    JOURNALS: Final = ("-wal", "-shm", "-journal")
+
+    def __init__(self, db_dir: Path, pattern: str, registry: CollectorRegistry) -> None:
+        self._dir, self._pattern = db_dir, pattern
+        registry.register(self)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for part in self._dir.glob(self._pattern):
+            for path in (part, *(part.with_name(part.name + suffix) for suffix in self.JOURNALS)):
+                with contextlib.suppress(FileNotFoundError):  # no journal, or a partition just replaced
+                    total += path.stat().st_size
+        return total
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(f"{NAMESPACE}_recovery_store_size_bytes", self._doc)]
+
+    def collect(self) -> list[Metric]:
+        return [GaugeMetricFamily(f"{NAMESPACE}_recovery_store_size_bytes", self._doc,
+                                  value=float(self.size_bytes()))]
+
+    _doc = "Bytes of this process's recovery partitions (SQLite files and journals) in the recovery directory."
+
+
 class SinkMetrics:
-    """What a sink reports: records written, errors, retries, records buffered and records lost.
+    """What a sink reports: records written, errors, retries, records buffered (of its
+    capacity), delivery latencies and records lost.
 
     The Prometheus implementation of the sinks' own ``sinks.base.SinkReport`` protocol (by its
     shape: the sinks do not know it). A sink receives one at construction or through
@@ -255,9 +300,10 @@ class SinkMetrics:
     """
 
     def __init__(self, records: Any = None, errors: Any = None, retries: Any = None,
-                 buffered: Any = None, lost: Any = None) -> None:
+                 buffered: Any = None, lost: Any = None, capacity: Any = None,
+                 latency: HistogramChild | None = None) -> None:
         self._records, self._errors, self._retries, self._buffered = records, errors, retries, buffered
-        self._lost = lost
+        self._lost, self._capacity, self._latency = lost, capacity, latency
 
     @classmethod
     def off(cls) -> SinkMetrics:
@@ -281,6 +327,19 @@ class SinkMetrics:
         """Records accepted by the sink and not yet delivered."""
         if self._buffered is not None:
             self._buffered.set(n)
+
+    def buffer_capacity(self, n: int) -> None:
+        """The most records the sink holds undelivered; 0 for a sink without a buffer."""
+        if self._capacity is not None:
+            self._capacity.set(n)
+
+    def delivered(self, latencies_s: list[float]) -> None:
+        """Records confirmed delivered, each with its seconds since ``write_batch`` (one call
+        per batch of confirmations: a ``FastHistogram``, no lock per record)."""
+        if self._latency is not None and latencies_s:
+            observe = self._latency.observer()
+            for seconds in latencies_s:
+                observe(seconds)
 
     def lost(self, n: int = 1) -> None:
         """Records neither delivered nor stored in the sink's dead letters (their file could
@@ -371,8 +430,30 @@ class EngineMetrics:
             ("lost", "Records a sink could neither deliver nor store in its dead letters.")
         self._sink_counters = {name: Counter(name, text, ["sink"], namespace=ns, subsystem="sink",
                                              registry=registry) for name, text in labels}
+        self.prompts = Counter("prompts", "Next-best-action prompts emitted to RMs, by action (catalogue id) and "
+                               "trigger type.", ["action", "trigger"], namespace=ns, subsystem="nba",
+                               registry=registry)
+        self.suppressed = Counter("suppressed", "Triggered alerts the lifecycle emitted no new alert for, by "
+                                  "alert type and reason: deduplicated (a repeat of an open alert), grouped "
+                                  "(merged into the customer's open group, emitted as a revision), snoozed.",
+                                  ["type", "reason"], namespace=ns, subsystem="alerts", registry=registry)
+        self.snapshot_duration = FastHistogram(
+            f"{ns}_snapshot_duration_seconds", "Time to serialise the engine's state (the shard: customers and "
+            "models) for a recovery snapshot, at the end of each epoch that touched it.", SNAPSHOT_BUCKETS,
+            registry)
+        self.snapshot_size = Gauge("size", "Size of the engine's last state snapshot (pickled), before Bytewax "
+                                   "writes it to the recovery store.", namespace=ns, subsystem="snapshot",
+                                   unit="bytes", registry=registry)
         self.sink_buffered = Gauge("buffered", "Records accepted by a sink and not yet delivered.", ["sink"],
                                    namespace=ns, subsystem="sink", unit="records", registry=registry)
+        self.sink_capacity = Gauge("buffer_capacity", "The most records a sink holds undelivered before it "
+                                   "dead-letters (Redis, webhook, audit) or waits (Kafka); 0: no buffer, a record "
+                                   "is delivered when the write returns.", ["sink"], namespace=ns,
+                                   subsystem="sink", unit="records", registry=registry)
+        self.sink_latency = FastHistogram(
+            f"{ns}_sink_delivery_latency_seconds", "From a record handed to a sink to its confirmed delivery "
+            "(Kafka: the broker's acknowledgement; Redis, webhook: the write succeeded, retries included; files, "
+            "console: the write returned).", LATENCY_BUCKETS, registry, ["sink"])
         self._init_labels(tuple(sources), tuple(sinks))
         self._events_by: dict[tuple[str, str], Any] = {}
         self._dead_by = {code: self.dead_letters.labels(code) for code in DEAD_LETTER_REASONS}
@@ -382,6 +463,11 @@ class EngineMetrics:
         self._latency_event = self.alert_latency.labels("event")
         self._feedback_by = {label: self.feedback.labels(label) for label in FEEDBACK_LABELS}
         self._stage_timers = {stage: self.step_duration.labels(stage) for stage in STEPS}
+        self._prompts_by: dict[tuple[str, str], Any] = {}
+        self._suppressed_by = {(t, change): self.suppressed.labels(t, reason) for t in ALERT_TYPES
+                               for change, reason in SUPPRESSION_REASONS.items()}
+        self._snapshot_timer = self.snapshot_duration.labels()
+        self._recovery_store: RecoveryStore | None = None
 
     def _init_labels(self, sources: tuple[str, ...], sinks: tuple[str, ...]) -> None:
         for kind in KINDS:
@@ -406,6 +492,21 @@ class EngineMetrics:
             self.labelled_scores.labels(label)
         for sink in sinks:
             self.sink(sink)
+        for t in ALERT_TYPES:
+            for reason in SUPPRESSION_REASONS.values():
+                self.suppressed.labels(t, reason)
+
+    def expect_prompts(self, actions: Iterable[str], triggers: Iterable[str]) -> None:
+        """Export every (action, trigger) pair of the catalogue at zero from the start."""
+        for action in actions:
+            for trigger in triggers:
+                self._prompt_counter(action, trigger)
+
+    def _prompt_counter(self, action: str, trigger: str) -> Any:
+        child = self._prompts_by.get((action, trigger))
+        if child is None:
+            child = self._prompts_by[(action, trigger)] = self.prompts.labels(action, trigger)
+        return child
 
     # -- hooks for the dataflow: plain per-event facts and output records --------------------
     # They know nothing of the items that travel between the dataflow's steps: the flows
@@ -481,6 +582,35 @@ class EngineMetrics:
             self._alerts_by[(alert.type, alert.severity)].inc()
         return batch
 
+    def observe_records(self, batch: list[Any]) -> list[Any]:
+        """Count the prompts (by action and trigger) and the alerts the lifecycle suppressed
+        (by type and reason) among the engine's records: one pass, a tally per batch."""
+        prompts: Tally[tuple[str, str]] = Tally()
+        suppressed: Tally[tuple[str, str]] = Tally()
+        for record in batch:
+            kind = type(record)
+            if kind is Prompt:
+                prompts[(record.action, record.trigger)] += 1
+            elif kind is LifecycleChange and record.action in SUPPRESSION_REASONS:
+                suppressed[(record.alert_type, record.action)] += 1
+        for (action, trigger), n in prompts.items():
+            self._prompt_counter(action, trigger).inc(n)
+        for key, n in suppressed.items():
+            child = self._suppressed_by.get(key)
+            if child is not None:
+                child.inc(n)
+        return batch
+
+    def watch_recovery_store(self, db_dir: Path, pattern: str) -> None:
+        """Export the size of the recovery partitions in ``db_dir`` (once per process)."""
+        if self._recovery_store is None:
+            self._recovery_store = RecoveryStore(db_dir, pattern, self.registry)
+
+    def snapshot_taken(self, seconds: float, size_bytes: int) -> None:
+        """The engine's state was serialised for a recovery snapshot."""
+        self._snapshot_timer.observe(seconds)
+        self.snapshot_size.set(size_bytes)
+
     def observe_models(self, batch: list[ModelReport | ModelChange]) -> list[ModelReport | ModelChange]:
         """Each fraud model's prequential figures and the champion, from the engine's reports."""
         for record in batch:
@@ -509,4 +639,5 @@ class EngineMetrics:
         """The metrics of the sink called ``name`` (its label), created at zero."""
         c = self._sink_counters
         return SinkMetrics(c["records"].labels(name), c["errors"].labels(name), c["retries"].labels(name),
-                           self.sink_buffered.labels(name), c["lost"].labels(name))
+                           self.sink_buffered.labels(name), c["lost"].labels(name), self.sink_capacity.labels(name),
+                           self.sink_latency.labels(name))

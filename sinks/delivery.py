@@ -22,7 +22,9 @@ Counters are plain attributes: ``delivered``, ``retried`` (failed attempts that 
 retried), ``failed`` (failed attempts), ``dead_lettered`` and ``buffer_depth``. A
 ``sinks.base.SinkReport`` attached (``attach_metrics``; ``ops.MeteredSink`` attaches the
 Prometheus one) hears of each retry (``crm_engine_sink_retries_total``), each dead-lettered
-record (``crm_engine_sink_errors_total``) and the buffer (``crm_engine_sink_buffered_records``).
+record (``crm_engine_sink_errors_total``), the buffer (``crm_engine_sink_buffered_records``, of
+``crm_engine_sink_buffer_capacity_records``) and, per delivered batch, each record's time from
+``write_batch`` to its confirmed delivery (``crm_engine_sink_delivery_latency_seconds``).
 
 A sink's dead letters (``DeadLetterOut``) keep the whole record: the engine's own records
 are bounded by construction, and whoever re-sends them needs all of it. Writing them never
@@ -253,6 +255,8 @@ def record_id(record: Record) -> str:
 class BufferedSink(Sink):
     """A sink delivered by a background thread from a bounded buffer (see the module doc)."""
 
+    reports_delivery = True
+
     def __init__(self, name: str, dead_letters: DeadLetterOut, capacity: int = 10_000,
                  batch_size: int = 100, policy: RetryPolicy | None = None,
                  rng: random.Random | None = None, close_timeout_s: float = 10.0,
@@ -266,6 +270,7 @@ class BufferedSink(Sink):
         self._rng = rng or random.Random(0)
         self._monotonic = monotonic
         self._buffer: deque[Record] = deque()
+        self._handed: deque[float] = deque()  # when each buffered record was handed over (monotonic)
         self._cond = threading.Condition()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -298,6 +303,7 @@ class BufferedSink(Sink):
 
     def attach_metrics(self, metrics: SinkReport) -> None:
         self._metrics = metrics
+        metrics.buffer_capacity(self.capacity)
         metrics.buffer_depth(len(self._buffer))
         self._dead.attach_metrics(metrics)
 
@@ -306,8 +312,9 @@ class BufferedSink(Sink):
 
     def open(self, resume: Any = None) -> None:
         self.connect()
-        if isinstance(resume, list):
+        if isinstance(resume, list):  # handed over again now: latencies count from the restart
             self._buffer.extend(resume)
+            self._handed.extend([self._monotonic()] * len(resume))
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
         self._thread.start()
 
@@ -319,6 +326,7 @@ class BufferedSink(Sink):
                 overflow = records[max(room, 0):]
                 records = records[:max(room, 0)]
             self._buffer.extend(records)
+            self._handed.extend([self._monotonic()] * len(records))
             self._report_depth()
             self._cond.notify()
         if overflow:
@@ -342,6 +350,7 @@ class BufferedSink(Sink):
         with self._cond:
             left = list(self._buffer)
             self._buffer.clear()
+            self._handed.clear()
         if left:
             self._dead_letter(left, f"{self.name}: undelivered when the sink closed")
         self.disconnect()
@@ -388,8 +397,9 @@ class BufferedSink(Sink):
                 self._closing.wait(pause)
                 attempt += 1
             else:
-                self._done(batch)
+                handed = self._done(batch)
                 self.delivered += len(batch) - len(refused)
+                self._report_latencies(batch, handed, refused)
                 if refused:
                     self.failed += 1
                     self._refuse(refused)
@@ -403,12 +413,27 @@ class BufferedSink(Sink):
         for reason, records in by_reason.items():
             self._dead_letter(records, f"{self.name}: refused: {reason}")
 
-    def _done(self, batch: list[Record]) -> None:
+    def _report_latencies(self, batch: list[Record], handed: list[float],
+                          refused: list[tuple[Record, str]]) -> None:
+        """Each delivered record's time from ``write_batch`` to now, in one report."""
+        now = self._monotonic()
+        if refused:
+            gone = {id(record) for record, _ in refused}
+            latencies = [now - t for record, t in zip(batch, handed, strict=True) if id(record) not in gone]
+        else:
+            latencies = [now - t for t in handed]
+        if latencies:
+            self._metrics.delivered(latencies)
+
+    def _done(self, batch: list[Record]) -> list[float]:
+        """Take ``batch`` off the buffer; when each of its records was handed over."""
         with self._cond:
             for _ in batch:
                 self._buffer.popleft()
+            handed = [self._handed.popleft() for _ in batch]
             self._report_depth()
             self._cond.notify_all()
+        return handed
 
     def _dead_letter(self, records: list[Record], reason: str) -> None:
         self.dead_lettered += len(records)

@@ -19,7 +19,10 @@ record. Only a full local queue (``BufferError``) is waited out and retried.
 
 Metrics (a ``sinks.base.SinkReport``, given at construction): records refused or not
 delivered as errors, writes retried after the local queue was full as retries, records in
-flight as the buffer depth, and records whose dead letter could not be written as lost.
+flight as the buffer depth (of ``queue.buffering.max.messages``, the capacity), each
+acknowledged record's time from ``produce()`` to its delivery report (librdkafka's
+``Message.latency()``), reported once per poll, and records whose dead letter could not be
+written as lost.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from sinks.delivery import DeadLetterOut, kafka_refusal, record_id
 log = logging.getLogger(__name__)
 ID_FIELDS = ("change_id", "alert_id", "prompt_id")
 _PRODUCER_ONLY = frozenset({"linger.ms", "enable.idempotence", "acks", "compression.type"})
+#: librdkafka's default ``queue.buffering.max.messages``: the records a producer holds in flight.
+DEFAULT_QUEUE_MESSAGES = 100_000
 
 
 def _id(record: Record) -> str:
@@ -76,6 +81,8 @@ def record_key(record: Record) -> bytes | None:
 class KafkaSink(Sink):
     """Produce every record to ``topic``; what Kafka refuses goes to ``dead_letters``."""
 
+    reports_delivery = True
+
     def __init__(self, client_config: dict[str, str | int | float | bool], topic: str,
                  dead_letters: DeadLetterOut, key: Callable[[Record], bytes | None] = record_key,
                  metrics: SinkReport | None = None) -> None:
@@ -88,8 +95,10 @@ class KafkaSink(Sink):
         self.delivered = 0
         self.failed = 0  # records refused by produce() or whose delivery failed: in the dead letters
         self._metrics: SinkReport = Unreported() if metrics is None else metrics
+        self._latencies: list[float] = []  # of the deliveries reported since the last poll
         if metrics is not None:
             dead_letters.attach_metrics(metrics)
+            metrics.buffer_capacity(int(self._config.get("queue.buffering.max.messages", DEFAULT_QUEUE_MESSAGES)))
 
     def open(self, resume: object = None) -> None:
         from confluent_kafka import Producer
@@ -101,6 +110,9 @@ class KafkaSink(Sink):
     def _on_delivery(self, record: Record, err: Any, msg: Any) -> None:
         if err is None:
             self.delivered += 1
+            latency = msg.latency()
+            if latency is not None:
+                self._latencies.append(latency)
             self._delivered(record, msg)
         else:
             self._refuse(record, msg.value() or record.to_bytes(), f"delivery failed: {kafka_refusal(err)}")
@@ -137,13 +149,22 @@ class KafkaSink(Sink):
                     self._refuse(record, value, f"refused: {kafka_refusal(exc)}")
                     break
         producer.poll(0)
-        self._metrics.buffer_depth(len(producer))
+        self._report_deliveries()
+
+    def _report_deliveries(self) -> None:
+        """The deliveries confirmed by the last poll or flush, in one report, and the queue."""
+        if self._latencies:
+            latencies, self._latencies = self._latencies, []
+            self._metrics.delivered(latencies)
+        if self._producer is not None:
+            self._metrics.buffer_depth(len(self._producer))
 
     def close(self) -> None:
         if self._producer is not None:
             remaining = self._producer.flush(30)
             if remaining:
                 log.error("%d records to %s undelivered at close", remaining, self._topic)
+            self._report_deliveries()
             self._producer = None
         self._dead.close()
 

@@ -12,6 +12,7 @@ import httpx
 
 from config.settings import Settings
 from dashboard.auth import UserStore, add_user
+from dashboard.metrics import DashboardMetrics
 from dashboard.server import start_in_thread
 from tests.brokers import free_port
 
@@ -33,15 +34,17 @@ class Dashboard:
 
 
 @contextmanager
-def dashboard(settings: Settings, tmp: Path, insecure_http: bool = True) -> Iterator[Dashboard]:
-    """Served over plain HTTP, so with ``insecure_http`` (cookies without Secure) unless told."""
+def dashboard(settings: Settings, tmp: Path, insecure_http: bool = True,
+              metrics: DashboardMetrics | None = None) -> Iterator[Dashboard]:
+    """Served over plain HTTP, so with ``insecure_http`` (cookies without Secure) unless told;
+    measured by ``metrics`` if given."""
     users_file = tmp / "users.toml"
     for name, role, rm in USERS:
         add_user(users_file, name, role, PASSWORD, rm)
     settings = replace(settings, dashboard=replace(settings.dashboard, users_file=str(users_file),
                                                    secret="test-secret-of-enough-length", insecure_http=insecure_http))
     port = free_port()
-    server, thread = start_in_thread(settings, "127.0.0.1", port, UserStore.load(users_file))
+    server, thread = start_in_thread(settings, "127.0.0.1", port, UserStore.load(users_file), metrics)
     deadline = time.monotonic() + 20
     while not getattr(server, "started", False):
         assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from bytewax.run import cli_main
@@ -41,14 +43,15 @@ class Observed:
 
 
 def run_observed(events: list[Event], workers: int = 1, metrics_on: bool = True,
-                 source_delay_s: float = 0.002) -> Observed:
+                 source_delay_s: float = 0.002, recovery_dir: Path | None = None) -> Observed:
     """Run ``events`` (source partition ``topic#0``, Kafka timestamps ``source_delay_s`` ago,
     read from the broker half as long ago) and ``BAD_INPUTS`` through ``build_flow``; with
-    ``metrics_on``, on a fresh registry."""
+    ``metrics_on``, on a fresh registry; with ``recovery_dir``, with recovery there (one
+    partition, created) and an epoch every 10 ms, its store watched by the metrics."""
     settings = load_settings()
     registry = CollectorRegistry()
-    metrics = EngineMetrics(registry, sources=("topic",), alert_threshold=settings.fraud.alert_threshold) \
-        if metrics_on else None
+    metrics = EngineMetrics(registry, sources=("topic",), sinks=("kafka_alerts",),
+                            alert_threshold=settings.fraud.alert_threshold) if metrics_on else None
     stamp = time.time() - source_delay_s
     items: list[Sequenced | DeadLetter] = [DeadLetter.of(raw, reason, {"test": i}) for i, (raw, reason) in
                                            enumerate(_rejections())]
@@ -58,8 +61,21 @@ def run_observed(events: list[Event], workers: int = 1, metrics_on: bool = True,
     sink = TestingSink(out)
     outputs = Outputs(alerts={"t": sink}, scores={"t": sink}, states={"t": sink}, dead_letters={"t": sink})
     config = engine_config(settings, wall_clock, watermark=events[-1].t, emit_scores=True)
-    cli_main(build_flow(TestingSource(items, batch_size=200), outputs, config, metrics=metrics),
-             workers_per_process=workers)
+    recovery = None
+    if recovery_dir is not None:
+        from bytewax.recovery import RecoveryConfig, init_db_dir
+
+        from flows.recovery import PATTERN
+
+        recovery_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(recovery_dir, 1)
+        recovery = RecoveryConfig(recovery_dir)
+        if metrics is not None:
+            metrics.watch_recovery_store(recovery_dir, PATTERN)
+    cli_main(build_flow(TestingSource(items, batch_size=200), outputs, config, metrics=metrics,
+                        snapshots=recovery is not None),
+             workers_per_process=workers, recovery_config=recovery,
+             epoch_interval=timedelta(milliseconds=10) if recovery is not None else None)
     return Observed(registry, out)
 
 

@@ -113,7 +113,7 @@ def test_sinks_report_through_their_own_protocol() -> None:
     from sinks.base import SinkReport, Unreported
 
     methods = [name for name, _ in inspect.getmembers(SinkReport, inspect.isfunction) if not name.startswith("_")]
-    assert set(methods) == {"written", "error", "retry", "buffer_depth", "lost"}
+    assert set(methods) == {"written", "error", "retry", "buffer_depth", "buffer_capacity", "delivered", "lost"}
     for implementation in (SinkMetrics, Unreported):
         for name in methods:
             assert inspect.signature(getattr(implementation, name)) == inspect.signature(getattr(SinkReport, name)), \

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from ops.dataflow_api import BytewaxMetrics
+from tests.brokers import free_port
 from tests.conftest import ROOT
 from tests.ops_flow import Observed, run_observed, small_stream
 
@@ -67,8 +69,9 @@ def dashboard_exprs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def observed() -> Observed:
-    return run_observed(small_stream(customers=20, days=4))
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Observed:
+    """A small run with recovery on (snapshots, the recovery store) and a sink's metrics."""
+    return run_observed(small_stream(customers=20, days=4), recovery_dir=tmp_path_factory.mktemp("recovery"))
 
 
 def test_promtool_check_metrics_finds_nothing_in_the_exposition(observed: Observed) -> None:
@@ -78,6 +81,11 @@ def test_promtool_check_metrics_finds_nothing_in_the_exposition(observed: Observ
     assert 'crm_engine_alert_latency_seconds_bucket{le="0.005",since="read"}' in text
     assert "process_resident_memory_bytes" in text and "process_open_fds" in text and "python_gc_" in text
     assert "_created" not in text
+    for family in ("crm_engine_snapshot_duration_seconds_bucket", "crm_engine_snapshot_size_bytes",
+                   "crm_engine_recovery_store_size_bytes", "crm_engine_nba_prompts_total",
+                   "crm_engine_alerts_suppressed_total", 'crm_engine_sink_delivery_latency_seconds_bucket{le="0.5"',
+                   "crm_engine_sink_buffer_capacity_records"):
+        assert family in text, family
     binary = shutil.which("promtool")
     if binary is None:
         pytest.fail("promtool is not installed: `apt-get install -y prometheus` (make test does it)")
@@ -93,7 +101,9 @@ def exported(observed: Observed) -> set[str]:
     names: set[str] = set()
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
                 "info": ("_info",)}
-    for family in run.registry.collect():
+    bytewax = CollectorRegistry()  # registered by run.py with --bytewax-api-port
+    BytewaxMetrics(free_port(), bytewax, timeout_s=0.2)
+    for family in [*run.registry.collect(), *bytewax.collect()]:
         names.update(sample.name for sample in family.samples)
         names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
@@ -347,3 +357,13 @@ def test_every_file_the_engine_writes_is_on_a_writable_volume_of_its_pod() -> No
     claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["accessModes"] == ["ReadWriteOnce"] and claim["resources"]["requests"]["storage"]
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
+    """Each panel's PromQL (Grafana's interval variables replaced by 5m, the others by a
+    match-all) parses: promtool checks it as the expression of a recording rule."""
+    exprs = [re.sub(r"\$\w+", ".*", re.sub(r"\$__\w+", "5m", expr)) for expr in dashboard_exprs()]
+    rules = {"groups": [{"name": "panels", "rules": [{"record": f"panel:expr{i}", "expr": expr}
+                                                     for i, expr in enumerate(exprs)]}]}
+    (tmp_path / "panels.yml").write_text(yaml.safe_dump(rules))
+    promtool("check", "rules", "panels.yml", cwd=tmp_path)

@@ -104,11 +104,14 @@ def scalar(base: str, promql: str) -> float | None:
 
 
 def test_prometheus_scrapes_events_alerts_and_latency(tmp_path: Path) -> None:
-    """The built-in simulator at 1,000 events/s, scraped every second by a real Prometheus."""
-    port = free_port()
+    """The built-in simulator at 1,000 events/s with recovery, scraped every second by a real
+    Prometheus, Bytewax's own metrics merged in."""
+    port, bytewax_port = free_port(), free_port()
     # The demo's dashboard would take the machine's Redis and port 8000: not this test's business.
     engine = start_engine(tmp_path / "engine.log", "--metrics-port", str(port), "--log-format", "json",
-                          env={"CRM__SIMULATOR__RATE_PER_S": "1000", "CRM__DASHBOARD__ENABLED": "false"})
+                          "--bytewax-api-port", str(bytewax_port),
+                          env={"CRM__SIMULATOR__RATE_PER_S": "1000", "CRM__DASHBOARD__ENABLED": "false",
+                               "CRM__ENGINE__RECOVERY_DIR": str(tmp_path / "recovery")})
     try:
         with prometheus(tmp_path, port) as prom:
             wait_for("the engine scraped with alerts and alert latencies", lambda: (
@@ -133,6 +136,30 @@ def test_prometheus_scrapes_events_alerts_and_latency(tmp_path: Path) -> None:
             assert (scalar(prom, "sum(crm_engine_customers_tracked)") or 0) > 50
             assert (scalar(prom, 'sum(crm_engine_sink_records_total{sink="console"})') or 0) >= 5
             assert scalar(prom, "sum(crm_engine_model_fraud_score_count)") is not None
+            # Sinks: the console writes synchronously (no buffer), each record's write timed.
+            assert scalar(prom, 'crm_engine_sink_buffer_capacity_records{sink="console"}') == 0
+            assert (scalar(prom, 'sum(crm_engine_sink_delivery_latency_seconds_count{sink="console"})') or 0) >= 5
+            # Checkpoints: an epoch every 2 s snapshots the engine into the recovery store.
+            wait_for("a snapshot scraped", lambda: (scalar(prom, "sum(crm_engine_snapshot_duration_seconds_count)")
+                                                    or 0) >= 1, timeout=30, every=1.0)
+            assert (scalar(prom, "crm_engine_snapshot_size_bytes") or 0) > 1000
+            assert (scalar(prom, "crm_engine_recovery_store_size_bytes") or 0) > 1000
+            # Bytewax's own metrics, read from its dataflow API, without duplicate series.
+            assert scalar(prom, "crm_engine_bytewax_api_up") == 1
+            steps = {row["metric"]["step_id"] for row in query(
+                prom, "bytewax_stateful_batch_on_batch_duration_seconds_count > 0")}
+            assert "crm_engine.engine" in steps, steps
+            assert (scalar(prom, "sum(bytewax_snapshot_duration_seconds_count)") or 0) >= 1
+            assert (scalar(prom, "sum(bytewax_partd_write_duration_seconds_count)") or 0) >= 1
+            # The live exposition, Bytewax's families included, passes promtool's checks.
+            status, exposition = get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200 and "bytewax_item_inp_count_total" in exposition
+            series = [line.rsplit(" ", 1)[0] for line in exposition.splitlines() if line.startswith("bytewax_")]
+            assert series and len(series) == len(set(series)), "a series exported twice"
+            assert not (ROOT / "dataflow.json").exists()  # Bytewax's graph goes to a temporary directory
+            check = subprocess.run([require("promtool"), "check", "metrics"], input=exposition, capture_output=True,
+                                   text=True, timeout=60)
+            assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
             # The deploy rules evaluate against the real series without errors, and none fires.
             wait_for("a rule evaluation", lambda: all(
                 rule.get("lastEvaluation", "").startswith("20") for group in json.loads(
