@@ -233,6 +233,46 @@ def test_compose_services_run_real_commands_and_keep_their_state() -> None:
         assert f"\n{variable}=" in example, variable
 
 
+#: The Kubernetes version the manifests are validated against (its OpenAPI schemas ship in
+#: the pinned ``kubernetes-validate`` wheel; nothing is downloaded).
+KUBERNETES_VERSION = "1.31"
+#: Kinds that are not Kubernetes' own (CustomResourceDefinitions installed by an operator):
+#: their schema is the operator's, checked by the structural test below instead.
+CUSTOM_KINDS = {"PodMonitor"}
+
+
+def test_every_kubernetes_manifest_validates_against_the_schema() -> None:
+    """Each document of ``deploy/k8s`` (but the Prometheus Operator's PodMonitor) validates,
+    strictly (no unknown field), against Kubernetes' own OpenAPI schema."""
+    import kubernetes_validate
+
+    checked = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc["kind"] == "Kustomization" or doc["kind"] in CUSTOM_KINDS:
+                continue
+            try:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{path.name} ({doc['kind']}): {exc.message} at {list(exc.path)}")
+            checked.append(doc["kind"])
+    assert {"StatefulSet", "ConfigMap", "Service", "NetworkPolicy", "PodDisruptionBudget", "Deployment"} <= set(checked)
+
+
+def test_the_compose_file_validates_against_the_compose_specification() -> None:
+    """``docker compose config`` checks a file against the Compose Specification's JSON schema;
+    here the schema as shipped in docker-compose 1.29.2 (Apache-2.0; ``tests/data``). That
+    version predates the top-level ``name``, which is checked apart."""
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())
+    compose = load(DEPLOY / "docker-compose.yml")
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", compose.pop("name"))
+    errors = [f"{error.message} at {list(error.path)}"
+              for error in jsonschema.Draft7Validator(schema).iter_errors(compose)]
+    assert not errors, errors
+
+
 def test_kubernetes_manifests() -> None:
     k8s = DEPLOY / "k8s"
     kustomization = load(k8s / "kustomization.yaml")
