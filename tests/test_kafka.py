@@ -1,4 +1,5 @@
-"""Integration: events produced into a real Kafka-protocol broker, alerts read back from Kafka."""
+"""Integration: events produced into a real Kafka-protocol broker (Tansu, and librdkafka's mock
+cluster), alerts read back from Kafka."""
 
 from __future__ import annotations
 
@@ -131,6 +132,74 @@ def test_live_through_kafka_equals_replay(broker: str, sim_stream: tuple[Path, P
     assert "ahead of the wall clock" in reasons["ahead"]
     assert {letter["source"]["offset"] for letter in letters} == bad_offsets
     assert all(letter["source"]["topic"] == "events" and letter["reason"] for letter in letters)
+
+
+# librdkafka's mock cluster (the second Kafka-protocol broker), run as its own process with
+# ``python -m tests.mockbroker``. It does not answer CreateTopics: a metadata request creates a
+# topic, with the mock's four partitions. Every event goes to partition 0 of one topic, so the
+# engine reads them in the stream's order, as the replay does; the other partitions stay empty
+# and are read too.
+
+
+@pytest.fixture
+def mock_broker() -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.mockbroker"], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().decode().strip()
+        if not address:
+            pytest.fail(f"the mock cluster did not start (exit {proc.poll()})")
+        yield address
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def produce_in_order(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """``values`` to partition 0 of ``topic``, in order."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for value in values:
+        while True:
+            try:
+                producer.produce(topic, value, partition=0)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(30) == 0, "messages left undelivered"
+
+
+def test_live_on_the_mock_cluster_equals_replay(mock_broker: str, sim_stream: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    events, _ = sim_stream
+    lines = [line for line in events.read_bytes().splitlines() if line]
+    creator = Producer({"bootstrap.servers": mock_broker})
+    for topic in ("events", "alerts", "nba_prompts", "dead_letter"):
+        assert creator.list_topics(topic, timeout=10).topics[topic].partitions  # created on the first request
+    produce_in_order(mock_broker, "events", lines)
+    replayed = replay(events, tmp_path / "replay")
+    expected, expected_prompts = replayed.raw("alerts").splitlines(), replayed.raw("prompts").splitlines()
+    assert expected and expected_prompts
+    engine = start_engine(mock_broker, tmp_path / "engine.log", transactions_topic="events", app_topic="events",
+                          feedback_topic="events", profile_topic="events",
+                          **{"consumer__fetch.wait.max.ms": "10"})
+    try:
+        alerts = consume_all(mock_broker, "alerts", expect=len(expected), timeout=180)
+        prompts = consume_all(mock_broker, "nba_prompts", expect=len(expected_prompts), timeout=60)
+    finally:
+        assert stop(engine) == 0, (tmp_path / "engine.log").read_text()[-3000:]
+    assert "CONFWARN" not in (tmp_path / "engine.log").read_text()
+    assert sorted(map(without_emitted_at, alerts), key=str) == sorted(map(without_emitted_at, expected), key=str)
+    assert sorted(prompts) == sorted(expected_prompts)
+    assert {orjson.loads(raw)["alert_id"] for raw in alerts} == {orjson.loads(raw)["alert_id"] for raw in expected}
 
 
 @pytest.mark.parametrize("layout", ["two workers", "two processes"])
