@@ -43,12 +43,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.live_latency import Offered, histogram_quantile, on_schedule, report_engine_share, simulated_events
 from flows.modes import REDIS_SOURCE_BLOCK_MS
 from schemas.events import parse_timestamp
+from schemas.redis_keys import RedisKeys
 from tests.brokers import free_port, http_get
 from tests.services import redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "lat:"
-EVENTS, ALERTS = f"{PREFIX}events", f"{PREFIX}alerts"
+EVENTS, ALERTS = RedisKeys(PREFIX).input_stream("events"), RedisKeys(PREFIX).alerts()
 
 
 @contextmanager
