@@ -195,28 +195,37 @@ def _derive(key: bytes, label: bytes, size: int) -> bytes:
 
 
 class _Cipher:
-    """One key's derived keys for one algorithm."""
+    """One key's derived keys for one algorithm. AES-256-GCM goes through ``cryptography``'s
+    one-shot AEAD class; SM4-GCM, which has none, through its ``Cipher`` API (slower: an
+    OpenSSL context per call)."""
 
     def __init__(self, key: bytes, tag: str) -> None:
         from cryptography.hazmat.primitives.ciphers import algorithms
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self.tag = tag
-        self._algorithm: Any = (algorithms.SM4(_derive(key, b"enc\x00sm4-gcm", 16)) if tag == "sm4g"
-                                else algorithms.AES(_derive(key, b"enc\x00aes-256-gcm", 32)))
+        self._aead = AESGCM(_derive(key, b"enc\x00aes-256-gcm", 32)) if tag == "a256g" else None
+        self._sm4 = algorithms.SM4(_derive(key, b"enc\x00sm4-gcm", 16)) if tag == "sm4g" else None
         self.nonce_key = _derive(key, b"nonce", 32)
 
     def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Ciphertext and tag."""
+        if self._aead is not None:
+            return self._aead.encrypt(nonce, plaintext, aad)
         from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-        enc = Cipher(self._algorithm, modes.GCM(nonce)).encryptor()
+        enc = Cipher(self._sm4, modes.GCM(nonce)).encryptor()  # type: ignore[arg-type]
         enc.authenticate_additional_data(aad)
         out = enc.update(plaintext) + enc.finalize()
         return out + enc.tag
 
     def decrypt(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """The plaintext of ciphertext and tag (``InvalidTag`` if they do not authenticate)."""
+        if self._aead is not None:
+            return self._aead.decrypt(nonce, sealed, aad)
         from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-        dec = Cipher(self._algorithm, modes.GCM(nonce, sealed[-_TAG_BYTES:])).decryptor()
+        dec = Cipher(self._sm4, modes.GCM(nonce, sealed[-_TAG_BYTES:])).decryptor()  # type: ignore[arg-type]
         dec.authenticate_additional_data(aad)
         return dec.update(sealed[:-_TAG_BYTES]) + dec.finalize()
 
@@ -252,8 +261,8 @@ class Sealer:
         cipher = self._active
         header = f"{ENVELOPE_VERSION}.{cipher.tag}.{self.keys.active}"
         if context:
-            nonce = hmac.new(cipher.nonce_key, b"\x00".join((name.encode(), context.encode(), plaintext)),
-                             hashlib.sha256).digest()[:_NONCE_BYTES]
+            nonce = hmac.digest(cipher.nonce_key, b"\x00".join((name.encode(), context.encode(), plaintext)),
+                                "sha256")[:_NONCE_BYTES]
         else:
             nonce = secrets.token_bytes(_NONCE_BYTES)
         aad = _AAD_DOMAIN + header.encode() + b"\x00" + name.encode()
@@ -288,12 +297,19 @@ class Sealer:
     def seal_record(self, value: Any, context: str = "") -> Any:
         """``value`` (a record's JSON value) with every personal field, at any depth, sealed;
         fields already sealed and ``None`` values are kept."""
-        if isinstance(value, dict):
-            return {k: (self.seal(k, v, context) if k in self.fields and v is not None and not is_sealed(v)
-                        else self.seal_record(v, context)) for k, v in value.items()}
         if isinstance(value, list):
             return [self.seal_record(v, context) for v in value]
-        return value
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for k, v in value.items():  # per event on the sinks' path: only containers are walked into
+            if k in self.fields and v is not None and not is_sealed(v):
+                out[k] = self.seal(k, v, context)
+            elif isinstance(v, dict | list):
+                out[k] = self.seal_record(v, context)
+            else:
+                out[k] = v
+        return out
 
     def open_record(self, value: Any, name: str = "") -> Any:
         """``value`` with every envelope, at any depth, opened (``CannotDecrypt`` if one
