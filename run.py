@@ -407,6 +407,8 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
         print(f"audit log broken, not appending to it: {exc}. Check it with `python run.py audit verify --key "
               f"{key}`", file=sys.stderr)
         return 2
+    if not _crypto_ready(settings):
+        return 2
     d = settings.dashboard
     where = f"http://{args.host or d.host}:{args.port or d.port}/"
     if d.insecure_http:
@@ -547,6 +549,18 @@ def _audit_ready(settings: Settings) -> bool:
     except BrokenLog as exc:
         print(f"audit log broken, not appending to it: {exc}. Check it with `python run.py audit verify`; "
               f"move the log (and its head) aside to start a new one", file=sys.stderr)
+        return False
+    return True
+
+
+def _crypto_ready(settings: Settings) -> bool:
+    """Start-up check of ``[crypto]``: with encryption on, its keys load; says why not."""
+    from schemas.crypto import PiiKeyError
+
+    try:
+        settings.crypto.pii_keys()
+    except PiiKeyError as exc:
+        print(f"crypto: {exc}", file=sys.stderr)
         return False
     return True
 
@@ -861,7 +875,7 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
     if args.command is None:
         assert settings is not None
         settings = _demo_dashboard(settings)
-        if not _audit_ready(settings):
+        if not (_audit_ready(settings) and _crypto_ready(settings)):
             return 2
         print("Running the built-in simulator; alerts follow. Ctrl-C stops.", file=sys.stderr)
         events, loopback = simulator_input(settings)
@@ -877,7 +891,7 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
             args.workers)
     elif args.command == "live":
         assert settings is not None
-        if not _audit_ready(settings):
+        if not (_audit_ready(settings) and _crypto_ready(settings)):
             return 2
         modes.run_live(settings, stop, console=not args.quiet, workers=args.workers,
                        alerts_path=args.alerts_out, dead_letter_path=args.dead_letter_out, telemetry=telemetry)

@@ -419,3 +419,11 @@ def test_a_dashboard_with_the_wrong_key_fails_naming_the_key_id(dash_world: tupl
         assert reply.status_code == 500
         assert "sealed with key p-test, which the key file does not hold" in reply.json()["detail"]
         assert not pii_found(reply.text)
+
+
+def test_the_engine_does_not_start_with_a_key_file_that_does_not_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CRM__CRYPTO__ENABLED", "true")
+    monkeypatch.setenv("CRM__CRYPTO__KEY_FILE", str(tmp_path / "missing.toml"))
+    assert run.main(["live", "--quiet"]) == 2
+    assert "crypto: PII key file not found" in capsys.readouterr().err
