@@ -666,7 +666,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                     limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
         entries = await auditor.recent(limit)
         customers = {str(e["record"].get("customer_id")) for e in entries if e["record"].get("customer_id")}
-        return {"items": scrub(entries, customers)}
+        return {"items": scrub(masked(entries, MASK), customers)}  # sealed fields: masked, not ciphertext
 
     @app.get("/api/events", summary="Server-sent events: alerts and prompts as they arrive, as the role may see them")
     async def events(request: Request, who: AnyUser) -> StreamingResponse:

@@ -427,3 +427,78 @@ def test_the_engine_does_not_start_with_a_key_file_that_does_not_load(tmp_path: 
     monkeypatch.setenv("CRM__CRYPTO__KEY_FILE", str(tmp_path / "missing.toml"))
     assert run.main(["live", "--quiet"]) == 2
     assert "crypto: PII key file not found" in capsys.readouterr().err
+
+
+# -- the audit log, and Redis Cluster -------------------------------------------------------
+
+
+def personal_alert(i: int, customer: str = "c-aud") -> Alert:
+    """An alert whose reason carries personal fields in its arguments (a rule that names the
+    device and the payee): sealed in the audit log like any other personal field."""
+    ts = format_ts(time.time() - 60 + i)
+    return Alert(f"al-aud-{i}", "account_takeover", "high", 0.9, customer, "rm001", f"e-aud-{i}", ts, ts,
+                 (Reason("takeover_sequence", "new payee from a new device", 1.0, 0.6,
+                         {"device_id": PHONE_1, "counterparty_id": CARD_1}),), "m1")
+
+
+def test_audit_records_are_sealed_and_the_chain_verifies(tmp_path: Path) -> None:
+    from schemas.audit import AuditKeys
+    from sinks.audit import FileAuditSink, RedisAuditSink
+    from tests.conftest import audit_key_file
+
+    audit_keys = AuditKeys.load(audit_key_file(tmp_path))
+    sealer = Sealer(PiiKeys.load(key_file(tmp_path)))
+    path = tmp_path / "audit.jsonl"
+    with redis_server(tmp_path) as srv:
+        file_sink = FileAuditSink(path, audit_keys, sealer=sealer)
+        file_sink.open()
+        file_sink.write_batch([personal_alert(i) for i in range(3)])
+        file_sink.close()
+        redis_sink = RedisAuditSink(srv.url, "aud:{audit}", audit_keys, JsonlDeadLetters(tmp_path / "dead.jsonl"),
+                                    sealer=sealer)
+        redis_sink.open()
+        redis_sink.write_batch([personal_alert(i) for i in range(3)])
+        redis_sink.close()
+        client = redis.Redis.from_url(srv.url)
+        stored = everything_in(client, skip=set())
+        assert "pii1.sm4g.p-test." in stored and not pii_found(stored), pii_found(stored)
+        assert "pii1.sm4g.p-test." in path.read_text() and not pii_found(path.read_text())
+        code, out = verify("--file", str(path), "--redis", srv.url, "--key", "aud:{audit}", "--key-file",
+                           str(tmp_path / "audit-key.toml"))
+        assert code == 0, out
+        entry = orjson.loads(path.read_text().splitlines()[0])
+        assert sealer.open_record(entry["record"])["reasons"][0]["args"] == {"device_id": PHONE_1,
+                                                                             "counterparty_id": CARD_1}
+
+
+def test_sealed_sinks_and_reencryption_on_a_redis_cluster(tmp_path: Path) -> None:
+    from schemas.redis_url import RedisEndpoint
+    from sinks.redis import reseal_stored
+    from tests.services import redis_cluster
+
+    keys = PiiKeys.generate("p-c1")
+    now = time.time()
+    with redis_cluster(tmp_path) as nodes:
+        url = RedisEndpoint(nodes.url, cluster=True)
+        dead = JsonlDeadLetters(tmp_path / "dead.jsonl")
+        customers = [f"c-cl-{i}" for i in range(12)]
+        items = [summary({"kind": "transaction", "event_id": f"e-{c}", "ts": format_ts(now), "customer_id": c,
+                          "amount": 5.0, "counterparty_id": CARD_1}) for c in customers]
+        for sink in (RedisEventsSink(url, dead, 10, prefix="cl:", sealer=Sealer(keys)),
+                     RedisSink(url, dead, prefix="cl:", sealer=Sealer(keys))):
+            sink.open()
+            sink.write_batch([*items, *(personal_alert(i, c) for i, c in enumerate(customers))])
+            sink.close()
+        rotated = keys.rotated("p-c2")
+        values, changed = reseal_stored(url, "cl:", Sealer(rotated))
+        # each customer: a timeline entry, and two hash fields holding the alert (last, open)
+        assert (values, changed) == (36, 24)
+        client = redis.cluster.RedisCluster.from_url(nodes.url)
+        k = RedisKeys("cl:")
+        only_new = Sealer(PiiKeys("p-c2", {"p-c2": rotated.keys["p-c2"]}))
+        for c in customers:
+            entry = orjson.loads(client.lindex(k.customer_events(c), 0))
+            assert only_new.open_record(entry)["counterparty_id"] == CARD_1
+            last = orjson.loads(client.hget(k.customer(c), "last_alert"))
+            assert only_new.open_record(last)["reasons"][0]["args"]["device_id"] == PHONE_1
+        client.close()
