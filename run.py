@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a new active key to a key file (old keys keep decrypting); optionally re-encrypt Redis",
         description="Put a new key into the key file and make it the active one: what is written from then "
         "on is sealed with it, and the older keys stay in the file to open what they sealed. Restart the "
-        "engine and the dashboard to use it. With --reencrypt, then seal again with the new key every "
+        "dashboard, then the engine, with it (a dashboard without the new key cannot open what it seals). "
+        "With --reencrypt, then seal again with the new key every "
         "customer hash and timeline in Redis ([redis] url, key_prefix); the audit log is append-only and "
         "signed, so its entries keep their keys, and streams age out (keep retired keys while they hold data).")
     _common(rotate)
