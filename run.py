@@ -9,6 +9,7 @@
     python run.py produce              send the simulator's stream to the Kafka input topics
     python run.py audit verify ...     check an audit log's signed chain and head
     python run.py audit keygen ...     create (or rotate) the audit log's HMAC key file
+    python run.py keys keygen|rotate   keys of the encryption of personal data at rest
     python run.py snooze ...           suppress a customer's alerts of a type until a time
     python run.py dashboard            the risk dashboard and RM workspace (web, over Redis)
     python run.py dashboard add-user   add a dashboard user (scrypt-hashed password)
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ops import Telemetry
     from ops.health import OpsServer
     from schemas.audit import AuditKeys
+    from schemas.crypto import PiiKeys
     from simulator.loop import Loopback
 
 T = TypeVar("T")
@@ -242,6 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--id", dest="key_id", default=None,
                         help="the new key's id (letters, digits, _ and -; default: k-<8 random hex digits>)")
 
+    keys = sub.add_parser("keys", help="keys of the encryption of personal data at rest",
+                          description="Keys of the field-level encryption of personal data in Redis and the "
+                          "audit log ([crypto]; README: Encryption at rest).")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    pii_key_options = argparse.ArgumentParser(add_help=False)
+    pii_key_options.add_argument("--id", dest="key_id", default=None,
+                                 help="the new key's id (letters, digits, _ and -; default: p-<8 random hex digits>)")
+    pii_key_options.add_argument("--algorithm", choices=("sm4-gcm", "aes-256-gcm"), default=None,
+                                 help="the cipher of new envelopes (default: sm4-gcm, or the file's on rotate)")
+    pii_keygen = keys_sub.add_parser(
+        "keygen", parents=[pii_key_options], help="create a key file for [crypto] key_file",
+        description="Write a new key file (TOML, mode 0600) with one random 32-byte key, the active one. Give "
+        "it to the engine and the dashboard ([crypto] key_file, or its text in CRM__CRYPTO__KEYS), never to "
+        "Redis or the audit log's stores.")
+    pii_keygen.add_argument("--out", type=Path, required=True, help="the key file to write")
+    rotate = keys_sub.add_parser(
+        "rotate", parents=[pii_key_options],
+        help="add a new active key to a key file (old keys keep decrypting); optionally re-encrypt Redis",
+        description="Put a new key into the key file and make it the active one: what is written from then "
+        "on is sealed with it, and the older keys stay in the file to open what they sealed. Restart the "
+        "dashboard, then the engine, with it (a dashboard without the new key cannot open what it seals). "
+        "With --reencrypt, then seal again with the new key every "
+        "customer hash and timeline in Redis ([redis] url, key_prefix); the audit log is append-only and "
+        "signed, so its entries keep their keys, and streams age out (keep retired keys while they hold data).")
+    _common(rotate)
+    rotate.add_argument("--key-file", type=Path, required=True, help="the key file to rotate")
+    rotate.add_argument("--reencrypt", action="store_true",
+                        help="re-encrypt the customer hashes and timelines stored in Redis with the new key")
+
     bridge = sub.add_parser(
         "alert-bridge", help="post Alertmanager's notifications to WeCom / DingTalk / Feishu group robots",
         description="Serve Alertmanager's webhook receiver (webhook_configs url: http://HOST:PORT/): each "
@@ -376,6 +407,8 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     except BrokenLog as exc:
         print(f"audit log broken, not appending to it: {exc}. Check it with `python run.py audit verify --key "
               f"{key}`", file=sys.stderr)
+        return 2
+    if not _crypto_ready(settings):
         return 2
     d = settings.dashboard
     where = f"http://{args.host or d.host}:{args.port or d.port}/"
@@ -521,6 +554,18 @@ def _audit_ready(settings: Settings) -> bool:
     return True
 
 
+def _crypto_ready(settings: Settings) -> bool:
+    """Start-up check of ``[crypto]``: with encryption on, its keys load; says why not."""
+    from schemas.crypto import PiiKeyError
+
+    try:
+        settings.crypto.pii_keys()
+    except PiiKeyError as exc:
+        print(f"crypto: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _demo_users(settings: Settings) -> None:
     """A first demo run creates an analyst, an admin and two RMs with random passwords,
     printed once here (only their scrypt hashes are kept)."""
@@ -538,7 +583,7 @@ def _demo_users(settings: Settings) -> None:
         print(f"dashboard user {name} ({role}): password {password}", file=sys.stderr)
 
 
-def _write_key_file(path: Path, keys: AuditKeys) -> None:
+def _write_key_file(path: Path, keys: AuditKeys | PiiKeys) -> None:
     """Write a key file readable by its owner only (created 0600, then moved into place)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -569,6 +614,58 @@ def _audit_keygen(args: argparse.Namespace) -> int:
         print(f"cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"audit key {keys.active} {'added to' if args.add else 'written to'} {out} (mode 0600; active)")
+    return 0
+
+
+def _pii_keygen(args: argparse.Namespace) -> int:
+    from schemas.crypto import PiiKeyError, PiiKeys
+
+    out: Path = args.out
+    if out.exists():
+        print(f"{out} exists: its keys open what they sealed; add a key with `run.py keys rotate --key-file "
+              f"{out}`, or choose another file", file=sys.stderr)
+        return 2
+    try:
+        keys = PiiKeys.generate(args.key_id, args.algorithm or "sm4-gcm")
+        _write_key_file(out, keys)
+    except PiiKeyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"key {keys.active} ({keys.algorithm}) written to {out} (mode 0600; active)")
+    return 0
+
+
+def _pii_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.crypto import CannotDecrypt, PiiKeyError, PiiKeys, Sealer
+    from sinks.redis import reseal_stored
+
+    path: Path = args.key_file
+    try:
+        keys = PiiKeys.load(path).rotated(args.key_id, args.algorithm)
+        _write_key_file(path, keys)
+    except PiiKeyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"key {keys.active} ({keys.algorithm}) added to {path} and active; older keys kept "
+          f"({', '.join(k for k in keys.keys if k != keys.active)})")
+    if not args.reencrypt:
+        return 0
+    r = settings.redis
+    try:
+        values, keys_changed = reseal_stored(r.endpoint(), r.key_prefix, Sealer(keys), r.socket_timeout_s)
+    except CannotDecrypt as exc:
+        print(f"re-encryption stopped: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # redis.ConnectionError is one
+        print(f"re-encryption stopped: Redis: {exc}", file=sys.stderr)
+        return 1
+    print(f"re-encrypted {values} values in {keys_changed} keys under {r.key_prefix!r} with key {keys.active}")
     return 0
 
 
@@ -718,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(getattr(args, "log_level", "INFO"), log_format)
     if args.command == "audit" and args.audit_command == "keygen":  # needs no configuration
         return _audit_keygen(args)
+    if args.command == "keys" and args.keys_command == "keygen":
+        return _pii_keygen(args)
     try:
         settings = _settings(args) if args.command != "simulate" else None
     except ConfigError as exc:
@@ -728,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":  # light commands: no dataflow to import
         assert settings is not None
         return _audit_verify(args, settings)
+    if args.command == "keys":
+        assert settings is not None
+        return _pii_rotate(args, settings)
     if args.command == "snooze":
         assert settings is not None
         return _snooze(args, settings)
@@ -774,7 +876,7 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
     if args.command is None:
         assert settings is not None
         settings = _demo_dashboard(settings)
-        if not _audit_ready(settings):
+        if not (_audit_ready(settings) and _crypto_ready(settings)):
             return 2
         print("Running the built-in simulator; alerts follow. Ctrl-C stops.", file=sys.stderr)
         events, loopback = simulator_input(settings)
@@ -790,7 +892,7 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
             args.workers)
     elif args.command == "live":
         assert settings is not None
-        if not _audit_ready(settings):
+        if not (_audit_ready(settings) and _crypto_ready(settings)):
             return 2
         modes.run_live(settings, stop, console=not args.quiet, workers=args.workers,
                        alerts_path=args.alerts_out, dead_letter_path=args.dead_letter_out, telemetry=telemetry)

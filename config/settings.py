@@ -33,6 +33,7 @@ from detectors.profile import ProfileParams
 from detectors.rules import RuleParams
 from engine.admission import InputBounds
 from schemas import texts
+from schemas.crypto import PiiKeys, Sealer
 from schemas.redis_keys import has_braces
 from schemas.redis_url import InvalidRedisUrl, RedisEndpoint
 
@@ -254,6 +255,37 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class CryptoSettings:
+    """Field-level encryption of personal data at rest (``schemas.crypto``): the personal
+    fields of the Redis timelines and customer hashes and of the audit log's records."""
+
+    enabled: bool = False
+    # The key file (`run.py keys keygen --out FILE`), never kept with the data; or `keys`,
+    # the same text from the environment (a Secret: CRM__CRYPTO__KEYS), which wins.
+    key_file: str = ""
+    keys: str = ""
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.key_file or self.keys):
+            raise ConfigError("crypto.key_file: encryption is on ([crypto] enabled) but no key is given: create "
+                              "a key file with `python run.py keys keygen --out FILE` and set [crypto] key_file "
+                              "(CRM__CRYPTO__KEY_FILE), or give its text in CRM__CRYPTO__KEYS")
+
+    def pii_keys(self) -> PiiKeys | None:
+        """The keys (``schemas.crypto.PiiKeyError`` if they do not load); ``None`` when off."""
+        if not self.enabled:
+            return None
+        if self.keys:
+            return PiiKeys.parse(self.keys, "CRM__CRYPTO__KEYS")
+        return PiiKeys.load(self.key_file)
+
+    def sealer(self) -> Sealer | None:
+        """A ``Sealer`` of the keys; ``None`` when off."""
+        keys = self.pii_keys()
+        return None if keys is None else Sealer(keys)
+
+
+@dataclass(frozen=True)
 class DashboardSettings:
     """The web dashboard (``python run.py dashboard``; with ``enabled``, also ``python run.py``)."""
 
@@ -328,6 +360,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     alert_bridge: AlertBridgeSettings = field(default_factory=AlertBridgeSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    crypto: CryptoSettings = field(default_factory=CryptoSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     display: DisplaySettings = field(default_factory=DisplaySettings)
 

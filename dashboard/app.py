@@ -18,6 +18,10 @@ token in ``X-CSRF-Token``. Failed sign-ins are throttled and lock a username
 (``dashboard.logins``); an admin lifts locks. Every action and sign-in goes to the audit
 trail; failed sign-ins are summarised there (the first of a burst, the lockout, the count in
 the next sign-in), so failing to sign in cannot grow it.
+With ``[crypto] enabled``, what the engine stored sealed (``schemas.crypto``: payees and
+payers in timelines, any other personal field) is opened for analysts and RMs (within what
+their role shows at all) and masked for admins, who never need the key's output; an envelope
+that does not open is an error naming the field and the key id (500), never shown as text.
 Responses carry security headers (a strict Content-Security-Policy: the pages load only
 their own scripts and styles) and ``Cache-Control: no-store``.
 
@@ -39,7 +43,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
@@ -63,6 +67,7 @@ from dashboard.store import (
     prompt_verdict,
 )
 from schemas.audit import AuditKeys
+from schemas.crypto import CannotDecrypt, Sealer, masked
 from schemas.outputs import format_ts
 from schemas.texts import EN, localized_text
 from sinks.redis_client import is_cluster
@@ -98,6 +103,7 @@ class DashboardConfig:
     login: LoginPolicy = field(default_factory=LoginPolicy)
     locale: str = EN  # [display]: the language of the pages, reasons and timelines
     timezone: str = "UTC"  # the time zone times are shown in
+    pii: Sealer | None = None  # [crypto]: opens the personal fields the engine sealed
 
 
 # -- live updates ---------------------------------------------------------------------------
@@ -349,6 +355,14 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.hub, app.state.indexer, app.state.store = hub, indexer, store
 
+    @app.exception_handler(CannotDecrypt)
+    async def cannot_decrypt(request: Request, exc: CannotDecrypt) -> JSONResponse:
+        # Names the field and the key id (never plaintext): the operator's clue to a key
+        # file that lacks a key, or holds another key under its id.
+        log.error("cannot decrypt a stored personal field: %s", exc)
+        return JSONResponse({"detail": f"cannot decrypt: {exc}"}, status_code=500,
+                            headers={"Cache-Control": "no-store"})
+
     if metrics is not None:
         app.add_middleware(MeasureRequests, metrics=metrics)
 
@@ -399,14 +413,24 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     Offset = Annotated[int, Query(ge=0, le=10_000_000)]
     Limit = Annotated[int, Query(ge=1)]
 
-    def shown_alert(who: Session) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    def revealed(who: Session) -> Callable[[Any], Any]:
+        """What a role sees of sealed fields: opened for analysts and RMs, masked for admins."""
+        if config.pii is None:
+            return lambda value: value
         if who.role == "admin":
-            return lambda s: localize(mask_alert(s), config.locale)
-        if who.role == "rm":
-            return lambda s: localize(for_rm(s, who.rm_id), config.locale)
-        return lambda s: localize(s, config.locale)
+            return lambda value: masked(value, MASK)
+        return config.pii.open_record
 
-    def shown_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
+    def shown_alert(who: Session) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+        reveal = revealed(who)
+        if who.role == "admin":
+            return lambda s: localize(mask_alert(reveal(s)), config.locale)
+        if who.role == "rm":
+            return lambda s: localize(for_rm(reveal(s), who.rm_id), config.locale)
+        return lambda s: localize(reveal(s), config.locale)
+
+    def shown_prompt(prompt: dict[str, Any]) -> dict[str, Any]:  # only RMs see prompts
+        prompt = prompt if config.pii is None else config.pii.open_record(prompt)
         return localize(prompt, config.locale) or prompt
 
     async def alert_or_404(ref: str) -> dict[str, Any]:
@@ -512,7 +536,8 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     @app.get("/api/alerts/{ref}", summary="An alert group: latest revision, reasons, scores, the customer's timeline")
     async def alert(ref: str, who: Reader) -> dict[str, Any]:
         summary = await alert_or_404(ref)
-        customer = await store.customer(summary["customer_id"])
+        customer = await store.customer(summary["customer_id"], revealed(who))
+        summary = revealed(who)(summary)
         shown = localize(summary, config.locale) or summary
         if who.role == "admin":
             return mask_alert({**shown, "customer": mask_events(customer, config.locale)})
@@ -577,7 +602,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             raise HTTPException(404, "no such customer") from None
         if who.role == "rm" and await store.owner(customer_id) != who.rm_id:
             raise HTTPException(403, "not your customer")
-        data = await store.customer(customer_id)
+        data = await store.customer(customer_id, revealed(who))
         if who.role == "rm":  # no fraud data for RMs (no tipping-off)
             data["alerts"] = [a for a in data["alerts"] if a["type"] == "churn_risk"]
             data["timeline"] = [t for t in data["timeline"] if for_rm_timeline(t)]
@@ -641,7 +666,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                     limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
         entries = await auditor.recent(limit)
         customers = {str(e["record"].get("customer_id")) for e in entries if e["record"].get("customer_id")}
-        return {"items": scrub(entries, customers)}
+        return {"items": scrub(masked(entries, MASK), customers)}  # sealed fields: masked, not ciphertext
 
     @app.get("/api/events", summary="Server-sent events: alerts and prompts as they arrive, as the role may see them")
     async def events(request: Request, who: AnyUser) -> StreamingResponse:

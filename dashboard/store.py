@@ -37,6 +37,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -298,10 +299,13 @@ class Store:
             raise NotFound(cref)
         return str(value.decode())
 
-    async def customer(self, customer: str) -> dict[str, Any]:
+    async def customer(self, customer: str, reveal: Callable[[Any], Any] | None = None) -> dict[str, Any]:
         """Scores from the engine's customer hash, and the timeline, newest first (at most
         ``TIMELINE_MAX`` items): alert groups (their latest revision's trigger), prompts and
-        the customer's recent input events (``kind`` ``event``, the summary under ``event``)."""
+        the customer's recent input events (``kind`` ``event``, the summary under ``event``).
+        ``reveal`` turns what was stored sealed into what the reader may see (opened or
+        masked, ``schemas.crypto``) before the timeline's texts are made from it."""
+        reveal = reveal or (lambda value: value)
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.k.customer(customer))
         pipe.zrevrange(self.k.customer_alerts(customer), 0, 49)
@@ -315,14 +319,15 @@ class Store:
         for pid in pids:
             pipe.get(self.k.prompt(pid.decode()))
         rows = await pipe.execute()
-        alerts = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows[:len(refs)], strict=True) if row]
-        prompts = [orjson.loads(raw) for raw in rows[len(refs):] if raw]
+        alerts = [reveal(self._summary(ref.decode(), row))
+                  for ref, row in zip(refs, rows[:len(refs)], strict=True) if row]
+        prompts = [reveal(orjson.loads(raw)) for raw in rows[len(refs):] if raw]
         timeline = [{"ts": a["event_ts"], "kind": "alert", "ref": a["ref"], "event_id": a["alert"]["event_id"],
                      "alert_type": a["type"], "severity": a["severity"], "score": a["score"], "status": a["status"]}
                     for a in alerts]
         timeline += [{"ts": p["event_ts"], "kind": "prompt", "ref": p["prompt_id"], "event_id": p["event_id"],
                       "alert_type": "", "action": p["action"], "status": p["status"]} for p in prompts]
-        events = [orjson.loads(raw) for raw in recent]
+        events = [reveal(orjson.loads(raw)) for raw in recent]
         timeline += [{"ts": e["ts"], "kind": "event", "ref": "", "event_id": e["event_id"], "alert_type": "",
                       "event": e} for e in events]
         for item in timeline:

@@ -292,12 +292,13 @@ def delivery_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
     writers: their resume state is the records they had not delivered yet)."""
     sinks: dict[str, Callable[[], Sink]] = {}
     r, w = settings.redis, settings.webhook
+    sealer = settings.crypto.sealer() if r.enabled else None  # read once: a bad key file fails here
     if r.enabled:
         sinks["redis"] = lambda: RedisSink(
             r.endpoint(), _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), prefix=r.key_prefix,
             limits=RedisLimits(r.alerts_maxlen, r.prompts_maxlen, r.dedup_ttl_s),
             socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
-            policy=RetryPolicy(budget_s=r.retry_budget_s))
+            policy=RetryPolicy(budget_s=r.retry_budget_s), sealer=sealer)
     if w.enabled:
         sinks["webhook"] = lambda: WebhookSink(
             w.url, _dead_letters(settings, w.dead_letter_path, w.dead_letter_topic), fmt=w.format,
@@ -312,10 +313,11 @@ def recent_events_sink(settings: Settings) -> Callable[[], Sink]:
     """The factory of the sink of ``[redis] recent_events``: each customer's latest input
     events for the dashboard (a single writer: one order per customer's list)."""
     r = settings.redis
+    sealer = settings.crypto.sealer()
     return lambda: RedisEventsSink(
         r.endpoint(), _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic), r.recent_events,
         prefix=r.key_prefix, socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
-        policy=RetryPolicy(budget_s=r.retry_budget_s))
+        policy=RetryPolicy(budget_s=r.retry_budget_s), sealer=sealer)
 
 
 def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
@@ -328,18 +330,19 @@ def audit_sinks(settings: Settings) -> dict[str, Callable[[], Sink]]:
     if not (a.file or a.redis):
         return sinks
     keys = AuditKeys.load(a.key_file)
+    sealer = settings.crypto.sealer()
     redis_key = RedisKeys(r.key_prefix).audit_log(a.redis_key)
     both = bool(a.file and a.redis)
     if a.file:
         sinks["audit_file"] = lambda: FileAuditSink(
             a.file, keys, anchor=RedisHeadAnchor(r.endpoint(), file_anchor_key(redis_key), r.socket_timeout_s) if both
-            else None)
+            else None, sealer=sealer)
     if a.redis:
         sinks["audit_redis"] = lambda: RedisAuditSink(
             r.endpoint(), redis_key, keys, _dead_letters(settings, r.dead_letter_path, r.dead_letter_topic),
             socket_timeout_s=r.socket_timeout_s, capacity=r.buffer_capacity,
             policy=RetryPolicy(budget_s=r.retry_budget_s),
-            anchor=FileHeadAnchor(redis_anchor_path(a.file)) if both else None)
+            anchor=FileHeadAnchor(redis_anchor_path(a.file)) if both else None, sealer=sealer)
     return sinks
 
 

@@ -122,6 +122,11 @@ class RedisKeys:
         delivered (idempotency marker, in the customer's slot)."""
         return f"{self.prefix}customer:{tag(customer_id)}:delivered:{encode(record_id)}"
 
+    def customers_pattern(self) -> str:
+        """A ``SCAN`` pattern matching every key of every customer (hashes, timelines,
+        delivered markers)."""
+        return f"{_glob_literal(self.prefix)}customer:{{*}}*"
+
     def rm_prompts(self, rm_id: str) -> str:
         """A stream: the next-best-action prompts for one RM."""
         return f"{self.prefix}rm:{tag(rm_id)}:prompts"

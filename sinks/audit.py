@@ -54,6 +54,7 @@ from schemas.audit import (
     redis_keys,
     verify_log,
 )
+from schemas.crypto import Sealer
 from schemas.redis_url import RedisEndpoint
 from sinks.base import Record, Sink
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, Undeliverable, record_id
@@ -63,10 +64,15 @@ from sinks.redis_client import connect
 log = logging.getLogger(__name__)
 
 
-def record_fields(record: Record) -> tuple[str, str, Any]:
-    """An output record's ``kind``, ``id`` and JSON value, as its audit entry holds them."""
+def record_fields(record: Record, sealer: Sealer | None = None) -> tuple[str, str, Any]:
+    """An output record's ``kind``, ``id`` and JSON value, as its audit entry holds them: with
+    a ``sealer``, its personal fields sealed (``schemas.crypto``; by the record's id, so a
+    replayed record gives the same entry). The entry's MAC covers the sealed value: the
+    chain verifies without the PII keys."""
     kind = getattr(record, "kind", None) or type(record).__name__.lower()
-    return str(kind), record_id(record), orjson.loads(record.to_bytes())
+    rid = record_id(record)
+    value = orjson.loads(record.to_bytes())
+    return str(kind), rid, value if sealer is None else sealer.seal_record(value, rid)
 
 
 def head_path(path: str | Path) -> Path:
@@ -301,8 +307,10 @@ class FileAuditSink(Sink):
     exactly once into the file with recovery (truncated to the snapshot on resume); without
     recovery a restart continues the chain."""
 
-    def __init__(self, path: str | Path, keys: AuditKeys, anchor: HeadAnchor | None = None) -> None:
+    def __init__(self, path: str | Path, keys: AuditKeys, anchor: HeadAnchor | None = None,
+                 sealer: Sealer | None = None) -> None:
         self._path = Path(path)
+        self._sealer = sealer
         self._head_path = head_path(self._path)
         self._keys = keys
         self._anchor = anchor
@@ -357,7 +365,7 @@ class FileAuditSink(Sink):
         assert self._file is not None, "FileAuditSink.write_batch before open"
         lines = []
         for record in records:
-            entry = link(self._keys, self._seq, self._prev, *record_fields(record))
+            entry = link(self._keys, self._seq, self._prev, *record_fields(record, self._sealer))
             self._seq, self._prev = self._seq + 1, entry.mac
             lines.append(entry.to_bytes() + b"\n")
         self._file.write(b"".join(lines))
@@ -432,12 +440,13 @@ class RedisAuditSink(BufferedSink):
 
     def __init__(self, url: str | RedisEndpoint, key: str, keys: AuditKeys, dead_letters: DeadLetterOut,
                  socket_timeout_s: float = 5.0, capacity: int = 10_000, policy: RetryPolicy | None = None,
-                 anchor: HeadAnchor | None = None) -> None:
+                 anchor: HeadAnchor | None = None, sealer: Sealer | None = None) -> None:
         # One record per batch: a refused record goes to the dead letter alone.
         super().__init__("audit", dead_letters, capacity=capacity, batch_size=1, policy=policy)
         self._url, self.key, self._socket_timeout_s = url, key, socket_timeout_s
         self._appender = Appender(keys, f"Redis key {key}")
         self._anchor = anchor
+        self._sealer = sealer
         self._client: Any = None
         self._script: Any = None
         self.duplicates = 0
@@ -459,7 +468,7 @@ class RedisAuditSink(BufferedSink):
             self._client, self._script = client, client.register_script(REDIS_APPEND_ONCE)
         keys = redis_keys(self.key)
         for record in records:
-            fields = record_fields(record)
+            fields = record_fields(record, self._sealer)
             for _ in range(3):  # the head moved under us (another writer): re-read and re-link
                 stored = self._client.get(keys[1])
                 try:

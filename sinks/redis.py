@@ -47,14 +47,23 @@ events, summarised (``schemas.outputs.EventSummary``), in a capped list
 ``{prefix}customer:{{id}}:events``, newest first, for the dashboard's timelines. It is a
 sibling of ``RedisSink`` rather than one more route: an event is far more frequent than an
 alert, and a week-long delivered marker per event would cost more memory than the lists.
+
+With a ``sealer`` (``[crypto] enabled``), both sinks write each record's JSON with its
+personal fields sealed (``schemas.crypto``): the stream entry, the channel message and
+every hash field that holds the record, and each timeline summary. The envelopes are
+deterministic per record id, so a replayed summary is still found in its list. Key names
+(customer and RM ids) are not sealed: see the README (Encryption at rest).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
+from schemas.crypto import Sealer
 from schemas.outputs import Alert, CustomerState, EventSummary, ModelChange, ModelReport
 from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
 from schemas.redis_url import RedisEndpoint
@@ -275,24 +284,39 @@ class RedisSink(_ScriptedSink):
     def __init__(self, url: str | RedisEndpoint, dead_letters: DeadLetterOut, prefix: str = "crm:",
                  limits: RedisLimits | None = None, route: Router = default_route,
                  socket_timeout_s: float = 5.0, capacity: int = 10_000,
-                 policy: RetryPolicy | None = None, batch_size: int = 100) -> None:
+                 policy: RetryPolicy | None = None, batch_size: int = 100, sealer: Sealer | None = None) -> None:
         super().__init__("redis", _WRITE_ONCE, url, dead_letters, prefix, socket_timeout_s, capacity, policy,
                          batch_size)
         self.limits = limits or RedisLimits()
         self._route = route
+        self._sealer = sealer
+
+    def _sealed(self, record: Record, route: RedisRoute) -> tuple[RedisRoute, bytes]:
+        """``route`` and the record's payload with its personal fields sealed: every hash
+        field that holds the record's JSON holds the sealed JSON instead."""
+        payload = record.to_bytes()
+        if self._sealer is None:
+            return route, payload
+        sealed = orjson.dumps(self._sealer.seal_record(orjson.loads(payload), record_id(record)))
+        if sealed == payload:
+            return route, payload
+        plain, text = payload.decode("utf-8"), sealed.decode("utf-8")
+        return RedisRoute(tuple(replace(write, hash_fields={k: text if v == plain else v
+                                                            for k, v in write.hash_fields.items()})
+                                for write in route.writes)), sealed
 
     def deliver(self, records: list[Record]) -> list[tuple[Record, str]] | None:
-        routed = [(record, route) for record in records
+        routed = [(record, *self._sealed(record, route)) for record in records
                   if (route := self._route(record, self.limits, self.keys)) is not None]
         if not routed:
             return None
-        if (refused_all := self._layout_refusal([record for record, _ in routed])) is not None:
+        if (refused_all := self._layout_refusal([record for record, _, _ in routed])) is not None:
             return refused_all
         ttl_ms = str(int(self.limits.dedup_ttl_s * 1000))
         refused: dict[int, str] = {}
         wrote: set[int] = set()
         step = 0
-        while todo := [(i, route.writes[step]) for i, (_, route) in enumerate(routed)
+        while todo := [(i, route.writes[step]) for i, (_, route, _) in enumerate(routed)
                        if i not in refused and step < len(route.writes)]:
             # A record's next write only after its previous one is in (see the module doc).
             calls = []
@@ -300,7 +324,7 @@ class RedisSink(_ScriptedSink):
                 keys = [write.marker, *([write.stream] if write.stream else []),
                         *([write.hash_key] if write.hash_key else [])]
                 fields = [item for pair in write.hash_fields.items() for item in pair]
-                calls.append((keys, [ttl_ms, str(write.maxlen), routed[i][0].to_bytes(), write.channel,
+                calls.append((keys, [ttl_ms, str(write.maxlen), routed[i][2], write.channel,
                                      record_id(routed[i][0]), "1" if write.stream else "0",
                                      "1" if write.hash_key else "0", *fields]))
             for (i, _), result in zip(todo, self._call_script(calls), strict=True):
@@ -344,12 +368,18 @@ class RedisEventsSink(_ScriptedSink):
 
     def __init__(self, url: str | RedisEndpoint, dead_letters: DeadLetterOut, length: int, prefix: str = "crm:",
                  socket_timeout_s: float = 5.0, capacity: int = 10_000,
-                 policy: RetryPolicy | None = None, batch_size: int = 500) -> None:
+                 policy: RetryPolicy | None = None, batch_size: int = 500, sealer: Sealer | None = None) -> None:
         if length < 1:
             raise ValueError(f"recent events: the list length must be at least 1, not {length}")
         super().__init__("redis_events", _PUSH_RECENT, url, dead_letters, prefix, socket_timeout_s, capacity,
                          policy, batch_size)
         self.length = length
+        self._sealer = sealer
+
+    def _payload(self, summary: EventSummary) -> bytes:
+        if self._sealer is None:
+            return summary.to_bytes()
+        return orjson.dumps(self._sealer.seal_record(summary.to_dict(), summary.event_id))
 
     def deliver(self, records: list[Record]) -> list[tuple[Record, str]] | None:
         summaries = [record for record in records if isinstance(record, EventSummary)]
@@ -358,7 +388,7 @@ class RedisEventsSink(_ScriptedSink):
         if (refused_all := self._layout_refusal(list(summaries))) is not None:
             return refused_all
         length = str(self.length)
-        results = self._call_script([([self.keys.customer_events(s.customer_id)], [s.to_bytes(), length])
+        results = self._call_script([([self.keys.customer_events(s.customer_id)], [self._payload(s), length])
                                      for s in summaries])
         refused: list[tuple[Record, str]] = []
         for summary, result in zip(summaries, results, strict=True):
@@ -367,3 +397,95 @@ class RedisEventsSink(_ScriptedSink):
             elif result == 0:
                 self.duplicates += 1
         return refused or None
+
+
+# KEYS: 1 a list. ARGV: 1 n, 2..n+1 the items read, n+2..2n+1 their new values.
+# Sets the items only if the list still holds what was read (else -1: read it again).
+_RESEAL_LIST = """
+local n = tonumber(ARGV[1])
+local held = redis.call('LRANGE', KEYS[1], 0, -1)
+if #held ~= n then
+  return -1
+end
+for i = 1, n do
+  if held[i] ~= ARGV[1 + i] then
+    return -1
+  end
+end
+for i = 1, n do
+  if ARGV[1 + i] ~= ARGV[1 + n + i] then
+    redis.call('LSET', KEYS[1], i - 1, ARGV[1 + n + i])
+  end
+end
+return 1
+"""
+
+# KEYS: 1 a hash. ARGV: (field, value read, new value) triples. All set, or none (-1) if a
+# field changed since it was read.
+_RESEAL_HASH = """
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+    return -1
+  end
+end
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+end
+return 1
+"""
+
+
+def _resealed(sealer: Sealer, raw: bytes, context_field: str) -> bytes | None:
+    """``raw`` (a stored record's JSON) sealed again with the active key, or ``None`` if it
+    holds no envelope of another key (or is not JSON)."""
+    if b"pii1." not in raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not sealer.needs_reseal(value):
+        return None
+    context = value.get(context_field, "") if isinstance(value, dict) else ""
+    return orjson.dumps(sealer.reseal(value, context if isinstance(context, str) else ""))
+
+
+def reseal_stored(url: str | RedisEndpoint, prefix: str, sealer: Sealer, socket_timeout_s: float = 5.0,
+                  attempts: int = 10) -> tuple[int, int]:
+    """Seal again with ``sealer``'s active key what the engine stored under ``prefix``: the
+    customers' hashes and timelines (``run.py keys rotate --reencrypt``). Each key is
+    rewritten by a script that first checks it still holds what was read (a sink writing
+    meanwhile: read again). Returns (values, keys) rewritten; ``schemas.crypto.CannotDecrypt``
+    if a value does not open with the key file. Streams are not rewritten (entries are
+    immutable; they age out by ``MAXLEN``)."""
+    client = connect(url, socket_timeout_s)
+    try:
+        keys = RedisKeys(prefix)
+        lists, hashes = client.register_script(_RESEAL_LIST), client.register_script(_RESEAL_HASH)
+        values = changed = 0
+        for key in list(client.scan_iter(match=keys.customers_pattern(), count=1000)):
+            kind = client.type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            for _ in range(attempts):
+                if kind == "list":
+                    held = client.lrange(key, 0, -1)
+                    new = [_resealed(sealer, item, "event_id") or item for item in held]
+                    n = sum(1 for a, b in zip(held, new, strict=True) if a != b)
+                    if not n or lists(keys=[key], args=[len(held), *held, *new]) == 1:
+                        break
+                elif kind == "hash":
+                    triples = [(f, v, s) for f, v in client.hgetall(key).items()
+                               if (s := _resealed(sealer, v, "alert_id")) is not None]
+                    n = len(triples)
+                    if not n or hashes(keys=[key], args=[x for t in triples for x in t]) == 1:
+                        break
+                else:
+                    n = 0
+                    break
+            else:
+                raise ConnectionError(f"{key!r} kept changing while it was re-encrypted; run again")
+            values += n
+            changed += 1 if n else 0
+        return values, changed
+    finally:
+        client.close()

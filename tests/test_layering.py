@@ -36,7 +36,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 UNRESTRICTED = frozenset({"run", "bench", "tests"})
 #: Third-party packages the plain-Python layers may use (and the standard library).
 THIRD_PARTY: dict[str, frozenset[str]] = {
-    "schemas": frozenset({"orjson"}),
+    # cryptography: the ciphers of the PII envelope (schemas.crypto) are part of its format.
+    "schemas": frozenset({"cryptography", "orjson"}),
     "detectors": frozenset({"lightgbm", "numpy", "river", "scipy"}),
     "engine": frozenset({"lightgbm", "numpy", "orjson", "river", "scipy"}),
 }
