@@ -344,7 +344,7 @@ WRITTEN_PATHS = {("engine", "recovery_dir"), ("kafka", "sink_dead_letter_path"),
                  ("redis", "input_dead_letter_path"), ("webhook", "dead_letter_path"), ("audit", "file"),
                  ("dashboard", "users_file")}
 #: ... and those it only reads.
-READ_PATHS = {("audit", "key_file")}
+READ_PATHS = {("audit", "key_file"), ("crypto", "key_file")}
 
 
 def _path_settings() -> set[tuple[str, str]]:
