@@ -318,6 +318,11 @@ def test_kubernetes_manifests() -> None:
         selector = docs[kind]["spec"].get("selector") or docs[kind]["spec"]["podSelector"]
         assert selector["matchLabels"].items() <= labels.items(), kind
     assert docs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    # spread over nodes: the anti-affinity selects the StatefulSet's own pods by host
+    affinity = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    spread = affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     allowed = {port["port"] for rule in docs["NetworkPolicy"]["spec"]["ingress"] for port in rule["ports"]}
     assert allowed == {2101, 9100}
     # the alert bridge: the engine's image and command, restricted too, reachable only from
