@@ -361,7 +361,7 @@ def report_rows(case: dict[str, Any], customer: dict[str, Any]) -> list[dict[str
     rows = [row("case", case["opened_at"], case["id"], f"status {case['status']}; proposal {case['proposal'] or '-'}"
                 f"; decision {case['decision'] or '-'}", by=case["owner"]),
             row("customer", "", customer["customer_id"], f"RM {customer.get('rm_id') or '-'}; fraud risk "
-                f"{customer.get('fraud_risk')}; alert groups in the case {len(case['alert_groups'])}")]
+                f"{_score(customer.get('fraud_risk'))}; alert groups in the case {len(case['alert_groups'])}")]
     triggers = {a["alert"]["event_id"]: a for a in case["alert_groups"]}
     events = {t["event_id"]: t["event"] for t in customer.get("timeline", [])
               if t["kind"] == "event" and t["event"].get("kind") == "transaction"}
@@ -387,6 +387,10 @@ def report_rows(case: dict[str, Any], customer: dict[str, Any]) -> list[dict[str
         rows.append(row("decision" if e["action"] in ("proposed", "approved", "rejected") else "history",
                         e["at"], case["id"], what, by=e["by"]))
     return rows
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def report_csv(rows: list[dict[str, str]]) -> str:
