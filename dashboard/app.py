@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from dashboard.auth import Session, Signer, UserStore
+from dashboard.backtests import CHANGE, Backtests, Busy
 from dashboard.cases import (
     Cases,
     Conflict,
@@ -106,6 +107,9 @@ class DashboardConfig:
     login: LoginPolicy = field(default_factory=LoginPolicy)
     locale: str = EN  # [display]: the language of the pages, reasons and timelines
     timezone: str = "UTC"  # the time zone times are shown in
+    backtest_input: str = ""  # the recorded stream of the admin's rule back-test ("" = off)
+    backtest_config: str = ""  # the config file the back-test's process loads
+    backtest_timeout_s: float = 1800.0
 
 
 # -- live updates ---------------------------------------------------------------------------
@@ -330,6 +334,10 @@ class CaseRejection(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class BacktestRequest(BaseModel):
+    changes: list[Annotated[str, Field(pattern=CHANGE.pattern)]] = Field(min_length=1, max_length=5)
+
+
 class Answer(BaseModel):
     answer: Literal["accepted", "dismissed", "converted"]
 
@@ -363,6 +371,19 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     hub = Hub()
     auditor = Auditor(store.r, store.audit_key, config.audit_keys)
     cases = Cases(store)
+
+    async def backtest_done(run: dict[str, Any]) -> None:
+        def figures(side: str) -> str:
+            r = run.get("result", {}).get(side, {})
+            precision = r.get("precision")
+            return f"{r.get('alerts')} alerts, precision {'n/a' if precision is None else f'{precision:.3f}'}"
+        detail = (f"{run['input']} with {', '.join(run['changes'])}: " + (
+            f"current {figures('current')}; changed {figures('changed')}" if run["status"] == "done"
+            else f"failed: {run.get('error', '')[:200]}"))
+        await auditor.record("backtest_run", run["by"], "admin", run["id"], None, detail)
+
+    backtests = Backtests(store.r, store.k, config.backtest_input, config.backtest_config, config.backtest_timeout_s,
+                          on_done=backtest_done)
     indexer = Indexer(store, hub, cases=cases, auditor=auditor)
     meter = metrics if metrics is not None else DashboardMetrics(CollectorRegistry(), process=False)
 
@@ -373,6 +394,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         try:
             yield
         finally:
+            await backtests.stop()
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -529,6 +551,26 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                 f"locked after {held.get('failures', '?')} failed sign-ins; {held.get('refused', '0')} attempts "
                 f"refused while locked"))
         return {"username": body.username, "was_locked": held is not None}
+
+    @app.post("/api/admin/backtest", status_code=202,
+              summary="Start a rule back-test on the configured stream (admin): rules.KEY=VALUE changes",
+              description="409 while another runs; 404 if no stream is configured ([dashboard] backtest_input).")
+    async def backtest_start(body: BacktestRequest, who: Annotated[Session, role("admin", write=True)]
+                             ) -> dict[str, Any]:
+        if not backtests.enabled:
+            raise HTTPException(404, "no back-test stream is configured ([dashboard] backtest_input)")
+        try:
+            run = await backtests.start(body.changes, who.username)
+        except Busy as exc:
+            raise HTTPException(409, str(exc)) from None
+        meter.action("backtest")
+        await auditor.record("backtest_started", who.username, who.role, run["id"], None,
+                             f"{run['input']} with {', '.join(body.changes)}")
+        return run
+
+    @app.get("/api/admin/backtest", summary="The latest rule back-tests and their results (admin)")
+    async def backtest_list(who: Annotated[Session, role("admin")]) -> dict[str, Any]:
+        return {"enabled": backtests.enabled, "items": await backtests.recent()}
 
     @app.get("/api/display", summary="The pages' language and time zone ([display]); no sign-in needed")
     async def display() -> dict[str, str]:

@@ -250,6 +250,14 @@ class RedisKeys:
         proposed) or ``closed``."""
         return self._dash("cases", encode(which))
 
+    def backtest(self, run_id: str) -> str:
+        """A hash: one rule back-test run (who, changes, status, result as JSON)."""
+        return self._dash("backtest", encode(run_id))
+
+    def backtests(self) -> str:
+        """A sorted set: back-test run ids by start time (ms)."""
+        return self._dash("backtests")
+
     def session(self, digest: str) -> str:
         """A hash with a time to live: one signed-in session (by the SHA-256 of its id)."""
         return self._dash("session", encode(digest))

@@ -193,3 +193,43 @@ def test_cases_are_authorized_like_every_endpoint(world: tuple[Dashboard, redis.
     paths = httpx.get(f"{dash.url}/openapi.json").json()["paths"]
     assert {"/api/cases", "/api/cases/{case_id}", "/api/cases/{case_id}/approve",
             "/api/cases/{case_id}/report.csv"} <= set(paths)
+
+
+def test_an_admin_runs_a_rule_backtest_in_the_background(sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
+    """``POST /api/admin/backtest`` runs ``run.py backtest`` on the configured stream in a
+    process of its own; its figures are those of the back-test run here, and it is audited."""
+    from dataclasses import replace
+
+    from config.settings import load_settings
+    from flows.backtest import backtest, parse_change
+
+    events, _ = sim_stream
+    with redis_server(tmp_path) as srv:
+        settings = engine_settings(srv.url, "bt:", tmp_path)
+        settings = replace(settings, dashboard=replace(settings.dashboard, backtest_input=str(events)))
+        with dashboard(settings, tmp_path) as dash:
+            root, csrf = dash.login("root")
+            headers = {"X-CSRF-Token": csrf}
+            body = {"changes": ["rules.velocity_1h=5"]}
+            ana, csrf_a = dash.login("ana")
+            rm1, csrf_rm = dash.login("rm1")
+            assert ana.post("/api/admin/backtest", json=body, headers={"X-CSRF-Token": csrf_a}).status_code == 403
+            assert rm1.post("/api/admin/backtest", json=body, headers={"X-CSRF-Token": csrf_rm}).status_code == 403
+            assert ana.get("/api/admin/backtest").status_code == 403
+            assert httpx.post(f"{dash.url}/api/admin/backtest", json=body).status_code == 401
+            assert root.post("/api/admin/backtest", json=body).status_code == 403  # no CSRF token
+            for bad in (["rules.velocity_1h=5; rm -rf /"], ["fraud.alert_threshold=0.1"], []):
+                assert root.post("/api/admin/backtest", json={"changes": bad}, headers=headers).status_code == 422
+            started = root.post("/api/admin/backtest", json=body, headers=headers)
+            assert started.status_code == 202 and started.json()["status"] == "running"
+            assert root.post("/api/admin/backtest", json=body, headers=headers).status_code == 409  # one at a time
+            run = wait_for(lambda: next((r for r in root.get("/api/admin/backtest").json()["items"]
+                                         if r["status"] != "running"), None), timeout=300)
+            assert run["status"] == "done", run
+            expected = backtest(load_settings(), events, [parse_change("rules.velocity_1h=5", load_settings())])
+            for side in ("current", "changed"):
+                for field in ("alerts", "true_positives", "precision", "recall"):
+                    assert run["result"][side][field] == expected[side][field], (side, field)
+            actions = [e["record"]["action"] for e in root.get("/api/audit?limit=50").json()["items"]
+                       if e["record"].get("target") == run["id"]]
+            assert sorted(actions) == ["backtest_run", "backtest_started"]

@@ -193,3 +193,21 @@ def test_case_flow_note_propose_approve_by_another_analyst_and_export(browser: o
             assert "proposed" in decisions and "ana" in decisions and "approved" in decisions and "bea" in decisions
             maker.screenshot(path=str(shots / "case-report.png"), full_page=True)  # type: ignore[attr-defined]
             print(f"screenshots in {shots}")
+
+
+def test_an_admin_runs_a_rule_backtest_from_the_page(browser: object, sim_stream: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    events, _ = sim_stream
+    with redis_server(tmp_path) as srv:
+        settings = engine_settings(srv.url, "btp:", tmp_path)
+        settings = replace(settings, dashboard=replace(settings.dashboard, backtest_input=str(events)))
+        with dashboard(settings, tmp_path) as dash:
+            admin = sign_in(browser, dash.url, "root")
+            admin.wait_for_selector("#backtest", state="visible")  # type: ignore[attr-defined]
+            admin.fill("#bt-changes", "rules.large_amount_ratio=2.5")  # type: ignore[attr-defined]
+            admin.click("#bt-run")  # type: ignore[attr-defined]
+            admin.wait_for_selector('#bt-body tr[data-status="done"]', timeout=300_000)  # type: ignore[attr-defined]
+            cells = admin.inner_text('#bt-body tr[data-status="done"]').split("\t")  # type: ignore[attr-defined]
+            current, changed = (int(n) for n in cells[4].split(" / "))
+            assert changed > current > 0 and "%" in cells[5]
+            admin.screenshot(path=str(tmp_path / "admin-backtest.png"), full_page=True)  # type: ignore[attr-defined]

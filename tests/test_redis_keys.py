@@ -38,9 +38,10 @@ ONE_ID: list[Callable[[str], str]] = [
     lambda v: KEYS.queue_by("rm", v), lambda v: KEYS.queue_by("type", v),
     lambda v: KEYS.login_failures("user", v), lambda v: KEYS.login_failures("ip", v),
     lambda v: KEYS.customer_delivered(v, v), lambda v: KEYS.rm_delivered(v, v),
-    KEYS.case, KEYS.case_alerts, KEYS.case_log, KEYS.customer_case, KEYS.cases]
+    KEYS.case, KEYS.case_alerts, KEYS.case_log, KEYS.customer_case, KEYS.cases, KEYS.backtest]
 FIXED = [KEYS.layout(), KEYS.alerts(), KEYS.alerts_channel(), KEYS.ref_key(), KEYS.cursors(), KEYS.scores(),
-         KEYS.volume(), KEYS.models(), KEYS.model_changes(), KEYS.input_stream("feedback:in"), KEYS.audit_log("audit")]
+         KEYS.volume(), KEYS.backtests(), KEYS.models(), KEYS.model_changes(), KEYS.input_stream("feedback:in"),
+         KEYS.audit_log("audit")]
 
 
 @given(st.lists(st.text(min_size=0, max_size=130), min_size=2, max_size=6, unique=True))

@@ -41,6 +41,9 @@ const I18N = {
     "Waiting for another analyst to approve": "等待另一位分析师复核", "Report (CSV)": "报告（CSV）",
     "Report (print)": "报告（打印版）", "noted": "备注", "joined": "告警并入",
     "rejected": "已退回", "approved": "已复核通过", "proposal_withdrawn": "拟定结论已撤回",
+    "Rule back-test": "规则回测", "Changes": "规则改动", "Run": "运行", "started": "开始时间", "running": "运行中",
+    "done": "已完成", "failed": "失败", "alerts (current / changed)": "告警数（现行 / 改动后）",
+    "precision (current / changed)": "精确率（现行 / 改动后）", "recall (current / changed)": "召回率（现行 / 改动后）",
   },
 };
 const t = (text) => (I18N[display.locale] || {})[text] || text;
@@ -99,6 +102,7 @@ async function start() {
   $("who").textContent = `${state.me.username} (${t(state.me.role)}${state.me.rm_id ? " " + state.me.rm_id : ""})`;
   if (state.me.role === "rm") { $("rm").hidden = false; await loadRM(); }
   else { $("risk").hidden = false; await loadQueue(); await loadCases(); }
+  if (state.me.role === "admin") { $("backtest").hidden = false; await loadBacktests(); }
   await loadPlots();
   listen();
 }
@@ -241,6 +245,22 @@ async function openCase(id) {
     timeline(c.customer.timeline));
 }
 
+// -- rule back-test (admin) --------------------------------------------------------------
+const pct = (x) => (x === null || x === undefined ? "-" : `${(100 * x).toFixed(1)} %`);
+
+async function loadBacktests() {
+  const runs = await api("/api/admin/backtest");
+  $("bt-run").disabled = !runs.enabled;
+  $("bt-body").replaceChildren(...runs.items.map((r) => {
+    const cur = (r.result || {}).current || {}, chg = (r.result || {}).changed || {};
+    return el("tr", { "data-run": r.id, "data-status": r.status }, el("td", {}, when(r.started_at)), el("td", {}, r.by),
+      el("td", {}, r.changes.join(", ")), el("td", { class: "status" }, t(r.status) + (r.error ? `: ${r.error}` : "")),
+      el("td", {}, r.result ? `${cur.alerts} / ${chg.alerts}` : ""), el("td", {}, r.result ? `${pct(cur.precision)} / ${pct(chg.precision)}` : ""),
+      el("td", {}, r.result ? `${pct(cur.recall)} / ${pct(chg.recall)}` : ""));
+  }));
+  if (runs.items.some((r) => r.status === "running")) setTimeout(loadBacktests, 3000);
+}
+
 // A customer's timeline, newest first: the events the engine received (with [redis]
 // recent_events) between the alerts and prompts it decided, each kind styled apart.
 function timeline(items) {
@@ -372,6 +392,12 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   $("logout").addEventListener("click", async () => { await api("/api/logout", {}); state.me = null; showLogin(); });
   $("f-case").addEventListener("change", loadCases);
+  $("bt-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const changes = $("bt-changes").value.split(/[\s,]+/).filter(Boolean);
+    try { await api("/api/admin/backtest", { changes }); $("bt-error").textContent = ""; await loadBacktests(); }
+    catch (err) { $("bt-error").textContent = err.message; }
+  });
   for (const id of ["f-status", "f-type", "f-severity"]) $(id).addEventListener("change", () => { state.offset = 0; loadQueue(); });
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadQueue(); });
   $("next").addEventListener("click", () => { state.offset += state.limit; loadQueue(); });
