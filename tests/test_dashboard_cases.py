@@ -233,3 +233,27 @@ def test_an_admin_runs_a_rule_backtest_in_the_background(sim_stream: tuple[Path,
             actions = [e["record"]["action"] for e in root.get("/api/audit?limit=50").json()["items"]
                        if e["record"].get("target") == run["id"]]
             assert sorted(actions) == ["backtest_run", "backtest_started"]
+
+
+def test_concurrent_approvals_close_once(world: tuple[Dashboard, redis.Redis, str], tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    dash, client, url = world
+    write(url, tmp_path, [alert("c-case-9", 0), alert("c-case-9", 1)])
+    ana, csrf = dash.login("ana")
+    case = wait_for(lambda: next((c for c in ana.get("/api/cases").json()["items"]
+                                  if c["customer_id"] == "c-case-9" and c["alerts"] == 2), None))
+    ana.post(f"/api/cases/{case['id']}/propose", json={"decision": "fraud"}, headers={"X-CSRF-Token": csrf})
+    sessions = [dash.login("bea") for _ in range(6)]
+
+    def approve(i: int) -> dict:
+        bea, token = sessions[i]
+        reply = bea.post(f"/api/cases/{case['id']}/approve", headers={"X-CSRF-Token": token})
+        assert reply.status_code == 200, reply.text
+        return dict(reply.json())
+
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(approve, range(6)))
+    assert sum(r["changed"] for r in replies) == 1 and all(r["status"] == "closed" for r in replies)
+    assert sorted(e["ref_event_id"] for e in sent(client) if e["customer_id"] == "c-case-9") == \
+        ["e-c-case-9-0", "e-c-case-9-1"]

@@ -39,8 +39,9 @@ const I18N = {
     "Add note": "添加备注", "Propose: fraud": "拟定：确认欺诈", "Propose: report": "拟定：上报可疑交易",
     "Propose: no action": "拟定：无需处理", "Approve": "复核通过", "Reject": "退回",
     "Waiting for another analyst to approve": "等待另一位分析师复核", "Report (CSV)": "报告（CSV）",
-    "Report (print)": "报告（打印版）", "noted": "备注", "joined": "告警并入",
-    "rejected": "已退回", "approved": "已复核通过", "proposal_withdrawn": "拟定结论已撤回",
+    "Report (print)": "报告（打印版）", "log:opened": "立案", "log:joined": "告警并入", "log:assigned": "分派",
+    "log:noted": "备注", "log:proposed": "拟定结论", "log:rejected": "退回", "log:approved": "复核通过",
+    "log:proposal_withdrawn": "拟定结论撤回",
     "Rule back-test": "规则回测", "Changes": "规则改动", "Run": "运行", "started": "开始时间", "running": "运行中",
     "done": "已完成", "failed": "失败", "alerts (current / changed)": "告警数（现行 / 改动后）",
     "precision (current / changed)": "精确率（现行 / 改动后）", "recall (current / changed)": "召回率（现行 / 改动后）",
@@ -196,6 +197,9 @@ async function loadCases() {
     el("td", {}, c.proposal ? `${t(c.proposal)} (${c.proposed_by})` : ""))));
 }
 
+// A case history entry's action, in the locale (the English is the action itself).
+const logWord = (action) => { const w = t(`log:${action}`); return w === `log:${action}` ? action : w; };
+
 async function openCase(id) {
   const c = await api(`/api/cases/${id}`);
   const d = $("case-detail"); d.dataset.case = id; d.hidden = false;
@@ -239,7 +243,7 @@ async function openCase(id) {
     ...controls,
     el("h3", {}, t("History")),
     el("ul", { id: "case-log" }, ...c.log.map((e) => el("li", { "data-action": e.action },
-      el("span", { class: "ts" }, when(e.at)), ` ${e.by} · ${t(e.action)}`,
+      el("span", { class: "ts" }, when(e.at)), ` ${e.by} · ${logWord(e.action)}`,
       e.decision ? ` · ${t(e.decision)}` : "", e.owner ? ` · ${e.owner}` : "", e.text ? ` · ${e.text}` : ""))),
     el("h3", {}, t("Timeline")),
     timeline(c.customer.timeline));
