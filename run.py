@@ -7,6 +7,7 @@
     python run.py evaluate             simulate, replay, and report detection quality
     python run.py evaluate --nba       next-best action in closed loop against baselines
     python run.py produce              send the simulator's stream to the Kafka input topics
+    python run.py backtest --input F --set rules.KEY=VALUE   a rule change replayed next to the current rules
     python run.py audit verify ...     check an audit log's signed chain and head
     python run.py audit keygen ...     create (or rotate) the audit log's HMAC key file
     python run.py keys keygen|rotate   keys of the encryption of personal data at rest
@@ -26,6 +27,7 @@ variables ``CRM__<SECTION>__<KEY>``; see the README.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -162,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--jobs", type=int, default=1, help="--nba: policies run at a time, in processes")
     evaluate.add_argument("--learned-from-day", type=float, default=60.0,
                           help="--nba: prompts from this day on count as after learning (default 60)")
+
+    backtest = sub.add_parser(
+        "backtest", help="replay a recorded stream with a changed rule threshold, next to the current one",
+        description="Replay a recorded stream (JSONL, like replay --input) through the engine twice, with the "
+        "current settings and with the --set changes made, and print for each the fraud alerts it raises "
+        "(alert groups and revisions) and their precision and recall against the stream's own fraud/legit "
+        "feedback labels (flows/backtest.py).")
+    _common(backtest)
+    backtest.add_argument("--input", type=Path, required=True, help="events, one JSON object per line")
+    backtest.add_argument("--set", dest="changes", action="append", required=True, metavar="rules.KEY=VALUE",
+                          help="a changed rule threshold (any key of [rules]); repeat for several")
+    backtest.add_argument("--json", action="store_true", help="print the result as JSON")
 
     produce = sub.add_parser("produce", help="send the simulator's stream to the Kafka input topics",
                              description="Generate the simulator's stream and produce each event to "
@@ -914,6 +928,9 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
 
         evaluate(settings, customers=_or(args.customers, 2000), days=_or(args.days, 60.0), seed=_or(args.seed, 11),
                  fraud_rate=args.fraud_rate, workdir=args.workdir, workers=args.workers)
+    elif args.command == "backtest":
+        assert settings is not None
+        return _backtest(args, settings)
     elif args.command == "produce":
         assert settings is not None
         from simulator.produce import produce_simulation
@@ -921,6 +938,22 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
         sent = produce_simulation(settings, rate=args.rate, max_events=args.max_events, stop=stop,
                                   customers=args.customers, seed=args.seed, create_partitions=args.create_topics)
         print(f"produced {sent} events", file=sys.stderr)
+    return 0
+
+
+def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.backtest import BadChange, backtest, parse_change, report_text
+
+    if not args.input.exists():
+        print(f"input not found: {args.input}", file=sys.stderr)
+        return 2
+    try:
+        changes = [parse_change(text, settings) for text in args.changes]
+    except BadChange as exc:
+        print(f"backtest: {exc}", file=sys.stderr)
+        return 2
+    result = backtest(settings, args.input, changes)
+    print(json.dumps(result, indent=2) if args.json else report_text(result))
     return 0
 
 

@@ -311,6 +311,12 @@ class DashboardSettings:
     login_backoff_max_s: float = 60.0  # ... up to this
     lockout_failures: int = 10  # failures in the window that lock the username (0: never)
     lockout_s: float = 1800.0  # how long a lock lasts unless an administrator lifts it sooner
+    # The admin's rule back-test (run.py backtest in a background process): the recorded
+    # stream it replays ("" = off) and the config file whose rules are the current ones
+    # ("" = config/default.toml; CRM__ environment overrides are passed on).
+    backtest_input: str = ""
+    backtest_config: str = ""
+    backtest_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if has_braces(self.feedback_stream):

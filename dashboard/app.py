@@ -43,12 +43,21 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from dashboard.auth import Session, Signer, UserStore
+from dashboard.backtests import CHANGE, Backtests, Busy
+from dashboard.cases import (
+    Cases,
+    Conflict,
+    SameAnalyst,
+    report_csv,
+    report_html,
+    report_rows,
+)
 from dashboard.logins import Attempt, LoginGuard, LoginPolicy
 from dashboard.metrics import DashboardMetrics, MeasureRequests
 from dashboard.sessions import SessionStore
@@ -104,6 +113,9 @@ class DashboardConfig:
     locale: str = EN  # [display]: the language of the pages, reasons and timelines
     timezone: str = "UTC"  # the time zone times are shown in
     pii: Sealer | None = None  # [crypto]: opens the personal fields the engine sealed
+    backtest_input: str = ""  # the recorded stream of the admin's rule back-test ("" = off)
+    backtest_config: str = ""  # the config file the back-test's process loads
+    backtest_timeout_s: float = 1800.0
 
 
 # -- live updates ---------------------------------------------------------------------------
@@ -146,8 +158,10 @@ class Indexer:
     and the hub. Its positions are kept in Redis (``{prefix}dash:cursors``), so a restarted
     dashboard carries on; indexing is idempotent by alert revision and prompt id."""
 
-    def __init__(self, store: Store, hub: Hub, block_ms: int = 500) -> None:
+    def __init__(self, store: Store, hub: Hub, block_ms: int = 500, cases: Cases | None = None,
+                 auditor: Auditor | None = None) -> None:
         self.store, self.hub, self.block_ms = store, hub, block_ms
+        self.cases, self.auditor = cases, auditor
         self.indexed = 0
         self._cluster = is_cluster(store.r)
 
@@ -166,6 +180,19 @@ class Indexer:
         if not reply:
             await asyncio.sleep(self.block_ms / 1000)
         return reply
+
+    async def _case(self, summary: dict[str, Any]) -> None:
+        """Put a fraud alert in its customer's open case (``dashboard.cases``), audited."""
+        if self.cases is None:
+            return
+        joined = await self.cases.join(summary)
+        if joined is None:
+            return
+        case_id, opened = joined
+        if self.auditor is not None:
+            await self.auditor.record("case_opened" if opened else "case_alert_joined", "dashboard", "-", case_id,
+                                      summary["customer_id"], f"alert {summary['ref']}")
+        self.hub.publish("case", await self.cases.get(case_id))
 
     async def run(self) -> None:
         r, layout = self.store.r, self.store.k
@@ -198,6 +225,7 @@ class Indexer:
                         summary = await self.store.index_alert(record)
                         if summary is not None:
                             self.hub.publish("alert", summary)
+                            await self._case(summary)
                     else:
                         prompt = await self.store.index_prompt(record)
                         if prompt is not None:
@@ -299,6 +327,23 @@ class Close(BaseModel):
     label: Literal["fraud", "legit"]
 
 
+class CaseNote(BaseModel):
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class CaseProposal(BaseModel):
+    decision: Literal["fraud", "report", "no_action"]
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class CaseRejection(BaseModel):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class BacktestRequest(BaseModel):
+    changes: list[Annotated[str, Field(pattern=CHANGE.pattern)]] = Field(min_length=1, max_length=5)
+
+
 class Answer(BaseModel):
     answer: Literal["accepted", "dismissed", "converted"]
 
@@ -331,7 +376,21 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     guard = LoginGuard(store.r, store.k, config.login)
     hub = Hub()
     auditor = Auditor(store.r, store.audit_key, config.audit_keys)
-    indexer = Indexer(store, hub)
+    cases = Cases(store)
+
+    async def backtest_done(run: dict[str, Any]) -> None:
+        def figures(side: str) -> str:
+            r = run.get("result", {}).get(side, {})
+            precision = r.get("precision")
+            return f"{r.get('alerts')} alerts, precision {'n/a' if precision is None else f'{precision:.3f}'}"
+        detail = (f"{run['input']} with {', '.join(run['changes'])}: " + (
+            f"current {figures('current')}; changed {figures('changed')}" if run["status"] == "done"
+            else f"failed: {run.get('error', '')[:200]}"))
+        await auditor.record("backtest_run", run["by"], "admin", run["id"], None, detail)
+
+    backtests = Backtests(store.r, store.k, config.backtest_input, config.backtest_config, config.backtest_timeout_s,
+                          on_done=backtest_done)
+    indexer = Indexer(store, hub, cases=cases, auditor=auditor)
     meter = metrics if metrics is not None else DashboardMetrics(CollectorRegistry(), process=False)
 
     @contextlib.asynccontextmanager
@@ -341,6 +400,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         try:
             yield
         finally:
+            await backtests.stop()
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -407,6 +467,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     Reader = Annotated[Session, role("risk_analyst", "admin")]
     Analyst = Annotated[Session, role("risk_analyst", write=True)]
+    AnalystRead = Annotated[Session, role("risk_analyst")]
     RMRead = Annotated[Session, role("rm")]
     RMWrite = Annotated[Session, role("rm", write=True)]
     AnyUser = Annotated[Session, Depends(session)]
@@ -515,6 +576,26 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                 f"refused while locked"))
         return {"username": body.username, "was_locked": held is not None}
 
+    @app.post("/api/admin/backtest", status_code=202,
+              summary="Start a rule back-test on the configured stream (admin): rules.KEY=VALUE changes",
+              description="409 while another runs; 404 if no stream is configured ([dashboard] backtest_input).")
+    async def backtest_start(body: BacktestRequest, who: Annotated[Session, role("admin", write=True)]
+                             ) -> dict[str, Any]:
+        if not backtests.enabled:
+            raise HTTPException(404, "no back-test stream is configured ([dashboard] backtest_input)")
+        try:
+            run = await backtests.start(body.changes, who.username)
+        except Busy as exc:
+            raise HTTPException(409, str(exc)) from None
+        meter.action("backtest")
+        await auditor.record("backtest_started", who.username, who.role, run["id"], None,
+                             f"{run['input']} with {', '.join(body.changes)}")
+        return run
+
+    @app.get("/api/admin/backtest", summary="The latest rule back-tests and their results (admin)")
+    async def backtest_list(who: Annotated[Session, role("admin")]) -> dict[str, Any]:
+        return {"enabled": backtests.enabled, "items": await backtests.recent()}
+
     @app.get("/api/display", summary="The pages' language and time zone ([display]); no sign-in needed")
     async def display() -> dict[str, str]:
         return {"locale": config.locale, "timezone": config.timezone}
@@ -591,6 +672,128 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             return store.feedback_event(s["customer_id"], body.label, s["event_ts"], ref_event_id=a["event_id"],
                                         ref_alert_id=a["alert_id"])
         return await act(ref, who, "close", f"closed_{body.label}", body.label, label)
+
+    # -- cases (dashboard.cases) ------------------------------------------------------------
+
+    def shown_case(who: Session, case: dict[str, Any]) -> dict[str, Any]:
+        """A case as the role may see it: for admins the customer id scrubbed everywhere and
+        the notes' and reasons' free text masked (it may name people and accounts)."""
+        if who.role != "admin":
+            return case
+        masked = {**case}
+        if "log" in masked:
+            masked["log"] = [{**e, "text": MASK} if "text" in e else e for e in masked["log"]]
+        if "alert_groups" in masked:
+            masked["alert_groups"] = [mask_alert(a) for a in masked["alert_groups"]]
+        return dict(scrub(masked, {case["customer_id"]}))
+
+    async def case_or_404(case_id: str) -> dict[str, Any]:
+        try:
+            return await cases.detail(case_id)
+        except NotFound:
+            raise HTTPException(404, "no such case") from None
+
+    async def case_action(case_id: str, who: Session, action: str,
+                          change: Callable[[], Awaitable[dict[str, Any]]],
+                          detail: str | None = None) -> dict[str, Any]:
+        """Apply a case change; audit and publish it if it changed the case."""
+        await case_or_404(case_id)
+        try:
+            done = await change()
+        except Conflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        except SameAnalyst as exc:
+            raise HTTPException(403, str(exc)) from None
+        if done["changed"]:
+            meter.action(action)
+            await auditor.record(action, who.username, who.role, case_id, done["customer_id"], detail)
+            hub.publish("case", {k: v for k, v in done.items() if k != "changed"})
+        return done
+
+    @app.get("/api/cases", summary="Cases: a customer's open fraud alerts grouped, open (and proposed) or closed")
+    async def case_list(who: Reader, offset: Offset = 0, limit: Limit = 50,
+                        status: Annotated[str, Query(pattern="^(open|closed)$")] = "open") -> dict[str, Any]:
+        items, total = await cases.page(status, offset, min(limit, config.page_size_max))
+        return {"items": [shown_case(who, c) for c in items], "total": total, "offset": offset, "limit": limit}
+
+    @app.get("/api/cases/{case_id}", summary="A case: its alert groups, history, the customer's timeline")
+    async def case_detail(case_id: str, who: Reader) -> dict[str, Any]:
+        case = await case_or_404(case_id)
+        case["alert_groups"] = [localize(a, config.locale) or a for a in case["alert_groups"]]
+        customer = await store.customer(case["customer_id"])
+        if who.role == "admin":
+            return shown_case(who, {**case, "customer": mask_events(customer, config.locale)})
+        return {**case, "customer": customer}
+
+    @app.post("/api/cases/{case_id}/assign", summary="Give a case an owner (a risk analyst)")
+    async def case_assign(case_id: str, body: Assign, who: Analyst) -> dict[str, Any]:
+        target = users.get(body.assignee)
+        if target is None or target.role != "risk_analyst":
+            raise HTTPException(422, "assign to an existing risk analyst")
+        return await case_action(case_id, who, "case_assign",
+                                 lambda: cases.assign(case_id, body.assignee, who.username),
+                                 body.assignee)
+
+    @app.post("/api/cases/{case_id}/notes", summary="Add a note to a case")
+    async def case_note(case_id: str, body: CaseNote, who: Analyst) -> dict[str, Any]:
+        return await case_action(case_id, who, "case_note", lambda: cases.note(case_id, body.text, who.username),
+                                 f"{len(body.text)} characters")
+
+    @app.post("/api/cases/{case_id}/propose", summary="Propose a decision (fraud, report, no_action): the maker")
+    async def case_propose(case_id: str, body: CaseProposal, who: Analyst) -> dict[str, Any]:
+        return await case_action(case_id, who, "case_propose",
+                                 lambda: cases.propose(case_id, body.decision, who.username, body.reason),
+                                 body.decision)
+
+    @app.post("/api/cases/{case_id}/reject", summary="Reject the proposal back to open (another analyst)")
+    async def case_reject(case_id: str, body: CaseRejection, who: Analyst) -> dict[str, Any]:
+        return await case_action(case_id, who, "case_reject",
+                                 lambda: cases.reject(case_id, who.username, body.reason))
+
+    @app.post("/api/cases/{case_id}/approve",
+              summary="Approve the proposal (another analyst): closes every alert of the case, feedback to the engine")
+    async def case_approve(case_id: str, who: Analyst) -> dict[str, Any]:
+        case = await case_or_404(case_id)
+        try:
+            done = await cases.approve(case_id, who.username)
+        except Conflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        except SameAnalyst as exc:
+            raise HTTPException(403, str(exc)) from None
+        closed = done.pop("closed", [])
+        if done["changed"]:
+            meter.action("case_approve")
+            for summary, event_id in closed:  # each alert closed, as closing it alone is audited
+                label = "fraud" if done["decision"] in ("fraud", "report") else "legit"
+                meter.action(f"close_{label}")
+                await auditor.record("close", who.username, who.role, summary["ref"], summary["customer_id"],
+                                     f"{label} (case {case_id})", event_id)
+                hub.publish("alert", await alert_or_404(summary["ref"]))
+            await auditor.record("case_approve", who.username, who.role, case_id, case["customer_id"],
+                                 f"{done['decision']} proposed by {done['proposed_by']}; "
+                                 f"{len(closed)} alerts closed")
+            hub.publish("case", {k: v for k, v in done.items() if k != "changed"})
+        return done
+
+    async def report(case_id: str, who: Session, form: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        case = await case_or_404(case_id)
+        if "report" not in (case["proposal"], case["decision"]):
+            raise HTTPException(409, "a report is exported for a case proposed or approved as report")
+        rows = report_rows(case, await store.customer(case["customer_id"]))
+        meter.action("report_export")
+        await auditor.record("report_exported", who.username, who.role, case_id, case["customer_id"], form)
+        return case, rows
+
+    @app.get("/api/cases/{case_id}/report.csv", summary="The suspicious-transaction report as CSV (analysts)")
+    async def report_as_csv(case_id: str, who: AnalystRead) -> Response:
+        case, rows = await report(case_id, who, "csv")
+        return Response(report_csv(rows), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="str-{case["id"]}.csv"'})
+
+    @app.get("/api/cases/{case_id}/report.html", summary="The suspicious-transaction report, printable (analysts)")
+    async def report_as_html(case_id: str, who: AnalystRead) -> HTMLResponse:
+        case, rows = await report(case_id, who, "html")
+        return HTMLResponse(report_html(case, rows, who.username, format_ts(time.time())))
 
     @app.get("/api/customers/{cref}", summary="A customer: scores, alerts, prompts, timeline")
     async def customer(cref: str, who: AnyUser) -> dict[str, Any]:
@@ -677,6 +880,8 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
                 return shape(item)
             if kind == "prompt":
                 return shown_prompt(item) if who.role == "rm" and item.get("rm_id") == who.rm_id else None
+            if kind == "case" and who.role != "rm":
+                return shown_case(who, item)
             return None
 
         sid, queue = hub.subscribe(allow)

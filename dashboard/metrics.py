@@ -39,7 +39,8 @@ NAMESPACE: Final = "crm_dashboard"
 #: What analysts, RMs and administrators did (applied changes only: a repeat that changes
 #: nothing is not counted).
 ACTIONS: Final = ("acknowledge", "assign", "snooze", "close_fraud", "close_legit", "prompt_accepted",
-                  "prompt_dismissed", "prompt_converted", "unlock")
+                  "prompt_dismissed", "prompt_converted", "unlock", "case_assign", "case_note", "case_propose",
+                  "case_approve", "case_reject", "report_export", "backtest")
 #: Why a sign-in failed: wrong username or password (401), throttled (429), locked (423).
 LOGIN_FAILURES: Final = ("wrong_credentials", "throttled", "locked")
 METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})

@@ -33,7 +33,9 @@ def build_app(settings: Settings, users: UserStore | None = None, metrics: Dashb
     return create_app(store, users or UserStore.load(d.users_file),
                       DashboardConfig(secret, keys, d.session_ttl_s, not d.insecure_http, d.page_size_max,
                                       login=login_policy(settings), locale=settings.display.locale,
-                                      timezone=settings.display.zone, pii=settings.crypto.sealer()),
+                                      timezone=settings.display.zone, pii=settings.crypto.sealer(),
+                                      backtest_input=d.backtest_input, backtest_config=d.backtest_config,
+                                      backtest_timeout_s=d.backtest_timeout_s),
                       metrics=metrics)
 
 

@@ -233,6 +233,36 @@ class RedisKeys:
         """A hash: the RM's prompts, accepted, dismissed, converted."""
         return self._dash("rmstat", encode(rm_id))
 
+    def case(self, case_id: str) -> str:
+        """A hash: one case (customer, owner, status, proposal, decision, change count)."""
+        return self._dash("case", encode(case_id))
+
+    def case_alerts(self, case_id: str) -> str:
+        """A sorted set: the case's alert refs by event time."""
+        return self._dash("case", encode(case_id), "alerts")
+
+    def case_log(self, case_id: str) -> str:
+        """A list: the case's history (opened, joined, assigned, notes, proposals, decisions),
+        oldest first, JSON entries with who and when."""
+        return self._dash("case", encode(case_id), "log")
+
+    def customer_case(self, customer_id: str) -> str:
+        """A string: the customer's open case, while there is one."""
+        return self._dash("ccase", encode(customer_id))
+
+    def cases(self, which: str) -> str:
+        """A sorted set of case ids by the time they were opened (ms): ``open`` (open or
+        proposed) or ``closed``."""
+        return self._dash("cases", encode(which))
+
+    def backtest(self, run_id: str) -> str:
+        """A hash: one rule back-test run (who, changes, status, result as JSON)."""
+        return self._dash("backtest", encode(run_id))
+
+    def backtests(self) -> str:
+        """A sorted set: back-test run ids by start time (ms)."""
+        return self._dash("backtests")
+
     def session(self, digest: str) -> str:
         """A hash with a time to live: one signed-in session (by the SHA-256 of its id)."""
         return self._dash("session", encode(digest))

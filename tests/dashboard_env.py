@@ -17,7 +17,8 @@ from dashboard.server import start_in_thread
 from tests.brokers import free_port
 
 PASSWORD = "a-long-test-password"
-USERS = (("ana", "risk_analyst", ""), ("root", "admin", ""), ("rm1", "rm", "rm001"), ("rm2", "rm", "rm002"))
+USERS = (("ana", "risk_analyst", ""), ("bea", "risk_analyst", ""), ("root", "admin", ""), ("rm1", "rm", "rm001"),
+         ("rm2", "rm", "rm002"))
 
 
 @dataclass

@@ -141,3 +141,73 @@ def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(b
                 assert analyst.inner_text(row).split("\t")[-1] == "champion"  # type: ignore[attr-defined]
                 assert "linear -> gbm (promoted)" in analyst.inner_text("#models-change")  # type: ignore[attr-defined]
                 analyst.screenshot(path=str(tmp_path / "risk-models.png"))  # type: ignore[attr-defined]
+
+
+def test_case_flow_note_propose_approve_by_another_analyst_and_export(browser: object, tmp_path: Path) -> None:
+    """A takeover opens a case; one analyst notes it and proposes a report, another approves
+    it (which closes the alert and sends its fraud label to the engine), and the report is
+    exported as CSV and as a printable page."""
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with redis_server(tmp_path) as srv:
+        client = redis.Redis.from_url(srv.url)
+        settings = engine_settings(srv.url, "case:", tmp_path, recent_events=20)
+        with live_engine(settings), dashboard(settings, tmp_path) as dash:
+            now = time.time()
+            inject(client, settings, *history("c-case-e2e", "rm001", now), *takeover("c-case-e2e", now))
+            maker = sign_in(browser, dash.url, "ana")
+            row = '#cases-body tr[data-customer="c-case-e2e"]'
+            maker.wait_for_selector(row, timeout=20_000)  # type: ignore[attr-defined]
+            maker.click(row)  # type: ignore[attr-defined]
+            maker.wait_for_selector('#case-status[data-status="open"]')  # type: ignore[attr-defined]
+            maker.wait_for_selector('#case-detail li.tl-event[data-event="c-case-e2e-steal"]')  # type: ignore[attr-defined]
+            maker.fill("#case-note-text", "new payee and device right after a password reset")  # type: ignore[attr-defined]
+            maker.click("#case-note")  # type: ignore[attr-defined]
+            maker.wait_for_selector('#case-log li[data-action="noted"]')  # type: ignore[attr-defined]
+            maker.screenshot(path=str(shots / "case-open-noted.png"))  # type: ignore[attr-defined]
+            maker.click("#case-propose-report")  # type: ignore[attr-defined]
+            maker.wait_for_selector('#case-status[data-status="proposed"]')  # type: ignore[attr-defined]
+            maker.wait_for_selector("#case-waiting")  # the maker cannot approve  # type: ignore[attr-defined]
+            assert maker.query_selector("#case-approve") is None  # type: ignore[attr-defined]
+            maker.screenshot(path=str(shots / "case-proposed.png"))  # type: ignore[attr-defined]
+
+            checker = sign_in(browser, dash.url, "bea")
+            checker.click(row)  # type: ignore[attr-defined]
+            checker.wait_for_selector('#case-status[data-status="proposed"]')  # type: ignore[attr-defined]
+            checker.click("#case-approve")  # type: ignore[attr-defined]
+            checker.wait_for_selector('#case-status[data-status="closed"]')  # type: ignore[attr-defined]
+            checker.wait_for_selector('#case-log li[data-action="approved"]')  # type: ignore[attr-defined]
+            checker.screenshot(path=str(shots / "case-approved.png"))  # type: ignore[attr-defined]
+            sent = [orjson.loads(f[b"data"]) for _, f in client.xrange(RedisKeys("case:").input_stream("feedback:in"))]
+            labels = [e for e in sent if e.get("kind") == "feedback" and e["customer_id"] == "c-case-e2e"]
+            assert [(e["label"], e["ref_event_id"]) for e in labels] == [("fraud", "c-case-e2e-steal")]
+            # the maker's page follows live; the export links are there for a report
+            maker.wait_for_selector('#case-status[data-status="closed"]')  # type: ignore[attr-defined]
+            csv_href = maker.get_attribute("#case-csv", "href")  # type: ignore[attr-defined]
+            html_href = maker.get_attribute("#case-html", "href")  # type: ignore[attr-defined]
+            csv_text = maker.request.get(dash.url + csv_href).text()  # type: ignore[attr-defined]
+            assert "c-case-e2e-steal" in csv_text and "approved" in csv_text and "bea" in csv_text
+            maker.goto(dash.url + html_href)  # type: ignore[attr-defined]
+            maker.wait_for_selector("#report-decision")  # type: ignore[attr-defined]
+            decisions = maker.inner_text("#report-decision")  # type: ignore[attr-defined]
+            assert "proposed" in decisions and "ana" in decisions and "approved" in decisions and "bea" in decisions
+            maker.screenshot(path=str(shots / "case-report.png"), full_page=True)  # type: ignore[attr-defined]
+            print(f"screenshots in {shots}")
+
+
+def test_an_admin_runs_a_rule_backtest_from_the_page(browser: object, sim_stream: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    events, _ = sim_stream
+    with redis_server(tmp_path) as srv:
+        settings = engine_settings(srv.url, "btp:", tmp_path)
+        settings = replace(settings, dashboard=replace(settings.dashboard, backtest_input=str(events)))
+        with dashboard(settings, tmp_path) as dash:
+            admin = sign_in(browser, dash.url, "root")
+            admin.wait_for_selector("#backtest", state="visible")  # type: ignore[attr-defined]
+            admin.fill("#bt-changes", "rules.large_amount_ratio=2.5")  # type: ignore[attr-defined]
+            admin.click("#bt-run")  # type: ignore[attr-defined]
+            admin.wait_for_selector('#bt-body tr[data-status="done"]', timeout=300_000)  # type: ignore[attr-defined]
+            cells = admin.inner_text('#bt-body tr[data-status="done"]').split("\t")  # type: ignore[attr-defined]
+            current, changed = (int(n) for n in cells[4].split(" / "))
+            assert changed > current > 0 and "%" in cells[5]
+            admin.screenshot(path=str(tmp_path / "admin-backtest.png"), full_page=True)  # type: ignore[attr-defined]

@@ -212,8 +212,19 @@ def test_the_dashboard_works_on_a_cluster(cluster: RedisClusterNodes, tmp_path: 
                            headers={"X-CSRF-Token": rm_csrf})
         assert answered.status_code == 200 and answered.json()["status"] == "accepted", answered.text
         assert rm.get("/api/rm/prompts?which=accepted").json()["total"] == 1
+        # cases: one per customer, opened by the indexer's script; a maker-checker close
+        # closes the case's alert and sends its label in one script, in the {dash} slot
+        cases = wait_for(lambda: (page := ana.get("/api/cases").json())["total"] == 6 and page["items"],
+                         what="six cases")
+        case = next(c for c in cases if c["customer_id"] == "c2")
+        ana.post(f"/api/cases/{case['id']}/notes", json={"text": "checked"}, headers={"X-CSRF-Token": csrf})
+        ana.post(f"/api/cases/{case['id']}/propose", json={"decision": "no_action"}, headers={"X-CSRF-Token": csrf})
+        bea, bea_csrf = dash.login("bea")
+        approved = bea.post(f"/api/cases/{case['id']}/approve", headers={"X-CSRF-Token": bea_csrf})
+        assert approved.status_code == 200 and approved.json()["closed_alerts"] == [refs["c2"]], approved.text
+        assert ana.get(f"/api/alerts/{refs['c2']}").json()["status"] == "closed_legit"
     sent = [orjson.loads(f[b"data"]) for _, f in client.xrange(k.input_stream("feedback:in"))]
-    assert sorted(e["label"] for e in sent) == ["fraud", "nba_accepted"]
+    assert sorted(e["label"] for e in sent) == ["fraud", "legit", "nba_accepted"]
     assert client.llen(k.audit_log("audit")) >= 2  # the actions, audited
 
 

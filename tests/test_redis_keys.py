@@ -37,9 +37,11 @@ ONE_ID: list[Callable[[str], str]] = [
     KEYS.rm_stats, KEYS.session, KEYS.user_sessions, KEYS.lock, KEYS.queue, KEYS.queue_cache,
     lambda v: KEYS.queue_by("rm", v), lambda v: KEYS.queue_by("type", v),
     lambda v: KEYS.login_failures("user", v), lambda v: KEYS.login_failures("ip", v),
-    lambda v: KEYS.customer_delivered(v, v), lambda v: KEYS.rm_delivered(v, v)]
+    lambda v: KEYS.customer_delivered(v, v), lambda v: KEYS.rm_delivered(v, v),
+    KEYS.case, KEYS.case_alerts, KEYS.case_log, KEYS.customer_case, KEYS.cases, KEYS.backtest]
 FIXED = [KEYS.layout(), KEYS.alerts(), KEYS.alerts_channel(), KEYS.ref_key(), KEYS.cursors(), KEYS.scores(),
-         KEYS.volume(), KEYS.models(), KEYS.model_changes(), KEYS.input_stream("feedback:in"), KEYS.audit_log("audit")]
+         KEYS.volume(), KEYS.backtests(), KEYS.models(), KEYS.model_changes(), KEYS.input_stream("feedback:in"),
+         KEYS.audit_log("audit")]
 
 
 @given(st.lists(st.text(min_size=0, max_size=130), min_size=2, max_size=6, unique=True))
@@ -64,6 +66,9 @@ def test_one_customers_keys_share_a_hash_tag_and_so_a_slot(customer: str, record
     assert tag(KEYS.alerts()) == tag(KEYS.delivered(record)) == tag(KEYS.models()) == tag(KEYS.model_changes())
     assert tag(KEYS.alert(record)) == tag(KEYS.queue("all")) == tag(KEYS.input_stream("in")) \
         == tag(KEYS.customer_alerts(customer)) == tag(KEYS.owner(customer))
+    # a case's keys are written by one script with the alerts and the engine's input
+    assert tag(KEYS.case(record)) == tag(KEYS.case_alerts(record)) == tag(KEYS.case_log(record)) \
+        == tag(KEYS.customer_case(customer)) == tag(KEYS.cases("open")) == tag(KEYS.alert(record)) == "dash"
 
 
 @given(st.text(max_size=200))

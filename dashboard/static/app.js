@@ -33,6 +33,18 @@ const I18N = {
     "challenger": "挑战模型", "n/a": "无", "risk_analyst": "风险分析师", "rm": "客户经理", "admin": "管理员",
     "maturity": "产品到期", "large_credit": "大额入账", "product_view": "浏览产品",
     "login_after_absence": "久未登录后登录", "churn_rising": "流失风险上升", "new": "新建",
+    "Cases": "案件", "Case": "案件", "opened": "立案时间", "alerts": "告警数", "owner": "负责人", "proposal": "拟定结论",
+    "proposed": "待复核", "decision": "结论", "by": "经办人", "fraud": "确认欺诈",
+    "report": "可疑交易报告", "no_action": "无需处理", "Alert groups": "告警组", "History": "办理记录",
+    "Add note": "添加备注", "Propose: fraud": "拟定：确认欺诈", "Propose: report": "拟定：上报可疑交易",
+    "Propose: no action": "拟定：无需处理", "Approve": "复核通过", "Reject": "退回",
+    "Waiting for another analyst to approve": "等待另一位分析师复核", "Report (CSV)": "报告（CSV）",
+    "Report (print)": "报告（打印版）", "log:opened": "立案", "log:joined": "告警并入", "log:assigned": "分派",
+    "log:noted": "备注", "log:proposed": "拟定结论", "log:rejected": "退回", "log:approved": "复核通过",
+    "log:proposal_withdrawn": "拟定结论撤回",
+    "Rule back-test": "规则回测", "Changes": "规则改动", "Run": "运行", "started": "开始时间", "running": "运行中",
+    "done": "已完成", "failed": "失败", "alerts (current / changed)": "告警数（现行 / 改动后）",
+    "precision (current / changed)": "精确率（现行 / 改动后）", "recall (current / changed)": "召回率（现行 / 改动后）",
   },
 };
 const t = (text) => (I18N[display.locale] || {})[text] || text;
@@ -90,7 +102,8 @@ async function start() {
   $("login").hidden = true; $("logout").hidden = false;
   $("who").textContent = `${state.me.username} (${t(state.me.role)}${state.me.rm_id ? " " + state.me.rm_id : ""})`;
   if (state.me.role === "rm") { $("rm").hidden = false; await loadRM(); }
-  else { $("risk").hidden = false; await loadQueue(); }
+  else { $("risk").hidden = false; await loadQueue(); await loadCases(); }
+  if (state.me.role === "admin") { $("backtest").hidden = false; await loadBacktests(); }
   await loadPlots();
   listen();
 }
@@ -170,6 +183,86 @@ async function openAlert(ref) {
       el("button", { id: "act-fraud", onclick: act("close", { label: "fraud" }) }, t("Close: confirmed fraud")),
       el("button", { id: "act-legit", onclick: act("close", { label: "legit" }) }, t("Close: false positive")))
       : el("p", {}, closed ? t("closed") : t("read-only")));
+}
+
+// -- cases -------------------------------------------------------------------------------
+// A customer's open fraud alerts form a case: one analyst proposes a decision, another
+// approves (which closes every alert of the case) or rejects it back to open.
+async function loadCases() {
+  const page = await api(`/api/cases?status=${$("f-case").value}&limit=50`);
+  $("case-count").textContent = `(${page.total})`;
+  $("cases-body").replaceChildren(...page.items.map((c) => el("tr", { "data-case": c.id, "data-customer": c.customer_id,
+    onclick: () => openCase(c.id) }, el("td", {}, when(c.opened_at)), el("td", {}, c.customer_id), el("td", {}, c.alerts),
+    el("td", {}, c.owner || "-"), el("td", { class: "status" }, t(c.status)),
+    el("td", {}, c.proposal ? `${t(c.proposal)} (${c.proposed_by})` : ""))));
+}
+
+// A case history entry's action, in the locale (the English is the action itself).
+const logWord = (action) => { const w = t(`log:${action}`); return w === `log:${action}` ? action : w; };
+
+async function openCase(id) {
+  const c = await api(`/api/cases/${id}`);
+  const d = $("case-detail"); d.dataset.case = id; d.hidden = false;
+  const act = (path, body) => async () => {
+    try { await api(`/api/cases/${id}/${path}`, body); await openCase(id); await loadCases(); }
+    catch (e) { d.prepend(el("p", { class: "error" }, e.message)); }
+  };
+  const analyst = state.me.role === "risk_analyst";
+  const mine = c.proposed_by === state.me.username;
+  const controls = [];
+  if (analyst && c.status !== "closed") {
+    const note = el("textarea", { id: "case-note-text", rows: 2, cols: 60 });
+    controls.push(el("div", { class: "actions" }, note,
+      el("button", { id: "case-note", onclick: async () => { if (note.value.trim()) await act("notes", { text: note.value })(); } }, t("Add note")),
+      el("button", { id: "case-assign", onclick: act("assign", { assignee: state.me.username }) }, t("Assign to me"))));
+  }
+  if (analyst && c.status === "open") {
+    controls.push(el("div", { class: "actions" },
+      el("button", { id: "case-propose-fraud", onclick: act("propose", { decision: "fraud" }) }, t("Propose: fraud")),
+      el("button", { id: "case-propose-report", onclick: act("propose", { decision: "report" }) }, t("Propose: report")),
+      el("button", { id: "case-propose-no_action", onclick: act("propose", { decision: "no_action" }) }, t("Propose: no action"))));
+  }
+  if (analyst && c.status === "proposed") {
+    controls.push(mine ? el("p", { id: "case-waiting" }, t("Waiting for another analyst to approve"))
+      : el("div", { class: "actions" }, el("button", { id: "case-approve", onclick: act("approve", {}) }, t("Approve")),
+        el("button", { id: "case-reject", onclick: act("reject", {}) }, t("Reject"))));
+  }
+  if (analyst && (c.proposal === "report" || c.decision === "report")) {
+    controls.push(el("p", {}, el("a", { id: "case-csv", href: `/api/cases/${id}/report.csv` }, t("Report (CSV)")), " · ",
+      el("a", { id: "case-html", href: `/api/cases/${id}/report.html`, target: "_blank", rel: "noopener" }, t("Report (print)"))));
+  }
+  d.replaceChildren(
+    el("h2", {}, `${t("Case")} ${c.id} — ${t("customer")} ${c.customer_id}`),
+    el("p", {}, `${t("status")} `, el("b", { id: "case-status", "data-status": c.status }, t(c.status)),
+      ` · ${t("owner")} ${c.owner || "-"} · ${t("proposal")} ${c.proposal ? t(c.proposal) + " (" + c.proposed_by + ")" : "-"}` +
+      ` · ${t("decision")} ${c.decision ? t(c.decision) + " (" + c.decided_by + ", " + when(c.decided_at) + ")" : "-"}`),
+    el("h3", {}, t("Alert groups")),
+    el("ul", { id: "case-alerts" }, ...c.alert_groups.map((a) => el("li", { "data-ref": a.ref },
+      `${when(a.event_ts)} ${t(a.type)} — ${t(a.severity)} — ${t("score")} ${a.score.toFixed(2)} — ${t(a.status)}: `,
+      a.alert.reasons.map((r) => r.text).join("; ")))),
+    ...controls,
+    el("h3", {}, t("History")),
+    el("ul", { id: "case-log" }, ...c.log.map((e) => el("li", { "data-action": e.action },
+      el("span", { class: "ts" }, when(e.at)), ` ${e.by} · ${logWord(e.action)}`,
+      e.decision ? ` · ${t(e.decision)}` : "", e.owner ? ` · ${e.owner}` : "", e.text ? ` · ${e.text}` : ""))),
+    el("h3", {}, t("Timeline")),
+    timeline(c.customer.timeline));
+}
+
+// -- rule back-test (admin) --------------------------------------------------------------
+const pct = (x) => (x === null || x === undefined ? "-" : `${(100 * x).toFixed(1)} %`);
+
+async function loadBacktests() {
+  const runs = await api("/api/admin/backtest");
+  $("bt-run").disabled = !runs.enabled;
+  $("bt-body").replaceChildren(...runs.items.map((r) => {
+    const cur = (r.result || {}).current || {}, chg = (r.result || {}).changed || {};
+    return el("tr", { "data-run": r.id, "data-status": r.status }, el("td", {}, when(r.started_at)), el("td", {}, r.by),
+      el("td", {}, r.changes.join(", ")), el("td", { class: "status" }, t(r.status) + (r.error ? `: ${r.error}` : "")),
+      el("td", {}, r.result ? `${cur.alerts} / ${chg.alerts}` : ""), el("td", {}, r.result ? `${pct(cur.precision)} / ${pct(chg.precision)}` : ""),
+      el("td", {}, r.result ? `${pct(cur.recall)} / ${pct(chg.recall)}` : ""));
+  }));
+  if (runs.items.some((r) => r.status === "running")) setTimeout(loadBacktests, 3000);
 }
 
 // A customer's timeline, newest first: the events the engine received (with [redis]
@@ -276,6 +369,12 @@ function listen() {
     if (state.me.role === "rm") loadRM(); else liveAlert(a);
     plotsSoon();
   });
+  let casesDue = 0;
+  source.addEventListener("case", (e) => {
+    const c = JSON.parse(e.data);
+    if (Date.now() > casesDue) { casesDue = Date.now() + 500; setTimeout(loadCases, 500); }
+    if (!$("case-detail").hidden && $("case-detail").dataset.case === c.id) openCase(c.id);
+  });
   source.addEventListener("prompt", (e) => {
     const p = JSON.parse(e.data);
     if (p.status === "new" && !document.querySelector(`#prompts li[data-prompt="${p.prompt_id}"]`)) {
@@ -296,6 +395,13 @@ document.addEventListener("DOMContentLoaded", async () => {
     } catch (err) { $("login-error").textContent = err.message; }
   });
   $("logout").addEventListener("click", async () => { await api("/api/logout", {}); state.me = null; showLogin(); });
+  $("f-case").addEventListener("change", loadCases);
+  $("bt-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const changes = $("bt-changes").value.split(/[\s,]+/).filter(Boolean);
+    try { await api("/api/admin/backtest", { changes }); $("bt-error").textContent = ""; await loadBacktests(); }
+    catch (err) { $("bt-error").textContent = err.message; }
+  });
   for (const id of ["f-status", "f-type", "f-severity"]) $(id).addEventListener("change", () => { state.offset = 0; loadQueue(); });
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadQueue(); });
   $("next").addEventListener("click", () => { state.offset += state.limit; loadQueue(); });
