@@ -37,7 +37,8 @@ UNRESTRICTED = frozenset({"run", "bench", "tests"})
 #: Third-party packages the plain-Python layers may use (and the standard library).
 THIRD_PARTY: dict[str, frozenset[str]] = {
     "schemas": frozenset({"orjson"}),
-    "detectors": frozenset({"lightgbm", "numpy", "river", "scipy"}),
+    # vaderSentiment: the English sentiment model of detectors.voice, imported when a text arrives
+    "detectors": frozenset({"lightgbm", "numpy", "river", "scipy", "vaderSentiment"}),
     "engine": frozenset({"lightgbm", "numpy", "orjson", "river", "scipy"}),
 }
 #: Where the dataflow runtime may be imported: the wiring, and the tests that drive it.
