@@ -20,9 +20,10 @@ Hostile input is bounded: only the first ``max_chars`` characters are read (the 
 (binary, noise) is not scored (None). Nothing here raises for any ``str``.
 
 :class:`VoiceState` keeps, per customer, a fast and a slow exponential mean of the texts'
-sentiment: a ``complaint_escalation`` is due when the fast one falls ``escalation_drop`` below
-the slow one (the customer's tone fell sharply) or a regulator is named, at most once per
-``escalation_cooldown_days`` (a regulator mention is always news).
+sentiment: a ``complaint_escalation`` is due when a negative text takes the fast one
+``escalation_drop`` below the tone before it (the better of the two means: one angry text after
+praise, or two in a row from neutral; the customer's tone fell sharply) or a regulator is
+named, at most once per ``escalation_cooldown_days`` (a regulator mention is always news).
 
 >>> scorer = VoiceScorer(VoiceParams())
 >>> s = scorer.score("Your fees are a rip-off. Close my account 6222 0201 1234 now!")
@@ -76,6 +77,8 @@ _INTENT_PATTERNS: Final[dict[str, tuple[str, ...]]] = {
         r"(?:out|away|elsewhere|to (?:another|a different|other) (?:bank|broker))",
         r"\bmov(?:e|ing) (?:all |everything |my (?:\w+ )?(?:money|funds|savings|assets|portfolio|salary) )"
         r"(?:\w+ )?(?:to|elsewhere|out)",
+        r"\b(?:mov|transferr?|switch|tak)(?:e|es|ed|ing)?\b[^.!?]{0,60}\b(?:to|with) (?:another|a different|"
+        r"other|a new|a digital|my other) (?:\w+ )?(?:bank|broker|brokerage|provider)s?\b",
         r"\bwithdraw(?:ing)? (?:all|everything|every)\b", r"\bswitch(?:ing)? to (?:another|a different|\w+'s)\b",
         r"\bpull(?:ing)? (?:all )?my (?:money|funds|savings|assets) out\b",
         r"转出", r"转走", r"全部取(?:出|走)", r"转到(?:别的|其他|另一家)", r"换(?:一家|别的|其他)(?:银行|券商)?",
@@ -154,7 +157,7 @@ class VoiceParams:
     positive_above: float = 0.2
     fast_weight: float = 0.5  # weight of the newest text in the fast mean of a customer's texts
     slow_weight: float = 0.1  # ... and in the slow mean (the customer's usual tone)
-    escalation_drop: float = 0.35  # fast mean this far below the slow one: complaint_escalation
+    escalation_drop: float = 0.6  # the fast mean falls this far below the tone before: complaint_escalation
     escalation_cooldown_days: float = 7.0
     quote_chars: int = 40  # the longest quoted phrase
 
@@ -284,7 +287,7 @@ class VoiceScorer:
         letters = cjk + latin
         if letters < 2 or letters < p.min_letter_share * len(clean.replace(" ", "")):
             return None
-        language = "zh" if cjk * 3 >= latin else "en"
+        language = "zh" if cjk >= 2 and cjk * 5 >= latin else "en"  # a hanzi says about a word
         lower = clean.lower()
         intents, where = self._intents(lower)
         model_text = clean[:p.model_chars]
@@ -373,8 +376,8 @@ class VoiceState:
         """Fold in one text at event time ``t``; ``(usual, recent)`` tone when a
         ``complaint_escalation`` is due (sharp fall or regulator), else None."""
         s = score.sentiment
+        usual = max(self.fast, self.slow)  # the tone before this text, at its better
         self.fast += params.fast_weight * (s - self.fast)
-        usual = self.slow
         self.slow += params.slow_weight * (s - self.slow)
         self.texts += 1
         regulator = "regulator_complaint" in score.intents
