@@ -407,6 +407,19 @@ class ChurnState:
         return Rhythm(self.x, (self.last_day - self.first_day) / DAY, max(0.0, now - self.first_day) / DAY,
                       self.spend / (self.x + 1))
 
+    def __getstate__(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict[str, object] | tuple[None, dict[str, object]]) -> None:
+        """Also a state pickled before the latest exit signals were added: theirs start at 0."""
+        self.__init__()  # type: ignore[misc]
+        for name, value in (state[1] if isinstance(state, tuple) else state).items():
+            setattr(self, name, value)
+        if len(self.signals) < len(SIGNALS):
+            self.signals = _padded(self.signals)
+            for evidence in self.history:
+                evidence.signals = _padded(evidence.signals)
+
     def evidence_before(self, t: float) -> ChurnEvidence | None:
         """The latest snapshot at or before ``t``, else the oldest kept (None if none)."""
         at_or_before = [e for e in self.history if e.t <= t]
@@ -417,6 +430,10 @@ class ChurnState:
     def score(self, now: float, params: ChurnParams) -> float:
         """The prior's probability in [0, 1] of no activity in the next ``horizon_days``."""
         return prior_score(self.evidence(now, params))
+
+
+def _padded(signals: tuple[float, ...]) -> tuple[float, ...]:
+    return (*signals, *(0.0,) * (len(SIGNALS) - len(signals)))
 
 
 def _logit(p: float) -> float:
@@ -491,3 +508,8 @@ class ChurnModel:
 
     def __setstate__(self, state: tuple[list[float], list[float], int]) -> None:
         self.weights, self.squares, self.n = state
+        # A state from before the latest exit signals: those start where the identity has them.
+        missing = len(self.IDENTITY) - len(self.weights)
+        if missing > 0:
+            self.weights = [*self.weights, *self.IDENTITY[-missing:]]
+            self.squares = [*self.squares, *[1e-8] * missing]

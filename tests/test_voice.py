@@ -230,3 +230,25 @@ def test_simulated_texts_are_extra_events_labelled_and_churners_are_more_negativ
         return sum(e["properties"]["label"]["sentiment"] == "negative" for e in chosen) / max(1, len(chosen))
 
     assert negative_share(churned, True) > 0.8 > 0.5 > negative_share(churned, False)
+
+
+def test_churn_state_and_model_pickled_before_the_voice_signals_restore() -> None:
+    from detectors.churn import DAY, ChurnModel, ChurnParams, ChurnState
+
+    params, state = ChurnParams(), ChurnState()
+    for day in range(0, 60, 2):
+        state.observe_activity(day * DAY, 50.0, params)
+    state.observe_signal("complaint", 60 * DAY, params)
+    state.evidence(61 * DAY, params)
+    old = {name: getattr(state, name) for name in ChurnState.__slots__ if name != "quote"}
+    old["signals"] = old["signals"][:7]  # the seven signals before customer voice
+    for evidence in old["history"]:
+        evidence.signals = evidence.signals[:7]
+    restored = ChurnState.__new__(ChurnState)
+    restored.__setstate__((None, old))  # the default pickle of a slotted object, as it was
+    assert len(restored.signals) == len(SIGNALS) and restored.quote is None
+    assert 0.0 <= restored.score(70 * DAY, params) <= 1.0
+    model = ChurnModel.__new__(ChurnModel)
+    model.__setstate__(([0.0, 1.0, *[0.1] * 7], [1e-8] * 9, 30))
+    model.learn(restored.history[0], True, params)
+    assert len(model.weights) == 2 + len(SIGNALS) and model.weights[2] != 0.0
