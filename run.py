@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="share of customers hit by an injected typology")
     simulate.add_argument("--out", type=Path, required=True, help="events JSONL (.gz to compress)")
     simulate.add_argument("--truth-out", type=Path, help="ground truth per transaction JSONL")
+    simulate.add_argument("--voice-texts", action=argparse.BooleanOptionalAction, default=True,
+                          help="chat texts (English and Chinese, labelled in properties.label) after "
+                          "complaints, support chats and a few logins: extra events only (default: on)")
 
     evaluate = sub.add_parser("evaluate", help="simulate, replay and report detection quality",
                               description="Generate a labelled stream, replay it through the engine "
@@ -914,7 +917,8 @@ def _run(args: argparse.Namespace, settings: Settings | None, stop: threading.Ev
         from simulator import SimulatorConfig, write_jsonl
 
         counts = write_jsonl(SimulatorConfig(customers=args.customers, days=args.days, seed=args.seed,
-                                             fraud_rate=args.fraud_rate), args.out, args.truth_out)
+                                             fraud_rate=args.fraud_rate, voice_texts=args.voice_texts),
+                             args.out, args.truth_out)
         print(counts)
     elif args.command == "evaluate" and args.nba:
         assert settings is not None

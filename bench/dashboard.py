@@ -23,7 +23,7 @@ from tests.dashboard_env import dashboard
 from tests.live_engine import engine_settings, wait_for
 from tests.services import redis_server
 
-TYPES = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk")
+TYPES = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk", "complaint_escalation")
 SEVERITIES = ("low", "medium", "high", "critical")
 
 

@@ -1,6 +1,6 @@
 """Replay throughput of the engine, against the bare loop and a simple online reference (``make bench``).
 
-    python -m bench.throughput [--stream mixed|card] [--customers N --days D] [--rounds 3]
+    python -m bench.throughput [--stream mixed|card] [--customers N --days D] [--rounds 3] [--no-voice]
     python -m bench.throughput --input EVENTS.jsonl[.gz] [--rounds 3]
     python -m bench.throughput --metrics [--customers 1000 --days 14]
 
@@ -34,6 +34,7 @@ attempted"), so its cost is measured on whole ``run.py replay`` processes instea
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -58,21 +59,23 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_engine(replay: ReplayInput, input_path: Path, out: Path, metrics: bool = False) -> None:
+def run_engine(replay: ReplayInput, input_path: Path, out: Path, metrics: bool = False,
+               environ: dict[str, str] | None = None) -> None:
     """The replay dataflow over an already loaded stream, outputs to JSONL files; with
-    ``metrics``, observed by a fresh ``EngineMetrics``."""
+    ``metrics``, observed by a fresh ``EngineMetrics``; ``environ``: configuration overrides."""
     from prometheus_client import CollectorRegistry
 
     from ops.metrics import EngineMetrics
 
-    settings = load_settings()
+    settings = load_settings(environ=environ)
     paths = ReplayPaths(input_path, out / "alerts.jsonl", out / "scores.jsonl", out / "state.jsonl")
     observer = EngineMetrics(CollectorRegistry(), ("replay",)) if metrics else None
     execute(replay_flow(settings, paths, replay, metrics=observer), settings, workers=1)
 
 
-def run_process(args: list[str]) -> None:
-    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+def run_process(args: list[str], environ: dict[str, str] | None = None) -> None:
+    env = {**os.environ, **environ} if environ else None
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def compare_metrics(replay: ReplayInput, events: Path, work: Path, rounds: int) -> None:
@@ -103,7 +106,7 @@ def make_stream(args: argparse.Namespace, work: Path) -> Path:
         write_events(simulate(config), config, events)
     else:
         write_jsonl(SimulatorConfig(customers=args.customers or 2000, days=args.days or 30.0, seed=args.seed,
-                                    fraud_rate=0.03), events)
+                                    fraud_rate=0.03, voice_texts=args.voice), events)
     return events
 
 
@@ -117,7 +120,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--metrics", action="store_true", help="measure the overhead of the metrics instead")
+    parser.add_argument("--voice", action=argparse.BooleanOptionalAction, default=True,
+                        help="customer voice: the mixed stream's chat texts and the engine's scorer "
+                        "([view.voice] enabled); --no-voice turns both off")
     args = parser.parse_args()
+    environ = None if args.voice else {"CRM__VIEW__VOICE__ENABLED": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         events = make_stream(args, work)
@@ -128,15 +135,15 @@ def main() -> None:
         if args.metrics:
             compare_metrics(replay, events, work, args.rounds)
             return
-        settings = load_settings()
+        settings = load_settings(environ=environ)
         outputs = ["--alerts-out", str(work / "a.jsonl"), "--scores-out", str(work / "s.jsonl"),
                    "--state-out", str(work / "t.jsonl"), "--dead-letter-out", str(work / "d.jsonl")]
         replay_args = ["run.py", "replay", "--input", str(events), *outputs]
         reference_args = ["-m", "bench.reference", "--input", str(events), "--scores-out", str(work / "r.jsonl")]
         kinds: dict[str, Callable[[], object]] = {
             "bare loop (in process)": lambda: run_bare(settings, replay),
-            "engine, Bytewax, 1 worker (in process)": lambda: run_engine(replay, events, work),
-            "run.py replay (whole process)": lambda: run_process(replay_args),
+            "engine, Bytewax, 1 worker (in process)": lambda: run_engine(replay, events, work, environ=environ),
+            "run.py replay (whole process)": lambda: run_process(replay_args, environ),
             "reference (whole process)": lambda: run_process(reference_args),
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in kinds}

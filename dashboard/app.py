@@ -39,7 +39,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -288,17 +288,22 @@ def localize(item: dict[str, Any] | None, locale: str) -> dict[str, Any] | None:
     return item
 
 
+#: The alert types an RM sees (of their own customers): never a fraud alert (no tipping-off).
+RM_ALERT_TYPES: Final = frozenset({"churn_risk", "complaint_escalation"})
+
+
 def for_rm_timeline(item: dict[str, Any]) -> bool:
     """Whether an RM may see a timeline item: prompts, churn warnings and events, but no fraud
     alert and no fraud / false-positive label (no tipping-off)."""
     if item["kind"] == "event":
         return item["event"].get("label") not in FRAUD_LABELS
-    return item["kind"] == "prompt" or item["alert_type"] == "churn_risk"
+    return item["kind"] == "prompt" or item["alert_type"] in RM_ALERT_TYPES
 
 
 def for_rm(summary: dict[str, Any], rm_id: str) -> dict[str, Any] | None:
-    """What an RM sees of an alert: only churn warnings of their own customers."""
-    if summary.get("rm_id") != rm_id or summary.get("type") != "churn_risk":
+    """What an RM sees of an alert: only churn warnings and complaint escalations of their own
+    customers."""
+    if summary.get("rm_id") != rm_id or summary.get("type") not in RM_ALERT_TYPES:
         return None
     return summary
 
@@ -807,7 +812,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             raise HTTPException(403, "not your customer")
         data = await store.customer(customer_id, revealed(who))
         if who.role == "rm":  # no fraud data for RMs (no tipping-off)
-            data["alerts"] = [a for a in data["alerts"] if a["type"] == "churn_risk"]
+            data["alerts"] = [a for a in data["alerts"] if a["type"] in RM_ALERT_TYPES]
             data["timeline"] = [t for t in data["timeline"] if for_rm_timeline(t)]
             for key in ("fraud_score", "fraud_risk", "open_groups"):
                 data.pop(key, None)

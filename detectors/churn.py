@@ -82,7 +82,11 @@ EXIT_ACTIONS: Final = {"complaint": "complaint", "account_close_view": "close_vi
                        "transfer_out_view": "transfer_out_view", "unsubscribe": "unsubscribe"}
 #: Every exit signal, in the order of :attr:`ChurnEvidence.signals` (weights ``w_<name>``).
 SIGNALS: Final = ("complaint", "close_view", "transfer_out_view", "unsubscribe", "outflow",
-                  "balance_decline", "activity_decline")
+                  "balance_decline", "activity_decline", "voice_negative", "voice_exit_intent",
+                  "voice_regulator")
+#: What a customer's text says (``detectors.voice`` intents) -> the exit signal it adds.
+VOICE_SIGNALS: Final = {"regulator_complaint": "voice_regulator", "close_account": "voice_exit_intent",
+                        "transfer_out": "voice_exit_intent"}
 _SIGNAL_INDEX: Final = {name: i for i, name in enumerate(SIGNALS)}
 NO_SIGNALS: Final = (0.0,) * len(SIGNALS)
 CHURN_LABELS: Final = frozenset({"churned", "retained"})
@@ -107,6 +111,9 @@ class ChurnParams:
     w_outflow: float = 0.5
     w_balance_decline: float = 0.4
     w_activity_decline: float = 1.0
+    w_voice_negative: float = 0.6  # a negative text, scaled by how negative (detectors.voice)
+    w_voice_exit_intent: float = 1.0  # a text saying the customer closes the account or moves money out
+    w_voice_regulator: float = 0.8  # a text naming the regulator
     recent_gap_weight: float = 0.3  # the exponential average of recent gaps
     learning_rate: float = 0.05  # ChurnModel: step per label
     l2: float = 0.01  # ChurnModel: pull of the weights back towards the prior's
@@ -137,6 +144,7 @@ class ChurnEvidence:
     usual_gap: float | None  # the long-run gap between active days (days)
     recent_gap: float | None  # the recent gap, an exponential average (days)
     churned: bool = False  # labelled churned: the score is 1
+    quote: tuple[str, str] | None = None  # (exit signal, masked phrase) of the latest telling text
 
     def exit_signals(self) -> tuple[float, ...]:
         """The exit signals, decayed to ``t`` (SIGNALS order)."""
@@ -157,6 +165,9 @@ class ChurnEvidence:
                      in sorted(zip(SIGNALS, _weights(params), self.exit_signals(), strict=True),
                                key=lambda item: -item[1] * item[2]) if w * s > 0.05]
             out.append(Reason.of("churn_exit_signals", round(self.hazard, 2), 1.0, signals=shown))
+            if self.quote is not None:
+                signal, phrase = self.quote
+                out.append(Reason.of("churn_voice", phrase, 1.0, signal=signal, phrase=phrase))
         return out
 
 
@@ -255,7 +266,7 @@ class ChurnState:
     """One customer's churn evidence: a handful of running numbers (picklable)."""
 
     __slots__ = ("balance", "first_day", "history", "label", "last_day", "long_gap", "peak_balance",
-                 "recent_gap", "seen", "signal_t", "signals", "spend", "weighted", "x")
+                 "quote", "recent_gap", "seen", "signal_t", "signals", "spend", "weighted", "x")
 
     def __init__(self) -> None:
         self.first_day: float | None = None  # start of the first active day (seconds)
@@ -274,6 +285,7 @@ class ChurnState:
         # Weekly evidence snapshots, the oldest at or just before one horizon ago: what a
         # label teaches the shared model (ChurnModel) is the evidence as it stood then.
         self.history: list[ChurnEvidence] = []
+        self.quote: tuple[str, str] | None = None  # the latest telling text (signal, masked phrase)
 
     def _decay(self, now: float, params: ChurnParams) -> float:
         """The factor the signals have decayed by from ``signal_t`` to ``now``."""
@@ -341,6 +353,20 @@ class ChurnState:
         self._add(name, t, params)
         return True
 
+    def observe_voice(self, sentiment: float, negative: bool, intents: tuple[str, ...], phrase: str, t: float,
+                      params: ChurnParams) -> bool:
+        """A customer's text (``detectors.voice``): its exit intents and, if it reads negative,
+        its sentiment add to the hazard, the phrase quoted in the reasons."""
+        names = list(dict.fromkeys(VOICE_SIGNALS[i] for i in intents if i in VOICE_SIGNALS))
+        for name in names:
+            self._add(name, t, params)
+        if negative:
+            self._add("voice_negative", t, params, min(1.0, -sentiment))
+            names.append("voice_negative")
+        if names:
+            self.quote = (names[0], phrase)
+        return bool(names)
+
     def observe_label(self, label: str, t: float, params: ChurnParams) -> ChurnEvidence | None:
         """``churned`` pins the score to 1; ``retained`` forgives the exit signals. Returns
         the evidence the label should teach the shared model (one horizon before ``t``), if
@@ -351,7 +377,7 @@ class ChurnState:
         if label == "churned":
             self.label = label
         else:
-            self.label, self.signals, self.weighted = None, NO_SIGNALS, 0.0
+            self.label, self.signals, self.weighted, self.quote = None, NO_SIGNALS, 0.0, None
         return before
 
     def evidence(self, now: float, params: ChurnParams) -> ChurnEvidence:
@@ -366,7 +392,7 @@ class ChurnState:
         evidence = ChurnEvidence(now, quiet, self.signals, decay,
                                  self.weighted * decay,
                                  x, (now - self.last_day) / DAY, self.long_gap, self.recent_gap,
-                                 self.label == "churned")
+                                 self.label == "churned", self.quote)
         history = self.history
         if not history or now - history[-1].t >= 7 * DAY:
             history.append(evidence)
@@ -381,6 +407,19 @@ class ChurnState:
         return Rhythm(self.x, (self.last_day - self.first_day) / DAY, max(0.0, now - self.first_day) / DAY,
                       self.spend / (self.x + 1))
 
+    def __getstate__(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict[str, object] | tuple[None, dict[str, object]]) -> None:
+        """Also a state pickled before the latest exit signals were added: theirs start at 0."""
+        self.__init__()  # type: ignore[misc]
+        for name, value in (state[1] if isinstance(state, tuple) else state).items():
+            setattr(self, name, value)
+        if len(self.signals) < len(SIGNALS):
+            self.signals = _padded(self.signals)
+            for evidence in self.history:
+                evidence.signals = _padded(evidence.signals)
+
     def evidence_before(self, t: float) -> ChurnEvidence | None:
         """The latest snapshot at or before ``t``, else the oldest kept (None if none)."""
         at_or_before = [e for e in self.history if e.t <= t]
@@ -391,6 +430,10 @@ class ChurnState:
     def score(self, now: float, params: ChurnParams) -> float:
         """The prior's probability in [0, 1] of no activity in the next ``horizon_days``."""
         return prior_score(self.evidence(now, params))
+
+
+def _padded(signals: tuple[float, ...]) -> tuple[float, ...]:
+    return (*signals, *(0.0,) * (len(SIGNALS) - len(signals)))
 
 
 def _logit(p: float) -> float:
@@ -415,7 +458,7 @@ class ChurnModel:
     >>> p = ChurnParams(min_labels=1)
     >>> model = ChurnModel()
     >>> quiet = ChurnEvidence(0.0, 0.3, NO_SIGNALS, 1.0, 0.0, 10, 3.0, 2.0, 2.0)
-    >>> viewed = ChurnEvidence(0.0, 0.3, (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), 1.0, 0.3, 10, 3.0, 2.0, 2.0)
+    >>> viewed = ChurnEvidence(0.0, 0.3, (0.0, 0.0, 1.0, *(0.0,) * 7), 1.0, 0.3, 10, 3.0, 2.0, 2.0)
     >>> model.score(viewed, p) == prior_score(viewed)  # nothing learned yet
     True
     >>> for _ in range(200):
@@ -465,3 +508,8 @@ class ChurnModel:
 
     def __setstate__(self, state: tuple[list[float], list[float], int]) -> None:
         self.weights, self.squares, self.n = state
+        # A state from before the latest exit signals: those start where the identity has them.
+        missing = len(self.IDENTITY) - len(self.weights)
+        if missing > 0:
+            self.weights = [*self.weights, *self.IDENTITY[-missing:]]
+            self.squares = [*self.squares, *[1e-8] * missing]

@@ -23,6 +23,7 @@ from detectors.churn import CHURN_LABELS, ChurnEvidence, ChurnParams, ChurnState
 from detectors.lifecycle import LifecycleParams
 from detectors.profile import DAY, CustomerProfile, ProfileParams
 from detectors.rules import RuleHit, RuleParams, evaluate_rules
+from detectors.voice import VOICE_ACTIONS, VoiceParams, VoiceScore, VoiceScorer, VoiceState
 from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
 from schemas.outputs import Reason
 
@@ -56,19 +57,32 @@ class Observation:
     churn: ChurnEvidence | None = None  # as of this event, if it counted for churn
     # A churned / retained label: (the evidence it teaches, from one horizon before; churned).
     churn_label: tuple[ChurnEvidence, bool] | None = None
+    voice: Voice | None = None  # a customer's text, read
+
+
+@dataclass(slots=True)  # per event: see schemas.events on "frozen"
+class Voice:
+    """A text's reading and, when its tone calls for one, the customer's usual and recent
+    tone behind a ``complaint_escalation``."""
+
+    score: VoiceScore
+    escalation: tuple[float, float] | None = None
 
 
 class CustomerModel:
     """Per-customer profile, rules and churn evidence."""
 
-    __slots__ = ("churn", "churn_params", "profile", "rules")
+    __slots__ = ("churn", "churn_params", "profile", "rules", "scorer", "voice")
 
     def __init__(self, profile_params: ProfileParams | None = None,
-                 rule_params: RuleParams | None = None, churn_params: ChurnParams | None = None) -> None:
+                 rule_params: RuleParams | None = None, churn_params: ChurnParams | None = None,
+                 scorer: VoiceScorer | None = None) -> None:
         self.profile = CustomerProfile(profile_params)
         self.rules = rule_params or RuleParams()
         self.churn = ChurnState()
         self.churn_params = churn_params or ChurnParams()  # not pickled: the step sets it
+        self.scorer = scorer  # reads customers' texts (None: off); not pickled, the step sets it
+        self.voice: VoiceState | None = None  # the customer's tone, from their first text on
 
     def observe(self, event: Event) -> Observation:
         """Fold ``event`` in; for a transaction, its features and rule hits (before learning).
@@ -83,6 +97,7 @@ class CustomerModel:
         hits: list[RuleHit] | None = None
         active_days, signals, prev_t = churn.x, churn.signals, profile.last_t
         label: tuple[ChurnEvidence, bool] | None = None
+        voice: Voice | None = None
         if isinstance(event, Transaction):
             features = profile.observe_transaction(event)
             hits = evaluate_rules(features, event, self.rules)
@@ -92,6 +107,8 @@ class CustomerModel:
             elif event.balance_after is not None:
                 churn.observe_balance(event.balance_after)
         elif isinstance(event, AppEvent):
+            if self.scorer is not None and event.action in VOICE_ACTIONS and event.properties:
+                voice = self._read(event)  # first: a text that fails changes nothing
             profile.observe_app(event)
             if event.action == "login":
                 churn.observe_activity(event.t, 0.0, p)
@@ -105,9 +122,22 @@ class CustomerModel:
                 active_days = -1  # a label always counts
         elif isinstance(event, Profile):
             profile.observe_profile(event)
+        if voice is not None:
+            score = voice.score
+            churn.observe_voice(score.sentiment, score.label == "negative", score.intents, score.phrase, event.t, p)
         counted = churn.x != active_days or churn.signals is not signals
         return Observation(self._summarise(prev_t), features, hits,
-                           churn.evidence(event.t, p) if counted else None, label)
+                           churn.evidence(event.t, p) if counted else None, label, voice)
+
+    def _read(self, event: AppEvent) -> Voice | None:
+        """The reading of the event's ``properties.text``, folded into the customer's tone."""
+        assert self.scorer is not None and event.properties is not None
+        score = self.scorer.score(event.properties.get("text"))
+        if score is None:
+            return None
+        if self.voice is None:
+            self.voice = VoiceState()
+        return Voice(score, self.voice.observe(score, event.t, self.scorer.params))
 
     def churn_evidence(self, now: float) -> tuple[ChurnEvidence, Rhythm | None]:
         """The churn evidence and the customer's rhythm as of event time ``now`` (say, the end
@@ -119,12 +149,14 @@ class CustomerModel:
         return Summary(p.rm_id, p.segment, p.risk_level, p.marketing_opt_out, p.first_t,
                        p.last_t, prev_t, p.mean_gap, p.n_txns, p.n_app)
 
-    def __getstate__(self) -> tuple[CustomerProfile, RuleParams, ChurnState]:
-        return (self.profile, self.rules, self.churn)
+    def __getstate__(self) -> tuple[CustomerProfile, RuleParams, ChurnState, VoiceState | None]:
+        return (self.profile, self.rules, self.churn, self.voice)
 
-    def __setstate__(self, state: tuple[CustomerProfile, RuleParams, ChurnState]) -> None:
-        self.profile, self.rules, self.churn = state
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.profile, self.rules, self.churn = state[:3]  # type: ignore[assignment]
+        self.voice = state[3] if len(state) > 3 else None  # type: ignore[assignment]
         self.churn_params = ChurnParams()
+        self.scorer = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +170,7 @@ class ViewParams:
     churn_escalation: float = 0.1  # ... unless the score rose by this much since the last
     churn_min_active_days: int = 5  # no alert before a customer has a rhythm to depart from
     lifecycle: LifecycleParams = field(default_factory=LifecycleParams)
+    voice: VoiceParams = field(default_factory=VoiceParams)  # customers' texts (detectors.voice)
 
 
 class CustomerView:

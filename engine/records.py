@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from detectors.challengers import Change
-from detectors.customer import CustomerView, ViewParams
+from detectors.customer import CustomerView, ViewParams, Voice
 from detectors.fraud import Assessment
 from schemas.events import Event, Transaction
 from schemas.outputs import (
@@ -26,7 +26,8 @@ from schemas.outputs import (
 )
 from schemas.texts import EN
 
-CHURN_MODEL_VERSION: Final = "churn-bgnbd-prior-2"
+CHURN_MODEL_VERSION: Final = "churn-bgnbd-prior-3"
+VOICE_MODEL_VERSION: Final = "voice-vader-snownlp-1"
 #: A churn score from which a churn alert is ``high`` rather than ``medium``.
 CHURN_HIGH: Final = 0.95
 
@@ -54,6 +55,26 @@ def churn_alert(event: Event, rm_id: str | None, score: float, reasons: list[Rea
                  score=round(score, 6), customer_id=event.customer_id, rm_id=rm_id, event_id=event.event_id,
                  event_ts=event.ts, emitted_at=emitted_at, reasons=localized(reasons, locale),
                  model_version=CHURN_MODEL_VERSION)
+
+
+def complaint_alert(event: Event, rm_id: str | None, voice: Voice, emitted_at: str, locale: str = EN) -> Alert:
+    """A ``complaint_escalation`` alert to the customer's RM: the customer named the regulator
+    (``high``), or the tone of their texts fell sharply (``medium``); the phrase quoted, masked."""
+    assert voice.escalation is not None
+    usual, recent = voice.escalation
+    score = voice.score
+    reasons: list[Reason] = []
+    if "regulator_complaint" in score.intents:
+        reasons.append(Reason.of("voice_regulator", score.phrase, 1.0, phrase=score.phrase))
+    if usual - recent > 0:
+        reasons.append(Reason.of("voice_sentiment_drop", round(usual - recent, 4), 1.0, usual=usual, recent=recent,
+                                 phrase=score.phrase))
+    severity: Severity = "high" if "regulator_complaint" in score.intents else "medium"
+    value = 1.0 if severity == "high" else min(1.0, max(0.0, (usual - recent) / 2 + 0.5))
+    return Alert(alert_id=alert_id_for(event.event_id, "complaint_escalation"), type="complaint_escalation",
+                 severity=severity, score=round(value, 6), customer_id=event.customer_id, rm_id=rm_id,
+                 event_id=event.event_id, event_ts=event.ts, emitted_at=emitted_at,
+                 reasons=localized(reasons, locale), model_version=VOICE_MODEL_VERSION)
 
 
 def score_record(event: Transaction, assessment: Assessment, models: tuple[str, ...]) -> Score:

@@ -49,9 +49,11 @@ from detectors.fraud import Assessment, FraudDetector, profile_matrix
 from detectors.fraud import Transaction as FraudTransaction
 from detectors.lifecycle import AlertLifecycle
 from detectors.nba import NextBestActions
+from detectors.voice import VoiceScorer
 from engine.config import EngineConfig
 from engine.records import (
     churn_alert,
+    complaint_alert,
     customer_state,
     fraud_alert,
     localized,
@@ -119,6 +121,7 @@ class Shard:
         self.detector = FraudDetector(config.fraud)
         self.churn = ChurnModel()
         self.nba = NextBestActions(config.actions, config.nba) if config.nba.enabled else None
+        self.voice = VoiceScorer(config.view.voice) if config.view.voice.enabled else None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -127,19 +130,23 @@ class Shard:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
+        self.voice = None  # configure() sets the scorer: its models are not state
 
     def configure(self, config: EngineConfig) -> None:
         """After a restore: the run's configuration (not part of the state)."""
         self.config = config
         self.detector.reconfigure(config.fraud)
+        self.voice = VoiceScorer(config.view.voice) if config.view.voice.enabled else None
         for customer in self.customers.values():
             customer.model.churn_params = config.view.churn
+            customer.model.scorer = self.voice
 
     def customer(self, customer_id: str) -> Customer:
         customer = self.customers.get(customer_id)
         if customer is None:
             c = self.config
-            customer = self.customers[customer_id] = Customer(CustomerModel(c.profile, c.rules, c.view.churn))
+            customer = self.customers[customer_id] = Customer(CustomerModel(c.profile, c.rules, c.view.churn,
+                                                                            self.voice))
         return customer
 
     # -- events ----------------------------------------------------------------------------
@@ -382,6 +389,10 @@ class Shard:
             due = view.churn_alert_due(churn, evidence, params)
             if due is not None:
                 alerts.append(churn_alert(event, observation.summary.rm_id, *due, self.config.clock(event.t),
+                                          self.config.locale))
+        voice = observation.voice
+        if voice is not None and voice.escalation is not None:
+            alerts.append(complaint_alert(event, observation.summary.rm_id, voice, self.config.clock(event.t),
                                           self.config.locale))
         for each in alerts:
             if params.lifecycle.enabled:

@@ -72,7 +72,8 @@ STEP_BUCKETS: Final = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00
                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 SCORE_BUCKETS: Final = tuple(round(0.05 * i, 2) for i in range(1, 21))
 KINDS: Final = tuple(KIND_FIELDS)
-ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk")
+ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk",
+                      "complaint_escalation")
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 FEEDBACK_LABELS: Final = ("fraud", "legit", "churned", "retained", "nba_accepted", "nba_dismissed",
                           "nba_converted")

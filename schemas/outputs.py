@@ -23,7 +23,8 @@ import orjson
 from schemas.events import SCHEMA_VERSION, AppEvent, Event, Feedback, Transaction
 from schemas.texts import EN, localized_text, render_reason
 
-AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk"]
+AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk",
+                    "complaint_escalation"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 

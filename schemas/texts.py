@@ -96,6 +96,7 @@ _LABELS: Final[dict[str, dict[str, dict[str, str]]]] = {
         "account_takeover": {EN: "account takeover", ZH_CN: "账户盗用"},
         "aml_pattern": {EN: "money-laundering pattern", ZH_CN: "反洗钱可疑模式"},
         "churn_risk": {EN: "churn risk", ZH_CN: "流失风险"},
+        "complaint_escalation": {EN: "complaint escalation", ZH_CN: "投诉升级"},
     },
     "severity": {
         "low": {EN: "low", ZH_CN: "低"}, "medium": {EN: "medium", ZH_CN: "中"},
@@ -144,6 +145,9 @@ _SIGNALS: Final = {
     "outflow": {EN: "money moved out", ZH_CN: "资金转出"},
     "balance_decline": {EN: "balance below half its peak", ZH_CN: "余额低于峰值一半"},
     "activity_decline": {EN: "activity slowing down", ZH_CN: "活跃度下降"},
+    "voice_negative": {EN: "negative messages", ZH_CN: "负面留言"},
+    "voice_exit_intent": {EN: "says they are leaving", ZH_CN: "表示要销户或转出"},
+    "voice_regulator": {EN: "names the regulator", ZH_CN: "提及监管投诉"},
 }
 
 
@@ -151,6 +155,13 @@ def _exit_signals(args: Mapping[str, Any], locale: str) -> str:
     separator = "、" if locale == ZH_CN else ", "
     return separator.join(f"{(_SIGNALS.get(name) or {EN: name}).get(locale, name)} {weight:.2f}"
                           for name, weight in args["signals"])
+
+
+def _churn_voice(args: Mapping[str, Any], locale: str) -> str:
+    signal = (_SIGNALS.get(args["signal"]) or {EN: args["signal"]}).get(locale, args["signal"])
+    if locale == ZH_CN:
+        return f"客户留言（{signal}）：“{args['phrase']}”"
+    return f'customer wrote ({signal}): "{args["phrase"]}"'
 
 
 def _maturity(args: Mapping[str, Any], locale: str) -> str:
@@ -229,6 +240,11 @@ REASONS: Final[dict[str, dict[str, Template]]] = {
     "churn_activity_decline": {EN: "recent gap {recent_gap:.1f} d against {usual_gap:.1f} d",
                                ZH_CN: "近期活动间隔 {recent_gap:.1f} 天，平常 {usual_gap:.1f} 天"},
     "churn_exit_signals": {EN: _exit_signals, ZH_CN: _exit_signals},
+    "churn_voice": {EN: _churn_voice, ZH_CN: _churn_voice},
+    # customer voice (detectors.voice): the phrase is the customer's, masked and short
+    "voice_regulator": {EN: 'threatens a complaint to the regulator: "{phrase}"', ZH_CN: "提及向监管投诉：“{phrase}”"},
+    "voice_sentiment_drop": {EN: 'tone of recent messages fell from {usual:.2f} to {recent:.2f}: "{phrase}"',
+                             ZH_CN: "近期留言情绪由 {usual:.2f} 降至 {recent:.2f}：“{phrase}”"},
     # next-best action (detectors.nba): the trigger, then why this action
     "trigger_maturity": {EN: _maturity, ZH_CN: _maturity},
     "trigger_large_credit": {EN: "{amount} {currency}", ZH_CN: "大额入账 {amount}"},

@@ -87,6 +87,7 @@ from simulator.typologies import (
     local_hour,
     plan_case,
 )
+from simulator.voice import VOICE_TRIGGERS, ordinary_text_due, voice_event
 
 Event = dict[str, Any]
 Truth = dict[str, Any]
@@ -123,6 +124,9 @@ class SimulatorConfig:
     feedback_delay_days: tuple[float, float] = (2.0, 10.0)
     app_events: bool = True
     churn_rate: float = 0.02  # share of customers who fade out and leave during the period
+    # Chat texts (simulator.voice) after complaints and support chats, and after a few logins:
+    # extra events only, the rest of the stream is the same with or without them.
+    voice_texts: bool = True
 
     def __post_init__(self) -> None:
         if self.customers < 0:
@@ -282,6 +286,7 @@ class Simulation:
         handlers = (self._txn_tick, self._app_tick, self._salary, self._loan,
                     self._app_event, self._scripted_txn)
         inbox = self._inbox
+        voice = self.config.voice_texts and self.config.app_events
         while True:
             if inbox:
                 self._answer_inbox()
@@ -315,6 +320,21 @@ class Simulation:
                 pop(due)
             if out is not None:
                 yield out
+                if voice and kind == _APP_EVENT:
+                    text = self._voice(state, out[0])
+                    if text is not None:
+                        yield text, None
+
+    def _voice(self, state: _CustomerState, trigger: Event) -> Event | None:
+        """The chat text that follows ``trigger`` (``simulator.voice``), if one does."""
+        action = trigger["action"]
+        if action in VOICE_TRIGGERS:  # scripted: a churner's or a wobbling customer's
+            kind = "wobble" if state.recover is not None else "churner"
+        elif action == "login" and ordinary_text_due(trigger["event_id"]):
+            kind = "churner" if state.recover is None and state.gone < self.end_ms else "ordinary"
+        else:
+            return None
+        return voice_event(trigger, self.config.seed, kind)
 
     # ----------------------------------------------------------------- customers
 

@@ -38,7 +38,8 @@ UNRESTRICTED = frozenset({"run", "bench", "tests"})
 THIRD_PARTY: dict[str, frozenset[str]] = {
     # cryptography: the ciphers of the PII envelope (schemas.crypto) are part of its format.
     "schemas": frozenset({"cryptography", "orjson"}),
-    "detectors": frozenset({"lightgbm", "numpy", "river", "scipy"}),
+    # vaderSentiment: the English sentiment model of detectors.voice, imported when a text arrives
+    "detectors": frozenset({"lightgbm", "numpy", "river", "scipy", "vaderSentiment"}),
     "engine": frozenset({"lightgbm", "numpy", "orjson", "river", "scipy"}),
 }
 #: Where the dataflow runtime may be imported: the wiring, and the tests that drive it.

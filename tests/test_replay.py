@@ -55,8 +55,9 @@ def test_every_transaction_is_scored_and_every_customer_has_state(
     assert len({a["alert_id"] for a in alerts}) == len(alerts)
     for alert in alerts:
         assert alert["reasons"] and alert["type"] in {
-            "suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk"}
-        assert alert["event_id"] in (txn_ids if alert["type"] != "churn_risk" else sent_ids)
+            "suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk", "complaint_escalation"}
+        rm_alert = alert["type"] in ("churn_risk", "complaint_escalation")  # on any event of the customer's
+        assert alert["event_id"] in (sent_ids if rm_alert else txn_ids)
         assert alert["emitted_at"][:19] == alert["event_ts"][:19]
 
 

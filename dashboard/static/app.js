@@ -22,7 +22,7 @@ const I18N = {
     "active": "未结案", "all": "全部", "any": "不限", "open": "待处理", "acknowledged": "已确认", "assigned": "已分派",
     "snoozed": "已暂停", "closed_fraud": "结案：确认欺诈", "closed_legit": "结案：误报",
     "suspicious_transaction": "可疑交易", "account_takeover": "账户盗用", "aml_pattern": "反洗钱可疑模式",
-    "churn_risk": "流失风险", "low": "低", "medium": "中", "high": "高", "critical": "严重",
+    "churn_risk": "流失风险", "complaint_escalation": "投诉升级", "low": "低", "medium": "中", "high": "高", "critical": "严重",
     "of": "共", "Reasons": "告警原因", "Timeline": "时间线", "weight": "权重", "revision": "版本", "event": "事件",
     "at": "时间", "customer fraud score": "客户欺诈评分", "fraud risk": "欺诈风险", "churn": "流失评分",
     "open alert groups": "未结告警组", "Acknowledge": "确认", "Assign to me": "分派给我", "Snooze 24 h": "暂停 24 小时",
