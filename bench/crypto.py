@@ -20,30 +20,19 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 
+from bench.redis_latency import server
 from schemas.crypto import PiiKeys, Sealer
 from schemas.events import Transaction, parse_event
 from schemas.outputs import Alert, CustomerState, EventSummary, Reason
 from simulator import SimulatorConfig, generate
 from sinks.delivery import JsonlDeadLetters
 from sinks.redis import RedisEventsSink, RedisSink
-from tests.services import redis_server
 
 CONFIGS = ("off", "sm4-gcm", "aes-256-gcm")
-
-
-@contextmanager
-def server(external: str | None, log_dir: Path) -> Iterator[str]:
-    if external:
-        yield external
-    else:
-        with redis_server(log_dir) as srv:
-            yield srv.url
 
 
 def records(customers: int, days: int) -> tuple[int, list[EventSummary], list[Alert | CustomerState]]:
