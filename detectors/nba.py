@@ -39,6 +39,13 @@ from the catalogue (``config/actions.toml``) to the customer's RM as a :class:`P
    regression: ``b += (new - old) x``), it does not add a second sample. A dismissal also
    starts the action's cooldown for that customer.
 
+4. **Fairness** (``detectors.fairness``): at each trigger moment the customer's groups
+   (segment, age band, gender, city tier) are counted as eligible (once per window), and
+   prompts, acceptances and conversions per group; each closed window is judged against the
+   four-fifths rule. An optional score gate (``min_score``) lets a prompt through only when
+   the chosen action's upper confidence bound reaches it; the fairness constraint (off by
+   default) adds a boost there for the groups under-served at the last window.
+
 Score before learn: a prompt is chosen with the model as it was before the trigger's outcome
 is known; feedback only ever updates the model after the prompt was emitted.
 
