@@ -253,6 +253,21 @@ def test_the_shard_reports_fairness_to_the_metrics_registry(tmp_path: Path) -> N
     assert [r for r in again if isinstance(r, Alert)] == [r for r in records if isinstance(r, Alert)]
 
 
+def test_a_drift_alert_goes_to_the_alert_stream_only_in_redis() -> None:
+    from detectors.fairness import Disparity, FairnessCheck
+    from engine.records import fairness_alerts
+    from schemas.redis_keys import RedisKeys
+    from sinks.redis import RedisLimits, default_route
+
+    found = FairnessCheck(T0, T0 + 7 * DAY, (), (Disparity("gender", "male", "exposure", 0.2, 1.0, 0.2, True),),
+                          ("e1", _ts(T0 + 7 * DAY), T0 + 7 * DAY))
+    [alert] = fairness_alerts(found, 0.8, _ts(T0 + 7 * DAY), "zh-CN")
+    assert alert.reasons[0].text == "性别 male：触达率 0.200，为最优群体 1.000 的 0.20 倍（阈值 0.80）"
+    keys = RedisKeys("t:")
+    route = default_route(alert, RedisLimits(), keys)
+    assert route is not None and [w.stream for w in route.writes] == [keys.alerts()]  # no customer "*" hash
+
+
 # -- the constraint in closed loop ---------------------------------------------------------------
 
 def test_the_constraint_corrects_an_injected_bias_in_closed_loop() -> None:
