@@ -56,7 +56,7 @@ ACTIVE: Final = ("open", "acknowledged", "assigned", "snoozed")
 CLOSED: Final = ("closed_fraud", "closed_legit")
 PROMPT_MOVES: Final = {"new": ("accepted", "dismissed"), "accepted": ("converted", "dismissed")}
 ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk",
-                      "complaint_escalation")
+                      "complaint_escalation", "fairness_drift")
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 ANSWERS: Final = {"accepted": "nba_accepted", "dismissed": "nba_dismissed", "converted": "nba_converted"}
 FRAUD_LABELS: Final = ("fraud", "legit")  # feedback that is fraud data (never shown to RMs)

@@ -21,7 +21,7 @@ from typing import Final
 
 from detectors.churn import CHURN_LABELS, ChurnEvidence, ChurnParams, ChurnState, Rhythm
 from detectors.lifecycle import LifecycleParams
-from detectors.profile import DAY, CustomerProfile, ProfileParams
+from detectors.profile import DAY, NO_TRAITS, CustomerProfile, ProfileParams, Traits
 from detectors.rules import RuleHit, RuleParams, evaluate_rules
 from detectors.voice import VOICE_ACTIONS, VoiceParams, VoiceScore, VoiceScorer, VoiceState
 from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
@@ -44,6 +44,7 @@ class Summary:
     mean_gap: float | None
     n_txns: int
     n_app: int
+    traits: Traits = NO_TRAITS  # (birth_year, gender, city_tier) from the latest profile
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
@@ -147,7 +148,7 @@ class CustomerModel:
     def _summarise(self, prev_t: float | None) -> Summary:
         p = self.profile
         return Summary(p.rm_id, p.segment, p.risk_level, p.marketing_opt_out, p.first_t,
-                       p.last_t, prev_t, p.mean_gap, p.n_txns, p.n_app)
+                       p.last_t, prev_t, p.mean_gap, p.n_txns, p.n_app, p.traits)
 
     def __getstate__(self) -> tuple[CustomerProfile, RuleParams, ChurnState, VoiceState | None]:
         return (self.profile, self.rules, self.churn, self.voice)

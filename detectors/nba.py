@@ -39,6 +39,13 @@ from the catalogue (``config/actions.toml``) to the customer's RM as a :class:`P
    regression: ``b += (new - old) x``), it does not add a second sample. A dismissal also
    starts the action's cooldown for that customer.
 
+4. **Fairness** (``detectors.fairness``): at each trigger moment the customer's groups
+   (segment, age band, gender, city tier) are counted as eligible (once per window), and
+   prompts, acceptances and conversions per group; each closed window is judged against the
+   four-fifths rule. An optional score gate (``min_score``) lets a prompt through only when
+   the chosen action's upper confidence bound reaches it; the fairness constraint (off by
+   default) adds a boost there for the groups under-served at the last window.
+
 Score before learn: a prompt is chosen with the model as it was before the trigger's outcome
 is known; feedback only ever updates the model after the prompt was emitted.
 
@@ -79,6 +86,7 @@ from typing import Any, Final, Literal, Protocol
 import numpy as np
 
 from detectors.customer import Summary
+from detectors.fairness import FairnessParams, FairnessTracker, Groups, groups_of
 from schemas.events import AppEvent, Event, Feedback, Transaction
 from schemas.outputs import Prompt, Reason, format_ts, prompt_id_for
 
@@ -154,6 +162,10 @@ class NBAParams:
     alpha: float = 0.6  # exploration width of LinUCB
     ridge: float = 1.0  # prior precision of each action's regression
     seed: int = 0
+    # A prompt only when the chosen action's upper confidence bound (mean + alpha * width)
+    # reaches this; None: always (the fairness constraint's boost is added before the gate).
+    min_score: float | None = None
+    fairness: FairnessParams = field(default_factory=FairnessParams)  # detectors.fairness
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +177,7 @@ class CustomerFacts:
     segment: str | None = None
     rm_id: str | None = None
     open_fraud_alert: bool = False
+    groups: Groups = ()  # the customer's group per fairness dimension (empty: not tracked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +203,7 @@ class Pending:
     context: tuple[float, ...]
     expires_t: float
     reward: float | None = None  # the reward learned so far, None before any answer
+    groups: Groups = ()  # the customer's fairness groups when prompted (empty: not tracked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +227,7 @@ class NBAState:
     last_seen_t: float | None = None
     churn_score: float = 0.0
     due: float = math.inf  # no pending prompt expires before this event time
+    fair_window: int = -1  # the fairness window in which the customer was last counted eligible
 
     def prompts_in_week(self, now: float) -> int:
         n = 0
@@ -418,6 +433,8 @@ class NextBestAction:
         self._category_of = {a.product_id: a.category for a in self.catalogue if a.product_id}
         self.policy: Policy = policy or LinUCB(N_FEATURES, self.params.alpha, self.params.ridge,
                                                self.params.seed)
+        fairness = self.params.fairness
+        self.fairness = FairnessTracker(fairness) if fairness.enabled else None
 
     # -- triggers -------------------------------------------------------------------------
     def trigger_of(self, state: NBAState, event: Event) -> Trigger | None:
@@ -465,13 +482,20 @@ class NextBestAction:
             return None
         x = context_vector(facts, trigger, state, self.params)
         arm, mean, width = self.policy.pull([a.action_id for a in actions], x)
+        fairness, groups = self.fairness, facts.groups
+        if self.params.min_score is not None:
+            boost = fairness.boost(groups) if fairness is not None and groups else 0.0
+            if mean + self.params.alpha * width + boost < self.params.min_score:
+                return None
         action = next(a for a in actions if a.action_id == arm)
         prompt_id = prompt_id_for(trigger.event_id, action.action_id)
         expires_t = trigger.t + action.ttl_hours * 3600.0
         state.sent.append(trigger.t)
         if len(state.pending) >= self.params.max_pending:
             del state.pending[next(iter(state.pending))]
-        state.pending[prompt_id] = Pending(action.action_id, x, expires_t)
+        state.pending[prompt_id] = Pending(action.action_id, x, expires_t, None, groups)
+        if fairness is not None and groups:
+            fairness.prompted(groups)
         state.due = min(state.due, expires_t)
         return Prompt(
             prompt_id=prompt_id, customer_id=trigger.customer_id, rm_id=facts.rm_id,
@@ -512,11 +536,16 @@ class NextBestAction:
             reward = 1.0
         else:
             reward = self.params.reward_accepted
+        if pending.groups and self.fairness is not None and reward > 0.0:
+            if pending.reward is None:  # the first positive answer: a conversion implies acceptance
+                self.fairness.accepted(pending.groups)
+            if fb.label == "nba_converted":
+                self.fairness.converted(pending.groups)
         if fb.label == "nba_converted" or fb.label == "nba_dismissed":
             del state.pending[fb.ref_prompt_id]  # a final answer
         else:
             state.pending[fb.ref_prompt_id] = Pending(pending.action_id, pending.context,
-                                                      pending.expires_t, reward)
+                                                      pending.expires_t, reward, pending.groups)
         if pending.reward == reward:
             return None
         return Outcome(pending.action_id, pending.context, reward, pending.reward)
@@ -636,6 +665,9 @@ class NextBestActions:
             self.fraud_alert_t.pop(customer, None)
         if summary.prev_t is not None and (state.last_seen_t is None or summary.prev_t > state.last_seen_t):
             state.last_seen_t = summary.prev_t  # the events let go count as seen
+        fairness = self.policy.fairness
+        if fairness is not None:
+            fairness.advance(event.t, event.event_id, event.ts)  # may close (and judge) a window
         trigger = self.policy.observe(state, event)
         if churn_score is not None:
             rising = self.policy.churn_trigger(state, churn_score, event.event_id, event.ts, event.t, customer)
@@ -644,6 +676,12 @@ class NextBestActions:
             return None
         opened = self.fraud_alert_t.get(customer)
         open_days = self.policy.params.open_fraud_days
+        groups: Groups = ()
+        if fairness is not None and not summary.marketing_opt_out:
+            groups = groups_of(summary.segment, *summary.traits, event.t, fairness.params)
+            if state.fair_window != fairness.window:  # a customer seen at a trigger moment, once a window
+                state.fair_window = fairness.window  # type: ignore[assignment]
+                fairness.eligible(groups)
         facts = CustomerFacts(summary.risk_level, summary.marketing_opt_out, summary.segment, summary.rm_id,
-                              opened is not None and event.t - opened < open_days * 86400.0)
+                              opened is not None and event.t - opened < open_days * 86400.0, groups)
         return self.policy.decide(state, facts, trigger)

@@ -36,6 +36,9 @@ SPANS: Final = (HOUR, DAY, 7 * DAY, 30 * DAY)
 RATIO_CAP: Final = 1e9
 SECURITY_ACTIONS: Final = frozenset({"contact_change", "password_reset", "device_bind"})
 CASH_DEPOSIT: Final = "cash_deposit"
+#: What the fairness figures group customers by, from their profile: (birth_year, gender, city_tier).
+Traits = tuple[int | None, str | None, str | None]
+NO_TRAITS: Final[Traits] = (None, None, None)
 
 #: The features of a transaction, in a fixed order: ``CustomerProfile.features`` returns a
 #: list in this order, and ``INDEX`` gives each one's position in it.
@@ -100,7 +103,7 @@ def _remember(seen: dict[str, None], key: str | None, capacity: int) -> bool:
 class CustomerProfile:
     """Running behavioural statistics of one customer, in event time."""
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023 (traits last: see __setstate__)
         "all_txns",
         "cash_near_3d",
         "categories",
@@ -129,6 +132,7 @@ class CustomerProfile:
         "segment",
         "small_1h",
         "var_log",
+        "traits",  # last: a snapshot from before it restores without it
     )
 
     def __init__(self, params: ProfileParams | None = None) -> None:
@@ -137,6 +141,7 @@ class CustomerProfile:
         self.segment: str | None = None
         self.risk_level: int | None = None
         self.marketing_opt_out = False
+        self.traits: Traits = NO_TRAITS
         self.n_txns = 0
         self.mean_log = 0.0  # exponentially weighted mean / variance of log1p(amount)
         self.var_log = 0.0
@@ -325,6 +330,11 @@ class CustomerProfile:
         if event.risk_level is not None:
             self.risk_level = event.risk_level
         self.marketing_opt_out = event.marketing_opt_out
+        if event.birth_year is not None or event.gender is not None or event.city_tier is not None:
+            birth_year, gender, city_tier = self.traits
+            self.traits = (event.birth_year if event.birth_year is not None else birth_year,
+                           event.gender if event.gender is not None else gender,
+                           event.city_tier if event.city_tier is not None else city_tier)
 
     def observe_feedback(self, event: Feedback) -> None:
         """Confirmed fraud raises this customer's risk for ``fraud_memory_days``. Only the
@@ -343,6 +353,8 @@ class CustomerProfile:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
+        if len(state) == len(self.__slots__) - 1:  # a snapshot from before the traits
+            state = (*state, NO_TRAITS)
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
 

@@ -9,9 +9,11 @@ from typing import Final
 
 from detectors.challengers import Change
 from detectors.customer import CustomerView, ViewParams, Voice
+from detectors.fairness import FairnessCheck
 from detectors.fraud import Assessment
 from schemas.events import Event, Transaction
 from schemas.outputs import (
+    NO_CUSTOMER,
     Alert,
     CustomerState,
     ModelChange,
@@ -28,6 +30,7 @@ from schemas.texts import EN
 
 CHURN_MODEL_VERSION: Final = "churn-bgnbd-prior-3"
 VOICE_MODEL_VERSION: Final = "voice-vader-snownlp-1"
+FAIRNESS_VERSION: Final = "nba-fairness-1"
 #: A churn score from which a churn alert is ``high`` rather than ``medium``.
 CHURN_HIGH: Final = 0.95
 
@@ -75,6 +78,28 @@ def complaint_alert(event: Event, rm_id: str | None, voice: Voice, emitted_at: s
                  severity=severity, score=round(value, 6), customer_id=event.customer_id, rm_id=rm_id,
                  event_id=event.event_id, event_ts=event.ts, emitted_at=emitted_at,
                  reasons=localized(reasons, locale), model_version=VOICE_MODEL_VERSION)
+
+
+def fairness_alerts(check: FairnessCheck, threshold: float, emitted_at: str, locale: str = EN) -> list[Alert]:
+    """A ``fairness_drift`` alert per dimension in which ``check`` found a group under
+    ``threshold``, to administrators (no customer, no RM); the reasons name each breach."""
+    alerts = []
+    event_id, event_ts, _ = check.closed_by
+    window_end = format_ts(check.end)
+    for dimension in dict.fromkeys(d.dimension for d in check.breaches):
+        breaches = [d for d in check.breaches if d.dimension == dimension]
+        reasons = tuple(Reason.of("fairness_ratio", round(d.ratio, 6), round(1.0 - d.ratio, 6),
+                                  dimension=d.dimension, group=d.value, metric=d.metric, rate=round(d.rate, 6),
+                                  best=round(d.best, 6), ratio=round(d.ratio, 6), threshold=threshold,
+                                  window_start=format_ts(check.start), window_end=window_end)
+                        for d in breaches)
+        worst = min(d.ratio for d in breaches)
+        alerts.append(Alert(alert_id=alert_id_for(f"fairness:{window_end}:{dimension}", "fairness_drift"),
+                            type="fairness_drift", severity="medium", score=round(1.0 - worst, 6),
+                            customer_id=NO_CUSTOMER, rm_id=None, event_id=event_id, event_ts=event_ts,
+                            emitted_at=emitted_at, reasons=localized(reasons, locale),
+                            model_version=FAIRNESS_VERSION))
+    return alerts
 
 
 def score_record(event: Transaction, assessment: Assessment, models: tuple[str, ...]) -> Score:

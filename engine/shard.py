@@ -55,6 +55,7 @@ from engine.records import (
     churn_alert,
     complaint_alert,
     customer_state,
+    fairness_alerts,
     fraud_alert,
     localized,
     model_change,
@@ -95,6 +96,13 @@ class Observer(Protocol):
 
     def customers_added(self, n: int) -> None:
         """``n`` customers were seen for the first time."""
+
+    def fairness_counted(self, counts: dict[tuple[str, str, str], int],
+                         ratios: list[tuple[str, str, str, float, bool]] | None) -> None:
+        """Next-best action's fairness figures (``detectors.fairness``): the counts added
+        during the batch per ``(dimension, group, outcome)``; if a window was judged, the
+        latest judgement, ``(dimension, group, metric, ratio to the best-served, breached)``
+        for every group judged."""
 
     def snapshot_taken(self, seconds: float, size_bytes: int) -> None:
         """The shard's state was serialised for a recovery snapshot (by the runtime's adapter,
@@ -169,7 +177,25 @@ class Shard:
                 assert entry is not None
                 self._event(*entry, verdicts.get(i), out)
         self._models(out)
+        self._fairness(out, None)
         return out
+
+    def _fairness(self, out: list[Record], observer: Observer | None) -> None:
+        """The ``fairness_drift`` alerts of the fairness windows judged during the batch, and
+        the fairness counts to the ``observer``."""
+        tracker = self.nba.policy.fairness if self.nba is not None else None
+        if tracker is None or not (tracker.checks or (observer is not None and tracker.unreported)):
+            return
+        checks, counts = tracker.drain()
+        config = self.config
+        for check in checks:
+            if check.breaches:
+                out.extend(fairness_alerts(check, tracker.params.threshold, config.clock(check.closed_by[2]),
+                                           config.locale))
+        if observer is not None:
+            ratios = [(d.dimension, d.value, d.metric, d.ratio, d.breached) for d in checks[-1].disparities
+                      ] if checks else None
+            observer.fairness_counted(counts, ratios)
 
     def _models(self, out: list[Record]) -> None:
         """The fraud models' evaluations and champion changes made during the batch."""
@@ -301,6 +327,7 @@ class Shard:
                 elif isinstance(event, Feedback):
                     feedback.append((event.label, *outcome) if outcome is not None else (event.label, None, False))
         self._models(out)
+        self._fairness(out, observer)
         observer.stage_times((profiled - started, times[0], times[1]), len(events))
         if len(self.customers) > known:
             observer.customers_added(len(self.customers) - known)

@@ -34,6 +34,7 @@ from bytewax.run import cli_main
 
 from config.actions import load_actions
 from config.settings import Settings
+from detectors.fairness import DIMENSIONS
 from detectors.nba import TRIGGERS
 from engine.config import Clock, EngineConfig
 from flows.dataflow import Outputs, build_flow
@@ -254,6 +255,9 @@ def live_flow(settings: Settings, source: Source[Any], console: bool = True,
     config = engine_config(settings, wall_clock)
     if telemetry is not None:
         telemetry.metrics.expect_prompts((a.action_id for a in config.actions), TRIGGERS)
+        fairness = config.nba.fairness
+        if config.nba.enabled and fairness.enabled:
+            telemetry.metrics.expect_fairness({d: fairness.values(d) for d in DIMENSIONS})
         if settings.engine.recovery_dir:
             telemetry.metrics.watch_recovery_store(Path(settings.engine.recovery_dir), RECOVERY_PARTITIONS)
     return build_flow(source, outputs, config,

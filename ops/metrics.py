@@ -73,7 +73,10 @@ STEP_BUCKETS: Final = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00
 SCORE_BUCKETS: Final = tuple(round(0.05 * i, 2) for i in range(1, 21))
 KINDS: Final = tuple(KIND_FIELDS)
 ALERT_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk",
-                      "complaint_escalation")
+                      "complaint_escalation", "fairness_drift")
+#: Next-best action's fairness figures (detectors.fairness): what is counted per group, and judged.
+FAIRNESS_OUTCOMES: Final = ("eligible", "prompted", "accepted", "converted")
+FAIRNESS_METRICS: Final = ("exposure", "acceptance", "conversion")
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 FEEDBACK_LABELS: Final = ("fraud", "legit", "churned", "retained", "nba_accepted", "nba_dismissed",
                           "nba_converted")
@@ -434,6 +437,19 @@ class EngineMetrics:
         self.prompts = Counter("prompts", "Next-best-action prompts emitted to RMs, by action (catalogue id) and "
                                "trigger type.", ["action", "trigger"], namespace=ns, subsystem="nba",
                                registry=registry)
+        self.fairness = Counter(
+            "fairness", "Next-best action per customer group (dimension: segment, age_band, gender, city_tier; "
+            "bounded values, `other`/`unknown`), in event time: eligible = customers seen at a trigger moment "
+            "(once per fairness window), prompted, accepted, converted.", ["dimension", "group", "outcome"],
+            namespace=ns, subsystem="nba", registry=registry)
+        self.fairness_ratio = Gauge(
+            "fairness_ratio", "At the last closed fairness window: each judged group's exposure (prompts per "
+            "eligible customer), acceptance or conversion rate over the best-served group's of its dimension.",
+            ["dimension", "group", "metric"], namespace=ns, subsystem="nba", registry=registry)
+        self.fairness_breaches = Gauge(
+            "fairness_breaches", "At the last closed fairness window: groups whose ratio is under the configured "
+            "threshold (the four-fifths rule by default), per dimension and metric.", ["dimension", "metric"],
+            namespace=ns, subsystem="nba", registry=registry)
         self.suppressed = Counter("suppressed", "Triggered alerts the lifecycle emitted no new alert for, by "
                                   "alert type and reason: deduplicated (a repeat of an open alert), grouped "
                                   "(merged into the customer's open group, emitted as a revision), snoozed.",
@@ -465,6 +481,9 @@ class EngineMetrics:
         self._feedback_by = {label: self.feedback.labels(label) for label in FEEDBACK_LABELS}
         self._stage_timers = {stage: self.step_duration.labels(stage) for stage in STEPS}
         self._prompts_by: dict[tuple[str, str], Any] = {}
+        self._fairness_by: dict[tuple[str, str, str], Any] = {}
+        self._ratios_set: set[tuple[str, str, str]] = set()
+        self._breach_keys: set[tuple[str, str]] = set()
         self._suppressed_by = {(t, change): self.suppressed.labels(t, reason) for t in ALERT_TYPES
                                for change, reason in SUPPRESSION_REASONS.items()}
         self._snapshot_timer = self.snapshot_duration.labels()
@@ -502,6 +521,44 @@ class EngineMetrics:
         for action in actions:
             for trigger in triggers:
                 self._prompt_counter(action, trigger)
+
+    def expect_fairness(self, groups: Mapping[str, Iterable[str]]) -> None:
+        """Export every (dimension, group) of the fairness figures at zero from the start;
+        ``groups``: each dimension's values (``FairnessParams.values``)."""
+        for dimension, values in groups.items():
+            for value in values:
+                for outcome in FAIRNESS_OUTCOMES:
+                    self._fairness_counter((dimension, value, outcome))
+            for metric in FAIRNESS_METRICS:
+                self.fairness_breaches.labels(dimension, metric).set(0)
+                self._breach_keys.add((dimension, metric))
+
+    def _fairness_counter(self, key: tuple[str, str, str]) -> Any:
+        child = self._fairness_by.get(key)
+        if child is None:
+            child = self._fairness_by[key] = self.fairness.labels(*key)
+        return child
+
+    def fairness_counted(self, counts: Mapping[tuple[str, str, str], int],
+                         ratios: list[tuple[str, str, str, float, bool]] | None) -> None:
+        """The engine's fairness counts of a batch and, when a window was judged, its
+        ratios (a group no longer judged leaves the ratio gauge) and breaches."""
+        for key, n in counts.items():
+            self._fairness_counter(key).inc(n)
+        if ratios is None:
+            return
+        now: set[tuple[str, str, str]] = set()
+        breaches: dict[tuple[str, str], int] = {}
+        for dimension, group, metric, ratio, breached in ratios:
+            self.fairness_ratio.labels(dimension, group, metric).set(ratio)
+            now.add((dimension, group, metric))
+            breaches[(dimension, metric)] = breaches.get((dimension, metric), 0) + breached
+        for gone in self._ratios_set - now:
+            self.fairness_ratio.remove(*gone)
+        self._ratios_set = now
+        self._breach_keys |= set(breaches)
+        for pair in self._breach_keys:  # a dimension not judged this time has no breach now
+            self.fairness_breaches.labels(*pair).set(breaches.get(pair, 0))
 
     def _prompt_counter(self, action: str, trigger: str) -> Any:
         child = self._prompts_by.get((action, trigger))

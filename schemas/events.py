@@ -109,6 +109,11 @@ KIND_FIELDS: Final[dict[str, tuple[FieldSpec, ...]]] = {
         FieldSpec("birth_year", "integer", minimum=1900, maximum=2100),
         FieldSpec("city", "string"),
         FieldSpec("kyc_level", "string"),
+        # Optional, for the fairness figures of next-best action (age band from birth_year).
+        FieldSpec("gender", "string", description="female, male, ... (fairness figures only)",
+                  max_length=32),
+        FieldSpec("city_tier", "string", description="the city's tier: 1, 2, 3, 4 (fairness figures only)",
+                  max_length=32),
     ),
     # Operator commands that must reach the dataflow in stream order, so that a replay
     # decides what live processing decided (``run.py snooze`` produces them).
@@ -178,6 +183,8 @@ class Profile(_Common):
     birth_year: int | None = None
     city: str | None = None
     kyc_level: str | None = None
+    gender: str | None = None
+    city_tier: str | None = None
     kind: Literal["profile"] = "profile"
 
 

@@ -24,7 +24,9 @@ from schemas.events import SCHEMA_VERSION, AppEvent, Event, Feedback, Transactio
 from schemas.texts import EN, localized_text, render_reason
 
 AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk",
-                    "complaint_escalation"]
+                    "complaint_escalation", "fairness_drift"]
+#: The ``customer_id`` of an alert about no one customer (``fairness_drift``, to administrators).
+NO_CUSTOMER: Final = "*"
 Severity = Literal["low", "medium", "high", "critical"]
 
 

@@ -97,6 +97,7 @@ _LABELS: Final[dict[str, dict[str, dict[str, str]]]] = {
         "aml_pattern": {EN: "money-laundering pattern", ZH_CN: "反洗钱可疑模式"},
         "churn_risk": {EN: "churn risk", ZH_CN: "流失风险"},
         "complaint_escalation": {EN: "complaint escalation", ZH_CN: "投诉升级"},
+        "fairness_drift": {EN: "fairness drift", ZH_CN: "推荐公平性偏移"},
     },
     "severity": {
         "low": {EN: "low", ZH_CN: "低"}, "medium": {EN: "medium", ZH_CN: "中"},
@@ -172,6 +173,8 @@ def _maturity(args: Mapping[str, Any], locale: str) -> str:
 
 
 Template = str | Callable[[Mapping[str, Any], str], str]
+_FAIRNESS_ZH: Final = {"segment": "客户分层", "age_band": "年龄段", "gender": "性别", "city_tier": "城市等级",
+                       "exposure": "触达率", "acceptance": "采纳率", "conversion": "转化率"}
 
 #: Each reason code's text in every locale: a ``str.format`` template over the reason's
 #: ``args`` (amounts already written for the locale), or a function of them.
@@ -256,6 +259,13 @@ REASONS: Final[dict[str, dict[str, Template]]] = {
     "expected_reward": {EN: "expected outcome {mean:.2f} for this context, best of {eligible} eligible actions",
                         ZH_CN: "当前情境下预期效果 {mean:.2f}，为 {eligible} 个可选行动中最优"},
     "exploration": {EN: "uncertainty of the estimate", ZH_CN: "估计的不确定性"},
+    # fairness of next-best action (detectors.fairness)
+    "fairness_ratio": {EN: "{dimension} {group}: {metric} {rate:.3f} is {ratio:.2f} of the best-served group's "
+                           "{best:.3f} (threshold {threshold:.2f})",
+                       ZH_CN: lambda a, _: (f"{_FAIRNESS_ZH.get(a['dimension'], a['dimension'])} {a['group']}："
+                                            f"{_FAIRNESS_ZH.get(a['metric'], a['metric'])} {a['rate']:.3f}，"
+                                            f"为最优群体 {a['best']:.3f} 的 {a['ratio']:.2f} 倍"
+                                            f"（阈值 {a['threshold']:.2f}）")},
 }
 
 

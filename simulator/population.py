@@ -13,11 +13,12 @@ costs a few hundred bytes and a merchant is seen by many customers.
 >>> c.customer_id, c.rm_id, c.account_id
 ('c000005', 'rm001', 'a000005')
 >>> sorted(profile_fields(c))
-['birth_year', 'city', 'kyc_level', 'marketing_opt_out', 'risk_level', 'rm_id', 'segment']
+['birth_year', 'city', 'city_tier', 'gender', 'kyc_level', 'marketing_opt_out', 'risk_level', 'rm_id', 'segment']
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from array import array
@@ -35,6 +36,10 @@ CITIES: Final = (
     "Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Hangzhou", "Chengdu", "Wuhan",
     "Nanjing", "Xi'an", "Chongqing", "Suzhou", "Tianjin", "Qingdao", "Xiamen",
 )
+#: The usual tiers of the simulated cities (for the fairness figures of next-best action).
+CITY_TIERS: Final = {"Shanghai": "1", "Beijing": "1", "Shenzhen": "1", "Guangzhou": "1", "Hangzhou": "2",
+                     "Chengdu": "2", "Wuhan": "2", "Nanjing": "2", "Xi'an": "2", "Chongqing": "2", "Suzhou": "2",
+                     "Tianjin": "2", "Qingdao": "2", "Xiamen": "2"}
 MERCHANT_CATEGORIES: Final = (
     "grocery", "restaurant", "transport", "fuel", "retail", "electronics", "pharmacy",
     "utilities", "travel", "entertainment", "education", "healthcare", "telecom", "online_retail",
@@ -242,4 +247,16 @@ def profile_fields(customer: Customer) -> dict[str, Any]:
         "birth_year": customer.birth_year,
         "city": customer.city,
         "kyc_level": customer.kyc_level,
+        "city_tier": CITY_TIERS.get(customer.city, "3"),
+        "gender": gender_of(customer.customer_id),
     }
+
+
+def gender_of(customer_id: str) -> str:
+    """A customer's simulated gender: half and half, from a hash of the id (so that adding it
+    draws nothing from the population's random stream and changes no other figure).
+
+    >>> gender_of("c000001"), gender_of("c000002")
+    ('male', 'female')
+    """
+    return "female" if hashlib.blake2b(customer_id.encode(), digest_size=2).digest()[0] < 128 else "male"

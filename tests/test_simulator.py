@@ -39,7 +39,7 @@ OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
             "product_id": str, "ip_country": str, "duration_ms": int, "properties": dict},
     "feedback": {"label": str, "ref_event_id": str},
     "profile": {"rm_id": str, "segment": str, "risk_level": int, "marketing_opt_out": bool,
-                "birth_year": int, "city": str, "kyc_level": str},
+                "birth_year": int, "city": str, "kyc_level": str, "gender": str, "city_tier": str},
 }
 REQUIRED = {"transaction": ("amount",), "app": ("action",), "feedback": ("label",), "profile": ()}
 

@@ -45,6 +45,11 @@ const I18N = {
     "Rule back-test": "规则回测", "Changes": "规则改动", "Run": "运行", "started": "开始时间", "running": "运行中",
     "done": "已完成", "failed": "失败", "alerts (current / changed)": "告警数（现行 / 改动后）",
     "precision (current / changed)": "精确率（现行 / 改动后）", "recall (current / changed)": "召回率（现行 / 改动后）",
+    "fairness_drift": "推荐公平性偏移", "Fair recommendations (next-best action): latest drift per dimension": "公平推荐（下一步最佳行动）：各维度最近一次偏移",
+    "(no fairness drift)": "（无公平性偏移）", "window until": "窗口截至", "dimension": "维度", "group": "群体",
+    "metric": "指标", "rate": "比率", "best-served": "最优群体", "ratio": "比值", "threshold": "阈值",
+    "segment": "客户分层", "age_band": "年龄段", "gender": "性别", "city_tier": "城市等级", "exposure": "触达率",
+    "acceptance": "采纳率", "conversion": "转化率",
   },
 };
 const t = (text) => (I18N[display.locale] || {})[text] || text;
@@ -331,6 +336,7 @@ async function loadPlots() {
     bars($("plot-volume"), s.volume.map((v) => v.alerts), s.volume.map((v, i) => (i % 6 === 0 ? v.hour.slice(5, 13) : "")));
     bars($("plot-scores"), s.scores.map((b) => b.alerts), s.scores.map((b) => b.from.toFixed(1)));
     await loadModels();
+    await loadFairness();
   }
   if (s.rm) {
     const r = s.rm;
@@ -349,6 +355,31 @@ async function loadModels() {
     el("td", {}, f.labels), el("td", {}, f.frauds), el("td", {}, t(f.model === report.champion ? "champion" : "challenger")))));
   const c = m.change;
   $("models-change").textContent = c ? `${when(c.as_of)}: ${c.from_model} -> ${c.to_model} (${c.action}): ${c.reason}` : "";
+}
+
+// The latest fairness_drift alert of each dimension: the groups under the threshold, their
+// rate against the best-served group's (the alert's reasons carry the figures).
+async function loadFairness() {
+  const page = await api("/api/alerts?type=fairness_drift&status=all&limit=20");
+  const latest = new Map();
+  for (const item of page.items) {
+    for (const r of item.alert.reasons) {
+      const a = r.args || {};
+      if (!latest.has(a.dimension)) latest.set(a.dimension, { ts: item.event_ts, rows: [] });
+      if (latest.get(a.dimension).ts === item.event_ts) latest.get(a.dimension).rows.push(a);
+    }
+  }
+  const fmt = (v) => (typeof v === "number" ? v.toFixed(3) : t("n/a"));
+  const rows = [];
+  for (const [dimension, { rows: breaches }] of latest) {
+    for (const a of breaches) {
+      rows.push(el("tr", { "data-dimension": dimension }, el("td", {}, when(a.window_end || "")), el("td", {}, t(dimension)),
+        el("td", {}, a.group), el("td", {}, t(a.metric)), el("td", {}, fmt(a.rate)), el("td", {}, fmt(a.best)),
+        el("td", { class: a.ratio < a.threshold ? "breach" : "" }, fmt(a.ratio)), el("td", {}, fmt(a.threshold))));
+    }
+  }
+  $("fairness-body").replaceChildren(...rows);
+  $("fairness-none").hidden = rows.length > 0;
 }
 
 // -- live updates ------------------------------------------------------------------------
