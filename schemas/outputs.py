@@ -26,7 +26,10 @@ from schemas.texts import EN, localized_text, render_reason
 AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk",
                     "complaint_escalation", "fairness_drift"]
 #: The ``customer_id`` of an alert about no one customer (``fairness_drift``, to administrators).
+#: A customer may have this id too: such alerts are told apart by their type, never by it.
 NO_CUSTOMER: Final = "*"
+#: Alert types about a population, not one customer (``customer_id`` is ``NO_CUSTOMER``).
+POPULATION_ALERTS: Final = frozenset({"fairness_drift"})
 Severity = Literal["low", "medium", "high", "critical"]
 
 

@@ -64,7 +64,7 @@ from typing import Any
 import orjson
 
 from schemas.crypto import Sealer
-from schemas.outputs import NO_CUSTOMER, Alert, CustomerState, EventSummary, ModelChange, ModelReport
+from schemas.outputs import POPULATION_ALERTS, Alert, CustomerState, EventSummary, ModelChange, ModelReport
 from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
 from schemas.redis_url import RedisEndpoint
 from sinks.base import Record
@@ -180,7 +180,7 @@ def default_route(record: Record, limits: RedisLimits, keys: RedisKeys) -> Redis
     if isinstance(record, Alert):
         payload = record.to_bytes().decode("utf-8")
         customer = record.customer_id
-        if customer == NO_CUSTOMER:  # about no one customer (fairness_drift): the alert stream only
+        if record.type in POPULATION_ALERTS:  # about no one customer (fairness_drift): the alert stream only
             return RedisRoute((RedisWrite(keys.delivered(rid), stream=keys.alerts(), maxlen=limits.alerts_maxlen,
                                           channel=keys.alerts_channel()),))
         return RedisRoute((

@@ -34,7 +34,9 @@ SAMPLE_ARGS = {"amount": 12000.0, "currency": "CNY", "ratio": 8.2, "typical": 15
                "country": "SG", "horizon_days": 30, "silent_days": 40.0, "usual_gap": 7.0, "recent_gap": 20.0,
                "signals": [["complaint", 0.8], ["outflow", 0.4]], "source": "td_maturity", "product": "FND-MMF-01",
                "seconds": 95.0, "days": 120.0, "score": 0.72, "risk": 2, "grade": 3, "mean": 0.31, "eligible": 4,
-               "signal": "voice_exit_intent", "phrase": "close my account *** now", "usual": 0.1, "recent": -0.6}
+               "signal": "voice_exit_intent", "phrase": "close my account *** now", "usual": 0.1, "recent": -0.6,
+               "dimension": "segment", "group": "affluent", "metric": "exposure", "rate": 0.05, "best": 0.4,
+               "threshold": 0.8}
 
 
 def zh_settings(**display: str):  # type: ignore[no-untyped-def]
