@@ -39,9 +39,12 @@ PHONE_1, PHONE_2 = "13800138000", "13912345678"
 ID_NUMBER = "110101199003071234"
 NAME, NAME_ZH = "Zhang San", "张三"
 PLAINTEXTS = (CARD_1, CARD_2, PHONE_1, PHONE_2, ID_NUMBER, NAME, NAME_ZH)
-PATTERNS = (re.compile(r"(?<![\d.])62\d{14,17}(?!\d)"),  # a UnionPay card number
-            re.compile(r"(?<![\d.])1[3-9]\d{9}(?!\d)"),  # a mainland mobile number
-            re.compile(r"(?<![\d.])\d{17}[\dX](?!\d)"),  # a resident ID number
+#: Numbers standing alone (not inside a decimal, a hex digest or a base64 envelope, where
+#: eleven digits in a row are common enough to make a scan fail at random).
+_ALONE, _END = r"(?<![\w.\-])", r"(?![\w\-])"
+PATTERNS = (re.compile(_ALONE + r"62\d{14,17}" + _END),  # a UnionPay card number
+            re.compile(_ALONE + r"1[3-9]\d{9}" + _END),  # a mainland mobile number
+            re.compile(_ALONE + r"\d{17}[\dX]" + _END),  # a resident ID number
             re.compile("|".join(map(re.escape, (NAME, NAME_ZH)))))
 
 

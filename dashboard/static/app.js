@@ -106,11 +106,17 @@ async function start() {
   try { state.me = await api("/api/me"); } catch { showLogin(); return; }
   $("login").hidden = true; $("logout").hidden = false;
   $("who").textContent = `${state.me.username} (${t(state.me.role)}${state.me.rm_id ? " " + state.me.rm_id : ""})`;
-  if (state.me.role === "rm") { $("rm").hidden = false; await loadRM(); }
-  else { $("risk").hidden = false; await loadQueue(); await loadCases(); }
-  if (state.me.role === "admin") { $("backtest").hidden = false; await loadBacktests(); }
-  await loadPlots();
+  const rm = state.me.role === "rm";
+  $(rm ? "rm" : "risk").hidden = false;
+  if (state.me.role === "admin") $("backtest").hidden = false;
+  // Live updates first, then each panel on its own: one that fails to load (a slow or
+  // refused request) leaves the others and the live stream working.
   listen();
+  const loads = rm ? [loadRM] : [loadQueue, loadCases];
+  if (state.me.role === "admin") loads.push(loadBacktests);
+  for (const load of [...loads, loadPlots]) {
+    try { await load(); } catch (e) { console.error(e); }
+  }
 }
 
 // -- risk view ---------------------------------------------------------------------------
