@@ -31,6 +31,7 @@ from sinks.redis import RedisEventsSink, RedisSink
 from tests.dashboard_env import dashboard
 from tests.live_engine import engine_settings, inject, live_engine, wait_for
 from tests.services import redis_server
+from tests.test_audit import verify
 
 # Personal data put into the input (UnionPay card numbers, mainland mobile numbers, a
 # resident ID number, a name), and patterns that find any such number in what is stored.
@@ -261,14 +262,6 @@ def engine_reading(client: redis.Redis, settings: Settings) -> None:
         except AssertionError:
             continue
     raise AssertionError("the engine did not start reading its input stream")
-
-
-def verify(*args: str) -> tuple[int, str]:
-    parsed = run.build_parser().parse_args(["audit", "verify", *args])
-    out = io.StringIO()
-    with redirect_stdout(out), redirect_stderr(out):
-        code = run._audit_verify(parsed, load_settings(environ={}))
-    return code, out.getvalue()
 
 
 # -- rotation, through the sinks -----------------------------------------------------------
