@@ -31,6 +31,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from schemas.snapshots import restore_fields
+
 #: The squashed features, by name, and their scales; a value v >= 0 maps to
 #: 1 - exp(-v / scale). Flags use scale 0.5.
 SCALES: Final = {
@@ -51,6 +53,8 @@ class AnomalyParams:
     height: int = 6
     window_size: int = 250
     seed: int = 42
+
+    __setstate__ = restore_fields
 
 
 def squash_rows(rows: Any) -> np.ndarray:

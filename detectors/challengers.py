@@ -43,6 +43,7 @@ import numpy as np
 
 from detectors.quality import auc_and_average_precision
 from schemas.outputs import ModelFigures
+from schemas.snapshots import restore_fields
 
 if TYPE_CHECKING:
     import lightgbm
@@ -65,6 +66,8 @@ class LabelWindow:
     class Params:
         legit_sample: float = 0.2
         max_rows: int = 150_000
+
+        __setstate__ = restore_fields
 
         def __post_init__(self) -> None:
             if not 0.0 < self.legit_sample <= 1.0:
@@ -144,6 +147,8 @@ class TreesParams:
     feature_fraction: float = 0.8
     seed: int = 0
     background: bool = True  # train on a thread (False: inline, at the tick; for tests and tools)
+
+    __setstate__ = restore_fields
 
     def __post_init__(self) -> None:
         LabelWindow.Params(self.legit_sample, self.max_rows)  # checks them
@@ -310,6 +315,8 @@ class ChampionParams:
     margin: float = 0.01  # average precision a challenger must lead by (AUC: may trail by at most)
     patience: int = 3  # evaluations in a row it must lead at
 
+    __setstate__ = restore_fields
+
     def __post_init__(self) -> None:
         if self.champion not in (LINEAR, TREES):
             raise ValueError(f"champion must be {LINEAR!r} or {TREES!r}, got {self.champion!r}")
@@ -371,6 +378,8 @@ class Change:
     reason: str
     figures: tuple[ModelFigures, ...]
 
+    __setstate__ = restore_fields
+
 
 @dataclass(slots=True)
 class ChampionChallenger:
@@ -384,6 +393,8 @@ class ChampionChallenger:
     evaluation: Prequential = field(init=False)
     figures: tuple[ModelFigures, ...] = ()
     next_evaluation: float | None = None
+
+    __setstate__ = restore_fields
 
     def __post_init__(self) -> None:
         if not self.champion:

@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 
 from schemas.outputs import Reason
+from schemas.snapshots import restore_fields
 
 if TYPE_CHECKING:
     from detectors.bgnbd import BGNBD
@@ -145,6 +146,8 @@ class ChurnEvidence:
     recent_gap: float | None  # the recent gap, an exponential average (days)
     churned: bool = False  # labelled churned: the score is 1
     quote: tuple[str, str] | None = None  # (exit signal, masked phrase) of the latest telling text
+
+    __setstate__ = restore_fields
 
     def exit_signals(self) -> tuple[float, ...]:
         """The exit signals, decayed to ``t`` (SIGNALS order)."""

@@ -30,6 +30,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from schemas.snapshots import restore_fields
+
 DAY: Final = 86400.0
 COUNTERPARTY_FEATURES: Final = (
     "cp_frauds_7d", "cp_frauds_28d", "cp_fraud_rate_28d", "cp_fraud_logodds", "cp_labels_28d",
@@ -58,6 +60,8 @@ class CounterpartyParams:
     recency_days: float = 7.0  # cp_fraud_recency = exp(-days since the latest known fraud / this)
     episode_end_rate: float = 0.1  # a fraud run ends when the recent label rate falls below this
     capacity: int = 200_000  # least recently seen counterparties are forgotten past this
+
+    __setstate__ = restore_fields
 
 
 class CounterpartyRisk:

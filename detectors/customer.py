@@ -26,6 +26,7 @@ from detectors.rules import RuleHit, RuleParams, evaluate_rules
 from detectors.voice import VOICE_ACTIONS, VoiceParams, VoiceScore, VoiceScorer, VoiceState
 from schemas.events import AppEvent, Event, Feedback, Profile, Transaction
 from schemas.outputs import Reason
+from schemas.snapshots import restore_fields
 
 FRAUD_LABELS: Final = frozenset({"fraud", "legit"})  # the labels that train the fraud models
 
@@ -45,6 +46,8 @@ class Summary:
     n_txns: int
     n_app: int
     traits: Traits = NO_TRAITS  # (birth_year, gender, city_tier) from the latest profile
+
+    __setstate__ = restore_fields
 
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"

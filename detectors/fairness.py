@@ -51,6 +51,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from schemas.snapshots import restore_fields
+
 DIMENSIONS: Final = ("segment", "age_band", "gender", "city_tier")
 METRICS: Final = ("exposure", "acceptance", "conversion")
 OUTCOMES: Final = ("eligible", "prompted", "accepted", "converted")
@@ -76,6 +78,8 @@ class FairnessParams:
     age_edges: tuple[int, ...] = (30, 45, 60)  # age bands: <30, 30-44, 45-59, 60+
     floor: float = 0.0  # constraint: 0 = off; else boost the groups whose exposure ratio is under it
     boost: float = 0.2  # added to the prompt score of a customer of such a group
+
+    __setstate__ = restore_fields
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -140,6 +144,8 @@ class GroupFigures:
     accepted: int
     converted: int
 
+    __setstate__ = restore_fields
+
     def rate(self, metric: str) -> float:
         """Exposure (prompts per eligible customer), acceptance or conversion (per prompt)."""
         if metric == "exposure":
@@ -168,6 +174,8 @@ class Disparity:
     best: float
     ratio: float
     breached: bool
+
+    __setstate__ = restore_fields
 
 
 def disparities(groups: Iterable[GroupFigures], params: FairnessParams) -> tuple[Disparity, ...]:
@@ -211,6 +219,8 @@ class FairnessCheck:
     groups: tuple[GroupFigures, ...]
     disparities: tuple[Disparity, ...]
     closed_by: tuple[str, str, float]
+
+    __setstate__ = restore_fields
 
     @property
     def breaches(self) -> tuple[Disparity, ...]:

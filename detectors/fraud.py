@@ -61,6 +61,7 @@ from detectors.risk_tables import cells_batch as risk_cells_batch
 from detectors.rules import RuleHit
 from detectors.supervised import DelayedLabels, FraudClassifier, Pending, SupervisedParams
 from schemas.outputs import AlertType, ModelFigures, Reason, Severity
+from schemas.snapshots import restore_fields
 from schemas.texts import EN, localized_text
 
 RULE_CODES: Final = (
@@ -113,6 +114,8 @@ class FraudParams:
     model_tick_s: float = 3600.0  # the shared models learn at the end of every tick of this much event time
     gbm: TreesParams = field(default_factory=TreesParams)
     champion: ChampionParams = field(default_factory=ChampionParams)
+
+    __setstate__ = restore_fields
 
     def __post_init__(self) -> None:
         if not self.model_tick_s > 0:

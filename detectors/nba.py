@@ -89,6 +89,7 @@ from detectors.customer import Summary
 from detectors.fairness import FairnessParams, FairnessTracker, Groups, groups_of
 from schemas.events import AppEvent, Event, Feedback, Transaction
 from schemas.outputs import Prompt, Reason, format_ts, prompt_id_for
+from schemas.snapshots import restore_fields
 
 TRIGGERS: Final = ("product_view", "large_credit", "maturity", "churn_rising", "login_after_absence")
 SEGMENTS: Final = ("mass", "affluent", "private")
@@ -117,6 +118,8 @@ class Action:
     triggers: tuple[str, ...] = ()  # empty: any trigger
     ttl_hours: float = 72.0
     titles: tuple[tuple[str, str], ...] = ()  # (locale, what the RM reads), e.g. ("zh-CN", "推荐定期存款")
+
+    __setstate__ = restore_fields
 
     def title(self, locale: str) -> str:
         """What the RM reads for this action in ``locale``: the catalogue's title, else the
@@ -167,6 +170,8 @@ class NBAParams:
     min_score: float | None = None
     fairness: FairnessParams = field(default_factory=FairnessParams)  # detectors.fairness
 
+    __setstate__ = restore_fields
+
 
 @dataclass(frozen=True, slots=True)
 class CustomerFacts:
@@ -205,6 +210,8 @@ class Pending:
     reward: float | None = None  # the reward learned so far, None before any answer
     groups: Groups = ()  # the customer's fairness groups when prompted (empty: not tracked)
 
+    __setstate__ = restore_fields
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -228,6 +235,8 @@ class NBAState:
     churn_score: float = 0.0
     due: float = math.inf  # no pending prompt expires before this event time
     fair_window: int = -1  # the fairness window in which the customer was last counted eligible
+
+    __setstate__ = restore_fields
 
     def prompts_in_week(self, now: float) -> int:
         n = 0

@@ -27,6 +27,7 @@ from typing import Final
 
 from detectors.windows import SlidingWindows
 from schemas.events import AppEvent, Feedback, Profile, Transaction
+from schemas.snapshots import restore_fields
 
 HOUR: Final = 3600.0
 DAY: Final = 86400.0
@@ -84,6 +85,8 @@ class ProfileParams:
     # The customer's hours and merchant categories are counted, and the counts halved whenever
     # they reach this many transactions: a habit that changes is learned again.
     habit_memory_txns: int = 400
+
+    __setstate__ = restore_fields
 
 
 def _remember(seen: dict[str, None], key: str | None, capacity: int) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 
 from detectors.counterparty import COUNTERPARTY_FEATURES
 from detectors.profile import FEATURES, INDEX
+from schemas.snapshots import restore_fields
 
 #: The tables, in the order of ``cells``: amounts, counterparties and customers, then what
 #: carries to any payment stream: the merchant category, by amount band and by hour of day,
@@ -113,6 +114,8 @@ class RateTableParams:
     halflife_days: float = 30.0
     prior_rate: float = 0.01
     prior_strength: float = 5.0
+
+    __setstate__ = restore_fields
 
 
 class RateTables:

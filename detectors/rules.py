@@ -26,6 +26,7 @@ from typing import Any, Final
 from detectors.profile import INDEX
 from schemas.events import Transaction
 from schemas.outputs import AlertType
+from schemas.snapshots import restore_fields
 from schemas.texts import EN, render_reason
 
 OUTGOING_TRANSFER_TYPES: Final = frozenset({"transfer"})
@@ -47,6 +48,8 @@ class RuleParams:
     in_out_min_amount: float = 10_000.0
     dormant_min_amount: float = 5_000.0
     foreign_ratio: float = 3.0  # unusual foreign spend: new country and this x typical
+
+    __setstate__ = restore_fields
 
 
 @dataclass(frozen=True, slots=True)

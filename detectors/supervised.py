@@ -29,6 +29,8 @@ from typing import Final, Literal, NamedTuple
 
 import numpy as np
 
+from schemas.snapshots import restore_fields
+
 
 @dataclass(frozen=True, slots=True)
 class SupervisedParams:
@@ -43,6 +45,8 @@ class SupervisedParams:
     implicit_legit_after_days: float = 14.0  # 0 disables implicit legit labels
     implicit_legit_sample: float = 0.25  # share of implicit legit labels the classifier learns
     max_pending: int = 2_000_000
+
+    __setstate__ = restore_fields
 
 
 class FraudClassifier:

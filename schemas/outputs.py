@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from schemas.events import SCHEMA_VERSION, AppEvent, Event, Feedback, Transaction
+from schemas.snapshots import restore_fields
 from schemas.texts import EN, localized_text, render_reason
 
 AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern", "churn_risk",
@@ -74,6 +75,8 @@ class Reason:
     weight: float
     args: dict[str, Any] | None = field(default=None, compare=False)
 
+    __setstate__ = restore_fields
+
     @classmethod
     def of(cls, code: str, value: float | str | None, weight: float, **args: Any) -> Reason:
         """Reason ``code`` with its English text rendered from ``args`` by the catalogue."""
@@ -108,6 +111,8 @@ class Alert(_Record):
     dedup_key: str | None = None
     group_key: str | None = None
     revision: int = 1
+
+    __setstate__ = restore_fields
 
 
 def alert_id_for(event_id: str, alert_type: str) -> str:
@@ -154,6 +159,8 @@ class Prompt(_Record):
     schema_version: str = SCHEMA_VERSION
     title: str = ""  # what the RM reads: the action's title in the display locale
 
+    __setstate__ = restore_fields
+
 
 def prompt_id_for(event_id: str, action: str) -> str:
     """Deterministic prompt id from the triggering event and the action chosen.
@@ -181,6 +188,8 @@ class LifecycleChange(_Record):
     kind: str = "lifecycle"
     schema_version: str = SCHEMA_VERSION
 
+    __setstate__ = restore_fields
+
 
 @dataclass(frozen=True, slots=True)
 class ModelFigures:
@@ -195,6 +204,8 @@ class ModelFigures:
     labels: int
     frauds: int
 
+    __setstate__ = restore_fields
+
 
 @dataclass(frozen=True, slots=True)
 class ModelReport(_Record):
@@ -207,6 +218,8 @@ class ModelReport(_Record):
     models: tuple[ModelFigures, ...]
     kind: str = "model_report"
     schema_version: str = SCHEMA_VERSION
+
+    __setstate__ = restore_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +237,8 @@ class ModelChange(_Record):
     models: tuple[ModelFigures, ...]
     kind: str = "model_change"
     schema_version: str = SCHEMA_VERSION
+
+    __setstate__ = restore_fields
 
 
 def model_record_id(kind: str, as_of: str, *parts: str) -> str:
@@ -257,6 +272,8 @@ class UserAction(_Record):
     kind: str = "user_action"
     schema_version: str = SCHEMA_VERSION
 
+    __setstate__ = restore_fields
+
 
 @dataclass(slots=True)  # per event: see schemas.events on "frozen"
 class Score(_Record):
@@ -267,6 +284,8 @@ class Score(_Record):
     ts: str
     fraud_score: float
     extra: dict[str, float] = field(default_factory=dict)
+
+    __setstate__ = restore_fields
 
     def to_dict(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "customer_id": self.customer_id, "ts": self.ts,
@@ -310,6 +329,8 @@ class EventSummary(_Record):
     ref_prompt_id: str | None = None
     schema_version: str = SCHEMA_VERSION
 
+    __setstate__ = restore_fields
+
     @classmethod
     def of(cls, event: Event) -> EventSummary | None:
         """The summary of a transaction, app event or feedback; ``None`` for reference data
@@ -350,6 +371,8 @@ class CustomerState(_Record):
     n_app_events: int = 0
     open_alerts: int = 0
     schema_version: str = SCHEMA_VERSION
+
+    __setstate__ = restore_fields
 
 
 #: The most bytes of a payload a dead letter keeps, by default (``[engine]
@@ -426,6 +449,8 @@ class DeadLetter(_Record):
     payload_size: int = -1
     payload_sha256: str = ""
     payload_truncated: bool = False
+
+    __setstate__ = restore_fields
 
     def __post_init__(self) -> None:
         if self.payload_size >= 0 and self.payload_sha256:
