@@ -422,6 +422,10 @@ class Policy(Protocol):
     def revise(self, arm: str, x: Sequence[float], old: float, new: float) -> None: ...
 
 
+def _tracker(params: FairnessParams) -> FairnessTracker | None:
+    return FairnessTracker(params) if params.enabled else None
+
+
 class NextBestAction:
     """Triggers, eligibility, the shared bandit and feedback, for one stream of events.
 
@@ -442,8 +446,13 @@ class NextBestAction:
         self._category_of = {a.product_id: a.category for a in self.catalogue if a.product_id}
         self.policy: Policy = policy or LinUCB(N_FEATURES, self.params.alpha, self.params.ridge,
                                                self.params.seed)
-        fairness = self.params.fairness
-        self.fairness = FairnessTracker(fairness) if fairness.enabled else None
+        self.fairness = _tracker(self.params.fairness)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Also a policy pickled before fairness: a tracker per its params, from now on."""
+        self.__dict__.update(state)
+        if "fairness" not in state:
+            self.fairness = _tracker(self.params.fairness)
 
     # -- triggers -------------------------------------------------------------------------
     def trigger_of(self, state: NBAState, event: Event) -> Trigger | None:
