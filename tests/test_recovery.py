@@ -1,24 +1,42 @@
 """Crash recovery and outages through real processes: the engine (``run.py live``), a
-Kafka-protocol broker (Tansu), a private Redis and a local webhook receiver."""
+Kafka-protocol broker (Tansu), a private Redis and a local webhook receiver; and an upgrade:
+a recovery store the previous release wrote resumes on this one."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import itertools
 import os
+import pickle
 import random
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
+from dataclasses import is_dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
 
+from config.settings import load_settings
+from detectors.churn import SIGNALS
+from detectors.fairness import FairnessParams
+from detectors.profile import NO_TRAITS
+from flows.items import Sequenced
+from flows.modes import ReplayPaths, engine_config, event_clock, run_replay
+from flows.sources.replay import load_replay
+from flows.steps import EngineStep
 from schemas.audit import AuditKeys
+from schemas.outputs import Prompt
 from schemas.redis_keys import RedisKeys
+from schemas.snapshots import restore_fields
 from simulator import SimulatorConfig, write_jsonl
 from sinks.audit import verify_file
 from tests.brokers import consume_all, create_topics, produce, tansu_broker, tansu_process
@@ -27,6 +45,10 @@ from tests.services import RedisServer, redis_server
 from tests.test_delivery import Receiver
 
 N_EVENTS = 100_000
+#: A recovery store the release at 46d649c wrote after the first 1,115 events of its stream,
+#: before customer voice and fair recommendations (how: its README).
+PREVIOUS = ROOT / "tests" / "data" / "recovery_46d649c"
+PREVIOUS_EVENTS = 1115
 
 
 def engine_env(broker: str, server: RedisServer, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -186,3 +208,83 @@ def test_outages_delay_delivery_and_lose_nothing(sim_stream: tuple[Path, Path], 
     assert verify_file(audit, keys)[0], verify_file(audit, keys)
     assert "delivery failed, retrying" in log.read_text()
 
+
+
+def previous_store(tmp_path: Path) -> Path:
+    """A copy of the recovery store the previous release wrote (a resume changes it)."""
+    store = tmp_path / "recovery"
+    store.mkdir()
+    with gzip.open(PREVIOUS / "recovery" / "part-0.sqlite3.gz") as packed:
+        (store / "part-0.sqlite3").write_bytes(packed.read())
+    return store
+
+
+def test_the_previous_releases_state_restores_with_the_new_state_at_its_defaults(tmp_path: Path) -> None:
+    """The engine's state as the previous release snapshotted it, through the real step: the
+    fields added since take their defaults (fairness counts from the restore on, the prompts
+    awaiting an answer belong to no group, no profile traits or voice quotes yet), and the
+    rest of the stream gives prompts again."""
+    with closing(sqlite3.connect(previous_store(tmp_path) / "part-0.sqlite3")) as db:
+        (snapshot,) = db.execute("SELECT ser_change FROM snaps WHERE step_id = 'crm_engine.engine'").fetchone()
+    step = EngineStep(engine_config(load_settings(), event_clock), pickle.loads(snapshot), snapshots=True)
+    nba = step.shard.nba
+    assert nba is not None and nba.policy.params.fairness == FairnessParams() and nba.policy.params.min_score is None
+    assert nba.policy.fairness is not None and nba.policy.fairness.window is None
+    pending = [p for state in nba.states.values() for p in state.pending.values()]
+    assert len(pending) == 22 and all(p.groups == () for p in pending)
+    assert all(state.fair_window == -1 for state in nba.states.values())
+    customers = step.shard.customers.values()
+    assert all(c.view.summary is not None and c.view.summary.traits == NO_TRAITS for c in customers)
+    history = [evidence for c in customers for evidence in c.model.churn.history]
+    assert history and all(e.quote is None and len(e.signals) == len(SIGNALS) for e in history)
+    events = load_replay(PREVIOUS / "events.jsonl.gz").events[PREVIOUS_EVENTS:]
+    records, _ = step.on_batch([Sequenced("replay", i, event) for i, event in enumerate(events)])
+    assert sum(isinstance(record, Prompt) for record in records) >= 10
+    snapshot = step.snapshot()
+    assert snapshot is not None and pickle.loads(snapshot).nba.policy.fairness.counts  # counted, and kept
+    # The next field added to any slotted dataclass of the state restores the same way.
+    held = {cls for cls in classes_in(snapshot) if is_dataclass(cls) and "__slots__" in vars(cls)}
+    assert {cls.__qualname__ for cls in held if getattr(cls, "__setstate__", None) is not restore_fields} == set()
+    assert {"Pending", "NBAState", "NBAParams", "FairnessParams", "Summary", "ChurnEvidence"} <= {
+        cls.__qualname__ for cls in held}
+
+
+def classes_in(snapshot: bytes) -> set[type]:
+    """Every class a pickle names."""
+    found: set[type] = set()
+
+    class Reader(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> type:
+            cls: type = super().find_class(module, name)
+            found.add(cls)
+            return cls
+
+    Reader(io.BytesIO(snapshot)).load()
+    return found
+
+
+def test_a_recovery_store_of_the_previous_release_resumes_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    """This release resumes a replay from a copy of the previous release's recovery store and
+    ends it: next-best action prompts again after the restore, and the alerts and prompts are
+    an uninterrupted run's of this release, but for the churn model version in the alerts the
+    previous release wrote."""
+    out = tmp_path / "resumed"
+    shutil.copytree(PREVIOUS / "out", out)
+    events = PREVIOUS / "events.jsonl.gz"
+    settings = load_settings(environ={"CRM__ENGINE__RECOVERY_DIR": str(previous_store(tmp_path))})
+    run_replay(settings, ReplayPaths(events, alerts=out / "alerts.jsonl", dead_letters=out / "dead_letters.jsonl",
+                                     prompts=out / "prompts.jsonl"))
+    plain = replay(events, tmp_path / "plain")
+    assert (out / "dead_letters.jsonl").read_bytes() == b""
+    before = (PREVIOUS / "out" / "prompts.jsonl").read_bytes().splitlines()
+    prompts = (out / "prompts.jsonl").read_bytes().splitlines()
+    assert prompts[:len(before)] == before and len(prompts) - len(before) >= 10
+    assert sorted(prompts) == sorted(plain.raw("prompts").splitlines())
+    alerts, expected = (out / "alerts.jsonl").read_bytes().splitlines(), plain.raw("alerts").splitlines()
+    written_before = len((PREVIOUS / "out" / "alerts.jsonl").read_bytes().splitlines())
+    assert set(alerts[written_before:]) <= set(expected) and len(alerts) == len(expected)
+
+    def unversioned(lines: list[bytes]) -> list[dict[str, object]]:
+        return sorted((orjson.loads(line) | {"model_version": None} for line in lines), key=str)
+
+    assert unversioned(alerts) == unversioned(expected)
