@@ -439,14 +439,32 @@ class NextBestAction:
     def __init__(self, catalogue: Iterable[Action], params: NBAParams | None = None,
                  policy: Policy | None = None) -> None:
         self.params = params or NBAParams()
+        self._set_catalogue(catalogue)
+        self.policy: Policy = policy or LinUCB(N_FEATURES, self.params.alpha, self.params.ridge,
+                                               self.params.seed)
+        self.fairness = _tracker(self.params.fairness)
+
+    def _set_catalogue(self, catalogue: Iterable[Action]) -> None:
         self.catalogue = tuple(catalogue)
         ids = [a.action_id for a in self.catalogue]
         if len(set(ids)) != len(ids):
             raise ValueError("action ids must be unique in the catalogue")
         self._category_of = {a.product_id: a.category for a in self.catalogue if a.product_id}
-        self.policy: Policy = policy or LinUCB(N_FEATURES, self.params.alpha, self.params.ridge,
-                                               self.params.seed)
-        self.fairness = _tracker(self.params.fairness)
+
+    def reconfigure(self, catalogue: Iterable[Action], params: NBAParams) -> None:
+        """After a restore: the run's catalogue and settings, keeping what was learned (the
+        bandit's arms by action id: a new action starts with a fresh arm) and the fairness
+        counts of the window in progress (unless the windows' length changed: then they
+        start again at the next event)."""
+        self._set_catalogue(catalogue)
+        self.params = params
+        if isinstance(self.policy, LinUCB):
+            self.policy.alpha = params.alpha  # the exploration; the ridge and seed shaped the arms
+        tracker, fairness = self.fairness, params.fairness
+        if tracker is None or not fairness.enabled or tracker.params.window_days != fairness.window_days:
+            self.fairness = _tracker(fairness)
+        else:
+            tracker.params = fairness
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Also a policy pickled before fairness: a tracker per its params, from now on."""
@@ -641,6 +659,10 @@ class NextBestActions:
         self.policy = NextBestAction(actions, params)
         self.states: dict[str, NBAState] = {}
         self.fraud_alert_t: dict[str, float] = {}  # customer -> time of their last fraud alert
+
+    def reconfigure(self, actions: tuple[Action, ...], params: NBAParams) -> None:
+        """After a restore: the run's catalogue and settings (``NextBestAction.reconfigure``)."""
+        self.policy.reconfigure(actions, params)
 
     def matters(self, event: Event, summary: Summary) -> bool:
         """Whether ``event`` may be a trigger moment or feedback that changes something

@@ -141,13 +141,23 @@ class Shard:
         self.voice = None  # configure() sets the scorer: its models are not state
 
     def configure(self, config: EngineConfig) -> None:
-        """After a restore: the run's configuration (not part of the state)."""
+        """After a restore: the run's configuration, which the snapshot's may differ from (a
+        rule threshold changed after a back-test, say). Settings apply to every restored
+        customer and model; what was learned stays. Next-best action turned off drops its
+        learned state; turned on after a run without it, it starts afresh."""
         self.config = config
         self.detector.reconfigure(config.fraud)
         self.voice = VoiceScorer(config.view.voice) if config.view.voice.enabled else None
+        if not config.nba.enabled:
+            self.nba = None
+        elif self.nba is None:
+            self.nba = NextBestActions(config.actions, config.nba)
+        else:
+            self.nba.reconfigure(config.actions, config.nba)
         for customer in self.customers.values():
-            customer.model.churn_params = config.view.churn
-            customer.model.scorer = self.voice
+            model = customer.model
+            model.rules, model.profile.params = config.rules, config.profile
+            model.churn_params, model.scorer = config.view.churn, self.voice
 
     def customer(self, customer_id: str) -> Customer:
         customer = self.customers.get(customer_id)

@@ -16,10 +16,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import is_dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -34,7 +36,7 @@ from flows.modes import ReplayPaths, engine_config, event_clock, run_replay
 from flows.sources.replay import load_replay
 from flows.steps import EngineStep
 from schemas.audit import AuditKeys
-from schemas.outputs import Prompt
+from schemas.outputs import Alert, Prompt
 from schemas.redis_keys import RedisKeys
 from schemas.snapshots import restore_fields
 from simulator import SimulatorConfig, write_jsonl
@@ -247,6 +249,42 @@ def test_the_previous_releases_state_restores_with_the_new_state_at_its_defaults
     assert {cls.__qualname__ for cls in held if getattr(cls, "__setstate__", None) is not restore_fields} == set()
     assert {"Pending", "NBAState", "NBAParams", "FairnessParams", "Summary", "ChurnEvidence"} <= {
         cls.__qualname__ for cls in held}
+
+
+def test_a_restored_engine_runs_with_the_settings_it_is_started_with(tmp_path: Path) -> None:
+    """Settings are not state: rule thresholds changed after a back-test apply to the
+    customers the snapshot holds, and so do the next-best action's and the fairness
+    tracking's settings, while what was learned stays."""
+    events = load_replay(PREVIOUS / "events.jsonl.gz").events
+    head, tail = events[:PREVIOUS_EVENTS], events[PREVIOUS_EVENTS:]
+
+    def batch(items: list[Any]) -> list[Sequenced]:
+        return [Sequenced("replay", i, event) for i, event in enumerate(items)]
+
+    first = EngineStep(engine_config(load_settings(environ={}), event_clock), None, snapshots=True)
+    first.on_batch(batch(head))
+    snapshot = first.snapshot()
+    assert snapshot is not None
+    changed = engine_config(load_settings(environ={"CRM__RULES__STRUCTURING_COUNT_3D": "2",
+                                                   "CRM__RULES__VELOCITY_1H": "3",
+                                                   "CRM__NBA__ALPHA": "0.05",
+                                                   "CRM__NBA__FAIRNESS__ENABLED": "false"}), event_clock)
+    steps = {name: EngineStep(config, snapshot, snapshots=True)
+             for name, config in (("same", first.shard.config), ("changed", changed))}
+    shard = steps["changed"].shard
+    assert {id(c.model.rules) for c in shard.customers.values()} == {id(changed.rules)}
+    nba = shard.nba
+    assert nba is not None and nba.policy.params is changed.nba and nba.policy.fairness is None
+    assert nba.policy.policy.alpha == 0.05 and nba.policy.policy.n_updates == first.shard.nba.policy.policy.n_updates
+
+    def rule_reasons(step: EngineStep) -> Counter[str]:
+        records, _ = step.on_batch(batch(tail))
+        return Counter(reason.code for record in records if isinstance(record, Alert) for reason in record.reasons
+                       if reason.code in ("structuring", "velocity_burst"))
+
+    same, changed_reasons = rule_reasons(steps["same"]), rule_reasons(steps["changed"])
+    assert changed_reasons["velocity_burst"] > same["velocity_burst"], (same, changed_reasons)
+    assert changed_reasons["structuring"] > same["structuring"], (same, changed_reasons)
 
 
 def classes_in(snapshot: bytes) -> set[type]:
