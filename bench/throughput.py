@@ -3,6 +3,7 @@
     python -m bench.throughput [--stream mixed|card] [--customers N --days D] [--rounds 3] [--no-voice]
     python -m bench.throughput --input EVENTS.jsonl[.gz] [--rounds 3]
     python -m bench.throughput --metrics [--customers 1000 --days 14]
+    python -m bench.throughput --features [--stream card] [--baseline DIR] [--rounds 5]
 
 Streams: ``mixed`` is the simulator's (transactions, app events, feedback, profiles; 2,000
 customers, 30 days by default); ``card`` is a card issuer's (``bench.cardsim``: card payments
@@ -22,6 +23,11 @@ the other, on the same file:
 The first two are timed from the first event to the last output (wall and CPU time of this
 process), the last two as whole processes (wall). Rounds alternate so that a noisy, shared
 machine slows every kind alike; medians and their ratios are printed.
+
+``--features`` measures what customer voice and the fairness tracking cost instead: whole
+``run.py replay`` processes with both off, and on (the defaults), alternating, CPU time of
+every thread; ``--baseline DIR`` adds the same command run from a checkout of an earlier
+release, to see the optional features' cost when off.
 
 ``--metrics`` measures the cost of the Prometheus metrics instead: it alternates the engine
 without metrics and the engine with them wired (``ops.metrics.EngineMetrics`` on a fresh
@@ -95,6 +101,49 @@ def compare_metrics(replay: ReplayInput, events: Path, work: Path, rounds: int) 
               f"{[f'{n / t[i]:,.0f}' for t in off]}, with {[f'{n / t[i]:,.0f}' for t in on]})")
 
 
+#: What ``--features`` turns off: customer voice's scorer and the fairness tracking (the
+#: encryption at rest is off by default and costs in the Redis sinks: ``bench.crypto``; case
+#: work is the dashboard's).
+FEATURES_OFF = {"CRM__VIEW__VOICE__ENABLED": "false", "CRM__NBA__FAIRNESS__ENABLED": "false"}
+
+
+def process_times(args: list[str], environ: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU time (user + system, every thread) of a whole process."""
+    wall = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env={**os.environ, **environ},
+                            stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise subprocess.CalledProcessError(status, args)
+    return time.perf_counter() - wall, usage.ru_utime + usage.ru_stime
+
+
+def compare_features(events: Path, n: int, work: Path, rounds: int, baseline: Path | None) -> None:
+    """``run.py replay`` processes with the optional features off and on (the defaults), and
+    optionally an earlier release's (a checkout at ``baseline``), alternating their order
+    round by round; medians of CPU and wall time."""
+    kinds = {"features off": (ROOT, FEATURES_OFF), "features on (defaults)": (ROOT, {})}
+    if baseline is not None:
+        kinds = {f"baseline ({baseline.name})": (baseline.resolve(), {}), **kinds}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in kinds}
+    for r in range(rounds):
+        for name in (list(kinds) if r % 2 == 0 else list(reversed(kinds))):
+            cwd, environ = kinds[name]
+            out = work / name.split()[0]
+            outputs = ["--alerts-out", str(out / "a.jsonl"), "--prompts-out", str(out / "p.jsonl"),
+                       "--scores-out", str(out / "s.jsonl"), "--dead-letter-out", str(out / "d.jsonl")]
+            times[name].append(process_times(["run.py", "replay", "--log-level", "WARNING", "--input",
+                                              str(events), *outputs], environ, cwd))
+    first = next(iter(kinds))
+    reference = statistics.median(c for _, c in times[first])
+    for name, ts in times.items():
+        cpu = statistics.median(c for _, c in ts)
+        dead = (work / name.split()[0] / "d.jsonl").read_bytes().count(b"\n")
+        print(f"{name:<28} {n / cpu:>9,.0f} events/s of CPU ({100 * (reference / cpu - 1):+.1f} % against "
+              f"{first}), {n / statistics.median(w for w, _ in ts):>9,.0f} of wall; {dead} dead letters; "
+              f"CPU s per round {[round(c, 2) for _, c in ts]}")
+
+
 def make_stream(args: argparse.Namespace, work: Path) -> Path:
     """The stream to measure: ``--input``, or one generated into ``work``."""
     if args.input is not None:
@@ -120,6 +169,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--metrics", action="store_true", help="measure the overhead of the metrics instead")
+    parser.add_argument("--features", action="store_true",
+                        help="measure what customer voice and the fairness tracking cost instead: run.py replay "
+                        "with both off and on, alternating")
+    parser.add_argument("--baseline", type=Path, help="with --features: also run.py replay from this checkout "
+                        "of an earlier release (git worktree add DIR REV)")
     parser.add_argument("--voice", action=argparse.BooleanOptionalAction, default=True,
                         help="customer voice: the mixed stream's chat texts and the engine's scorer "
                         "([view.voice] enabled); --no-voice turns both off")
@@ -134,6 +188,9 @@ def main() -> None:
         print(f"stream: {n:,} events from {events.name}")
         if args.metrics:
             compare_metrics(replay, events, work, args.rounds)
+            return
+        if args.features:
+            compare_features(events, n, work, args.rounds, args.baseline)
             return
         settings = load_settings(environ=environ)
         outputs = ["--alerts-out", str(work / "a.jsonl"), "--scores-out", str(work / "s.jsonl"),
