@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -55,3 +56,14 @@ def dashboard(settings: Settings, tmp: Path, insecure_http: bool = True,
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(10)
+
+
+def sign_in(browser: Any, url: str, username: str) -> Any:
+    """A new page of ``browser`` (Playwright's) signed in as ``username``, its live stream open."""
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(url)
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#live.on", state="attached")  # the live stream is open
+    return page

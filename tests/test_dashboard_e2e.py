@@ -5,45 +5,19 @@ temporary directory."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import orjson
-import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
 from schemas.redis_keys import RedisKeys
 from tests.challenger_stream import quick_challenger, xor_events
-from tests.dashboard_env import PASSWORD, dashboard
+from tests.dashboard_env import dashboard, sign_in
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover, wait_for
 from tests.services import redis_server
-
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test-services installs it)")
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
-
-
-def sign_in(browser: object, url: str, username: str) -> object:
-    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()  # type: ignore[attr-defined]
-    page.goto(url)
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#live.on", state="attached")  # the live stream is open
-    return page
 
 
 def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp_path: Path) -> None:
