@@ -724,8 +724,9 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     @app.get("/api/cases/{case_id}", summary="A case: its alert groups, history, the customer's timeline")
     async def case_detail(case_id: str, who: Reader) -> dict[str, Any]:
         case = await case_or_404(case_id)
-        case["alert_groups"] = [localize(a, config.locale) or a for a in case["alert_groups"]]
-        customer = await store.customer(case["customer_id"])
+        reveal = revealed(who)
+        case["alert_groups"] = [localize(reveal(a), config.locale) or a for a in case["alert_groups"]]
+        customer = await store.customer(case["customer_id"], reveal)
         if who.role == "admin":
             return shown_case(who, {**case, "customer": mask_events(customer, config.locale)})
         return {**case, "customer": customer}
@@ -784,7 +785,9 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         case = await case_or_404(case_id)
         if "report" not in (case["proposal"], case["decision"]):
             raise HTTPException(409, "a report is exported for a case proposed or approved as report")
-        rows = report_rows(case, await store.customer(case["customer_id"]))
+        reveal = revealed(who)  # analysts only: the personal fields opened, as on their pages
+        case = {**case, "alert_groups": [reveal(a) for a in case["alert_groups"]]}
+        rows = report_rows(case, await store.customer(case["customer_id"], reveal))
         meter.action("report_export")
         await auditor.record("report_exported", who.username, who.role, case_id, case["customer_id"], form)
         return case, rows
