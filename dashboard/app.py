@@ -857,9 +857,11 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         hub.publish("prompt", {**updated, "cref": store.ref("c", prompt["customer_id"])})
         return {**updated, "changed": True, "sent_event_id": sent["event_id"]}
 
-    @app.get("/api/rm/churn", summary="Churn warnings about the RM's customers")
-    async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
-        page = await store.alerts("all", "churn_risk", None, who.rm_id, offset, min(limit, config.page_size_max))
+    @app.get("/api/rm/churn", summary="Churn warnings (or, with type, complaint escalations) about the RM's customers")
+    async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50,
+                    type: Annotated[str, Query(pattern="^(" + "|".join(sorted(RM_ALERT_TYPES)) + ")$")] = "churn_risk",
+                    ) -> dict[str, Any]:
+        page = await store.alerts("all", type, None, who.rm_id, offset, min(limit, config.page_size_max))
         return page_json(page, shown_alert(who))
 
     @app.get("/api/stats", summary="Plots: alert volume per hour, score distribution, the RM's conversion")
