@@ -787,7 +787,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             raise HTTPException(409, "a report is exported for a case proposed or approved as report")
         reveal = revealed(who)  # analysts only: the personal fields opened, as on their pages
         case = {**case, "alert_groups": [reveal(a) for a in case["alert_groups"]]}
-        rows = report_rows(case, await store.customer(case["customer_id"], reveal))
+        rows = report_rows(case, await store.customer(case["customer_id"], reveal), config.locale)
         meter.action("report_export")
         await auditor.record("report_exported", who.username, who.role, case_id, case["customer_id"], form)
         return case, rows
@@ -801,7 +801,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     @app.get("/api/cases/{case_id}/report.html", summary="The suspicious-transaction report, printable (analysts)")
     async def report_as_html(case_id: str, who: AnalystRead) -> HTMLResponse:
         case, rows = await report(case_id, who, "html")
-        return HTMLResponse(report_html(case, rows, who.username, format_ts(time.time())))
+        return HTMLResponse(report_html(case, rows, who.username, format_ts(time.time()), config.locale))
 
     @app.get("/api/customers/{cref}", summary="A customer: scores, alerts, prompts, timeline")
     async def customer(cref: str, who: AnyUser) -> dict[str, Any]:
