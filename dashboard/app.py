@@ -132,6 +132,15 @@ class Hub:
     def __init__(self) -> None:
         self._subs: dict[int, tuple[Allow, asyncio.Queue[bytes]]] = {}
         self._next = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """End every open stream: the server is stopping, and waits for its open connections
+        (the pages reconnect, to a server that runs). A stream gets an empty message."""
+        self.closed = True
+        for _, queue in self._subs.values():
+            with contextlib.suppress(asyncio.QueueFull):  # a full one sees ``closed`` within a second
+                queue.put_nowait(b"")
 
     def subscribe(self, allow: Allow) -> tuple[int, asyncio.Queue[bytes]]:
         self._next += 1
@@ -901,13 +910,16 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             try:
                 yield b"retry: 1000\n\n"
                 checked = quiet = time.monotonic()
-                while not await request.is_disconnected():
+                while not hub.closed and not await request.is_disconnected():
                     if time.monotonic() - checked >= config.session_check_s:
                         if await signed_in(request) is None:
                             return  # signed out, revoked or expired: the stream ends
                         checked = time.monotonic()
                     try:
-                        yield await asyncio.wait_for(queue.get(), timeout=config.session_check_s)
+                        message = await asyncio.wait_for(queue.get(), timeout=config.session_check_s)
+                        if not message:
+                            return  # the server is stopping (Hub.close)
+                        yield message
                         quiet = time.monotonic()
                     except TimeoutError:
                         if time.monotonic() - quiet >= KEEP_ALIVE_S:
