@@ -352,11 +352,10 @@ REPORT_COLUMNS: Final = ("section", "time", "id", "what", "amount", "currency", 
 #: The report's words in Chinese (English: the keys themselves): headings, columns, the
 #: case's statuses, decisions and history actions, and the words of the rows' texts.
 _REPORT_ZH: Final = {
-    "Suspicious-transaction report": "可疑交易报告", "Case": "案件", "generated {at} by {who}": "{who} 生成于 {at}",
-    "by": "经办人",
+    "Suspicious-transaction report": "可疑交易报告", "generated {at} by {who}": "{who} 生成于 {at}", "Case": "案件",
     "Customer": "客户", "Transactions": "交易", "Reasons": "告警原因", "Timeline": "时间线", "Decisions": "结论",
     "Case history": "办理记录", "time": "时间 (UTC)", "id": "编号", "what": "内容", "amount": "金额",
-    "currency": "币种", "status": "状态", "proposal": "拟定结论", "decision": "结论", "RM": "客户经理",
+    "currency": "币种", "by": "经办人", "status": "状态", "proposal": "拟定结论", "decision": "结论", "RM": "客户经理",
     "fraud risk": "欺诈风险", "alert groups in the case": "案件内告警组", "triggered": "触发", "score": "评分",
     "owner": "负责人", "alert": "告警", "text": "内容", "proposed_by": "拟定人",
     "debit": "支出", "credit": "收入", "via": "渠道", "to": "收款方", "from": "付款方",
@@ -401,11 +400,10 @@ def report_rows(case: dict[str, Any], customer: dict[str, Any], locale: str = EN
         ts = event["ts"] if event else alert["event_ts"] if alert else ""
         what = _transaction(event, locale) if event else ""
         if alert:
-            kind = alert["type"] if locale == EN else label("alert_type", alert["type"], locale)
-            severity = label("severity", alert["severity"], locale) if locale != EN else alert["severity"]
-            what = (what + sep if what else "") + (
-                f"triggered {kind} ({severity}, score {alert['score']:.2f})" if locale == EN
-                else f"{w('triggered')} {kind}（{severity}，{w('score')} {alert['score']:.2f}）")
+            trigger = (f"triggered {alert['type']} ({alert['severity']}, score {alert['score']:.2f})" if locale == EN
+                       else f"{w('triggered')} {label('alert_type', alert['type'], locale)}（"
+                            f"{label('severity', alert['severity'], locale)}，{w('score')} {alert['score']:.2f}）")
+            what = (what + sep if what else "") + trigger
         rows.append(row("transaction", ts, event_id, what, f"{event['amount']:.2f}" if event else "",
                         str(event.get("currency", "")) if event else ""))
     for a in case["alert_groups"]:
@@ -417,8 +415,7 @@ def report_rows(case: dict[str, Any], customer: dict[str, Any], locale: str = EN
     for e in case["log"]:
         action = w(f"log:{e['action']}").removeprefix("log:")  # a history action, not a status
         what = sep.join([action] + [f"{w(k)} {w(e[k]) if k == 'decision' else e[k]}"
-                                            for k in ("decision", "owner", "alert", "text", "proposed_by")
-                                            if e.get(k)])
+                                    for k in ("decision", "owner", "alert", "text", "proposed_by") if e.get(k)])
         rows.append(row("decision" if e["action"] in ("proposed", "approved", "rejected") else "history",
                         e["at"], case["id"], what, by=e["by"]))
     return rows
