@@ -132,6 +132,15 @@ class Hub:
     def __init__(self) -> None:
         self._subs: dict[int, tuple[Allow, asyncio.Queue[bytes]]] = {}
         self._next = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """End every open stream: the server is stopping, and waits for its open connections
+        (the pages reconnect, to a server that runs). A stream gets an empty message."""
+        self.closed = True
+        for _, queue in self._subs.values():
+            with contextlib.suppress(asyncio.QueueFull):  # a full one sees ``closed`` within a second
+                queue.put_nowait(b"")
 
     def subscribe(self, allow: Allow) -> tuple[int, asyncio.Queue[bytes]]:
         self._next += 1
@@ -724,8 +733,9 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     @app.get("/api/cases/{case_id}", summary="A case: its alert groups, history, the customer's timeline")
     async def case_detail(case_id: str, who: Reader) -> dict[str, Any]:
         case = await case_or_404(case_id)
-        case["alert_groups"] = [localize(a, config.locale) or a for a in case["alert_groups"]]
-        customer = await store.customer(case["customer_id"])
+        reveal = revealed(who)
+        case["alert_groups"] = [localize(reveal(a), config.locale) or a for a in case["alert_groups"]]
+        customer = await store.customer(case["customer_id"], reveal)
         if who.role == "admin":
             return shown_case(who, {**case, "customer": mask_events(customer, config.locale)})
         return {**case, "customer": customer}
@@ -784,7 +794,9 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         case = await case_or_404(case_id)
         if "report" not in (case["proposal"], case["decision"]):
             raise HTTPException(409, "a report is exported for a case proposed or approved as report")
-        rows = report_rows(case, await store.customer(case["customer_id"]))
+        reveal = revealed(who)  # analysts only: the personal fields opened, as on their pages
+        case = {**case, "alert_groups": [reveal(a) for a in case["alert_groups"]]}
+        rows = report_rows(case, await store.customer(case["customer_id"], reveal), config.locale)
         meter.action("report_export")
         await auditor.record("report_exported", who.username, who.role, case_id, case["customer_id"], form)
         return case, rows
@@ -798,7 +810,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
     @app.get("/api/cases/{case_id}/report.html", summary="The suspicious-transaction report, printable (analysts)")
     async def report_as_html(case_id: str, who: AnalystRead) -> HTMLResponse:
         case, rows = await report(case_id, who, "html")
-        return HTMLResponse(report_html(case, rows, who.username, format_ts(time.time())))
+        return HTMLResponse(report_html(case, rows, who.username, format_ts(time.time()), config.locale))
 
     @app.get("/api/customers/{cref}", summary="A customer: scores, alerts, prompts, timeline")
     async def customer(cref: str, who: AnyUser) -> dict[str, Any]:
@@ -854,9 +866,11 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
         hub.publish("prompt", {**updated, "cref": store.ref("c", prompt["customer_id"])})
         return {**updated, "changed": True, "sent_event_id": sent["event_id"]}
 
-    @app.get("/api/rm/churn", summary="Churn warnings about the RM's customers")
-    async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
-        page = await store.alerts("all", "churn_risk", None, who.rm_id, offset, min(limit, config.page_size_max))
+    @app.get("/api/rm/churn", summary="Churn warnings (or, with type, complaint escalations) about the RM's customers")
+    async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50,
+                    type: Annotated[str, Query(pattern="^(" + "|".join(sorted(RM_ALERT_TYPES)) + ")$")] = "churn_risk",
+                    ) -> dict[str, Any]:
+        page = await store.alerts("all", type, None, who.rm_id, offset, min(limit, config.page_size_max))
         return page_json(page, shown_alert(who))
 
     @app.get("/api/stats", summary="Plots: alert volume per hour, score distribution, the RM's conversion")
@@ -896,13 +910,16 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             try:
                 yield b"retry: 1000\n\n"
                 checked = quiet = time.monotonic()
-                while not await request.is_disconnected():
+                while not hub.closed and not await request.is_disconnected():
                     if time.monotonic() - checked >= config.session_check_s:
                         if await signed_in(request) is None:
                             return  # signed out, revoked or expired: the stream ends
                         checked = time.monotonic()
                     try:
-                        yield await asyncio.wait_for(queue.get(), timeout=config.session_check_s)
+                        message = await asyncio.wait_for(queue.get(), timeout=config.session_check_s)
+                        if not message:
+                            return  # the server is stopping (Hub.close)
+                        yield message
                         quiet = time.monotonic()
                     except TimeoutError:
                         if time.monotonic() - quiet >= KEEP_ALIVE_S:

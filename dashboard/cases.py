@@ -29,6 +29,7 @@ import orjson
 from dashboard.store import ACTIVE, STATUSES, NotFound, Store
 from schemas.events import parse_timestamp
 from schemas.outputs import format_ts
+from schemas.texts import EN, ZH_CN, label
 
 FRAUD_TYPES: Final = ("suspicious_transaction", "account_takeover", "aml_pattern")
 CASE_STATUSES: Final = ("open", "proposed", "closed")
@@ -348,31 +349,61 @@ return closed
 
 REPORT_COLUMNS: Final = ("section", "time", "id", "what", "amount", "currency", "by")
 
+#: The report's words in Chinese (English: the keys themselves): headings, columns, the
+#: case's statuses, decisions and history actions, and the words of the rows' texts.
+_REPORT_ZH: Final = {
+    "Suspicious-transaction report": "可疑交易报告", "generated {at} by {who}": "{who} 生成于 {at}", "Case": "案件",
+    "Customer": "客户", "Transactions": "交易", "Reasons": "告警原因", "Timeline": "时间线", "Decisions": "结论",
+    "Case history": "办理记录", "time": "时间 (UTC)", "id": "编号", "what": "内容", "amount": "金额",
+    "currency": "币种", "by": "经办人", "status": "状态", "proposal": "拟定结论", "decision": "结论", "RM": "客户经理",
+    "fraud risk": "欺诈风险", "alert groups in the case": "案件内告警组", "triggered": "触发", "score": "评分",
+    "owner": "负责人", "alert": "告警", "text": "内容", "proposed_by": "拟定人",
+    "debit": "支出", "credit": "收入", "via": "渠道", "to": "收款方", "from": "付款方",
+    "open": "待处理", "proposed": "待复核", "closed": "已结案",
+    "fraud": "确认欺诈", "report": "可疑交易报告", "no_action": "无需处理",
+    "log:opened": "立案", "log:joined": "告警并入", "log:assigned": "分派", "log:noted": "备注",
+    "log:proposed": "拟定结论", "log:rejected": "退回", "log:approved": "复核通过",
+    "log:proposal_withdrawn": "拟定结论撤回",
+}
 
-def report_rows(case: dict[str, Any], customer: dict[str, Any]) -> list[dict[str, str]]:
+
+def report_word(word: str, locale: str) -> str:
+    """``word`` of the report in ``locale`` (English, or a word the table lacks: as it is)."""
+    return _REPORT_ZH.get(word, word) if locale == ZH_CN else word
+
+
+def report_rows(case: dict[str, Any], customer: dict[str, Any], locale: str = EN) -> list[dict[str, str]]:
     """The report's content as rows (``REPORT_COLUMNS``): the case and customer, the
     transactions (those that triggered the case's alerts, and the customer's recent ones the
     engine keeps with ``[redis] recent_events``), the reasons of every alert, the customer's
-    timeline and the case's decisions with who and when."""
+    timeline and the case's decisions with who and when; the texts in ``locale`` (codes,
+    ids, amounts and UTC times as they are)."""
+    w = lambda word: report_word(word, locale)  # noqa: E731
+    sep = "；" if locale == ZH_CN else "; "
+
     def row(section: str, time: str = "", id: str = "", what: str = "", amount: str = "", currency: str = "",
             by: str = "") -> dict[str, str]:
         return {"section": section, "time": time, "id": id, "what": what, "amount": amount, "currency": currency,
                 "by": by}
-    rows = [row("case", case["opened_at"], case["id"], f"status {case['status']}; proposal {case['proposal'] or '-'}"
-                f"; decision {case['decision'] or '-'}", by=case["owner"]),
-            row("customer", "", customer["customer_id"], f"RM {customer.get('rm_id') or '-'}; fraud risk "
-                f"{_score(customer.get('fraud_risk'))}; alert groups in the case {len(case['alert_groups'])}")]
+    decided = lambda value: w(value) if value else "-"  # noqa: E731
+    rows = [row("case", case["opened_at"], case["id"], sep.join((
+                f"{w('status')} {w(case['status'])}", f"{w('proposal')} {decided(case['proposal'])}",
+                f"{w('decision')} {decided(case['decision'])}")), by=case["owner"]),
+            row("customer", "", customer["customer_id"], sep.join((
+                f"{w('RM')} {customer.get('rm_id') or '-'}", f"{w('fraud risk')} {_score(customer.get('fraud_risk'))}",
+                f"{w('alert groups in the case')} {len(case['alert_groups'])}")))]
     triggers = {a["alert"]["event_id"]: a for a in case["alert_groups"]}
     events = {t["event_id"]: t["event"] for t in customer.get("timeline", [])
               if t["kind"] == "event" and t["event"].get("kind") == "transaction"}
     for event_id in sorted(set(triggers) | set(events)):
         event, alert = events.get(event_id), triggers.get(event_id)
         ts = event["ts"] if event else alert["event_ts"] if alert else ""
-        what = " ".join(str(event.get(f, "")) for f in ("direction", "txn_type", "channel", "counterparty_id")
-                        if event.get(f)) if event else ""
+        what = _transaction(event, locale) if event else ""
         if alert:
-            what = (what + "; " if what else "") + f"triggered {alert['type']} ({alert['severity']}, score " \
-                                                   f"{alert['score']:.2f})"
+            trigger = (f"triggered {alert['type']} ({alert['severity']}, score {alert['score']:.2f})" if locale == EN
+                       else f"{w('triggered')} {label('alert_type', alert['type'], locale)}（"
+                            f"{label('severity', alert['severity'], locale)}，{w('score')} {alert['score']:.2f}）")
+            what = (what + sep if what else "") + trigger
         rows.append(row("transaction", ts, event_id, what, f"{event['amount']:.2f}" if event else "",
                         str(event.get("currency", "")) if event else ""))
     for a in case["alert_groups"]:
@@ -382,11 +413,25 @@ def report_rows(case: dict[str, Any], customer: dict[str, Any]) -> list[dict[str
     for t in reversed(customer.get("timeline", [])):
         rows.append(row("timeline", t["ts"], t["event_id"], t["what"]))
     for e in case["log"]:
-        what = e["action"] + "".join(f"; {k} {e[k]}" for k in ("decision", "owner", "alert", "text", "proposed_by")
-                                     if e.get(k))
+        action = w(f"log:{e['action']}").removeprefix("log:")  # a history action, not a status
+        what = sep.join([action] + [f"{w(k)} {w(e[k]) if k == 'decision' else e[k]}"
+                                    for k in ("decision", "owner", "alert", "text", "proposed_by") if e.get(k)])
         rows.append(row("decision" if e["action"] in ("proposed", "approved", "rejected") else "history",
                         e["at"], case["id"], what, by=e["by"]))
     return rows
+
+
+def _transaction(event: dict[str, Any], locale: str) -> str:
+    """A transaction's direction, type, channel and payee (or payer); in Chinese the words
+    around the codes as the timeline has them."""
+    if locale == EN:
+        return " ".join(str(event[f]) for f in ("direction", "txn_type", "channel", "counterparty_id") if event.get(f))
+    w = lambda word: report_word(word, locale)  # noqa: E731
+    party = "from" if event.get("direction") == "credit" else "to"
+    parts = [w(str(event.get("direction", ""))), str(event.get("txn_type", "")),
+             f"{w('via')} {event['channel']}" if event.get("channel") else "",
+             f"{w(party)} {event['counterparty_id']}" if event.get("counterparty_id") else ""]
+    return " ".join(p for p in parts if p)
 
 
 def _score(value: float | None) -> str:
@@ -415,23 +460,27 @@ def _number(text: str) -> bool:
     return True
 
 
-def report_html(case: dict[str, Any], rows: list[dict[str, str]], generated_by: str, generated_at: str) -> str:
-    """The report as a printable page (every text escaped; the page's own stylesheet only)."""
+def report_html(case: dict[str, Any], rows: list[dict[str, str]], generated_by: str, generated_at: str,
+                locale: str = EN) -> str:
+    """The report as a printable page in ``locale`` (every text escaped; the page's own
+    stylesheet only)."""
     from html import escape
 
+    w = lambda word: report_word(word, locale)  # noqa: E731
     titles = {"case": "Case", "customer": "Customer", "transaction": "Transactions", "reason": "Reasons",
               "timeline": "Timeline", "decision": "Decisions", "history": "Case history"}
-    parts = ["<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-             f"<title>Suspicious-transaction report {escape(case['id'])}</title>",
+    title = w("Suspicious-transaction report")
+    parts = [f"<!doctype html><html lang=\"{escape(locale)}\"><head><meta charset=\"utf-8\">",
+             f"<title>{title} {escape(case['id'])}</title>",
              "<link rel=\"stylesheet\" href=\"/static/report.css\"></head><body>",
-             f"<h1>Suspicious-transaction report</h1><p class=\"meta\">Case {escape(case['id'])} · generated "
-             f"{escape(generated_at)} by {escape(generated_by)}</p>"]
-    for section, title in titles.items():
+             f"<h1>{title}</h1><p class=\"meta\">{w('Case')} {escape(case['id'])} · "
+             + w("generated {at} by {who}").format(at=escape(generated_at), who=escape(generated_by)) + "</p>"]
+    for section, heading in titles.items():
         chosen = [r for r in rows if r["section"] == section]
         if not chosen:
             continue
-        parts.append(f"<h2>{title}</h2><table id=\"report-{section}\"><thead><tr>"
-                     + "".join(f"<th>{c}</th>" for c in REPORT_COLUMNS[1:]) + "</tr></thead><tbody>")
+        parts.append(f"<h2>{w(heading)}</h2><table id=\"report-{section}\"><thead><tr>"
+                     + "".join(f"<th>{w(c)}</th>" for c in REPORT_COLUMNS[1:]) + "</tr></thead><tbody>")
         for r in chosen:
             parts.append("<tr>" + "".join(f"<td>{escape(r[c])}</td>" for c in REPORT_COLUMNS[1:]) + "</tr>")
         parts.append("</tbody></table>")

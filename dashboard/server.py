@@ -49,11 +49,18 @@ def server(settings: Settings, host: str | None = None, port: int | None = None,
            users: UserStore | None = None, metrics: DashboardMetrics | None = None) -> Any:
     import uvicorn
 
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn waits for every open connection to finish; an event stream never does
+            # by itself, so the hub ends them first (else a stop hangs until it is killed).
+            app.state.hub.close()
+            await super().shutdown(sockets)
+
     d = settings.dashboard
-    config = uvicorn.Config(build_app(settings, users, metrics), host=host or d.host,
-                            port=port if port is not None else d.port, log_level="warning", access_log=False,
-                            server_header=False)
-    return uvicorn.Server(config)
+    app = build_app(settings, users, metrics)
+    config = uvicorn.Config(app, host=host or d.host, port=port if port is not None else d.port,
+                            log_level="warning", access_log=False, server_header=False)
+    return Server(config)
 
 
 def start_in_thread(settings: Settings, host: str | None = None, port: int | None = None,

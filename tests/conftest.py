@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from schemas.audit import AuditKeys
 from simulator import SimulatorConfig, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
 
 
 def audit_key_file(directory: Path, name: str = "audit-key.toml") -> Path:
@@ -84,3 +87,16 @@ def malformed_line(rng: random.Random, good: list[bytes]) -> bytes:
         noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
         return b"\xff" + noise.replace(b"\n", b"").replace(b"\r", b"")
     return b"\xff\xfe" + orjson.dumps(base)  # not UTF-8
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium driven by Playwright's bundled driver (no browser download)."""
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (make test-services installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()

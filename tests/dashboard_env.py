@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -55,3 +57,51 @@ def dashboard(settings: Settings, tmp: Path, insecure_http: bool = True,
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(10)
+
+
+@dataclass
+class EventStream:
+    """An open ``/api/events`` stream read in a thread: the events received so far (their
+    kind and data, as they come), and when it ended."""
+
+    client: httpx.Client
+    opened: threading.Event = field(default_factory=threading.Event)
+    ended_at: float | None = None
+    status: int | None = None
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(5), "the event stream did not open"
+
+    def _read(self) -> None:
+        try:
+            with self.client.stream("GET", "/api/events", timeout=httpx.Timeout(10, read=20)) as reply:
+                self.status = reply.status_code
+                self.opened.set()
+                kind = ""
+                for line in reply.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        self.events.append((kind, line.removeprefix("data: ")))
+            self.ended_at = time.monotonic()
+        except httpx.ReadTimeout:
+            pass
+
+    def ends_within(self, seconds: float) -> float:
+        self.thread.join(seconds)
+        assert self.ended_at is not None, f"the event stream was still open after {seconds} s"
+        return self.ended_at
+
+
+def sign_in(browser: Any, url: str, username: str) -> Any:
+    """A new page of ``browser`` (Playwright's) signed in as ``username``, its live stream open."""
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(url)
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#live.on", state="attached")  # the live stream is open
+    return page

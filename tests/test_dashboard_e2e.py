@@ -5,9 +5,8 @@ temporary directory."""
 
 from __future__ import annotations
 
-import shutil
+import re
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,34 +15,12 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from config.settings import DisplaySettings
 from schemas.redis_keys import RedisKeys
 from tests.challenger_stream import quick_challenger, xor_events
-from tests.dashboard_env import PASSWORD, dashboard
+from tests.dashboard_env import dashboard, sign_in
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover, wait_for
 from tests.services import redis_server
-
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test-services installs it)")
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
-
-
-def sign_in(browser: object, url: str, username: str) -> object:
-    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()  # type: ignore[attr-defined]
-    page.goto(url)
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#live.on", state="attached")  # the live stream is open
-    return page
 
 
 def test_risk_and_rm_views_live_with_feedback_to_the_engine(browser: object, tmp_path: Path) -> None:
@@ -143,41 +120,91 @@ def test_champion_and_challenger_figures_reach_metrics_audit_and_the_risk_view(b
                 analyst.screenshot(path=str(tmp_path / "risk-models.png"))  # type: ignore[attr-defined]
 
 
-def test_case_flow_note_propose_approve_by_another_analyst_and_export(browser: object, tmp_path: Path) -> None:
+#: What the case pages and the report say, per locale: the note, the history's actions, the
+#: report's title; in Chinese every heading, button and status of the case pages too.
+CASE_WORDS = {
+    "en": {"note": "new payee and device right after a password reset", "proposed": "proposed",
+           "approved": "approved", "report": "Suspicious-transaction report"},
+    "zh-CN": {"note": "密码重置后立即向新收款方转账，且使用新设备", "proposed": "拟定结论", "approved": "复核通过",
+              "report": "可疑交易报告", "open": "待处理", "closed": "已结案",
+              "headings": ["告警组", "办理记录", "时间线"],
+              "buttons": ["添加备注", "分派给我", "拟定：确认欺诈", "拟定：上报可疑交易", "拟定：无需处理"],
+              "waiting": "等待另一位分析师复核", "approve": "复核通过", "exports": "报告（CSV） · 报告（打印版）",
+              "sections": ["案件", "客户", "交易", "告警原因", "时间线", "结论", "办理记录"],
+              "columns": ["时间 (UTC)", "编号", "内容", "金额", "币种", "经办人"]},
+}
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def chinese_only(text: str, *allowed: str) -> bool:
+    """Whether ``text`` is Chinese with no English word left, once the ``allowed`` texts (ids,
+    usernames, codes) are taken out."""
+    for word in allowed:
+        text = text.replace(word, "")
+    return bool(CJK.search(text)) and not re.search(r"[A-Za-z]{2,}", text)
+
+
+@pytest.mark.parametrize("locale", ["en", "zh-CN"])
+def test_case_flow_note_propose_approve_by_another_analyst_and_export(browser: object, tmp_path: Path,
+                                                                       locale: str) -> None:
     """A takeover opens a case; one analyst notes it and proposes a report, another approves
     it (which closes the alert and sends its fraud label to the engine), and the report is
-    exported as CSV and as a printable page."""
+    exported as CSV and as a printable page. With ``[display] locale = "zh-CN"`` the case
+    list, the case's page and the report are in Chinese."""
     shots = tmp_path / "screenshots"
     shots.mkdir()
+    words = CASE_WORDS[locale]
+    zh = locale == "zh-CN"
     with redis_server(tmp_path) as srv:
         client = redis.Redis.from_url(srv.url)
         settings = engine_settings(srv.url, "case:", tmp_path, recent_events=20)
+        settings = replace(settings, display=DisplaySettings(locale=locale))
         with live_engine(settings), dashboard(settings, tmp_path) as dash:
             now = time.time()
             inject(client, settings, *history("c-case-e2e", "rm001", now), *takeover("c-case-e2e", now))
             maker = sign_in(browser, dash.url, "ana")
             row = '#cases-body tr[data-customer="c-case-e2e"]'
             maker.wait_for_selector(row, timeout=20_000)  # type: ignore[attr-defined]
+            if zh:
+                assert maker.inner_text(f"{row} td.status") == words["open"]  # type: ignore[attr-defined]
+                maker.screenshot(path=str(shots / "case-list.png"))  # type: ignore[attr-defined]
             maker.click(row)  # type: ignore[attr-defined]
             maker.wait_for_selector('#case-status[data-status="open"]')  # type: ignore[attr-defined]
             maker.wait_for_selector('#case-detail li.tl-event[data-event="c-case-e2e-steal"]')  # type: ignore[attr-defined]
-            maker.fill("#case-note-text", "new payee and device right after a password reset")  # type: ignore[attr-defined]
+            maker.fill("#case-note-text", words["note"])  # type: ignore[attr-defined]
             maker.click("#case-note")  # type: ignore[attr-defined]
             maker.wait_for_selector('#case-log li[data-action="noted"]')  # type: ignore[attr-defined]
             maker.screenshot(path=str(shots / "case-open-noted.png"))  # type: ignore[attr-defined]
+            if zh:
+                case_id = maker.get_attribute("#case-detail", "data-case")  # type: ignore[attr-defined]
+                assert maker.inner_text("#case-detail h2") == f"案件 {case_id} — 客户 c-case-e2e"  # type: ignore[attr-defined]
+                assert maker.eval_on_selector_all("#case-detail h3", "hs => hs.map(h => h.textContent)") == (  # type: ignore[attr-defined]
+                    words["headings"])
+                assert maker.eval_on_selector_all(  # type: ignore[attr-defined]
+                    "#case-detail button", "bs => bs.map(b => b.textContent)") == words["buttons"]
+                assert chinese_only(maker.inner_text("#case-detail > p"), case_id, "ana")  # type: ignore[attr-defined]
+                assert chinese_only(maker.inner_text("#case-log"), "ana")  # type: ignore[attr-defined]
             maker.click("#case-propose-report")  # type: ignore[attr-defined]
             maker.wait_for_selector('#case-status[data-status="proposed"]')  # type: ignore[attr-defined]
             maker.wait_for_selector("#case-waiting")  # the maker cannot approve  # type: ignore[attr-defined]
             assert maker.query_selector("#case-approve") is None  # type: ignore[attr-defined]
             maker.screenshot(path=str(shots / "case-proposed.png"))  # type: ignore[attr-defined]
+            if zh:
+                assert maker.inner_text("#case-waiting") == words["waiting"]  # type: ignore[attr-defined]
 
             checker = sign_in(browser, dash.url, "bea")
             checker.click(row)  # type: ignore[attr-defined]
             checker.wait_for_selector('#case-status[data-status="proposed"]')  # type: ignore[attr-defined]
+            if zh:
+                assert checker.inner_text("#case-approve") == words["approve"]  # type: ignore[attr-defined]
             checker.click("#case-approve")  # type: ignore[attr-defined]
             checker.wait_for_selector('#case-status[data-status="closed"]')  # type: ignore[attr-defined]
             checker.wait_for_selector('#case-log li[data-action="approved"]')  # type: ignore[attr-defined]
-            checker.screenshot(path=str(shots / "case-approved.png"))  # type: ignore[attr-defined]
+            checker.screenshot(path=str(shots / "case-approved.png"), full_page=True)  # type: ignore[attr-defined]
+            if zh:
+                assert checker.inner_text("#case-status") == words["closed"]  # type: ignore[attr-defined]
+                assert chinese_only(checker.inner_text("#case-log"), "ana", "bea")  # type: ignore[attr-defined]
+                assert words["exports"] in checker.inner_text("#case-detail")  # type: ignore[attr-defined]
             sent = [orjson.loads(f[b"data"]) for _, f in client.xrange(RedisKeys("case:").input_stream("feedback:in"))]
             labels = [e for e in sent if e.get("kind") == "feedback" and e["customer_id"] == "c-case-e2e"]
             assert [(e["label"], e["ref_event_id"]) for e in labels] == [("fraud", "c-case-e2e-steal")]
@@ -186,12 +213,23 @@ def test_case_flow_note_propose_approve_by_another_analyst_and_export(browser: o
             csv_href = maker.get_attribute("#case-csv", "href")  # type: ignore[attr-defined]
             html_href = maker.get_attribute("#case-html", "href")  # type: ignore[attr-defined]
             csv_text = maker.request.get(dash.url + csv_href).text()  # type: ignore[attr-defined]
-            assert "c-case-e2e-steal" in csv_text and "approved" in csv_text and "bea" in csv_text
+            assert "c-case-e2e-steal" in csv_text and words["approved"] in csv_text and "bea" in csv_text
             maker.goto(dash.url + html_href)  # type: ignore[attr-defined]
             maker.wait_for_selector("#report-decision")  # type: ignore[attr-defined]
             decisions = maker.inner_text("#report-decision")  # type: ignore[attr-defined]
-            assert "proposed" in decisions and "ana" in decisions and "approved" in decisions and "bea" in decisions
+            assert words["proposed"] in decisions and "ana" in decisions and words["approved"] in decisions
+            assert "bea" in decisions and maker.inner_text("h1") == words["report"]  # type: ignore[attr-defined]
             maker.screenshot(path=str(shots / "case-report.png"), full_page=True)  # type: ignore[attr-defined]
+            if zh:
+                assert maker.eval_on_selector_all("h2", "hs => hs.map(h => h.textContent)") == (  # type: ignore[attr-defined]
+                    words["sections"])
+                assert maker.eval_on_selector_all(  # type: ignore[attr-defined]
+                    "#report-case th", "ts => ts.map(t => t.textContent)") == words["columns"]
+                for section in ("case", "decision"):
+                    what = maker.eval_on_selector_all(  # type: ignore[attr-defined]
+                        f"#report-{section} td:nth-child(3)", "ts => ts.map(t => t.textContent)")
+                    assert all(chinese_only(text, "ana") for text in what), what
+                assert chinese_only(maker.inner_text(".meta"), case_id, "ana", "UTC")  # type: ignore[attr-defined]
             print(f"screenshots in {shots}")
 
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,7 +18,7 @@ import redis
 
 from dashboard.auth import add_user
 from tests.conftest import audit_key_file
-from tests.dashboard_env import PASSWORD, Dashboard, dashboard
+from tests.dashboard_env import PASSWORD, Dashboard, EventStream, dashboard
 from tests.live_engine import engine_settings
 from tests.services import RedisServer, redis_server
 
@@ -32,37 +30,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dashboard,
     tmp = tmp_path_factory.mktemp("dash-sessions")
     with redis_server(tmp) as srv, dashboard(engine_settings(srv.url, PREFIX, tmp), tmp) as dash:
         yield dash, srv
-
-
-@dataclass
-class EventStream:
-    """An open ``/api/events`` stream read in a thread, with when it ended."""
-
-    client: httpx.Client
-    opened: threading.Event = field(default_factory=threading.Event)
-    ended_at: float | None = None
-    status: int | None = None
-
-    def __post_init__(self) -> None:
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        assert self.opened.wait(5), "the event stream did not open"
-
-    def _read(self) -> None:
-        try:
-            with self.client.stream("GET", "/api/events", timeout=httpx.Timeout(10, read=20)) as reply:
-                self.status = reply.status_code
-                self.opened.set()
-                for _ in reply.iter_lines():
-                    pass
-            self.ended_at = time.monotonic()
-        except httpx.ReadTimeout:
-            pass
-
-    def ends_within(self, seconds: float) -> float:
-        self.thread.join(seconds)
-        assert self.ended_at is not None, f"the event stream was still open after {seconds} s"
-        return self.ended_at
 
 
 def with_cookie(dash: Dashboard, cookie: str) -> httpx.Client:
@@ -254,6 +221,19 @@ def test_a_sign_in_clears_the_count_and_the_cli_unlocks(strict: tuple[Dashboard,
     assert result.returncode == 0 and result.stdout.strip() == "rm1 unlocked", result.stderr
     assert sign_in(dash, "rm1", PASSWORD, ip).status_code == 200
     assert [r["username"] for r in audited(dash, "rm1") if r["action"] == "login_unlocked"] == ["ops"]
+
+
+def test_stopping_the_dashboard_ends_its_open_event_streams_at_once(tmp_path: Path) -> None:
+    """uvicorn waits for open connections before it stops; an event stream never ends by
+    itself, so a stop would hang (until killed) without the hub ending the streams."""
+    with redis_server(tmp_path) as srv:
+        with dashboard(engine_settings(srv.url, PREFIX, tmp_path), tmp_path) as dash:
+            ana, _ = dash.login("ana")
+            stream = EventStream(ana)
+            assert stream.status == 200
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 3.0
+        assert stream.ends_within(1) - stopping < 3.0
 
 
 def test_cookies_are_secure_unless_plain_http_is_asked_for(tmp_path: Path) -> None:

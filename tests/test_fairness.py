@@ -170,28 +170,33 @@ def test_the_constraint_boosts_an_under_served_group_through_the_score_gate() ->
 
 # -- through the engine -------------------------------------------------------------------------
 
-def _under_served_stream(path: Path, n: int = 24) -> Path:
+def under_served_events(t0: float = T0, n: int = 24) -> list[dict[str, object]]:
     """Female customers with a risk grade, male ones without (no product is suitable for
-    them): at a large credit each, only the female ones can be prompted; a week later an
-    event closes the window."""
-    lines = []
+    them), from ``t0``: at a large credit each, only the female ones can be prompted; a week
+    later an event closes the window."""
+    lines: list[dict[str, object]] = []
     for i in range(n):
         gender = "female" if i % 2 == 0 else "male"
-        profile = {"kind": "profile", "event_id": f"p{i}", "ts": _ts(T0 + i), "customer_id": f"c{i}",
-                   "rm_id": "rm1", "segment": "mass", "birth_year": 1985, "gender": gender, "city_tier": "1"}
+        profile: dict[str, object] = {"kind": "profile", "event_id": f"p{i}", "ts": _ts(t0 + i),
+                                      "customer_id": f"c{i}", "rm_id": "rm1", "segment": "mass", "birth_year": 1985,
+                                      "gender": gender, "city_tier": "1"}
         if gender == "female":
             profile["risk_level"] = 4
         lines.append(profile)
     for i in range(n):
-        lines.append({"kind": "transaction", "event_id": f"t{i}", "ts": _ts(T0 + DAY + 60 * i), "customer_id": f"c{i}",
+        lines.append({"kind": "transaction", "event_id": f"t{i}", "ts": _ts(t0 + DAY + 60 * i), "customer_id": f"c{i}",
                       "amount": 90_000.0, "direction": "credit", "txn_type": "salary"})
-    lines.append({"kind": "transaction", "event_id": "close", "ts": _ts(T0 + 8 * DAY), "customer_id": "c0",
+    lines.append({"kind": "transaction", "event_id": "close", "ts": _ts(t0 + 8 * DAY), "customer_id": "c0",
                   "amount": 90_000.0, "direction": "credit"})
-    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
+    return lines
+
+
+def _under_served_stream(path: Path, n: int = 24) -> Path:
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in under_served_events(T0, n)) + b"\n")
     return path
 
 
-def _product_catalogue(path: Path) -> Path:
+def product_catalogue(path: Path) -> Path:
     path.write_text('[[action]]\nid = "offer_fund"\nkind = "product"\ncategory = "fund"\nrisk = 2\n'
                     'product_id = "F1"\n', encoding="utf-8")
     return path
@@ -201,7 +206,7 @@ def test_a_replay_that_under_serves_a_group_raises_fairness_drift(tmp_path: Path
     events = _under_served_stream(tmp_path / "events.jsonl")
     settings = load_settings()
     fairness = replace(settings.nba.fairness, min_customers=5)
-    settings = replace(settings, nba=replace(settings.nba, catalogue=str(_product_catalogue(tmp_path / "a.toml")),
+    settings = replace(settings, nba=replace(settings.nba, catalogue=str(product_catalogue(tmp_path / "a.toml")),
                                              fairness=fairness))
     alerts = replay(events, tmp_path / "one", settings).records("alerts")
     drift = [a for a in alerts if a["type"] == "fairness_drift"]
@@ -226,7 +231,7 @@ def test_the_shard_reports_fairness_to_the_metrics_registry(tmp_path: Path) -> N
 
     nba = NBAParams(fairness=FairnessParams(min_customers=5))
     config = EngineConfig(ProfileParams(), RuleParams(), FraudParams(), ViewParams(), clock=str, nba=nba,
-                          actions=load_actions(_product_catalogue(tmp_path / "a.toml")))
+                          actions=load_actions(product_catalogue(tmp_path / "a.toml")))
     events = [parse_event(line) for line in _under_served_stream(tmp_path / "e.jsonl").read_bytes().splitlines()]
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, ("replay",))

@@ -8,9 +8,7 @@ from __future__ import annotations
 import contextlib
 import html
 import re
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +25,6 @@ from tests.dashboard_env import PASSWORD, dashboard
 from tests.live_engine import engine_settings, history, inject, live_engine, takeover
 from tests.services import Receiver, redis_server, wait_until
 
-CHROMIUM = shutil.which("chromium")
 CJK = re.compile(r"[\u4e00-\u9fff]")
 #: Arguments of the right kinds for every reason code the catalogue knows.
 SAMPLE_ARGS = {"amount": 12000.0, "currency": "CNY", "ratio": 8.2, "typical": 1500.0, "count": 9, "inflow": 50000.0,
@@ -108,18 +105,6 @@ def test_the_locale_changes_the_texts_and_nothing_else(sim_stream: tuple[Path, P
 
 
 # -- in the browser --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("needs Debian's chromium (make test-services installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
 
 
 def wecom_preview(markdown: str) -> str:

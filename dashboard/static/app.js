@@ -19,6 +19,7 @@ const I18N = {
     "score": "评分", "customer": "客户", "RM": "客户经理", "status": "状态", "Previous": "上一页", "Next": "下一页",
     "My prompts": "我的行动建议", "Prompts waiting for an answer": "待处理的行动建议",
     "Accepted (waiting for conversion)": "已接受（等待转化）", "Churn warnings": "流失预警",
+    "Complaint escalations": "投诉升级",
     "active": "未结案", "all": "全部", "any": "不限", "open": "待处理", "acknowledged": "已确认", "assigned": "已分派",
     "snoozed": "已暂停", "closed_fraud": "结案：确认欺诈", "closed_legit": "结案：误报",
     "suspicious_transaction": "可疑交易", "account_takeover": "账户盗用", "aml_pattern": "反洗钱可疑模式",
@@ -303,16 +304,25 @@ function promptCard(p) {
     el("div", {}, p.reasons.map((r) => r.text).join("; ")), el("div", {}, ...buttons));
 }
 
+// A churn warning or a complaint escalation about one of the RM's customers: its reasons
+// (a complaint's quotes the customer's text, identifiers masked).
+function rmAlertCard(a, title) {
+  return el("li", { "data-ref": a.ref, "data-customer": a.customer_id, "data-severity": a.severity },
+    el("b", {}, title), " ",
+    el("a", { href: "#", onclick: (e) => { e.preventDefault(); openCustomer(a.cref); } }, a.customer_id),
+    el("div", {}, a.alert.reasons.map((r) => r.text).join("; ")));
+}
+
 async function loadRM() {
-  const [fresh, accepted, churn] = await Promise.all([
-    api("/api/rm/prompts?which=new&limit=50"), api("/api/rm/prompts?which=accepted&limit=50"), api("/api/rm/churn?limit=50")]);
+  const [fresh, accepted, churn, complaints] = await Promise.all([
+    api("/api/rm/prompts?which=new&limit=50"), api("/api/rm/prompts?which=accepted&limit=50"), api("/api/rm/churn?limit=50"),
+    api("/api/rm/churn?type=complaint_escalation&limit=50")]);
   $("prompts").replaceChildren(...fresh.items.map(promptCard));
   $("prompt-count").textContent = `(${fresh.total})`;
   $("accepted").replaceChildren(...accepted.items.map(promptCard));
-  $("churn").replaceChildren(...churn.items.map((a) => el("li", { "data-ref": a.ref },
-    el("b", {}, `${t("churn risk")} ${a.score.toFixed(2)}`), " ",
-    el("a", { href: "#", onclick: (e) => { e.preventDefault(); openCustomer(a.cref); } }, a.customer_id),
-    el("div", {}, a.alert.reasons.map((r) => r.text).join("; ")))));
+  $("complaints").replaceChildren(...complaints.items.map((a) =>
+    rmAlertCard(a, `${t("complaint_escalation")} — ${t(a.severity)} — ${when(a.event_ts)}`)));
+  $("churn").replaceChildren(...churn.items.map((a) => rmAlertCard(a, `${t("churn risk")} ${a.score.toFixed(2)}`)));
 }
 
 async function openCustomer(cref) {
