@@ -26,6 +26,7 @@ from bench.metrics import average_precision, roc_auc
 from config.settings import Settings
 from flows.modes import ReplayPaths, run_replay
 from schemas.events import parse_timestamp
+from schemas.outputs import RM_ALERTS
 from simulator import SimulatorConfig, write_jsonl
 
 
@@ -47,10 +48,6 @@ def _read(path: Path) -> list[dict]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
 
 
-#: The alerts to RMs (churn, customer voice): not fraud alerts, left out of the fraud figures.
-RM_ALERT_TYPES = frozenset({"churn_risk", "complaint_escalation"})
-
-
 def report(truth_path: Path, scores_path: Path, alerts_path: Path) -> tuple[list[Row], float]:
     """Rows per typology and overall, and the overall alert precision."""
     truth = {t["event_id"]: t for t in _read(truth_path)}
@@ -58,7 +55,7 @@ def report(truth_path: Path, scores_path: Path, alerts_path: Path) -> tuple[list
     first_alert: dict[str, float] = {}
     alerted: set[str] = set()
     for alert in _read(alerts_path):
-        if alert["type"] not in RM_ALERT_TYPES:
+        if alert["type"] not in RM_ALERTS:  # the RMs' alerts are left out of the fraud figures
             alerted.add(alert["event_id"])
     legit = [eid for eid, t in truth.items() if not t["is_fraud"]]
     by_typology: dict[str, list[str]] = defaultdict(list)

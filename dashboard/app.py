@@ -39,7 +39,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -77,7 +77,7 @@ from dashboard.store import (
 )
 from schemas.audit import AuditKeys
 from schemas.crypto import CannotDecrypt, Sealer, masked
-from schemas.outputs import format_ts
+from schemas.outputs import RM_ALERTS, format_ts
 from schemas.texts import EN, localized_text
 from sinks.redis_client import is_cluster
 
@@ -298,7 +298,6 @@ def localize(item: dict[str, Any] | None, locale: str) -> dict[str, Any] | None:
 
 
 #: The alert types an RM sees (of their own customers): never a fraud alert (no tipping-off).
-RM_ALERT_TYPES: Final = frozenset({"churn_risk", "complaint_escalation"})
 
 
 def for_rm_timeline(item: dict[str, Any]) -> bool:
@@ -306,13 +305,13 @@ def for_rm_timeline(item: dict[str, Any]) -> bool:
     alert and no fraud / false-positive label (no tipping-off)."""
     if item["kind"] == "event":
         return item["event"].get("label") not in FRAUD_LABELS
-    return item["kind"] == "prompt" or item["alert_type"] in RM_ALERT_TYPES
+    return item["kind"] == "prompt" or item["alert_type"] in RM_ALERTS
 
 
 def for_rm(summary: dict[str, Any], rm_id: str) -> dict[str, Any] | None:
     """What an RM sees of an alert: only churn warnings and complaint escalations of their own
     customers."""
-    if summary.get("rm_id") != rm_id or summary.get("type") not in RM_ALERT_TYPES:
+    if summary.get("rm_id") != rm_id or summary.get("type") not in RM_ALERTS:
         return None
     return summary
 
@@ -824,7 +823,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
             raise HTTPException(403, "not your customer")
         data = await store.customer(customer_id, revealed(who))
         if who.role == "rm":  # no fraud data for RMs (no tipping-off)
-            data["alerts"] = [a for a in data["alerts"] if a["type"] in RM_ALERT_TYPES]
+            data["alerts"] = [a for a in data["alerts"] if a["type"] in RM_ALERTS]
             data["timeline"] = [t for t in data["timeline"] if for_rm_timeline(t)]
             for key in ("fraud_score", "fraud_risk", "open_groups"):
                 data.pop(key, None)
@@ -868,7 +867,7 @@ def create_app(store: Store, users: UserStore, config: DashboardConfig, index: b
 
     @app.get("/api/rm/churn", summary="Churn warnings (or, with type, complaint escalations) about the RM's customers")
     async def churn(who: RMRead, offset: Offset = 0, limit: Limit = 50,
-                    type: Annotated[str, Query(pattern="^(" + "|".join(sorted(RM_ALERT_TYPES)) + ")$")] = "churn_risk",
+                    type: Annotated[str, Query(pattern="^(" + "|".join(sorted(RM_ALERTS)) + ")$")] = "churn_risk",
                     ) -> dict[str, Any]:
         page = await store.alerts("all", type, None, who.rm_id, offset, min(limit, config.page_size_max))
         return page_json(page, shown_alert(who))

@@ -8,9 +8,12 @@ so a replay decides exactly what live processing decided.
 - **Dedup key** ``customer:type:bucket`` (``bucket`` = event time // ``dedup_bucket_minutes``):
   a repeated trigger with the same key and no higher severity updates the open alert (its
   count) and emits nothing (``deduplicated``).
-- **Grouping**: one customer's alerts within ``group_window_minutes`` of the group's first
-  alert form one alert: a trigger with a new dedup key emits a new revision of the group's
-  alert carrying all the group's reasons (``grouped``), under the group's ``group_key``.
+- **Grouping**: one customer's alerts for one audience within ``group_window_minutes`` of
+  the group's first alert form one alert: a trigger with a new dedup key emits a new
+  revision of the group's alert carrying all the group's reasons (``grouped``), under the
+  group's ``group_key``. The audiences are grouped apart: the risk team's alerts (fraud,
+  takeover, AML) and the RM's (``schemas.outputs.RM_ALERTS``: churn, complaints), so an
+  RM's alert never carries a fraud reason, and a fraud group never turns into an RM's.
 - **Escalation**: a trigger whose severity is above the group's emits a new revision,
   status ``escalated``.
 - **Snooze**: ``snooze(alert_type, until_t)`` suppresses that type (``*``: every type) for
@@ -37,6 +40,9 @@ True
 >>> grouped, _ = life.on_alert(alert(4, "aml_pattern", "medium"), 180.0, params)
 >>> grouped.status, grouped.revision, grouped.severity, grouped.type
 ('grouped', 3, 'high', 'aml_pattern')
+>>> churn, _ = life.on_alert(alert(5, "churn_risk", "medium"), 240.0, params)
+>>> churn.status, churn.group_key, [r.code for r in churn.reasons]
+('firing', 'c1:al-5', ['r5'])
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Final
 
-from schemas.outputs import Alert, LifecycleChange, Reason, format_ts
+from schemas.outputs import RM_ALERTS, Alert, LifecycleChange, Reason, format_ts
 
 SEVERITY_RANK: Final = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 ALL_TYPES: Final = "*"
@@ -91,13 +97,18 @@ def _merge(new: tuple[Reason, ...], old: tuple[Reason, ...], limit: int) -> tupl
     return (*new, *(r for r in old if r.code not in seen))[:limit]
 
 
-class AlertLifecycle:
-    """One customer's open alert group and snoozes; small and picklable."""
+def audience(alert_type: str) -> str:
+    """Whose an alert type is: ``rm`` (``RM_ALERTS``) or ``risk``."""
+    return "rm" if alert_type in RM_ALERTS else "risk"
 
-    __slots__ = ("group", "snoozes")
+
+class AlertLifecycle:
+    """One customer's open alert group per audience and snoozes; small and picklable."""
+
+    __slots__ = ("groups", "snoozes")
 
     def __init__(self) -> None:
-        self.group: _Group | None = None
+        self.groups: dict[str, _Group] = {}  # audience -> its open group
         self.snoozes: dict[str, float] = {}  # alert type (or "*") -> snoozed until (event time)
 
     def snooze(self, customer_id: str, alert_type: str, until_t: float, t: float, event_id: str,
@@ -131,9 +142,10 @@ class AlertLifecycle:
         if self._snoozed(alert.type, t):
             return None, [LifecycleChange(change_id, "suppressed", customer, alert.type, alert.alert_id,
                                           dedup_key, alert.event_id, alert.event_ts, None)]
-        group = self.group
+        whose = audience(alert.type)
+        group = self.groups.get(whose)
         if group is None or t - group.start_t > params.group_window_minutes * 60.0:
-            group = self.group = _Group(f"{customer}:{alert.alert_id}", t)
+            group = self.groups[whose] = _Group(f"{customer}:{alert.alert_id}", t)
         rank = SEVERITY_RANK[alert.severity]
         seen = group.keys.get(dedup_key)
         group.count += 1
@@ -160,7 +172,10 @@ class AlertLifecycle:
         return emitted, changes
 
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.group, self.snoozes)
+        return (self.groups, self.snoozes)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
-        self.group, self.snoozes = state  # type: ignore[assignment]
+        groups, self.snoozes = state  # type: ignore[assignment]
+        if groups is None or isinstance(groups, _Group):  # an earlier release's one group for every type:
+            groups = {"risk": groups} if groups is not None else {}  # it ends within its window anyway
+        self.groups = groups  # type: ignore[assignment]

@@ -31,6 +31,9 @@ AlertType = Literal["suspicious_transaction", "account_takeover", "aml_pattern",
 NO_CUSTOMER: Final = "*"
 #: Alert types about a population, not one customer (``customer_id`` is ``NO_CUSTOMER``).
 POPULATION_ALERTS: Final = frozenset({"fairness_drift"})
+#: Alert types for the customer's relationship manager; the others are the risk team's (and
+#: never shown to an RM: no tipping-off). The lifecycle groups each audience's apart.
+RM_ALERTS: Final = frozenset({"churn_risk", "complaint_escalation"})
 Severity = Literal["low", "medium", "high", "critical"]
 
 

@@ -43,7 +43,7 @@ def test_repeated_trigger_updates_instead_of_duplicating() -> None:
     life = AlertLifecycle()
     out = run(life, [(0, trigger(1)), (60, trigger(2)), (120, trigger(3, severity="low"))])
     assert out[0] is not None and out[1] is None and out[2] is None
-    assert life.group is not None and life.group.count == 3
+    assert life.groups["risk"].count == 3
     _, changes = life.on_alert(trigger(4), 180, PARAMS)
     assert [(c.action, c.alert_id, c.detail) for c in changes] == [("deduplicated", "al-4", "c1:al-1")]
 
@@ -60,6 +60,31 @@ def test_one_customers_alerts_in_the_window_group_into_one() -> None:
     assert grouped.severity == "medium"  # the group's severity, not the lower trigger's
     assert [r.code for r in escalated.reasons] == ["r3", "r2", "r1"]
     assert escalated.alert_id == "al-3" and escalated.type == "account_takeover"
+
+
+def test_the_risk_teams_and_the_rms_alerts_are_grouped_apart() -> None:
+    """A churn or complaint alert right after a fraud alert starts the RM's own group: it
+    carries no fraud reason, and the fraud group stays the risk team's."""
+    life = AlertLifecycle()
+    fraud, complaint, churn, takeover = run(life, [
+        (0, trigger(1)), (60, trigger(2, "complaint_escalation", "high")), (120, trigger(3, "churn_risk")),
+        (180, trigger(4, "account_takeover", "critical"))])
+    assert fraud is not None and complaint is not None and churn is not None and takeover is not None
+    assert (complaint.status, complaint.group_key, [r.code for r in complaint.reasons]) == ("firing", "c1:al-2", ["r2"])
+    assert (churn.status, churn.group_key, [r.code for r in churn.reasons]) == ("grouped", "c1:al-2", ["r3", "r2"])
+    assert (takeover.status, takeover.group_key, [r.code for r in takeover.reasons]) == (
+        "escalated", "c1:al-1", ["r4", "r1"])
+
+
+def test_an_earlier_releases_one_group_restores_as_the_risk_teams() -> None:
+    life = AlertLifecycle()
+    run(life, [(0, trigger(1))])
+    old = AlertLifecycle.__new__(AlertLifecycle)
+    old.__setstate__((life.groups["risk"], {}))  # what an earlier release pickled
+    assert run(old, [(60, trigger(2, "aml_pattern"))])[0].group_key == "c1:al-1"  # type: ignore[union-attr]
+    empty = AlertLifecycle.__new__(AlertLifecycle)
+    empty.__setstate__((None, {}))
+    assert empty.groups == {}
 
 
 def test_a_new_time_bucket_is_a_new_dedup_key() -> None:
