@@ -21,7 +21,7 @@ Reported per run, over the windows judged from ``--from-day`` on (pooled counts)
 segment's exposure (prompts per eligible customer, per window) and its ratio to the best
 segment's, the windows in which the engine raised ``fairness_drift`` for a segment's exposure,
 prompts and the conversion rate (conversions / prompts) and conversions per
-eligible customer-window.
+eligible customer-window; then the biased segment's exposure ratio in each window.
 """
 
 from __future__ import annotations
@@ -136,6 +136,13 @@ def figures(run: FairRun, start_t: float, from_day: float) -> Figures:
                    converted / sum(eligible.values()) if eligible else 0.0)
 
 
+def ratio_series(run: FairRun, segment: str) -> list[float | None]:
+    """``segment``'s exposure ratio at each judged window, in order (None: not judged)."""
+    return [next((d.ratio for d in check.disparities
+                  if d.dimension == "segment" and d.metric == "exposure" and d.value == segment), None)
+            for check in run.checks]
+
+
 RUNS = (("fair", False, False), ("biased", True, False), ("fair + constraint", False, True),
         ("biased + constraint", True, True))
 
@@ -183,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         cells = "".join(f"{f.exposure[s]:>14.3f}{f.ratio[s]:>7.2f}" for s in SEGMENTS)
         print(f"{run.name:<22}{cells}{f'{f.drift_windows}/{f.windows}':>15}{f.prompts:>9}{f.conversion:>11.4f}"
               f"{f.conversions_per_eligible:>10.4f}")
+    print(f"{args.segment}'s exposure ratio per window (day of the window's start; '-': not judged):")
+    days = [f"{(c.start - start_t) / DAY:.0f}" for c in runs[0].checks]
+    print(f"{'day':<22}" + "".join(f"{d:>5}" for d in days))
+    for run in runs:
+        cells = "".join(f"{'-' if r is None else f'{r:.2f}':>5}" for r in ratio_series(run, args.segment))
+        print(f"{run.name:<22}{cells}")
     print(f"({time.perf_counter() - started:.1f} s)")
     return 0
 
