@@ -13,7 +13,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.fairness import figures, run_one
+from bench.fairness import Settling, Switch, figures, run_one, settling
 from config.settings import load_settings
 from detectors.customer import Summary
 from detectors.fairness import (
@@ -158,6 +158,15 @@ def test_the_constraint_settles_a_biased_group_at_the_floor() -> None:
     assert all(r >= CONSTRAINT.threshold for r in tail)
     assert sum(tail) / len(tail) == pytest.approx(CONSTRAINT.floor, abs=0.02)
     assert all(r >= CONSTRAINT.threshold for r in ratios[3:])  # within three windows
+
+
+def test_the_rules_it_replaced_swing_on_the_same_plant() -> None:
+    for margin in (0.0, 0.1):  # the switch, and a hysteresis (bench.fairness compares them)
+        ratios = _plant(Switch(CONSTRAINT, margin), _biased, 16)
+        assert ratios[-4:] == pytest.approx([0.2, 1.0, 0.2, 1.0])
+        assert settling(ratios, CONSTRAINT.threshold) == Settling(0.4, 0.6, 4, None)
+    assert settling(_plant(FairnessTracker(CONSTRAINT), _biased, 16), CONSTRAINT.threshold) == Settling(
+        0.0, 0.85, 0, 2)
 
 
 def test_the_boost_is_bounded_and_released() -> None:
