@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gain", type=float, default=0.2, help="the integral constraint's gain")
     parser.add_argument("--margin", type=float, default=0.1, help="the hysteresis: off from floor + margin")
     parser.add_argument("--last", type=int, default=8, help="windows the settling figures are taken over")
+    parser.add_argument("--runs", default=",".join(name for name, _, _ in RUNS),
+                        help="the runs to make, by name, comma-separated (default: all)")
     parser.add_argument("--window-days", type=float, default=7.0)
     parser.add_argument("--min-customers", type=int, default=20)
     parser.add_argument("--from-day", type=float, default=30.0, help="report the windows from this day on")
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     base = replace(settings.nba.fairness, window_days=args.window_days, min_customers=args.min_customers,
                    boost=args.boost, gain=args.gain)
     jobs = []
-    for name, biased, rule in RUNS:
+    chosen = {name.strip() for name in args.runs.split(",")}
+    for name, biased, rule in (run for run in RUNS if run[0] in chosen):
         fairness = replace(base, floor=args.floor if rule else 0.0)
         nba = replace(settings.nba, enabled=True, min_score=args.min_score, fairness=fairness)
         jobs.append((replace(settings, nba=nba), config, name, args.segment if biased else None, args.penalty,
