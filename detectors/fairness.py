@@ -23,9 +23,16 @@ group's rate over the best-served group's (``ratio``), a group with fewer than
 being neither judged nor the reference; a ratio under ``threshold`` (the four-fifths rule,
 0.8) is a breach, and the engine raises a ``fairness_drift`` alert.
 
-The constraint (off unless ``floor`` > 0): a group whose exposure ratio at the last check was
-under ``floor`` has ``boost`` added to its customers' prompt scores, so that a score gate
-(``NBAParams.min_score``) lets more of their prompts through until the next check.
+The constraint (off unless ``floor`` > 0) adds a boost to the prompt scores of an under-served
+group's customers, so that a score gate (``NBAParams.min_score``) lets more of their prompts
+through. The boost is an integral controller per group, updated at each window's check:
+``boost <- clip(boost + gain * (floor - ratio), 0, boost_max)``, ``ratio`` the group's
+exposure ratio over the window just closed and ``boost_max`` the configured ``boost``. It
+settles where the group's exposure ratio is ``floor`` on average (set it a little above the
+``threshold``), and is 0 for a group that never falls under it. A customer gets the largest
+boost of their groups. (It replaced a rule that added ``boost`` for the window after one
+judged under ``floor`` and nothing otherwise: the group then swung above and under the floor,
+window after window.)
 
 >>> p = FairnessParams(min_customers=2, min_prompts=2)
 >>> tracker = FairnessTracker(p)
@@ -41,14 +48,29 @@ under ``floor`` has ``boost`` added to its customers' prompt scores, so that a s
 >>> tracker.advance(t0 + 7 * 86400.0)
 >>> [(d.dimension, d.value, round(d.ratio, 2)) for d in tracker.last.breaches]
 [('segment', 'private', 0.25), ('age_band', '60+', 0.25), ('gender', 'male', 0.25), ('city_tier', '3', 0.25)]
+
+The constraint, on a group whose exposure stays at a quarter of the best-served group's:
+
+>>> tracker = FairnessTracker(FairnessParams(min_customers=2, min_prompts=2, floor=0.85, boost=0.3, gain=0.2))
+>>> tracker.advance(t0)
+>>> for week in range(1, 4):
+...     for _ in range(4):
+...         tracker.eligible(a); tracker.prompted(a); tracker.eligible(b)
+...     tracker.prompted(b)
+...     tracker.advance(t0 + week * 7 * 86400.0)
+...     print(round(tracker.boost(b), 2), tracker.boost(a))
+0.12 0.0
+0.24 0.0
+0.3 0.0
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from schemas.snapshots import restore_fields
@@ -76,8 +98,9 @@ class FairnessParams:
     genders: tuple[str, ...] = ("female", "male")
     city_tiers: tuple[str, ...] = ("1", "2", "3", "4")
     age_edges: tuple[int, ...] = (30, 45, 60)  # age bands: <30, 30-44, 45-59, 60+
-    floor: float = 0.0  # constraint: 0 = off; else boost the groups whose exposure ratio is under it
-    boost: float = 0.2  # added to the prompt score of a customer of such a group
+    floor: float = 0.0  # constraint: 0 = off; else the exposure ratio it holds each group at (on average)
+    boost: float = 0.2  # the most it adds to the prompt score of a customer of an under-served group
+    gain: float = 0.2  # boost added per unit of a group's exposure ratio under the floor, at each check
 
     __setstate__ = restore_fields
 
@@ -92,6 +115,8 @@ class FairnessParams:
             raise ValueError("fairness.floor must be in [0, 1] (0: no constraint)")
         if self.boost < 0:
             raise ValueError("fairness.boost must not be negative")
+        if self.gain <= 0:
+            raise ValueError("fairness.gain must be positive")
         if list(self.age_edges) != sorted(set(self.age_edges)):
             raise ValueError("fairness.age_edges must be increasing")
 
@@ -228,8 +253,12 @@ class FairnessCheck:
 
 
 class FairnessTracker:
-    """Per group counts of the current window, the checks of the closed ones, and the groups
-    the constraint boosts. Bounded: a few counters per group value; picklable."""
+    """Per group counts of the current window, the checks of the closed ones, and the boost
+    the constraint gives each group. Bounded: a few counters and a boost per group value;
+    picklable."""
+
+    # Defaults for what a tracker pickled before it existed lacks (its constraint restarts at 0).
+    boosts: Mapping[str, float] = MappingProxyType({})
 
     def __init__(self, params: FairnessParams) -> None:
         self.params = params
@@ -238,7 +267,8 @@ class FairnessTracker:
         self.unreported: dict[tuple[str, str, str], int] = {}  # (dimension, value, outcome) -> since drained
         self.last: FairnessCheck | None = None
         self.checks: list[FairnessCheck] = []  # closed since the engine last drained them
-        self.low: frozenset[str] = frozenset()  # "dimension=value" of the groups to boost
+        self.low: frozenset[str] = frozenset()  # "dimension=value" of the groups under the floor at the last check
+        self.boosts = {}  # "dimension=value" -> the constraint's boost (positive ones only); replaced, never mutated
 
     def window_of(self, t: float) -> int:
         return int(t // (self.params.window_days * DAY))
@@ -260,6 +290,19 @@ class FairnessTracker:
         floor = self.params.floor
         self.low = frozenset(f"{d.dimension}={d.value}" for d in check.disparities
                              if d.metric == "exposure" and d.ratio < floor)
+        if floor > 0.0:
+            self.boosts = self.control(check)
+
+    def control(self, check: FairnessCheck) -> dict[str, float]:
+        """The boost per group after ``check``: each judged group's moves by ``gain`` times its
+        exposure ratio's shortfall from the floor (down when it is above), within ``[0, boost]``;
+        an unjudged group's stays (its window told nothing)."""
+        p, boosts = self.params, dict(self.boosts)
+        for d in check.disparities:
+            if d.metric == "exposure":
+                group = f"{d.dimension}={d.value}"
+                boosts[group] = min(max(boosts.get(group, 0.0) + p.gain * (p.floor - d.ratio), 0.0), p.boost)
+        return {group: b for group, b in boosts.items() if b > 0.0}
 
     def _count(self, groups: Groups, i: int) -> None:
         outcome = OUTCOMES[i]
@@ -286,12 +329,10 @@ class FairnessTracker:
 
     def boost(self, groups: Groups) -> float:
         """What the constraint adds to a prompt score of a customer of ``groups``."""
-        if not self.low:
+        boosts = self.boosts
+        if not boosts:
             return 0.0
-        for dimension, value in zip(DIMENSIONS, groups, strict=True):
-            if f"{dimension}={value}" in self.low:
-                return self.params.boost
-        return 0.0
+        return max(boosts.get(f"{dimension}={value}", 0.0) for dimension, value in zip(DIMENSIONS, groups, strict=True))
 
     def drain(self) -> tuple[list[FairnessCheck], dict[tuple[str, str, str], int]]:
         """The checks made and the counts added since the last drain (for alerts and metrics)."""

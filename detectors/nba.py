@@ -44,7 +44,7 @@ from the catalogue (``config/actions.toml``) to the customer's RM as a :class:`P
    prompts, acceptances and conversions per group; each closed window is judged against the
    four-fifths rule. An optional score gate (``min_score``) lets a prompt through only when
    the chosen action's upper confidence bound reaches it; the fairness constraint (off by
-   default) adds a boost there for the groups under-served at the last window.
+   default) adds a boost there for under-served groups, adjusted at each window's check.
 
 Score before learn: a prompt is chosen with the model as it was before the trigger's outcome
 is known; feedback only ever updates the model after the prompt was emitted.

@@ -5,6 +5,7 @@ the engine, the Prometheus metrics, and the constraint's effect on a small close
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.fairness import figures, run_one
+from bench.fairness import Settling, Switch, figures, run_one, settling
 from config.settings import load_settings
 from detectors.customer import Summary
 from detectors.fairness import (
@@ -96,7 +97,8 @@ def test_the_tracker_judges_each_window_of_event_time_once_and_deterministically
     assert check is not None and tracker.checks == [check]
     assert [(d.dimension, d.value, d.metric) for d in check.breaches] == [("gender", "male", "exposure")]
     assert check.closed_by[0] == "e9" and check.end - check.start == 7 * DAY
-    assert tracker.boost(b) == 0.25 and tracker.boost(a) == 0.0  # the constraint boosts the under-served
+    # the constraint boosts the under-served: by gain * (floor - ratio) at the first check
+    assert tracker.boost(b) == pytest.approx(0.2 * (0.8 - 1 / 3)) and tracker.boost(a) == 0.0
     assert tracker.counts == {}  # a new window starts empty
     checks, counts = tracker.drain()
     assert checks == [check] and counts[("gender", "male", "eligible")] == 3 and tracker.checks == []
@@ -108,9 +110,95 @@ def test_the_tracker_judges_each_window_of_event_time_once_and_deterministically
 
 def test_params_are_validated() -> None:
     for bad in ({"threshold": 0.0}, {"window_days": 0.0}, {"min_customers": 0}, {"floor": 1.5}, {"boost": -1.0},
-                {"age_edges": (60, 30)}):
+                {"gain": 0.0}, {"age_edges": (60, 30)}):
         with pytest.raises(ValueError):
             FairnessParams(**bad)  # type: ignore[arg-type]
+
+
+# -- the constraint as a controller ----------------------------------------------------------------
+
+SERVED, UNDER = ("mass", "30-44", "female", "1"), ("mass", "30-44", "male", "1")
+
+
+def _plant(tracker: FairnessTracker, response: Callable[[float], float], windows: int, start: int = 0) -> list[float]:
+    """``windows`` windows (from the ``start``-th) of a synthetic plant: 100 customers per gender;
+    every female one prompted, a share ``response(boost)`` of the male ones; the male exposure
+    ratio per window."""
+    ratios = []
+    tracker.advance(T0 + start * 7 * DAY)
+    for week in range(start + 1, start + windows + 1):
+        served = round(100 * response(tracker.boost(UNDER)))
+        for i in range(100):
+            tracker.eligible(SERVED)
+            tracker.prompted(SERVED)
+            tracker.eligible(UNDER)
+            if i < served:
+                tracker.prompted(UNDER)
+        tracker.advance(T0 + week * 7 * DAY)
+        assert tracker.last is not None
+        ratios.append(next(d.ratio for d in tracker.last.disparities if d.value == "male" and d.metric == "exposure"))
+    return ratios
+
+
+def _biased(boost: float) -> float:
+    """A policy under-serving the group (a fifth of the others' exposure), the boost lifting it."""
+    return min(1.0, 0.2 + 4.0 * boost)
+
+
+CONSTRAINT = FairnessParams(min_customers=20, min_prompts=20, floor=0.85, boost=0.3, gain=0.2)
+
+
+def test_the_constraint_settles_a_biased_group_at_the_floor() -> None:
+    ratios = _plant(FairnessTracker(CONSTRAINT), _biased, 16)
+    assert ratios[0] == pytest.approx(0.2)  # the bias, before any boost
+    tail = ratios[-8:]
+    # The switch it replaced boosted by 0.3 after a window under the floor and by 0 after one
+    # above: 0.2, 1.0, 0.2, 1.0, ... here, half of the windows breaching the four-fifths rule.
+    assert max(tail) - min(tail) <= 0.02  # settled: no swing
+    assert all(r >= CONSTRAINT.threshold for r in tail)
+    assert sum(tail) / len(tail) == pytest.approx(CONSTRAINT.floor, abs=0.02)
+    assert all(r >= CONSTRAINT.threshold for r in ratios[3:])  # within three windows
+
+
+def test_the_rules_it_replaced_swing_on_the_same_plant() -> None:
+    for margin in (0.0, 0.1):  # the switch, and a hysteresis (bench.fairness compares them)
+        ratios = _plant(Switch(CONSTRAINT, margin), _biased, 16)
+        assert ratios[-4:] == pytest.approx([0.2, 1.0, 0.2, 1.0])
+        assert settling(ratios, CONSTRAINT.threshold) == Settling(0.4, 0.6, 4, None)
+    assert settling(_plant(FairnessTracker(CONSTRAINT), _biased, 16), CONSTRAINT.threshold) == Settling(
+        0.0, 0.85, 0, 2)
+
+
+def test_the_boost_is_bounded_and_released() -> None:
+    tracker = FairnessTracker(CONSTRAINT)
+    _plant(tracker, lambda boost: 0.1, 12)  # a group no boost lifts
+    assert tracker.boost(UNDER) == CONSTRAINT.boost  # saturated at the configured most, never above
+    assert tracker.boost(SERVED) == 0.0 and set(tracker.boosts) == {"gender=male"}
+    ratios = _plant(tracker, lambda boost: 1.0, 3, start=12)  # the bias gone: fully served again
+    assert ratios == [1.0, 1.0, 1.0]
+    assert tracker.boost(UNDER) == pytest.approx(CONSTRAINT.boost - 3 * CONSTRAINT.gain * 0.15)  # unwinds
+    _plant(tracker, lambda boost: 1.0, 10, start=15)
+    assert tracker.boosts == {}  # and is forgotten at 0: one entry per boosted group at most
+    assert len(pickle.dumps(tracker)) < 20_000
+
+
+def test_the_constraint_is_deterministic_across_a_restore() -> None:
+    live = FairnessTracker(CONSTRAINT)
+    ratios = _plant(live, _biased, 12)
+    first = FairnessTracker(CONSTRAINT)
+    _plant(first, _biased, 5)
+    restored = pickle.loads(pickle.dumps(first))  # recovery: the boosts travel with the counts
+    assert restored.boosts == first.boosts
+    assert _plant(restored, _biased, 7, start=5) == ratios[5:] and restored.boosts == live.boosts
+
+
+def test_a_tracker_pickled_before_the_controller_restores() -> None:
+    tracker = FairnessTracker(CONSTRAINT)
+    tracker.advance(T0)
+    del tracker.boosts  # what a tracker pickled before the controller existed lacks
+    old = pickle.loads(pickle.dumps(tracker))
+    assert old.boost(UNDER) == 0.0  # its constraint starts again from no boost
+    assert _plant(old, _biased, 16)[-1] == pytest.approx(CONSTRAINT.floor, abs=0.02)
 
 
 # -- inside next-best action --------------------------------------------------------------------
@@ -162,7 +250,7 @@ def test_the_constraint_boosts_an_under_served_group_through_the_score_gate() ->
     assert trigger is not None
     assert nba.decide(NBAState(), facts, trigger) is None  # an untrained bandit expects 0 < 0.2
     assert nba.fairness is not None
-    nba.fairness.low = frozenset({"gender=male"})
+    nba.fairness.boosts = {"gender=male": 0.5}
     assert nba.decide(NBAState(), facts, trigger) is not None  # 0 + 0.5 >= 0.2
     other = replace(facts, groups=("mass", "30-44", "female", "1"))
     assert nba.decide(NBAState(), other, trigger) is None
