@@ -32,8 +32,10 @@ Actions write feedback events (``fraud`` / ``legit`` labels on the alert's trans
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import random
 import secrets
 import time
 import uuid
@@ -553,6 +555,12 @@ return 1
 """
 
 
+#: How often a user's action tries to append to the audit log before the request fails: in
+#: a burst of the engine's alerts, an action that re-reads the head at once can lose race
+#: after race; random pauses of up to 50 ms (about 1.5 s in all) let it in between them.
+APPEND_ATTEMPTS: Final = 40
+
+
 class Auditor:
     """Appends users' actions to the engine's signed, chained audit list: the format, the
     key file's active key and the append-once script of ``schemas.audit``, as the engine's
@@ -563,14 +571,24 @@ class Auditor:
         self.r, self.key = client, key
         self._appender = Appender(keys, f"Redis key {key}")
         self._script = client.register_script(REDIS_APPEND_ONCE)
+        # One append at a time from this process: the appender remembers the last head it
+        # wrote, and an action that read the head before another one's append landed would
+        # take its own stale read for a log gone back.
+        self._one_at_a_time = asyncio.Lock()
 
     async def record(self, action: str, username: str, role: str, target: str | None = None,
                      customer_id: str | None = None, detail: str | None = None,
                      event_id: str | None = None) -> None:
         record = UserAction(f"ua-{uuid.uuid4().hex}", action, username, role, target, customer_id, detail,
                             event_id, format_ts(time.time()))
+        async with self._one_at_a_time:
+            await self._append(record)
+
+    async def _append(self, record: UserAction) -> None:
         keys = redis_keys(self.key)
-        for _ in range(10):  # another writer moved the head: re-read and re-link
+        for attempt in range(APPEND_ATTEMPTS):  # another writer moved the head: re-read and re-link
+            if attempt:  # after a random pause, so as not to lose every race to the engine's burst
+                await asyncio.sleep(random.uniform(0.0, min(0.05, 0.001 * 2 ** attempt)))
             stored = await self.r.get(keys[1])
             entry, head = self._appender.next(stored, record.kind, record.action_id, orjson.loads(record.to_bytes()))
             result = await self._script(keys=keys, args=self._appender.script_args(entry, stored, head))

@@ -370,6 +370,35 @@ def test_redis_log_appends_once_with_the_dashboards_actions(redis_srv: RedisServ
         0, "audit log Redis key t:audit OK: 12 entries verified\n")
 
 
+def test_users_actions_get_in_between_a_burst_of_the_engines_alerts(redis_srv: RedisServer, tmp_path: Path,
+                                                                   keys: AuditKeys, key_file: Path) -> None:
+    """Twenty users act at once while a burst of alerts is written: every action gets into
+    the log, and the log verifies. Before, an action that had read the head before another
+    one's append took its stale read for a log gone back (a false tampering alarm, and a
+    failed request), and under the engine's burst an action could lose ten races in a row."""
+    from dashboard.store import Auditor
+
+    sink = RedisAuditSink(redis_srv.url, "t:audit", keys, JsonlDeadLetters(tmp_path / "dead.jsonl"))
+    sink.open()
+    sink.write_batch(make_alerts(3000))
+
+    async def users_act() -> int:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(redis_srv.url)
+        auditor = Auditor(client, "t:audit", keys)
+        await asyncio.gather(*(auditor.record("login", f"user-{i}", "risk_analyst") for i in range(20)))
+        await client.aclose()
+        return sink.buffer_depth
+
+    assert asyncio.run(users_act()) > 0  # the actions were written during the burst
+    assert wait_until(lambda: sink.buffer_depth == 0, 60)
+    sink.close()
+    assert sink.dead_lettered == 0
+    assert verify("--redis", redis_srv.url, "--key", "t:audit", "--key-file", str(key_file)) == (
+        0, "audit log Redis key t:audit OK: 3020 entries verified\n")
+
+
 def _lrem(client: redis.Redis, original: list[bytes]) -> None:
     client.lrem("t:audit", 1, original[5])
 
