@@ -297,9 +297,6 @@ def localize(item: dict[str, Any] | None, locale: str) -> dict[str, Any] | None:
     return item
 
 
-#: The alert types an RM sees (of their own customers): never a fraud alert (no tipping-off).
-
-
 def for_rm_timeline(item: dict[str, Any]) -> bool:
     """Whether an RM may see a timeline item: prompts, churn warnings and events, but no fraud
     alert and no fraud / false-positive label (no tipping-off)."""

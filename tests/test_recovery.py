@@ -304,8 +304,7 @@ def classes_in(snapshot: bytes) -> set[type]:
 def test_a_recovery_store_of_the_previous_release_resumes_as_an_uninterrupted_run(tmp_path: Path) -> None:
     """This release resumes a replay from a copy of the previous release's recovery store and
     ends it: next-best action prompts again after the restore, and the alerts and prompts are
-    an uninterrupted run's of this release, but for the churn model version in the alerts the
-    previous release wrote."""
+    an uninterrupted run's of this release, but for what the previous release wrote itself."""
     out = tmp_path / "resumed"
     shutil.copytree(PREVIOUS / "out", out)
     events = PREVIOUS / "events.jsonl.gz"
@@ -321,8 +320,8 @@ def test_a_recovery_store_of_the_previous_release_resumes_as_an_uninterrupted_ru
     alerts, expected = (out / "alerts.jsonl").read_bytes().splitlines(), plain.raw("alerts").splitlines()
     written_before = len((PREVIOUS / "out" / "alerts.jsonl").read_bytes().splitlines())
     assert set(alerts[written_before:]) <= set(expected) and len(alerts) == len(expected)
-
-    def unversioned(lines: list[bytes]) -> list[dict[str, object]]:
-        return sorted((orjson.loads(line) | {"model_version": None} for line in lines), key=str)
-
-    assert unversioned(alerts) == unversioned(expected)
+    # Before the restore, the earlier release wrote the same alerts (by id) as it decided them:
+    # with its churn model version, and with the churn alert it grouped into the customer's
+    # fraud group (an RM's alert carrying fraud reasons; the groups are the audiences' since).
+    assert [orjson.loads(line)["alert_id"] for line in alerts[:written_before]] == [
+        orjson.loads(line)["alert_id"] for line in expected[:written_before]]
