@@ -45,7 +45,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -54,7 +54,7 @@ from bench.nba_baselines import FixedPolicy, RandomPolicy, RuleCheck
 from config.actions import load_actions
 from config.settings import Settings, load_settings
 from detectors.nba import FEEDBACK_LABELS, Action, CustomerFacts
-from engine.shard import Shard
+from engine.shard import Record, Shard
 from flows.items import Sequenced
 from flows.modes import engine_config, event_clock
 from schemas.events import Feedback, event_from_obj
@@ -166,15 +166,21 @@ class _Loop:
         return result
 
     def _process(self, batch: list[Sequenced]) -> None:
-        """The batch through the engine, event by event (the same records as a batch at a
-        time), then every prompt to the simulation's customers."""
-        for item in batch:
-            event = item.event
+        """The batch through the engine at once (as the dataflow hands it over), then event
+        by event its records: fraud alerts, answers and every prompt to the simulation's
+        customers."""
+        events = [item.event for item in batch]
+        by_event: dict[str, list[Record]] = defaultdict(list)
+        for record in self.shard.process(events):
+            if isinstance(record, DeadLetter):  # an evaluation stops on a failing event
+                raise RuntimeError(record.reason)
+            event_id = getattr(record, "event_id", None)
+            if event_id is not None:  # not a model report
+                by_event[event_id].append(record)
+        for event in events:
             customer = event.customer_id
-            records = self.shard.process([event])
+            records = by_event.get(event.event_id, [])
             for record in records:
-                if isinstance(record, DeadLetter):  # an evaluation stops on a failing event
-                    raise RuntimeError(record.reason)
                 if isinstance(record, Alert | LifecycleChange) and _fraud_type(record):
                     self.fraud_alert_t[customer] = event.t  # a fraud alert decided, emitted or merged
             if isinstance(event, Feedback):
