@@ -120,15 +120,8 @@ class Cases:
 
     async def page(self, which: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Open (``open`` and ``proposed``) or ``closed`` cases, newest first, and how many."""
-        key = self.k.cases(which)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zcard(key)
-        pipe.zrevrange(key, offset, offset + limit - 1)
-        total, ids = await pipe.execute()
-        pipe = self.r.pipeline(transaction=False)
-        for case_id in ids:
-            pipe.hgetall(self.k.case(case_id.decode()))
-        return [self._summary(row) for row in await pipe.execute() if row], int(total)
+        rows, total = await self.s.newest(self.k.cases(which), offset, limit, self.k.case)
+        return [self._summary(row) for _, row in rows], total
 
     async def detail(self, case_id: str) -> dict[str, Any]:
         """The case, its alert groups (summaries, newest first) and its history."""

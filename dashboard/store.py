@@ -272,16 +272,22 @@ class Store:
             key = self.k.queue_cache(hashlib.sha1("|".join(sets).encode()).hexdigest())
             if not await self.r.exists(key):
                 await self._cache_page(keys=[key, *sets], args=[2000])
+        rows, total = await self.newest(key, offset, limit, self.k.alert)
+        return Page([self._summary(ref, row) for ref, row in rows], total, offset, limit)
+
+    async def newest(self, index: str, offset: int, limit: int, hash_key: Callable[[str], str]
+                     ) -> tuple[list[tuple[str, dict[bytes, bytes]]], int]:
+        """A page of the sorted set ``index``, highest score first: each member's hash (at
+        ``hash_key(member)``; members whose hash is gone are left out) and the set's size."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.zcard(key)
-        pipe.zrevrange(key, offset, offset + limit - 1)
-        total, refs = await pipe.execute()
+        pipe.zcard(index)
+        pipe.zrevrange(index, offset, offset + limit - 1)
+        total, members = await pipe.execute()
         pipe = self.r.pipeline(transaction=False)
-        for ref in refs:
-            pipe.hgetall(self.k.alert(ref.decode()))
+        for member in members:
+            pipe.hgetall(hash_key(member.decode()))
         rows = await pipe.execute()
-        items = [self._summary(ref.decode(), row) for ref, row in zip(refs, rows, strict=True) if row]
-        return Page(items, int(total), offset, limit)
+        return [(m.decode(), row) for m, row in zip(members, rows, strict=True) if row], int(total)
 
     @staticmethod
     def _summary(ref: str, data: dict[bytes, bytes]) -> dict[str, Any]:

@@ -61,6 +61,18 @@ _HEAD_DOMAIN: Final = b"crm-audit-head\x00"
 _ID_DOMAIN: Final = b"crm-audit-id\x00"
 
 
+def read_key_file(path: str | Path, kind: str, keygen: str, error: type[ValueError]) -> str:
+    """The text of a key file (the audit log's, ``schemas.crypto``'s); a missing or unreadable
+    one is ``error``, saying how to create one (``python run.py <keygen> --out PATH``)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{kind} key file not found: {path} (create one with "
+                    f"`python run.py {keygen} --out {path}`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read the {kind} key file {path}: {exc}") from None
+
+
 class AuditKeyError(ValueError):
     """The key file is missing, unreadable or malformed, or lacks a key that is needed.
     The message names the file and the problem, never key material."""
@@ -136,14 +148,7 @@ class AuditKeys:
         if not str(path):
             raise AuditKeyError("no audit key file: set [audit] key_file (CRM__AUDIT__KEY_FILE); create one "
                                 "with `python run.py audit keygen --out FILE`")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise AuditKeyError(f"audit key file not found: {path} (create one with "
-                                f"`python run.py audit keygen --out {path}`)") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AuditKeyError(f"cannot read the audit key file {path}: {exc}") from None
-        return cls.parse(text, str(path))
+        return cls.parse(read_key_file(path, "audit", "audit keygen", AuditKeyError), str(path))
 
     @classmethod
     def generate(cls, key_id: str | None = None) -> AuditKeys:

@@ -60,6 +60,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from schemas.audit import read_key_file
+
 ENVELOPE_VERSION: Final = "pii1"
 KEY_BYTES: Final = 32
 KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -154,14 +156,7 @@ class PiiKeys:
     @classmethod
     def load(cls, path: str | Path) -> PiiKeys:
         """The key file at ``path``; any problem is a ``PiiKeyError`` saying what to do."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PiiKeyError(f"PII key file not found: {path} (create one with "
-                              f"`python run.py keys keygen --out {path}`)") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PiiKeyError(f"cannot read the PII key file {path}: {exc}") from None
-        return cls.parse(text, str(path))
+        return cls.parse(read_key_file(path, "PII", "keys keygen", PiiKeyError), str(path))
 
     @classmethod
     def generate(cls, key_id: str | None = None, algorithm: Algorithm = "sm4-gcm") -> PiiKeys:
