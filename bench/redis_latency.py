@@ -40,7 +40,7 @@ import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.live_latency import Offered, histogram_quantile, on_schedule, report_engine_share, simulated_events
+from bench.live_latency import Offered, encoded_events, histogram_quantile, on_schedule, report_engine_share
 from flows.modes import REDIS_SOURCE_BLOCK_MS
 from schemas.events import parse_timestamp
 from schemas.redis_keys import RedisKeys
@@ -65,11 +65,12 @@ def server(external: str | None, log_dir: Path) -> Iterator[str]:
 @dataclass
 class StreamReader:
     """Reads one stream from its end on its own thread (``XREAD BLOCK``) and records, per
-    entry, ``key(data)`` and when it was read."""
+    entry, its event id (``key`` of its data; without a ``key``, the entry's own id, and the
+    data is not even decoded) and when it was read."""
 
     url: str
     stream: str
-    key: str
+    key: str | None
     got: list[tuple[str, float, float | None]] = field(default_factory=list)  # (id, read, emitted)
     last: float = field(default_factory=time.monotonic)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -83,38 +84,44 @@ class StreamReader:
             for _, entries in reply or ():
                 for entry_id, fields in entries:
                     last = entry_id.decode()
+                    if self.key is None:
+                        self.got.append((last, now, None))
+                        continue
                     record = orjson.loads(fields[b"data"])
                     emitted = record.get("emitted_at")
                     self.got.append((record[self.key], now, parse_timestamp(emitted) if emitted else None))
+                if entries:
                     self.last = time.monotonic()
 
 
-def offer(url: str, rate: float, seconds: float, customers: int, sent: dict[str, float]) -> Offered:
-    """Add the simulator's events to the input stream at ``rate`` per second for ``seconds``:
-    what is due goes in one pipelined round trip, before waiting for the next event."""
+def offer(url: str, rate: float, seconds: float, events: list[tuple[dict, bytes]], sent: dict[str, float]) -> Offered:
+    """Add ``events`` to the input stream at ``rate`` per second for ``seconds``: what is due
+    goes in one pipelined round trip, before waiting for the next event. ``sent`` gets the
+    moment each was handed to Redis, by event id and by entry id."""
     client = redis.Redis.from_url(url)
     out = Offered()
-    pending: list[dict] = []
+    pending: list[tuple[dict, bytes]] = []
 
     def flush() -> None:
         if pending:
             _send(client, pending, sent)
             pending.clear()
 
-    for event in on_schedule(simulated_events(customers), rate, seconds, out, idle=flush):
+    for event in on_schedule(events, rate, seconds, out, idle=flush):
         pending.append(event)
     flush()
     return out
 
 
-def _send(client: redis.Redis, events: list[dict], sent: dict[str, float]) -> None:
+def _send(client: redis.Redis, events: list[tuple[dict, bytes]], sent: dict[str, float]) -> None:
     pipe = client.pipeline(transaction=False)
-    for event in events:
-        pipe.xadd(EVENTS, {"data": orjson.dumps(event)})
+    for _, data in events:
+        pipe.xadd(EVENTS, {"data": data})
     now = time.time()
-    for event in events:
+    for event, _ in events:
         sent[event["event_id"]] = now
-    pipe.execute()
+    for entry_id in pipe.execute():
+        sent[entry_id.decode()] = now
 
 
 def percentiles(name: str, values: list[float]) -> None:
@@ -149,15 +156,17 @@ def main() -> None:
             engine = subprocess.Popen([sys.executable, "run.py", "live", "--quiet", "--metrics-port",
                                        str(metrics_port)], cwd=ROOT, env=env, stderr=log)
             sent: dict[str, float] = {}
-            bare, alerts = StreamReader(url, EVENTS, "event_id"), StreamReader(url, ALERTS, "event_id")
+            bare, alerts = StreamReader(url, EVENTS, None), StreamReader(url, ALERTS, "event_id")
             threads = [threading.Thread(target=r.run, daemon=True) for r in (bare, alerts)]
             try:
                 for thread in threads:
                     thread.start()
-                time.sleep(4.0)  # the engine's imports before the clock starts
+                begun = time.monotonic()
+                events = encoded_events(args.customers, int(args.rate * (args.warmup + args.seconds)) + 1)
+                time.sleep(max(0.0, 4.0 - (time.monotonic() - begun)))  # the engine's imports before the clock starts
                 if engine.poll() is not None:
                     raise SystemExit(f"the engine exited with {engine.returncode}: see its log")
-                offered = offer(url, args.rate, args.warmup + args.seconds, args.customers, sent)
+                offered = offer(url, args.rate, args.warmup + args.seconds, events, sent)
                 stopped = time.monotonic()
                 while time.monotonic() - max(alerts.last, stopped) < 3.0 and time.monotonic() - stopped < 60:
                     time.sleep(0.1)

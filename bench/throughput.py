@@ -52,7 +52,8 @@ from pathlib import Path
 from bench.bare_loop import run_bare
 from bench.cardsim import SimConfig, simulate, write_events
 from config.settings import load_settings
-from flows.modes import ReplayPaths, execute, replay_flow, tune_gc
+from flows import collector
+from flows.modes import ReplayPaths, execute, replay_flow
 from flows.sources import ReplayInput, load_replay
 from simulator import SimulatorConfig, write_jsonl
 
@@ -183,7 +184,7 @@ def main() -> None:
         work = Path(tmp)
         events = make_stream(args, work)
         replay = load_replay(events)
-        tune_gc()  # as the engine runs (flows.modes.execute), for the bare loop too
+        collector.start()  # as the engine runs (flows.modes.execute), for the bare loop too
         n = len(replay.events)
         print(f"stream: {n:,} events from {events.name}")
         if args.metrics:

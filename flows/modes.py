@@ -16,7 +16,6 @@ observes itself, the sources report readiness and lag, and every sink is metered
 
 from __future__ import annotations
 
-import gc
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from config.settings import Settings
 from detectors.fairness import DIMENSIONS
 from detectors.nba import TRIGGERS
 from engine.config import Clock, EngineConfig
+from flows import collector
 from flows.dataflow import Outputs, build_flow
 from flows.outputs import as_output, as_single_writer
 from flows.recovery import PATTERN as RECOVERY_PARTITIONS
@@ -97,25 +97,6 @@ def engine_config(settings: Settings, clock: Clock, watermark: float | None = No
                         actions=actions, locale=settings.display.locale)
 
 
-#: Garbage-collector thresholds for the engine (Python's default: 700, 10, 10). The engine
-#: allocates many short-lived objects per event and holds a large, long-lived heap (profiles,
-#: windows, pending labels) with almost no reference cycles, so the default collects the
-#: young generation every 700 allocations and rescans the whole heap far more often than it
-#: finds anything. Measured with ``bench.bare_loop`` on the 205,668-event benchmark stream,
-#: CPU time, alternating runs: 12.4-14.0 s with the defaults, 9.4-10.8 s with these.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Move what start-up built out of the collector's sight and collect less often. Only
-    the young generations are collected first: a replay's loaded stream is in the oldest
-    already, and a full collection would walk every one of its events (1 % of a card
-    replay's time) to find almost nothing."""
-    gc.collect(1)
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 #: Live modes: how long a thread may hold the interpreter lock while another waits for it
 #: (Python's default: 5 ms). The sinks deliver from their own threads, and the metrics
 #: server answers from another; with the default, a record handed to a sink could wait up
@@ -125,7 +106,7 @@ LIVE_SWITCH_INTERVAL_S = 0.0005
 
 def execute(flow: Dataflow, settings: Settings, workers: int | None = None, live: bool = False) -> None:
     """Run ``flow`` in this process (or as one process of a cluster) with recovery if set."""
-    tune_gc()
+    collector.start(live)
     if live:
         sys.setswitchinterval(LIVE_SWITCH_INTERVAL_S)
     engine = settings.engine

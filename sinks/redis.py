@@ -37,7 +37,7 @@ A key of the wrong type refuses that record for good: it goes to the dead letter
 reason, and the rest of its batch is delivered. A refused first write leaves nothing of
 the record written; a refused second write (the alerts stream replaced by a key of another
 type, so every alert) leaves the customer's hash written. Keys under the prefix that
-follow another layout (``{prefix}layout``, checked once per batch, the first writer sets
+follow another layout (``{prefix}layout``, checked at a batch at most every 10 s, the first writer sets
 it) refuse the whole batch. Back-pressure, retries and the dead letter come from
 ``sinks.delivery.BufferedSink``. Clients come from ``sinks.redis_client``: a single Redis,
 a Redis Cluster or a master behind Sentinels.
@@ -57,6 +57,7 @@ deterministic per record id, so a replayed summary is still found in its list. K
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -115,6 +116,9 @@ end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return 1
 """
+
+#: How long (seconds) a key layout found right is trusted before it is read again.
+LAYOUT_RECHECK_S = 10.0
 
 #: Errors of the scripts that no retry can cure: the record is refused (dead letter).
 _REFUSALS = ("WRONGTYPE",)
@@ -227,10 +231,12 @@ class _ScriptedSink(BufferedSink):
         self._socket_timeout_s = socket_timeout_s
         self._client: Any = None
         self._script: Any = None
+        self._layout_ok_until = -math.inf  # until when the layout found right is trusted (monotonic)
         self.duplicates = 0  # records delivered before (not written again)
 
     def connect(self) -> None:
         self._client = self._script = None
+        self._layout_ok_until = -math.inf
 
     def _ready(self) -> Any:
         """The client, made and its script loaded on first use; the layout checked."""
@@ -261,14 +267,23 @@ class _ScriptedSink(BufferedSink):
         return results
 
     def _layout_refusal(self, records: list[Record]) -> list[tuple[Record, str]] | None:
-        """Every record refused if the prefix follows another layout, else None."""
-        problem = _layout_problem(self._ready(), self.keys)
-        return [(record, problem) for record in records] if problem else None
+        """Every record refused if the prefix follows another layout, else None. A layout
+        found right is trusted for ``LAYOUT_RECHECK_S`` on the same client: the check is a
+        round trip of its own, and a delivery is one or two."""
+        client = self._ready()
+        if self._monotonic() < self._layout_ok_until:
+            return None
+        problem = _layout_problem(client, self.keys)
+        if problem:
+            return [(record, problem) for record in records]
+        self._layout_ok_until = self._monotonic() + LAYOUT_RECHECK_S
+        return None
 
     def disconnect(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._layout_ok_until = -math.inf
 
 
 def _refusal(result: Any) -> str | None:

@@ -14,9 +14,9 @@ import redis
 
 from schemas.events import event_from_obj
 from schemas.outputs import Alert, EventSummary, Reason
-from schemas.redis_keys import RedisKeys
+from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
 from sinks.delivery import JsonlDeadLetters, RetryPolicy
-from sinks.redis import RedisEventsSink, RedisSink
+from sinks.redis import LAYOUT_RECHECK_S, RedisEventsSink, RedisSink
 from sinks.webhook import WebhookSink
 from tests.services import Receiver, RedisServer, redis_server, wait_until
 
@@ -198,6 +198,26 @@ def test_a_redis_prefix_of_another_key_layout_is_refused(redis_srv: RedisServer,
     assert sink.dead_lettered == 3 and events.dead_lettered == 3
     assert "layout 1" in dead_letters(tmp_path / "dead.jsonl")[0]["reason"]
     assert client.keys("t7:*") == [b"t7:layout"]
+
+
+def test_a_layout_found_right_is_read_again_after_a_while(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """The layout check is a round trip of its own: once found right it is trusted for
+    ``LAYOUT_RECHECK_S``, then read again, so a prefix taken over by another layout meanwhile
+    is refused from then on."""
+    client = redis.Redis.from_url(redis_srv.url)
+    clock = [1000.0]
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(tmp_path / "dead.jsonl"), prefix="t8:")
+    sink._monotonic = lambda: clock[0]
+    sink.connect()
+    alerts = make_alerts(3)
+    assert sink.deliver(alerts[:1]) is None and client.get("t8:layout") == LAYOUT_VERSION.encode()
+    client.set("t8:layout", "1")
+    clock[0] += LAYOUT_RECHECK_S - 1
+    assert sink.deliver(alerts[1:2]) is None  # trusted: no round trip for the check
+    clock[0] += 2
+    refused = sink.deliver(alerts[2:])
+    assert refused is not None and "layout 1" in refused[0][1]
+    sink.disconnect()
 
 
 def test_buffer_overflow_goes_to_the_dead_letter(redis_srv: RedisServer, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from engine.admission import InputBounds, WatermarkGuard
+from flows import collector
 from flows.items import Sequenced
 from flows.sources.common import SourceItem, refuse
 from schemas.events import InvalidEvent, event_from_obj
@@ -95,6 +96,8 @@ class _GeneratedPartition(StatefulSourcePartition[SourceItem, GeneratedPosition]
                 continue
             batch.append(Sequenced(self._part, self._seq, event, now))
             self._seq += 1
+        if not batch:
+            collector.idle()
         return batch
 
     def next_awake(self) -> datetime | None:

@@ -13,6 +13,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from config.settings import KafkaSettings
 from engine.admission import InputBounds, WallClockGuard
+from flows import collector
 from flows.items import Sequenced
 from flows.sources.common import SourceItem, decode, refuse
 from schemas.outputs import DeadLetter
@@ -185,6 +186,8 @@ class _KafkaPartition(StatefulSourcePartition[SourceItem, KafkaPosition]):
             self._offset = offset + 1
         if self._telemetry is not None:
             self._report()
+        if not batch:
+            collector.idle()
         return batch
 
     def _report(self) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from engine.admission import InputBounds, WallClockGuard
+from flows import collector
 from flows.items import Sequenced
 from flows.sources.common import SourceItem, decode, refuse
 from schemas.outputs import DeadLetter
@@ -73,6 +74,7 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
         self._part = f"redis:{key}"
         self._last, self._seq = start.last_id, start.seq
         self._cursor = f"{key}:cursor"
+        self._saved = start.last_id  # the cursor as last saved
         self._wait = 0.0
         self._down = False
         self._group, self._telemetry = group, telemetry
@@ -133,10 +135,9 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
                     self._seq += 1
                 self._last = entry
                 self._track(entry)
-        if batch and self._group is None:
-            # The cursor lets a run without recovery carry on where the last one stopped.
-            self._client.set(self._cursor, self._last)
         self._idle = not reply
+        if not reply:
+            collector.idle()
         self._wait = 0.0 if batch or self._block_ms else self.IDLE_POLL_S
         return batch
 
@@ -173,8 +174,20 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
         """The position at the end of an epoch. A group member acknowledges the entries read
         since the last snapshot here: the epoch that just ended processed them. Should Redis
         be down, they are acknowledged at a later snapshot (until then they stay pending, and
-        a restart reads them again)."""
-        if self._unacked:
+        a restart reads them again). Without a group, the stream's cursor moves here, once an
+        epoch rather than once a batch: a read hands its entries on without another round
+        trip, and a run without recovery carries on after the last finished epoch."""
+        if self._group is None:
+            if self._last != self._saved:
+                import redis
+
+                try:
+                    self._client.set(self._cursor, self._last)
+                    self._saved = self._last
+                except redis.RedisError as exc:
+                    log.warning("input stream %s: saving its cursor failed, retried at the next epoch: %s",
+                                self._key, exc)
+        elif self._unacked:
             import redis
 
             assert self._group is not None
@@ -198,8 +211,9 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
 
     One partition. Without a ``group``: read from the snapshotted position with recovery;
     without recovery, from the stream's ``:cursor`` key (where the last run stopped), else from
-    the stream's end. Delivery: exactly once with recovery; without, an entry read but not yet
-    processed when the process dies is lost (the cursor moved past it).
+    the stream's end. Delivery: exactly once with recovery; without, at least once (the
+    cursor moves at the end of each epoch, so what the last epoch had not finished when the
+    process died is read again).
 
     With a ``group`` (``[redis] input_group``; created at the stream's end if it does not
     exist): entries are read as that group's consumer, acknowledged at the end of the epoch
