@@ -40,7 +40,14 @@ import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.live_latency import Offered, encoded_events, histogram_quantile, on_schedule, report_engine_share
+from bench.live_latency import (
+    Offered,
+    collector_off,
+    encoded_events,
+    histogram_quantile,
+    on_schedule,
+    report_engine_share,
+)
 from flows.modes import REDIS_SOURCE_BLOCK_MS
 from schemas.events import parse_timestamp
 from schemas.redis_keys import RedisKeys
@@ -166,10 +173,11 @@ def main() -> None:
                 time.sleep(max(0.0, 4.0 - (time.monotonic() - begun)))  # the engine's imports before the clock starts
                 if engine.poll() is not None:
                     raise SystemExit(f"the engine exited with {engine.returncode}: see its log")
-                offered = offer(url, args.rate, args.warmup + args.seconds, events, sent)
-                stopped = time.monotonic()
-                while time.monotonic() - max(alerts.last, stopped) < 3.0 and time.monotonic() - stopped < 60:
-                    time.sleep(0.1)
+                with collector_off():
+                    offered = offer(url, args.rate, args.warmup + args.seconds, events, sent)
+                    stopped = time.monotonic()
+                    while time.monotonic() - max(alerts.last, stopped) < 3.0 and time.monotonic() - stopped < 60:
+                        time.sleep(0.1)
                 engine_metrics = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
             finally:
                 for reader in (bare, alerts):
