@@ -9,7 +9,7 @@ allocation crosses them, usually in the middle of a batch:
 
 - with ``GC_THRESHOLDS`` (50,000 young objects), every 20 s at 2,000 events/s, for 25-180 ms
   that grew with the engine's state (the simulator's stream through Redis);
-- with a threshold of 5,000, 80 times a second for 4-12 ms each: a batch's own short-lived
+- with a threshold of 5,000, 80 times a second for about 6 ms each: a batch's own short-lived
   objects (about 200 per event) are alive at the moment the count is crossed, so each
   collection walks them.
 

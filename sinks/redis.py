@@ -37,8 +37,8 @@ A key of the wrong type refuses that record for good: it goes to the dead letter
 reason, and the rest of its batch is delivered. A refused first write leaves nothing of
 the record written; a refused second write (the alerts stream replaced by a key of another
 type, so every alert) leaves the customer's hash written. Keys under the prefix that
-follow another layout (``{prefix}layout``, checked at a batch at most every 10 s, the first writer sets
-it) refuse the whole batch. Back-pressure, retries and the dead letter come from
+follow another layout (``{prefix}layout``, the first writer sets it; read before a batch,
+at most every ``LAYOUT_RECHECK_S``) refuse the whole batch. Back-pressure, retries and the dead letter come from
 ``sinks.delivery.BufferedSink``. Clients come from ``sinks.redis_client``: a single Redis,
 a Redis Cluster or a master behind Sentinels.
 
