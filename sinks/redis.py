@@ -17,21 +17,23 @@ in one slot). The default routing (``default_route``) sends
   hash (``change``).
 
 Delivery: at least once from the engine, exactly once into Redis. Each ``RedisWrite`` is
-one Lua script call, in one slot, that writes only if its own delivered marker is absent:
-it checks the marker, checks that the keys it writes are of the right type (or do not
-exist yet), writes, and sets the marker last, atomically. So the duplicates that retries
+one Lua script call, in one slot (but for the guard below), that writes only if its own
+delivered marker is absent: it checks the marker, checks that the keys it writes are of
+the right type (or do not exist yet), writes, and sets the marker last, atomically. So the duplicates that retries
 and recovery replay produce never reach a stream, a hash or a subscriber twice while the
 markers live (``dedup_ttl_s``, a week by default), and a write that fails leaves no marker:
 it is retried, or refused, never taken for a duplicate.
 
 A record with writes in two slots (an alert: its customer's hash, then the global stream
 and channel) is written in that order, the second only once the first has succeeded or
-was found delivered before. Each write is idempotent on its own, so whatever stops the
-sink between them (a crash, an outage, a lost reply) is completed by the retry or the
-replay of the whole record: the first write is then a duplicate and skipped, the second
-is written. A record counts as a duplicate only if every write was. The global stream is
-last because it is what readers follow (the dashboard's indexer): an alert in it always
-has its customer's hash written already.
+was found delivered before: on a cluster, in the next round trip; on one node (a single
+Redis, or the master behind Sentinels), in the same pipelined round trip, by a call that
+first checks the first write's marker and writes nothing without it. Each write is
+idempotent on its own, so whatever stops the sink between them (a crash, an outage, a lost
+reply) is completed by the retry or the replay of the whole record: the first write is
+then a duplicate and skipped, the second is written. A record counts as a duplicate only
+if every write was. The global stream is last because it is what readers follow (the
+dashboard's indexer): an alert in it always has its customer's hash written already.
 
 A key of the wrong type refuses that record for good: it goes to the dead letter with the
 reason, and the rest of its batch is delivered. A refused first write leaves nothing of
@@ -70,7 +72,7 @@ from schemas.redis_keys import LAYOUT_VERSION, RedisKeys
 from schemas.redis_url import RedisEndpoint
 from sinks.base import Record
 from sinks.delivery import BufferedSink, DeadLetterOut, RetryPolicy, record_id
-from sinks.redis_client import connect, load_scripts
+from sinks.redis_client import connect, is_cluster, load_scripts
 
 # Both scripts check the type of every key they write before any write: a script that
 # fails half way keeps what it wrote, so nothing may fail after the first write. Every
@@ -86,10 +88,19 @@ local function wrong_type(key, expected, what)
 end
 """
 
-# KEYS: 1 delivered marker, then the stream if ARGV[6] == '1', then the hash if ARGV[7] == '1'
+# KEYS: 1 delivered marker, then the stream if ARGV[6] == '1', then the hash if ARGV[7] == '1',
+#       then, if ARGV[8] == '1', the record's previous write's marker (a guard: without it,
+#       this write is not made and the script returns -1)
 # ARGV: 1 ttl ms, 2 stream maxlen, 3 payload, 4 channel ("" for none), 5 record id,
-#       6 has a stream, 7 has a hash, 8.. hash field/value pairs
+#       6 has a stream, 7 has a hash, 8 has a guard, 9.. hash field/value pairs
 _WRITE_ONCE = _WRONG_TYPE + """
+local last = #KEYS
+if ARGV[8] == '1' then
+  if redis.call('EXISTS', KEYS[last]) == 0 then
+    return -1
+  end
+  last = last - 1
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -98,7 +109,7 @@ if ARGV[6] == '1' then
   stream = KEYS[2]
 end
 if ARGV[7] == '1' then
-  hash = KEYS[#KEYS]
+  hash = KEYS[last]
 end
 local problem = (stream and wrong_type(stream, 'stream', 'stream')) or (hash and wrong_type(hash, 'hash', 'hash'))
 if problem then
@@ -107,8 +118,8 @@ end
 if stream then
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[5], 'data', ARGV[3])
 end
-if hash and #ARGV > 7 then
-  redis.call('HSET', hash, unpack(ARGV, 8))
+if hash and #ARGV > 8 then
+  redis.call('HSET', hash, unpack(ARGV, 9))
 end
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], ARGV[3])
@@ -333,24 +344,38 @@ class RedisSink(_ScriptedSink):
         ttl_ms = str(int(self.limits.dedup_ttl_s * 1000))
         refused: dict[int, str] = {}
         wrote: set[int] = set()
+        # A record's later write only once its previous one is in (see the module doc). On one
+        # node (a single Redis, or the master behind Sentinels) every step goes in one
+        # pipelined round trip, each later write guarded by its previous write's marker; a
+        # cluster's script cannot read another slot's key, so there it is a round trip a step.
+        steps = max(len(route.writes) for _, route, _ in routed)
+        guarded = not is_cluster(self._ready())
         step = 0
-        while todo := [(i, route.writes[step]) for i, (_, route, _) in enumerate(routed)
-                       if i not in refused and step < len(route.writes)]:
-            # A record's next write only after its previous one is in (see the module doc).
+        while step < steps:
+            upto = steps if guarded else step + 1
+            todo = [(i, k) for k in range(step, upto) for i, (_, route, _) in enumerate(routed)
+                    if i not in refused and k < len(route.writes)]
             calls = []
-            for i, write in todo:
+            for i, k in todo:
+                record, route, payload = routed[i]
+                write = route.writes[k]
+                guard = route.writes[k - 1].marker if guarded and k > 0 else None
                 keys = [write.marker, *([write.stream] if write.stream else []),
-                        *([write.hash_key] if write.hash_key else [])]
+                        *([write.hash_key] if write.hash_key else []), *([guard] if guard else [])]
                 fields = [item for pair in write.hash_fields.items() for item in pair]
-                calls.append((keys, [ttl_ms, str(write.maxlen), routed[i][2], write.channel,
-                                     record_id(routed[i][0]), "1" if write.stream else "0",
-                                     "1" if write.hash_key else "0", *fields]))
+                calls.append((keys, [ttl_ms, str(write.maxlen), payload, write.channel, record_id(record),
+                                     "1" if write.stream else "0", "1" if write.hash_key else "0",
+                                     "1" if guard else "0", *fields]))
             for (i, _), result in zip(todo, self._call_script(calls), strict=True):
+                if i in refused:  # its earlier write was refused: this one was not made (-1)
+                    continue
                 if (reason := _refusal(result)) is not None:
                     refused[i] = reason
                 elif result == 1:
                     wrote.add(i)
-            step += 1
+                elif result == -1:  # the earlier write in the same round trip neither made nor found
+                    raise ConnectionError(f"{self.name}: a write's previous write is missing; retried")
+            step = upto
         self.duplicates += sum(1 for i in range(len(routed)) if i not in refused and i not in wrote)
         return [(routed[i][0], reason) for i, reason in sorted(refused.items())] or None
 

@@ -200,6 +200,45 @@ def test_a_redis_prefix_of_another_key_layout_is_refused(redis_srv: RedisServer,
     assert client.keys("t7:*") == [b"t7:layout"]
 
 
+def test_on_one_node_an_alerts_two_writes_take_one_round_trip(redis_srv: RedisServer, tmp_path: Path) -> None:
+    """A single Redis: a batch of alerts (each its customer's hash, then the alerts stream) in
+    one pipelined round trip, the stream write guarded by the hash write's marker. With the
+    alerts stream replaced by a list, every alert's hash is still written and its stream
+    write refused; with a customer's hash replaced by a list, nothing of that customer's
+    alerts is written, and the others' are."""
+    client = redis.Redis.from_url(redis_srv.url)
+    keys = RedisKeys("t9:")
+    dead = tmp_path / "dead.jsonl"
+    sink = RedisSink(redis_srv.url, JsonlDeadLetters(dead), prefix="t9:")
+    sink.connect()
+    calls: list[int] = []
+    script = sink._call_script
+    sink._call_script = lambda batch: calls.append(len(batch)) or script(batch)  # type: ignore[method-assign]
+    alerts = make_alerts(6)
+    assert sink.deliver(alerts) is None
+    assert calls == [12]  # six hash writes, then six stream writes, in one pipeline
+    assert stream_ids(client, keys.alerts()) == [a.alert_id for a in alerts]
+    assert sink.deliver(alerts) is None and sink.duplicates == 6 and calls == [12, 12]
+    # the stream write refused: the hashes are written all the same
+    client.delete(keys.alerts())
+    client.rpush(keys.alerts(), "a list where the alerts stream goes")
+    later = make_alerts(4, start=100)
+    refused = sink.deliver(later)
+    assert refused is not None and [r.alert_id for r, _ in refused] == [a.alert_id for a in later]
+    assert all("WRONGTYPE" in reason for _, reason in refused)
+    assert all(client.exists(keys.customer_delivered(a.customer_id, a.alert_id)) for a in later)
+    # the hash write refused: that customer's stream write is not made either
+    client.delete(keys.alerts())
+    client.delete(keys.customer("c1"))
+    client.rpush(keys.customer("c1"), "a list where the customer's hash goes")
+    last = make_alerts(6, start=200)
+    refused = sink.deliver(last)
+    assert refused is not None and {r.customer_id for r, _ in refused} == {"c1"}
+    assert stream_ids(client, keys.alerts()) == [a.alert_id for a in last if a.customer_id != "c1"]
+    assert not any(client.exists(keys.delivered(a.alert_id)) for a in last if a.customer_id == "c1")
+    sink.disconnect()
+
+
 def test_a_layout_found_right_is_read_again_after_a_while(redis_srv: RedisServer, tmp_path: Path) -> None:
     """The layout check is a round trip of its own: once found right it is trusted for
     ``LAYOUT_RECHECK_S``, then read again, so a prefix taken over by another layout meanwhile
