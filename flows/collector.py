@@ -27,7 +27,6 @@ idle (a backlog) and for sources without idle moments.
 from __future__ import annotations
 
 import gc
-import threading
 
 #: Garbage-collector thresholds for replay (Python's default: 700, 10, 10). The engine
 #: allocates many short-lived objects per event and holds a large, long-lived heap (profiles,
@@ -41,7 +40,6 @@ GC_THRESHOLDS = (50_000, 20, 100)
 LIVE_YOUNG = 2_000
 
 _live = False
-_lock = threading.Lock()
 
 
 def start(live: bool = False) -> None:
@@ -60,10 +58,5 @@ def start(live: bool = False) -> None:
 def idle() -> None:
     """A live source found nothing to read: collect the young generation if it is due."""
     if _live and gc.get_count()[0] >= LIVE_YOUNG:
-        _collect()
-
-
-def _collect() -> None:
-    with _lock:  # workers of one process: one collection at a time
         gc.collect(0)
         gc.freeze()

@@ -177,26 +177,19 @@ class _RedisStreamPartition(StatefulSourcePartition[SourceItem, StreamPosition])
         a restart reads them again). Without a group, the stream's cursor moves here, once an
         epoch rather than once a batch: a read hands its entries on without another round
         trip, and a run without recovery carries on after the last finished epoch."""
-        if self._group is None:
-            if self._last != self._saved:
-                import redis
+        import redis
 
-                try:
+        try:
+            if self._group is None:
+                if self._last != self._saved:
                     self._client.set(self._cursor, self._last)
                     self._saved = self._last
-                except redis.RedisError as exc:
-                    log.warning("input stream %s: saving its cursor failed, retried at the next epoch: %s",
-                                self._key, exc)
-        elif self._unacked:
-            import redis
-
-            assert self._group is not None
-            try:
+            elif self._unacked:
                 self._client.xack(self._key, self._group.name, *self._unacked)
                 self._unacked = []
-            except redis.RedisError as exc:
-                log.warning("input stream %s: acknowledging %d entries failed, retried at the next epoch: %s",
-                            self._key, len(self._unacked), exc)
+        except redis.RedisError as exc:
+            what = "saving its cursor" if self._group is None else f"acknowledging {len(self._unacked)} entries"
+            log.warning("input stream %s: %s failed, retried at the next epoch: %s", self._key, what, exc)
         return StreamPosition(self._last, self._seq)
 
     def close(self) -> None:
