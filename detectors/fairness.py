@@ -267,7 +267,6 @@ class FairnessTracker:
         self.unreported: dict[tuple[str, str, str], int] = {}  # (dimension, value, outcome) -> since drained
         self.last: FairnessCheck | None = None
         self.checks: list[FairnessCheck] = []  # closed since the engine last drained them
-        self.low: frozenset[str] = frozenset()  # "dimension=value" of the groups under the floor at the last check
         self.boosts = {}  # "dimension=value" -> the constraint's boost (positive ones only); replaced, never mutated
 
     def window_of(self, t: float) -> int:
@@ -287,10 +286,7 @@ class FairnessTracker:
                               disparities(groups, self.params), (event_id, ts, t))
         self.window, self.counts, self.last = w, {}, check
         self.checks.append(check)
-        floor = self.params.floor
-        self.low = frozenset(f"{d.dimension}={d.value}" for d in check.disparities
-                             if d.metric == "exposure" and d.ratio < floor)
-        if floor > 0.0:
+        if self.params.floor > 0.0:
             self.boosts = self.control(check)
 
     def control(self, check: FairnessCheck) -> dict[str, float]:
