@@ -1,6 +1,6 @@
 """Event-to-alert latency, live through Redis Streams (``[engine] source = "redis"``).
 
-    python -m bench.redis_latency [--rate 2000 --seconds 300 --warmup 10] [--redis URL]
+    python -m bench.redis_latency [--rate 2000 --seconds 300 --warmup 10] [--redis URL] [--real-time]
 
 Starts a private ``redis-server`` on a free loopback port (or uses ``--redis``) and the
 engine (``run.py live`` reading the input stream, writing alerts to the alerts stream),
@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=3000)
     parser.add_argument("--redis", default=None, help="an existing Redis (keys lat:*) instead of a private one")
     parser.add_argument("--epoch-interval", type=float, default=2.0, help="[engine] epoch_interval_s")
+    parser.add_argument("--real-time", action="store_true",
+                        help="event time runs as the wall clock while offering (the simulator's: a year in minutes)")
     args = parser.parse_args()
     sys.setswitchinterval(0.0005)  # this process's three threads hand over the lock promptly
     with tempfile.TemporaryDirectory() as tmp, server(args.redis, Path(tmp)) as url:
@@ -169,7 +171,8 @@ def main() -> None:
                 for thread in threads:
                     thread.start()
                 begun = time.monotonic()
-                events = encoded_events(args.customers, int(args.rate * (args.warmup + args.seconds)) + 1)
+                events = encoded_events(args.customers, int(args.rate * (args.warmup + args.seconds)) + 1,
+                                        args.rate if args.real_time else None)
                 time.sleep(max(0.0, 4.0 - (time.monotonic() - begun)))  # the engine's imports before the clock starts
                 if engine.poll() is not None:
                     raise SystemExit(f"the engine exited with {engine.returncode}: see its log")

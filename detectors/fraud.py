@@ -21,6 +21,15 @@ end. Between ticks the models are read-only, so the transactions of a tick are s
 few numpy operations (``assess_batch``), and every replica of the models that has learned
 the same ticks scores alike. A label is used at most one tick after it arrives.
 
+A tick's learning (its ``Lesson``) costs a few microseconds per item, and live at real pace
+an hour holds millions of them: learned at once, it would stop the worker for tens of
+seconds. So a lesson of more than ``tick_slice_items`` items (traffic and labels) is cut into
+as many even slices as that takes, learned in order at event times spread evenly over the
+next tick (the first at the tick's end): the models then change at each slice, a few
+milliseconds of work each. A lesson within the limit is learned at once, at the tick's end,
+as before. Where the slices fall depends on event time and the stream alone, so replay still
+equals live.
+
 ``observe_label`` turns a ``fraud``/``legit`` label into a training example (the vector the
 transaction was scored with) and a counterparty label; unlabelled transactions older than
 the label horizon are taken as legitimate.
@@ -40,7 +49,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 
@@ -79,6 +88,7 @@ _LOG_AMOUNT_COLUMN: Final = INDEX["log_amount"]
 _SQUASHED_COLUMNS: Final = np.array([INDEX[name] for name in SQUASHED])
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def profile_matrix(rows: list[list[float]] | np.ndarray) -> np.ndarray:
@@ -114,12 +124,17 @@ class FraudParams:
     model_tick_s: float = 3600.0  # the shared models learn at the end of every tick of this much event time
     gbm: TreesParams = field(default_factory=TreesParams)
     champion: ChampionParams = field(default_factory=ChampionParams)
+    # A tick's learning of more items (traffic and labels) than this is spread over the next
+    # tick in slices of at most this many (0: always at once, at the tick's end).
+    tick_slice_items: int = 1000
 
     __setstate__ = restore_fields
 
     def __post_init__(self) -> None:
         if not self.model_tick_s > 0:
             raise ValueError(f"model_tick_s must be positive, got {self.model_tick_s}")
+        if self.tick_slice_items < 0:
+            raise ValueError(f"tick_slice_items must be 0 or more, got {self.tick_slice_items}")
         if self.champion.champion == TREES and not self.gbm.enabled:
             raise ValueError("the champion is the gradient-boosted model, which is not enabled (fraud.gbm.enabled)")
 
@@ -166,8 +181,43 @@ class Transaction:
     channel: str | None = None
 
 
+@dataclass
+class Lesson:
+    """What the tick ending at ``end`` brought, to learn in ``slices`` even parts (the counterparties'
+    traffic, the scored amounts by category, and the labels in arrival order, then the
+    transactions past their label horizon); slice ``i`` is due at event time ``end + i * step``."""
+
+    end: float
+    traffic: list[tuple[str | None, float]]
+    categories: list[int]
+    log_amounts: list[float]
+    labels: list[tuple[Pending, float, bool, float]]
+    slices: int = 1
+    step: float = 0.0
+    done: int = 0  # slices learned
+
+    @property
+    def due(self) -> float:
+        """The event time of the next slice."""
+        return self.end + self.done * self.step
+
+    def part(self, items: list[_T], i: int) -> list[_T]:
+        """Slice ``i`` of ``items``."""
+        n, k = len(items), self.slices
+        return items[i * n // k:(i + 1) * n // k]
+
+
 class FraudDetector:
     """Shared (cross-customer) fraud state: counterparty risk, anomaly and supervised models."""
+
+    _lesson: Lesson | None = None  # the last tick's learning, while its slices are not all learned
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        amounts = state.pop("_amounts", None)  # an earlier release's: (buckets, log-amounts) arrays per batch
+        if isinstance(amounts, list):
+            state["_categories"] = [c for pair in amounts for c in pair[0].tolist()]
+            state["_log_amounts"] = [a for pair in amounts for a in pair[1].tolist()]
+        self.__dict__.update(state)
 
     def __init__(self, params: FraudParams | None = None) -> None:
         self.params = params or FraudParams()
@@ -183,7 +233,8 @@ class FraudDetector:
         self._labels: list[tuple[Pending, float, bool, float]] = []  # learned at the tick's end
         self._traffic: list[tuple[str | None, float]] = []
         self.norms = AmountNorms(p.rate_tables.halflife_days)  # each merchant category's usual amount
-        self._amounts: list[tuple[np.ndarray, np.ndarray]] = []  # (category buckets, log-amounts) scored
+        self._categories: list[int] = []  # the category buckets and log-amounts scored in the tick
+        self._log_amounts: list[float] = []
         self.trees = BoostedTrees(len(MODEL_FEATURES), p.gbm) if p.gbm.enabled else None
         self.models: tuple[str, ...] = (LINEAR, TREES) if self.trees is not None else (LINEAR,)
         self.selection = ChampionChallenger(p.champion, self.models)
@@ -227,31 +278,39 @@ class FraudDetector:
 
     # -- ticks -----------------------------------------------------------------------------
 
+    @property
+    def next_change(self) -> float | None:
+        """The event time at which the models next change: the next slice of the last tick's
+        learning, or the current tick's end (None before the first event)."""
+        lesson = self._lesson
+        return lesson.due if lesson is not None else self.tick_end
+
     def advance(self, now: float) -> None:
-        """Move the clock to event time ``now``: at each tick end crossed, learn the tick."""
-        end = self.tick_end
-        if end is None:
+        """Move the clock to event time ``now``: learn every slice due by then and, at each
+        tick end crossed, take the tick's lesson (whose first slice is due at once)."""
+        if self.tick_end is None:
             self.tick_end = self._tick_after(now)
-        elif now >= end:
-            self.learn_tick(end)
-            self.tick_end = self._tick_after(now)
+            return
+        while True:
+            lesson = self._lesson
+            if lesson is not None and (now >= lesson.due or now >= self.tick_end):
+                self._learn_slice(lesson)
+            elif now >= self.tick_end:
+                self._lesson = self._take_lesson(self.tick_end)
+                self.tick_end = self._tick_after(now)
+            else:
+                return
 
     def _tick_after(self, now: float) -> float:
         tick = self.params.model_tick_s
         return (math.floor(now / tick) + 1) * tick
 
-    def learn_tick(self, end: float) -> None:
-        """Learn what the tick ending at ``end`` saw: its traffic and labels in arrival order,
-        then the transactions whose label horizon passed by ``end`` (as legitimate)."""
-        counterparties = self.counterparties
-        counterparties.observe_transactions(self._traffic)
-        self._traffic = []
-        if self._amounts:
-            self.norms.learn_batch(np.concatenate([c for c, _ in self._amounts]),
-                                   np.concatenate([a for _, a in self._amounts]), end)
-            self._amounts = []
-        labels = self._labels
-        self._labels = []
+    def _take_lesson(self, end: float) -> Lesson:
+        """What the tick ending at ``end`` brought: its traffic, amounts and labels in arrival
+        order, then the transactions whose label horizon passed by ``end`` (as legitimate)."""
+        lesson = Lesson(end, self._traffic, self._categories, self._log_amounts, self._labels)
+        self._traffic, self._categories, self._log_amounts, self._labels = [], [], [], []
+        traffic, labels = lesson.traffic, lesson.labels
         rate = self.params.supervised.implicit_legit_sample
         threshold = int(rate * 2**32)
         for event_id, entry in self.pending.expire(end):
@@ -259,9 +318,29 @@ class FraudDetector:
             # inverse rate so probabilities stay calibrated; every one is a counterparty label.
             sampled = zlib.crc32(event_id.encode()) < threshold
             labels.append((entry, end, False, 1.0 / rate if sampled else 0.0))
+        limit = self.params.tick_slice_items
+        if limit and len(traffic) + len(labels) > limit:
+            lesson.slices = -(-(len(traffic) + len(labels)) // limit)
+            lesson.step = self.params.model_tick_s / lesson.slices
+        return lesson
+
+    def _learn_slice(self, lesson: Lesson) -> None:
+        """The next slice of ``lesson``; after the last, the tick's end of the label windows,
+        the challenger's training schedule and the champion's evaluation."""
+        i, end = lesson.done, lesson.end
+        self.counterparties.observe_transactions(lesson.part(lesson.traffic, i))
+        categories = lesson.part(lesson.categories, i)
+        if categories:
+            self.norms.learn_batch(np.array(categories, dtype=np.int64), np.array(lesson.part(lesson.log_amounts, i)),
+                                   end)
+        labels = lesson.part(lesson.labels, i)
         if labels:
             self._learn(labels, end)
-        counterparties.expire(end)
+        lesson.done += 1
+        if lesson.done < lesson.slices:
+            return
+        self._lesson = None
+        self.counterparties.expire(end)
         if self.trees is not None:
             try:
                 self.trees.tick(end)
@@ -323,7 +402,8 @@ class FraudDetector:
         x = np.hstack([profile, self.counterparties.features_batch(cps, t),
                        np.array([row.anomaly for row in rows])[:, None],
                        self.norms.z_batch(category, log_amount, float(t[0]))[:, None]])
-        self._amounts.append((category, log_amount.copy()))
+        self._categories.extend(category.tolist())
+        self._log_amounts.extend(log_amount.tolist())
         cells = risk_cells_batch(x, category, channel)
         flags = np.zeros((n, len(RULE_CODES)))
         priors = []

@@ -217,20 +217,22 @@ class Shard:
 
     def _segments(self, observed: list[tuple[Event, Customer, Observation] | None]) -> Iterator[list[int]]:
         """The indices of the processed events, cut where the shared models' clock crosses
-        the end of a model tick (``FraudDetector.advance`` learns the tick there): the events
-        of a segment are scored by the same models."""
+        the time of their next change (``FraudDetector.advance`` learns there: a tick's end,
+        or a slice of the last tick's learning): the events of a segment are scored by the
+        same models."""
         detector = self.detector
         segment: list[int] = []
+        end = detector.next_change
         for i, entry in enumerate(observed):
             if entry is None:
                 continue
             t = entry[0].t
-            end = detector.tick_end
             if end is None or t >= end:
                 if segment:
                     yield segment
                     segment = []
                 detector.advance(t)
+                end = detector.next_change
             segment.append(i)
         if segment:
             yield segment

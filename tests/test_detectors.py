@@ -245,3 +245,53 @@ def test_counterparties_past_capacity_forget_the_least_recently_seen() -> None:
     clone = pickle.loads(pickle.dumps(risk))
     clone.observe_transaction("new", 200.0)
     assert len(clone) <= 32
+
+
+def test_a_big_ticks_learning_is_spread_over_the_next_tick_in_bounded_slices() -> None:
+    """Live at real pace an hour's tick holds millions of items; learned at once it would stop
+    the worker. A lesson over ``tick_slice_items`` is learned in even slices at event times
+    spread over the next tick, each at most the limit, and ends as the whole would."""
+    hour, zero = 3600.0, [0.0] * len(FEATURES)
+    sliced = FraudDetector(FraudParams(model_tick_s=hour, tick_slice_items=100))
+    whole = FraudDetector(FraudParams(model_tick_s=hour, tick_slice_items=0))
+    learned: list[int] = []
+    learn_slice = sliced._learn_slice
+
+    def spy(lesson) -> None:  # type: ignore[no-untyped-def]
+        learned.append(len(lesson.part(lesson.traffic, lesson.done)) + len(lesson.part(lesson.labels, lesson.done)))
+        learn_slice(lesson)
+
+    sliced._learn_slice = spy  # type: ignore[method-assign]
+    for detector in (sliced, whole):
+        detector.advance(0.0)
+        for i in range(450):  # tick 0: 450 transactions at 450 terminals, none labelled
+            detector.assess(f"e{i}", i * 7.0, f"t{i}", zero, [], 0.0)
+        for i in range(450, 900):  # tick 1: as many again, and labels for the first ones
+            t = hour + (i - 450) * 7.0
+            detector.advance(t)
+            detector.assess(f"e{i}", t, f"t{i}", zero, [], 0.0)
+            detector.observe_label(f"e{i - 450}", t, i % 10 == 0)
+    cp_new = COUNTERPARTY_FEATURES.index("cp_new")
+    # Tick 0's lesson (450 items) came in 5 slices, 720 s apart, all learned during tick 1.
+    assert learned == [90] * 5 and sliced._lesson is None
+    sliced.advance(2 * hour)
+    whole.advance(2 * hour)
+    # Tick 1's lesson (450 transactions and 450 labels): its first slice only, for now.
+    assert learned[5:] == [100] and sliced.next_change == 2 * hour + hour / 9
+    assert sliced.counterparties.features("t450", 2 * hour)[cp_new] == 0.0  # in the first slice
+    assert sliced.counterparties.features("t899", 2 * hour)[cp_new] == 1.0  # in the last
+    assert whole.counterparties.features("t899", 2 * hour)[cp_new] == 0.0
+    del sliced._learn_slice  # the spy, while the state is pickled: a lesson in progress is state too
+    clone = pickle.loads(pickle.dumps(sliced))
+    assert clone._lesson is not None and clone.next_change == sliced.next_change
+    sliced._learn_slice = spy  # type: ignore[method-assign]
+    sliced.advance(3 * hour - 1)
+    assert learned[5:] == [100] * 9 and sliced._lesson is None
+    assert sliced.classifier.n_labels == whole.classifier.n_labels and sliced.classifier.n_frauds == 45
+    assert len(sliced.evaluated) == len(whole.evaluated)
+    for cp in ("t0", "t449", "t450", "t899"):
+        np.testing.assert_allclose(sliced.counterparties.features(cp, 3 * hour),
+                                   whole.counterparties.features(cp, 3 * hour), rtol=1e-9)
+    clone.advance(3 * hour - 1)
+    assert clone._lesson is None and clone.classifier.n_labels == sliced.classifier.n_labels
+    assert clone.counterparties.features("t899", 3 * hour) == sliced.counterparties.features("t899", 3 * hour)

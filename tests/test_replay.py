@@ -175,6 +175,20 @@ def test_replay_with_recovery_snapshots_gives_the_same_results(
         assert plain.raw(name) == recovered.raw(name), name
 
 
+def test_a_tick_learned_in_slices_replays_identically_on_one_worker_or_two(
+        sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
+    """Where a big tick's learning is cut into slices depends on event time and the stream
+    alone (not on batches or workers), so replay stays deterministic."""
+    events, _ = sim_stream
+    settings = load_settings(environ={"CRM__FRAUD__TICK_SLICE_ITEMS": "5"})
+    one = replay(events, tmp_path / "w1", settings, workers=1)
+    two = replay(events, tmp_path / "w2", settings, workers=2)
+    for name in ("alerts", "scores", "state"):
+        assert sorted(one.raw(name).splitlines()) == sorted(two.raw(name).splitlines()), name
+    at_once = replay(events, tmp_path / "at_once", load_settings(environ={"CRM__FRAUD__TICK_SLICE_ITEMS": "0"}))
+    assert one.raw("scores") != at_once.raw("scores")  # the slices were learned later in the tick
+
+
 def test_two_processes_give_the_same_alerts_as_one(sim_stream: tuple[Path, Path], tmp_path: Path) -> None:
     from tests.brokers import free_port
 
