@@ -15,6 +15,10 @@ due at each millisecond in one pipelined round trip. In the same run it measures
   event to the alert decided (``since="read"``), and from the entry's Redis id, the time
   Redis added it (``since="source"``).
 
+The simulator's clock runs a year in a few minutes of offering, so its model ticks are small
+and frequent; ``--real-time`` re-stamps the events so that event time runs as the wall clock
+does, and a tick holds what real traffic at the offered rate would.
+
 It prints p50/p99/p99.9 after the warm-up, the per-5 s medians (a backlog that grows shows
 as medians that rise), and whether the offered rate was really offered: how far the loop
 ever fell behind its schedule.

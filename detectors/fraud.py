@@ -126,7 +126,7 @@ class FraudParams:
     champion: ChampionParams = field(default_factory=ChampionParams)
     # A tick's learning of more items (traffic and labels) than this is spread over the next
     # tick in slices of at most this many (0: always at once, at the tick's end).
-    tick_slice_items: int = 1000
+    tick_slice_items: int = 2000
 
     __setstate__ = restore_fields
 
