@@ -103,6 +103,11 @@ class CounterpartyRisk:
             self._seen[slot] = t
         return slot
 
+    def _mark_seen(self, slots: list[int], times: list[float]) -> None:
+        """``_slot``'s last-seen update for many sightings at once."""
+        if slots:
+            np.maximum.at(self._seen, np.array(slots, dtype=np.intp), np.array(times))
+
     def _new_slot(self, cp: str) -> int:
         if len(self._slots) >= self.params.capacity:
             self._forget()
@@ -197,11 +202,26 @@ class CounterpartyRisk:
         """Count transactions (counterparty, time) at once: each counterparty's decayed
         traffic is brought to its newest time, and every transaction added decayed from its
         own, as one by one in time order."""
-        known = [(self._slot(cp, t), t) for cp, t in seen if cp is not None]
-        if not known:
+        slots_of, capacity = self._slots, self.params.capacity
+        slots: list[int] = []
+        times_of: list[float] = []
+        marked = 0  # slots[:marked] are marked seen already
+        for cp, t in seen:
+            if cp is None:
+                continue
+            slot = slots_of.get(cp)
+            if slot is None:
+                if len(slots_of) >= capacity:  # the new slot forgets the least recently seen
+                    self._mark_seen(slots[marked:], times_of[marked:])
+                    marked = len(slots)
+                slot = slots_of[cp] = self._new_slot(cp)
+            slots.append(slot)
+            times_of.append(t)
+        if not slots:
             return
-        touched, where = np.unique(np.array([slot for slot, _ in known], dtype=np.intp), return_inverse=True)
-        times = np.array([t for _, t in known])
+        self._mark_seen(slots[marked:], times_of[marked:])
+        touched, where = np.unique(np.array(slots, dtype=np.intp), return_inverse=True)
+        times = np.array(times_of)
         state = self._state
         newest = np.full(len(touched), -np.inf)
         np.maximum.at(newest, where, times)

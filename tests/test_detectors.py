@@ -295,3 +295,36 @@ def test_a_big_ticks_learning_is_spread_over_the_next_tick_in_bounded_slices() -
     clone.advance(3 * hour - 1)
     assert clone._lesson is None and clone.classifier.n_labels == sliced.classifier.n_labels
     assert clone.counterparties.features("t899", 3 * hour) == sliced.counterparties.features("t899", 3 * hour)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.floats(0, 3600)), min_size=1, max_size=200),
+       st.lists(st.integers(1, 50), min_size=1, max_size=20))
+def test_counterparty_traffic_in_batches_counts_as_one_by_one(sightings: list[tuple[int, float]],
+                                                              cuts: list[int]) -> None:
+    """A tick's traffic is counted at once, forgetting past capacity included, as the same
+    transactions counted one at a time in order."""
+    params = CounterpartyParams(capacity=32)
+    batched, single = CounterpartyRisk(params), CounterpartyRisk(params)
+    seen = [(f"m{cp}" if cp % 7 else None, t) for cp, t in sightings]
+    start = 0
+    for size in cuts * (len(seen) // sum(cuts) + 1):
+        if start >= len(seen):
+            break
+        batched.observe_transactions(seen[start:start + size])
+        start += size
+    for cp, t in seen:
+        single.observe_transaction(cp, t)
+    assert len(batched) == len(single) <= 32
+    later = max(t for _, t in seen) + 1.0
+    for cp in {cp for cp, _ in seen}:
+        np.testing.assert_allclose(batched.features(cp, later), single.features(cp, later), rtol=1e-12)
+
+
+def test_a_counterparty_seen_earlier_in_the_batch_is_not_the_one_forgotten() -> None:
+    risk = CounterpartyRisk(CounterpartyParams(capacity=32))
+    risk.observe_transactions([(f"m{i}", float(i)) for i in range(32)])
+    risk.observe_transactions([("m0", 100.0), ("new", 101.0)])  # at capacity: the two oldest go
+    cp_new = COUNTERPARTY_FEATURES.index("cp_new")
+    assert risk.features("m0", 102.0)[cp_new] == 0.0  # seen at 100, a moment before
+    assert risk.features("m1", 102.0)[cp_new] == risk.features("m2", 102.0)[cp_new] == 1.0
