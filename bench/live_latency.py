@@ -2,6 +2,7 @@
 
     python -m bench.live_latency [--rate 2000 --seconds 60 --warmup 10 --workers 1]
     python -m bench.live_latency --mock [--fetch-wait-ms 5]      # librdkafka's mock cluster
+    python -m bench.live_latency ... --real-time   # event time at the wall clock's pace (see encoded_events)
 
 In the same run, a plain consumer of the transactions topic measures the **bare hop** on the
 same broker (event handed to the producer -> read by a consumer), so the engine's two hops
@@ -265,6 +266,8 @@ def main() -> None:
                         help="use this existing Kafka (topics named *.bench-<time> are created) "
                         "instead of starting a Tansu broker")
     parser.add_argument("--mock", action="store_true", help="librdkafka's mock cluster instead of Tansu")
+    parser.add_argument("--real-time", action="store_true",
+                        help="event time runs as the wall clock while offering (the simulator's: a year in minutes)")
     parser.add_argument("--fetch-wait-ms", type=int, default=None,
                         help="fetch.wait.max.ms of the engine's consumers (default: its own, 50) and of "
                         "the bench's readers (default 1)")
@@ -302,7 +305,8 @@ def main() -> None:
             thread.start()
             bare_thread.start()
             begun = time.monotonic()
-            events = encoded_events(args.customers, int(args.rate * (args.warmup + args.seconds)) + 1)
+            events = encoded_events(args.customers, int(args.rate * (args.warmup + args.seconds)) + 1,
+                                    args.rate if args.real_time else None)
             time.sleep(max(0.0, 4.0 - (time.monotonic() - begun)))  # imports and partition assignment
             if engine.poll() is not None or not (reader.ready.wait(10) and bare.ready.wait(10)):
                 raise SystemExit(f"the engine exited with {engine.returncode} before the run"
