@@ -328,15 +328,19 @@ class FraudDetector:
         """The next slice of ``lesson``; after the last, the tick's end of the label windows,
         the challenger's training schedule and the champion's evaluation."""
         i, end = lesson.done, lesson.end
-        self.counterparties.observe_transactions(lesson.part(lesson.traffic, i))
-        categories = lesson.part(lesson.categories, i)
-        if categories:
-            self.norms.learn_batch(np.array(categories, dtype=np.int64), np.array(lesson.part(lesson.log_amounts, i)),
-                                   end)
-        labels = lesson.part(lesson.labels, i)
-        if labels:
-            self._learn(labels, end)
         lesson.done += 1
+        try:
+            self.counterparties.observe_transactions(lesson.part(lesson.traffic, i))
+            categories = lesson.part(lesson.categories, i)
+            if categories:
+                self.norms.learn_batch(np.array(categories, dtype=np.int64),
+                                       np.array(lesson.part(lesson.log_amounts, i)), end)
+            labels = lesson.part(lesson.labels, i)
+            if labels:
+                self._learn(labels, end)
+        except Exception:  # no one event is at fault: the models go on with what they learned
+            log.exception("learning slice %d of %d of the model tick ending at %s failed; the rest of that slice is not "
+                          "learned", i + 1, lesson.slices, end, extra={"step": "shared_scoring"})
         if lesson.done < lesson.slices:
             return
         self._lesson = None

@@ -328,3 +328,23 @@ def test_a_counterparty_seen_earlier_in_the_batch_is_not_the_one_forgotten() -> 
     cp_new = COUNTERPARTY_FEATURES.index("cp_new")
     assert risk.features("m0", 102.0)[cp_new] == 0.0  # seen at 100, a moment before
     assert risk.features("m1", 102.0)[cp_new] == risk.features("m2", 102.0)[cp_new] == 1.0
+
+
+def test_a_slice_whose_learning_raises_is_logged_and_the_clock_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    detector = FraudDetector(FraudParams(model_tick_s=3600.0, tick_slice_items=10))
+    detector.advance(0.0)
+    for i in range(40):
+        detector.assess(f"e{i}", float(i), f"t{i}", [0.0] * len(FEATURES), [], 0.0)
+    calls = []
+
+    def broken(seen: list[tuple[str | None, float]]) -> None:
+        calls.append(len(seen))
+        if len(calls) == 2:
+            raise ValueError("a broken table")
+
+    detector.counterparties.observe_transactions = broken  # type: ignore[method-assign]
+    detector.advance(3600.0)
+    detector.advance(7199.0)
+    assert calls == [10, 10, 10, 10] and detector.next_change == 7200.0
+    assert [r.message for r in caplog.records] == [
+        "learning slice 2 of 4 of the model tick ending at 3600.0 failed; the rest of that slice is not learned"]
