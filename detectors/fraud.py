@@ -339,8 +339,8 @@ class FraudDetector:
             if labels:
                 self._learn(labels, end)
         except Exception:  # no one event is at fault: the models go on with what they learned
-            log.exception("learning slice %d of %d of the model tick ending at %s failed; the rest of that slice is not "
-                          "learned", i + 1, lesson.slices, end, extra={"step": "shared_scoring"})
+            log.exception("learning slice %d of %d of the model tick ending at %s failed; the rest of that slice "
+                          "is not learned", i + 1, lesson.slices, end, extra={"step": "shared_scoring"})
         if lesson.done < lesson.slices:
             return
         self._lesson = None
