@@ -94,17 +94,8 @@ class CounterpartyRisk:
 
     # -- slots -----------------------------------------------------------------------------
 
-    def _slot(self, cp: str, t: float) -> int:
-        """``cp``'s slot, made if new; it was last seen at ``t``."""
-        slot = self._slots.get(cp)
-        if slot is None:
-            slot = self._slots[cp] = self._new_slot(cp)
-        if t > self._seen[slot]:
-            self._seen[slot] = t
-        return slot
-
     def _mark_seen(self, slots: list[int], times: list[float]) -> None:
-        """``_slot``'s last-seen update for many sightings at once."""
+        """Sightings of ``slots`` at ``times``: each slot's last-seen time moves up to its latest."""
         if slots:
             np.maximum.at(self._seen, np.array(slots, dtype=np.intp), np.array(times))
 
@@ -140,10 +131,6 @@ class CounterpartyRisk:
             del self._slots[self._ids[slot]]
             self._ids[slot] = None
             self._free.append(slot)
-
-    def _count(self, slot: int, window: int, t: float) -> None:
-        self._counts[slot, window] += 1.0
-        heapq.heappush(self._expiries, (t + _SPANS[window], slot, window, int(self._generation[slot])))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -235,27 +222,60 @@ class CounterpartyRisk:
 
     def observe_label(self, cp: str | None, known_at: float, fraud: bool, txn_t: float | None = None) -> None:
         """A label for a transaction with ``cp`` (at ``txn_t``) became known at ``known_at``."""
-        if cp is None:
+        self.observe_labels([(cp, known_at, fraud, txn_t)])
+
+    def observe_labels(self, labels: list[tuple[str | None, float, bool, float | None]]) -> None:
+        """Labels ``(cp, known at, fraud, transaction time)`` in order, as one by one: the
+        counts and each counterparty's row read and written once, its recurrence (decayed
+        rates, the recent label rate, the fraud run) stepped in Python floats in between."""
+        known = [(cp, known_at, fraud, txn_t) for cp, known_at, fraud, txn_t in labels if cp is not None]
+        if len(self._slots) + len(known) <= self.params.capacity:
+            self._observe_run(known)
+        else:  # a new counterparty may forget one labelled earlier in the run: one at a time
+            for label in known:
+                self._observe_run([label])
+
+    def _observe_run(self, labels: list[tuple[str, float, bool, float | None]]) -> None:
+        """``observe_labels`` for labels of known counterparties, where no slot is forgotten
+        after the first label's (every slot is found before any row is read)."""
+        if not labels:
             return
-        slot = self._slot(cp, known_at)
-        self._count(slot, _LABELS_28D, known_at)
-        if fraud:
-            self._count(slot, _FRAUDS_7D, known_at)
-            self._count(slot, _FRAUDS_28D, known_at)
-        decayed_frauds, decayed_labels, as_of, recent, last_fraud, episode = self._state[slot, :_TRAFFIC_1D].tolist()
-        factor = math.exp(-self._decay * max(0.0, known_at - as_of))
-        w, quiet = self.params.recent_weight, self.params.episode_end_rate
-        was_quiet = recent < quiet
-        recent = (1.0 - w) * recent + w * fraud
-        if not fraud and recent < quiet:
-            episode = -math.inf
-        if fraud:
-            txn_time = known_at if txn_t is None else txn_t
-            if episode == -math.inf or was_quiet:
-                episode = txn_time
-            last_fraud = max(last_fraud, txn_time)
-        self._state[slot, :_TRAFFIC_1D] = (decayed_frauds * factor + fraud, decayed_labels * factor + 1.0,
-                                           max(known_at, as_of), recent, last_fraud, episode)
+        slots_of = self._slots
+        slots: list[int] = []
+        for cp, _, _, _ in labels:
+            slot = slots_of.get(cp)
+            if slot is None:
+                slot = slots_of[cp] = self._new_slot(cp)
+            slots.append(slot)
+        self._mark_seen(slots, [known_at for _, known_at, _, _ in labels])
+        generation = self._generation[slots].tolist()
+        counted_slots: list[int] = []
+        counted_windows: list[int] = []
+        push, expiries = heapq.heappush, self._expiries
+        for (_, known_at, fraud, _), slot, gen in zip(labels, slots, generation, strict=True):
+            for window in (_LABELS_28D, _FRAUDS_7D, _FRAUDS_28D) if fraud else (_LABELS_28D,):
+                counted_slots.append(slot)
+                counted_windows.append(window)
+                push(expiries, (known_at + _SPANS[window], slot, window, gen))
+        np.add.at(self._counts, (np.array(counted_slots, dtype=np.intp), np.array(counted_windows)), 1.0)
+        state, touched = self._state, sorted(set(slots))
+        rows = dict(zip(touched, state[touched, :_TRAFFIC_1D].tolist(), strict=True))
+        decay, w, quiet = self._decay, self.params.recent_weight, self.params.episode_end_rate
+        for (_, known_at, fraud, txn_t), slot in zip(labels, slots, strict=True):
+            decayed_frauds, decayed_labels, as_of, recent, last_fraud, episode = rows[slot]
+            factor = math.exp(-decay * max(0.0, known_at - as_of))
+            was_quiet = recent < quiet
+            recent = (1.0 - w) * recent + w * fraud
+            if not fraud and recent < quiet:
+                episode = -math.inf
+            if fraud:
+                txn_time = known_at if txn_t is None else txn_t
+                if episode == -math.inf or was_quiet:
+                    episode = txn_time
+                last_fraud = max(last_fraud, txn_time)
+            rows[slot] = [decayed_frauds * factor + fraud, decayed_labels * factor + 1.0, max(known_at, as_of),
+                          recent, last_fraud, episode]
+        state[touched, :_TRAFFIC_1D] = [rows[slot] for slot in touched]
 
     def __getstate__(self) -> dict[str, Any]:
         size = self._size

@@ -363,8 +363,8 @@ class FraudDetector:
     def _learn(self, labels: list[tuple[Pending, float, bool, float]], end: float) -> None:
         """Labels (entry, known at, fraud, classifier weight) known by tick end ``end`` into
         every shared model, in order, and every model's score of them into the evaluation."""
-        for entry, known_at, is_fraud, _ in labels:
-            self.counterparties.observe_label(entry.counterparty_id, known_at, is_fraud, entry.t)
+        self.counterparties.observe_labels([(entry.counterparty_id, known_at, is_fraud, entry.t)
+                                            for entry, known_at, is_fraud, _ in labels])
         frauds = np.array([is_fraud for _, _, is_fraud, _ in labels])
         self.rate_tables.learn_batch(np.array([entry.cells for entry, _, _, _ in labels]),
                                      np.array([known_at for _, known_at, _, _ in labels]), frauds.astype(np.float64))

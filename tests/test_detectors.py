@@ -321,13 +321,19 @@ def test_counterparty_traffic_in_batches_counts_as_one_by_one(sightings: list[tu
         np.testing.assert_allclose(batched.features(cp, later), single.features(cp, later), rtol=1e-12)
 
 
-def test_a_counterparty_seen_earlier_in_the_batch_is_not_the_one_forgotten() -> None:
+@pytest.mark.parametrize("sighting", ["traffic", "labels"])
+def test_a_counterparty_seen_earlier_in_the_batch_is_not_the_one_forgotten(sighting: str) -> None:
     risk = CounterpartyRisk(CounterpartyParams(capacity=32))
     risk.observe_transactions([(f"m{i}", float(i)) for i in range(32)])
-    risk.observe_transactions([("m0", 100.0), ("new", 101.0)])  # at capacity: the two oldest go
-    cp_new = COUNTERPARTY_FEATURES.index("cp_new")
+    if sighting == "traffic":
+        risk.observe_transactions([("m0", 100.0), ("new", 101.0)])  # at capacity: the two oldest go
+    else:
+        risk.observe_labels([("m0", 100.0, True, 50.0), ("new", 101.0, False, 60.0)])
+    cp_new, frauds = COUNTERPARTY_FEATURES.index("cp_new"), COUNTERPARTY_FEATURES.index("cp_frauds_7d")
     assert risk.features("m0", 102.0)[cp_new] == 0.0  # seen at 100, a moment before
     assert risk.features("m1", 102.0)[cp_new] == risk.features("m2", 102.0)[cp_new] == 1.0
+    assert risk.features("new", 102.0)[frauds] == 0.0 and risk.features("m0", 102.0)[frauds] == (
+        1.0 if sighting == "labels" else 0.0)
 
 
 def test_a_slice_whose_learning_raises_is_logged_and_the_clock_goes_on(caplog: pytest.LogCaptureFixture) -> None:
@@ -348,3 +354,29 @@ def test_a_slice_whose_learning_raises_is_logged_and_the_clock_goes_on(caplog: p
     assert calls == [10, 10, 10, 10] and detector.next_change == 7200.0
     assert [r.message for r in caplog.records] == [
         "learning slice 2 of 4 of the model tick ending at 3600.0 failed; the rest of that slice is not learned"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.floats(0, 3600), st.booleans(), st.floats(0, 600)),
+                min_size=1, max_size=200),
+       st.lists(st.integers(1, 50), min_size=1, max_size=20), st.sampled_from([32, 1000]))
+def test_counterparty_labels_in_batches_learn_as_one_by_one(labels: list[tuple[int, float, bool, float]],
+                                                            cuts: list[int], capacity: int) -> None:
+    """A tick's labels are learned at once (each counterparty's row read and written once) as
+    the same labels one at a time in order: counts, rates, fraud runs, forgetting."""
+    params = CounterpartyParams(capacity=capacity)
+    batched, single = CounterpartyRisk(params), CounterpartyRisk(params)
+    stream = [(f"m{cp}" if cp % 7 else None, known_at, fraud, known_at - ago)
+              for cp, known_at, fraud, ago in sorted(labels, key=lambda label: label[1])]
+    start = 0
+    for size in cuts * (len(stream) // sum(cuts) + 1):
+        if start >= len(stream):
+            break
+        batched.observe_labels(stream[start:start + size])
+        start += size
+    for cp, known_at, fraud, txn_t in stream:
+        single.observe_label(cp, known_at, fraud, txn_t)
+    assert len(batched) == len(single) <= capacity
+    later = stream[-1][1] + 1.0
+    for cp in {cp for cp, _, _, _ in stream}:
+        assert batched.features(cp, later) == single.features(cp, later)
