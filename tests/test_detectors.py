@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import random
+from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -21,6 +24,7 @@ from detectors.windows import SlidingWindows
 from schemas.events import Event, parse_event
 
 SPANS = (10.0, 100.0, 1000.0)
+T = TypeVar("T")
 
 
 def event(**fields: object) -> Event:
@@ -297,6 +301,15 @@ def test_a_big_ticks_learning_is_spread_over_the_next_tick_in_bounded_slices() -
     assert clone.counterparties.features("t899", 3 * hour) == sliced.counterparties.features("t899", 3 * hour)
 
 
+def pieces(items: list[T], sizes: list[int]) -> Iterator[list[T]]:
+    """``items`` cut in consecutive pieces of ``sizes``, cycling through them."""
+    start, sizes = 0, itertools.cycle(sizes)
+    while start < len(items):
+        size = next(sizes)
+        yield items[start:start + size]
+        start += size
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 60), st.floats(0, 3600)), min_size=1, max_size=200),
        st.lists(st.integers(1, 50), min_size=1, max_size=20))
@@ -307,12 +320,8 @@ def test_counterparty_traffic_in_batches_counts_as_one_by_one(sightings: list[tu
     params = CounterpartyParams(capacity=32)
     batched, single = CounterpartyRisk(params), CounterpartyRisk(params)
     seen = [(f"m{cp}" if cp % 7 else None, t) for cp, t in sightings]
-    start = 0
-    for size in cuts * (len(seen) // sum(cuts) + 1):
-        if start >= len(seen):
-            break
-        batched.observe_transactions(seen[start:start + size])
-        start += size
+    for piece in pieces(seen, cuts):
+        batched.observe_transactions(piece)
     for cp, t in seen:
         single.observe_transaction(cp, t)
     assert len(batched) == len(single) <= 32
@@ -368,12 +377,8 @@ def test_counterparty_labels_in_batches_learn_as_one_by_one(labels: list[tuple[i
     batched, single = CounterpartyRisk(params), CounterpartyRisk(params)
     stream = [(f"m{cp}" if cp % 7 else None, known_at, fraud, known_at - ago)
               for cp, known_at, fraud, ago in sorted(labels, key=lambda label: label[1])]
-    start = 0
-    for size in cuts * (len(stream) // sum(cuts) + 1):
-        if start >= len(stream):
-            break
-        batched.observe_labels(stream[start:start + size])
-        start += size
+    for piece in pieces(stream, cuts):
+        batched.observe_labels(piece)
     for cp, known_at, fraud, txn_t in stream:
         single.observe_label(cp, known_at, fraud, txn_t)
     assert len(batched) == len(single) <= capacity
