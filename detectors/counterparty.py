@@ -96,8 +96,7 @@ class CounterpartyRisk:
 
     def _mark_seen(self, slots: list[int], times: list[float]) -> None:
         """Sightings of ``slots`` at ``times``: each slot's last-seen time moves up to its latest."""
-        if slots:
-            np.maximum.at(self._seen, np.array(slots, dtype=np.intp), np.array(times))
+        np.maximum.at(self._seen, np.array(slots, dtype=np.intp), np.array(times))
 
     def _new_slot(self, cp: str) -> int:
         if len(self._slots) >= self.params.capacity:
@@ -185,40 +184,44 @@ class CounterpartyRisk:
         """Count a transaction with ``cp`` (after it was scored)."""
         self.observe_transactions([(cp, t)])
 
+    def _run_slots(self, cps: list[str], start: int) -> list[int]:
+        """The slots of ``cps[start:]`` (made where new), up to the first new one that would
+        forget another while slots are already taken: whatever a run learns, it learns for
+        counterparties that are all still there, as one by one would. A run is never empty."""
+        slots_of, capacity = self._slots, self.params.capacity
+        slots: list[int] = []
+        for cp in cps[start:] if start else cps:
+            slot = slots_of.get(cp)
+            if slot is None:
+                if slots and len(slots_of) >= capacity:
+                    break
+                slot = slots_of[cp] = self._new_slot(cp)
+            slots.append(slot)
+        return slots
+
     def observe_transactions(self, seen: list[tuple[str | None, float]]) -> None:
         """Count transactions (counterparty, time) at once: each counterparty's decayed
         traffic is brought to its newest time, and every transaction added decayed from its
         own, as one by one in time order."""
-        slots_of, capacity = self._slots, self.params.capacity
-        slots: list[int] = []
-        times_of: list[float] = []
-        marked = 0  # slots[:marked] are marked seen already
-        for cp, t in seen:
-            if cp is None:
-                continue
-            slot = slots_of.get(cp)
-            if slot is None:
-                if len(slots_of) >= capacity:  # the new slot forgets the least recently seen
-                    self._mark_seen(slots[marked:], times_of[marked:])
-                    marked = len(slots)
-                slot = slots_of[cp] = self._new_slot(cp)
-            slots.append(slot)
-            times_of.append(t)
-        if not slots:
-            return
-        self._mark_seen(slots[marked:], times_of[marked:])
-        touched, where = np.unique(np.array(slots, dtype=np.intp), return_inverse=True)
-        times = np.array(times_of)
-        state = self._state
-        newest = np.full(len(touched), -np.inf)
-        np.maximum.at(newest, where, times)
-        target = np.maximum(state[touched, _TRAFFIC_AS_OF], newest)
-        age = (target[where] - times)[:, None] / _TRAFFIC_TAUS
-        added = np.zeros((len(touched), 2))
-        np.add.at(added, where, np.exp(-age))
-        shrink = np.exp(-(target - state[touched, _TRAFFIC_AS_OF])[:, None] / _TRAFFIC_TAUS)
-        state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] = state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] * shrink + added
-        state[touched, _TRAFFIC_AS_OF] = target
+        known = [(cp, t) for cp, t in seen if cp is not None]
+        cps, start = [cp for cp, _ in known], 0
+        while start < len(known):
+            slots = self._run_slots(cps, start)
+            times_of = [t for _, t in known[start:start + len(slots)]]
+            start += len(slots)
+            self._mark_seen(slots, times_of)
+            touched, where = np.unique(np.array(slots, dtype=np.intp), return_inverse=True)
+            times = np.array(times_of)
+            state = self._state
+            newest = np.full(len(touched), -np.inf)
+            np.maximum.at(newest, where, times)
+            target = np.maximum(state[touched, _TRAFFIC_AS_OF], newest)
+            age = (target[where] - times)[:, None] / _TRAFFIC_TAUS
+            added = np.zeros((len(touched), 2))
+            np.add.at(added, where, np.exp(-age))
+            shrink = np.exp(-(target - state[touched, _TRAFFIC_AS_OF])[:, None] / _TRAFFIC_TAUS)
+            state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] = state[touched, _TRAFFIC_1D:_TRAFFIC_7D + 1] * shrink + added
+            state[touched, _TRAFFIC_AS_OF] = target
 
     def observe_label(self, cp: str | None, known_at: float, fraud: bool, txn_t: float | None = None) -> None:
         """A label for a transaction with ``cp`` (at ``txn_t``) became known at ``known_at``."""
@@ -226,27 +229,18 @@ class CounterpartyRisk:
 
     def observe_labels(self, labels: list[tuple[str | None, float, bool, float | None]]) -> None:
         """Labels ``(cp, known at, fraud, transaction time)`` in order, as one by one: the
-        counts and each counterparty's row read and written once, its recurrence (decayed
-        rates, the recent label rate, the fraud run) stepped in Python floats in between."""
+        counts and each counterparty's row read and written once a run (``_run_slots``), its
+        recurrence (decayed rates, the recent label rate, the fraud run) stepped in Python
+        floats in between."""
         known = [(cp, known_at, fraud, txn_t) for cp, known_at, fraud, txn_t in labels if cp is not None]
-        if len(self._slots) + len(known) <= self.params.capacity:
-            self._observe_run(known)
-        else:  # a new counterparty may forget one labelled earlier in the run: one at a time
-            for label in known:
-                self._observe_run([label])
+        cps, start = [cp for cp, _, _, _ in known], 0
+        while start < len(known):
+            slots = self._run_slots(cps, start)
+            self._observe_run(known[start:start + len(slots)], slots)
+            start += len(slots)
 
-    def _observe_run(self, labels: list[tuple[str, float, bool, float | None]]) -> None:
-        """``observe_labels`` for labels of known counterparties, where no slot is forgotten
-        after the first label's (every slot is found before any row is read)."""
-        if not labels:
-            return
-        slots_of = self._slots
-        slots: list[int] = []
-        for cp, _, _, _ in labels:
-            slot = slots_of.get(cp)
-            if slot is None:
-                slot = slots_of[cp] = self._new_slot(cp)
-            slots.append(slot)
+    def _observe_run(self, labels: list[tuple[str, float, bool, float | None]], slots: list[int]) -> None:
+        """``observe_labels`` for one run of labels and their counterparties' slots."""
         self._mark_seen(slots, [known_at for _, known_at, _, _ in labels])
         generation = self._generation[slots].tolist()
         counted_slots: list[int] = []
