@@ -19,10 +19,10 @@ in one slot). The default routing (``default_route``) sends
 Delivery: at least once from the engine, exactly once into Redis. Each ``RedisWrite`` is
 one Lua script call, in one slot (but for the guard below), that writes only if its own
 delivered marker is absent: it checks the marker, checks that the keys it writes are of
-the right type (or do not exist yet), writes, and sets the marker last, atomically. So the duplicates that retries
-and recovery replay produce never reach a stream, a hash or a subscriber twice while the
-markers live (``dedup_ttl_s``, a week by default), and a write that fails leaves no marker:
-it is retried, or refused, never taken for a duplicate.
+the right type (or do not exist yet), writes, and sets the marker last, atomically. So the
+duplicates that retries and recovery replay produce never reach a stream, a hash or a
+subscriber twice while the markers live (``dedup_ttl_s``, a week by default), and a write
+that fails leaves no marker: it is retried, or refused, never taken for a duplicate.
 
 A record with writes in two slots (an alert: its customer's hash, then the global stream
 and channel) is written in that order, the second only once the first has succeeded or
@@ -40,8 +40,8 @@ reason, and the rest of its batch is delivered. A refused first write leaves not
 the record written; a refused second write (the alerts stream replaced by a key of another
 type, so every alert) leaves the customer's hash written. Keys under the prefix that
 follow another layout (``{prefix}layout``, the first writer sets it; read before a batch,
-at most every ``LAYOUT_RECHECK_S``) refuse the whole batch. Back-pressure, retries and the dead letter come from
-``sinks.delivery.BufferedSink``. Clients come from ``sinks.redis_client``: a single Redis,
+at most every ``LAYOUT_RECHECK_S``) refuse the whole batch. Back-pressure, retries and the
+dead letter come from ``sinks.delivery.BufferedSink``. Clients come from ``sinks.redis_client``: a single Redis,
 a Redis Cluster or a master behind Sentinels.
 
 ``RedisEventsSink`` (with ``[redis] recent_events``) keeps each customer's latest input
