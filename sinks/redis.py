@@ -41,8 +41,8 @@ the record written; a refused second write (the alerts stream replaced by a key 
 type, so every alert) leaves the customer's hash written. Keys under the prefix that
 follow another layout (``{prefix}layout``, the first writer sets it; read before a batch,
 at most every ``LAYOUT_RECHECK_S``) refuse the whole batch. Back-pressure, retries and the
-dead letter come from ``sinks.delivery.BufferedSink``. Clients come from ``sinks.redis_client``: a single Redis,
-a Redis Cluster or a master behind Sentinels.
+dead letter come from ``sinks.delivery.BufferedSink``. Clients come from
+``sinks.redis_client``: a single Redis, a Redis Cluster or a master behind Sentinels.
 
 ``RedisEventsSink`` (with ``[redis] recent_events``) keeps each customer's latest input
 events, summarised (``schemas.outputs.EventSummary``), in a capped list
